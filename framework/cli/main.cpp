@@ -1,0 +1,246 @@
+// The `inflab` command line: run experiments, validate them, list plugins, extract gradients,
+// and score gradient files written by inflab or by anyone else.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <set>
+
+#include <CLI/CLI.hpp>
+#include <filesystem>
+#include <iostream>
+
+#include "inflab/config.hpp"
+#include "inflab/error.hpp"
+#include "inflab/gradients.hpp"
+#include "inflab/io.hpp"
+#include "inflab/pipeline.hpp"
+#include "inflab/progress.hpp"
+#include "inflab/registry.hpp"
+#include "inflab/runtime.hpp"
+#include "inflab/scoring.hpp"
+
+namespace fs = std::filesystem;
+using namespace inflab;
+
+namespace {
+
+struct Common {
+  int threads = 0;
+  bool quiet = false;
+  std::vector<std::string> plugin_paths;
+};
+
+void load_plugins(Registry& registry, const Common& common) {
+  registry.load_default_locations();
+  for (const auto& p : common.plugin_paths) registry.load_directory(p);
+}
+
+std::string table_row(const std::vector<std::string>& cells, const std::vector<std::size_t>& widths) {
+  std::string row;
+  for (std::size_t i = 0; i < cells.size(); ++i) row += fmt::format("{:<{}}  ", cells[i], widths[i]);
+  while (!row.empty() && row.back() == ' ') row.pop_back();
+  return row + "\n";
+}
+
+void print_table(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<std::size_t> widths(rows.at(0).size(), 0);
+  for (const auto& r : rows)
+    for (std::size_t i = 0; i < r.size(); ++i) widths[i] = std::max(widths[i], r[i].size());
+  for (std::size_t k = 0; k < rows.size(); ++k) {
+    std::cout << table_row(rows[k], widths);
+    if (k == 0) {
+      std::vector<std::string> rule;
+      for (auto w : widths) rule.push_back(std::string(w, '-'));
+      std::cout << table_row(rule, widths);
+    }
+  }
+}
+
+int command_run(const fs::path& file, const std::vector<std::string>& sets, const fs::path& out,
+                const fs::path& cache, bool no_resume, const Common& common) {
+  Registry registry;
+  load_plugins(registry, common);
+  auto runs = load_experiment(file, sets, registry);
+  int threads = configure_threads(common.threads);
+  std::cerr << fmt::format("[inflab] {}: {} run(s), {} thread(s)\n", file.string(), runs.size(), threads);
+  RunPaths paths{out, cache};
+  std::vector<std::vector<std::string>> rows{{"run", "estimator", "AUC", "seconds"}};
+  std::set<std::string> extra_metrics;
+  std::vector<RunOutcome> outcomes;
+  for (std::size_t k = 0; k < runs.size(); ++k) {
+    std::cerr << fmt::format("[inflab] run {}/{}: {}\n", k + 1, runs.size(), runs[k].run_name);
+    outcomes.push_back(run_experiment(runs[k], registry, paths, !no_resume));
+    if (outcomes.back().skipped)
+      std::cerr << fmt::format("[inflab]   already finished in {} (use --no-resume to redo)\n", outcomes.back().directory.string());
+    for (const auto& e : outcomes.back().estimators)
+      for (const auto& [m, v] : e.metrics)
+        if (m != "auc") extra_metrics.insert(m);
+  }
+  for (const auto& m : extra_metrics) rows[0].push_back(m);
+  for (std::size_t k = 0; k < runs.size(); ++k)
+    for (const auto& e : outcomes[k].estimators) {
+      auto metric = [&](const std::string& m) {
+        auto it = e.metrics.find(m);
+        return it == e.metrics.end() ? std::string("-") : fmt::format("{:.4f}", it->second);
+      };
+      std::vector<std::string> row{runs[k].run_name, e.label, metric("auc"), fmt::format("{:.3f}", e.seconds)};
+      for (const auto& m : extra_metrics) row.push_back(metric(m));
+      rows.push_back(row);
+    }
+  std::cout << "\n";
+  print_table(rows);
+  if (!outcomes.empty()) {
+    std::cout << "\nstage seconds (" << outcomes.back().directory.string() << "):";
+    for (const auto& [stage, s] : outcomes.back().stage_seconds)
+      std::cout << fmt::format(" {}={:.2f}{}", stage, s, outcomes.back().stage_cached[stage] ? " (cached)" : "");
+    std::cout << "\nresults: " << (out / runs[0].name).string() << "/\n";
+  }
+  return 0;
+}
+
+int command_validate(const fs::path& file, const std::vector<std::string>& sets, const Common& common) {
+  Registry registry;
+  load_plugins(registry, common);
+  auto runs = load_experiment(file, sets, registry);
+  std::cout << fmt::format("{}: valid, {} run(s)\n", file.string(), runs.size());
+  for (const auto& r : runs) std::cout << "  " << r.run_name << "\n";
+  return 0;
+}
+
+int command_plugins(const std::string& name, const Common& common) {
+  Registry registry;
+  load_plugins(registry, common);
+  if (!name.empty()) {
+    bool found = false;
+    for (const auto& r : registry.plugins()) {
+      if (name != r.info->name) continue;
+      found = true;
+      std::cout << fmt::format("{} {} {} -- {}\n  file: {}\n  options:\n", to_string(r.info->kind), r.info->name,
+                               r.info->version, r.info->description, r.file.string());
+      for (const auto& o : r.info->options())
+        std::cout << fmt::format("    {:<22} {:<18} {:<12} {}\n", o.name, to_string(o.type),
+                                 o.required ? "(required)" : format_value(o.default_value), o.help);
+    }
+    if (!found) registry.find(PluginKind::Estimator, name);  // throws with suggestions
+    return 0;
+  }
+  std::vector<std::vector<std::string>> rows{{"kind", "name", "version", "description", "file"}};
+  for (const auto& r : registry.plugins())
+    rows.push_back({to_string(r.info->kind), r.info->name, r.info->version, r.info->description, r.file.filename().string()});
+  print_table(rows);
+  return 0;
+}
+
+int command_gradients(const fs::path& file, const std::vector<std::string>& sets, const fs::path& out,
+                      const fs::path& cache, const Common& common) {
+  Registry registry;
+  load_plugins(registry, common);
+  auto runs = load_experiment(file, sets, registry);
+  configure_threads(common.threads);
+  for (const auto& run : runs) {
+    fs::path dir = runs.size() == 1 ? out : out / run.run_name;
+    GradientStore store = prepare_gradients(run, registry, RunPaths{"results", cache});
+    save_gradient_store(dir, store);
+    std::cout << fmt::format("{}: {} blocks, {} train x {} query examples\n", dir.string(), store.train.size(),
+                             store.train.at(0).values.size(0), store.query.at(0).values.size(0));
+  }
+  return 0;
+}
+
+int command_score(const fs::path& gradients, const std::string& estimator_name,
+                  const std::vector<std::string>& sets, const std::string& mode, const fs::path& out,
+                  const Common& common) {
+  if (mode != "aggregate" && mode != "pairwise")
+    throw Error(fmt::format("--mode: expected aggregate or pairwise, found '{}'", mode));
+  Registry registry;
+  load_plugins(registry, common);
+  const PluginRecord& record = registry.find(PluginKind::Estimator, estimator_name);
+  auto specs = record.info->options();
+  Options options = default_options("estimator " + estimator_name, specs);
+  for (const auto& assignment : sets) {
+    auto equals = assignment.find('=');
+    if (equals == std::string::npos) throw Error(fmt::format("--set '{}': expected key=value", assignment));
+    std::string key = assignment.substr(0, equals);
+    auto spec = std::find_if(specs.begin(), specs.end(), [&](const OptionSpec& s) { return s.name == key; });
+    if (spec == specs.end()) {
+      std::vector<std::string> names;
+      for (const auto& s : specs) names.push_back(s.name);
+      std::string suggestion = closest_match(key, names);
+      throw Error(fmt::format("--set {}: estimator '{}' has no option '{}'{}; options: {}", assignment, estimator_name, key,
+                              suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion), fmt::join(names, ", ")));
+    }
+    options.set(key, parse_value(assignment.substr(equals + 1), spec->type, "--set " + assignment));
+  }
+  for (const auto& s : specs)
+    if (s.required && !options.has(s.name)) throw Error(fmt::format("estimator '{}' needs --set {}=...", estimator_name, s.name));
+  configure_threads(common.threads);
+  GradientStore store = load_gradient_store(gradients);
+  auto estimator = registry.create_as<Estimator>(PluginKind::Estimator, estimator_name, options);
+  estimator->fit(store.train);
+  at::Tensor scores = mode == "aggregate" ? score_aggregate(*estimator, store.train, store.query)
+                                          : score_pairwise(*estimator, store.train, store.query);
+  save_npy(out, scores.contiguous());
+  std::cerr << fmt::format("[inflab] wrote {} ({})\n", out.string(), fmt::join(scores.sizes(), " x "));
+  for (const auto& [k, v] : estimator->diagnostics()) std::cerr << fmt::format("[inflab]   {} = {:.6g}\n", k, v);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"inflab: influence of training examples on LoRA-fine-tuned models (DataInf and baselines)"};
+  app.require_subcommand(1);
+  Common common;
+  app.add_option("--threads", common.threads, "LibTorch threads (default: $INFLAB_THREADS or all cores)");
+  app.add_flag("--quiet", common.quiet, "no progress output");
+  app.add_option("--plugin-path", common.plugin_paths, "extra plugin directory (repeatable; also $INFLAB_PLUGIN_PATH)");
+
+  fs::path file, out = "results", cache, gradients_dir, score_out;
+  std::vector<std::string> sets;
+  bool no_resume = false;
+  std::string plugin_name, estimator_name, mode = "aggregate";
+
+  auto* run = app.add_subcommand("run", "run an experiment (all sweep points) and print a results table");
+  run->add_option("file", file, "experiment TOML file")->required()->check(CLI::ExistingFile);
+  run->add_option("--set", sets, "override a key: --set model.lora.rank=8 (repeatable)");
+  run->add_option("--out", out, "results root (default: results); runs go to OUT/<experiment>/<run>/");
+  run->add_option("--cache", cache, "stage cache (default: $INFLAB_CACHE or ~/.cache/inflab)");
+  run->add_flag("--no-resume", no_resume, "recompute runs that already finished");
+
+  auto* validate = app.add_subcommand("validate", "check an experiment file (and its plugins' options) without running it");
+  validate->add_option("file", file, "experiment TOML file")->required()->check(CLI::ExistingFile);
+  validate->add_option("--set", sets, "override a key (repeatable)");
+
+  auto* plugins = app.add_subcommand("plugins", "list plugins, or show one plugin's options");
+  plugins->add_option("name", plugin_name, "plugin whose options to show");
+
+  auto* gradients = app.add_subcommand("gradients", "write per-example LoRA gradients of an experiment to a directory");
+  gradients->add_option("file", file, "experiment TOML file")->required()->check(CLI::ExistingFile);
+  gradients->add_option("--out", gradients_dir, "output directory (train/, query/, blocks.json)")->required();
+  gradients->add_option("--set", sets, "override a key (repeatable)");
+  gradients->add_option("--cache", cache, "stage cache");
+
+  auto* score = app.add_subcommand("score", "score a gradient directory (written by inflab, numpy or PyTorch) with one estimator");
+  score->add_option("--gradients", gradients_dir, "directory with blocks.json, train/<block>.npy, query/<block>.npy")->required()->check(CLI::ExistingDirectory);
+  score->add_option("--estimator", estimator_name, "estimator plugin (see `inflab plugins`)")->required();
+  score->add_option("--set", sets, "estimator option: --set damping_scale=0.1 (repeatable)");
+  score->add_option("--mode", mode, "aggregate (mean query gradient, n scores) or pairwise (n x q)");
+  score->add_option("--out", score_out, "output .npy (float32; row i = training example i)")->required();
+
+  CLI11_PARSE(app, argc, argv);
+  Progress::set_quiet(common.quiet);
+  try {
+    if (*run) return command_run(file, sets, out, cache, no_resume, common);
+    if (*validate) return command_validate(file, sets, common);
+    if (*plugins) return command_plugins(plugin_name, common);
+    if (*gradients) return command_gradients(file, sets, gradients_dir, cache, common);
+    if (*score) return command_score(gradients_dir, estimator_name, sets, mode, score_out, common);
+  } catch (const Error& e) {
+    std::cerr << "inflab: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "inflab: internal error: " << e.what() << "\n";
+    return 3;
+  }
+  return 0;
+}

@@ -1,0 +1,64 @@
+// Experiment files (TOML): parsing, validation against the framework's and the plugins'
+// declared options, --set overrides, and [sweep] expansion into concrete runs.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "inflab/model.hpp"
+#include "inflab/options.hpp"
+
+namespace inflab {
+
+class Registry;
+
+struct PluginSpec {
+  std::string plugin;
+  std::string label;  // estimator display name (defaults to the plugin name)
+  Options options;
+};
+
+struct TrainingConfig {
+  std::int64_t epochs = 10;
+  double learning_rate = 1e-3;
+  std::int64_t batch_size = 32;
+  std::string optimizer = "adam";  // adam | sgd
+  double weight_decay = 0.0;
+  std::int64_t pretrain_epochs = 5;  // base-model pretraining, for models without packaged weights
+  double pretrain_learning_rate = 1e-3;
+};
+
+struct EvaluationConfig {
+  std::vector<std::string> metrics{"auc"};  // auc | pearson | spearman
+  std::string reference;                    // estimator label correlations are measured against
+  std::string mode = "aggregate";           // aggregate | pairwise
+  std::int64_t gradient_batch_size = 64;
+};
+
+struct ExperimentConfig {
+  std::filesystem::path source;
+  std::string name, run_name;
+  std::int64_t seed = 0;
+  std::vector<std::filesystem::path> plugin_paths;
+  PluginSpec dataset;
+  double label_noise = 0.0;
+  std::int64_t noise_seed = 0;
+  PluginSpec model;
+  LoraConfig lora;
+  TrainingConfig training;
+  std::vector<PluginSpec> estimators;
+  EvaluationConfig evaluation;
+  std::string resolved_toml;  // the whole config with every default filled in
+  // Canonical text of what each cached stage depends on (keys are hashes of these).
+  std::string pretrain_key_text, finetune_key_text, gradients_key_text;
+};
+
+// Reads FILE, applies `overrides` ("key.path=value"), loads plugin paths named by the
+// experiment into `registry`, expands [experiment] repeats and [sweep], validates each run.
+// Errors name file:line:column, the key path, what was expected and what was found.
+std::vector<ExperimentConfig> load_experiment(const std::filesystem::path& file,
+                                              const std::vector<std::string>& overrides,
+                                              Registry& registry);
+
+}  // namespace inflab

@@ -1,0 +1,33 @@
+// Dataset plugins read real data into tensors; label noise is applied by the framework.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "inflab/plugin.hpp"
+
+namespace inflab {
+
+struct Split {
+  at::Tensor inputs;            // float32, first dimension = examples
+  at::Tensor labels;            // int64, length n
+  std::vector<std::int64_t> ids;  // stable example ids within the source data
+  std::int64_t size() const { return static_cast<std::int64_t>(ids.size()); }
+};
+
+struct DatasetSplits {
+  Split train;
+  Split validation;
+  Split pretrain;  // disjoint from train and validation; may be empty
+  std::vector<std::string> class_names;
+  std::int64_t num_classes() const { return static_cast<std::int64_t>(class_names.size()); }
+};
+
+class Dataset : public Plugin {
+ public:
+  virtual DatasetSplits load() = 0;
+};
+
+}  // namespace inflab

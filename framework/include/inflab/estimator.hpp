@@ -1,0 +1,42 @@
+// Estimator plugins see gradients only: per block an n x d_l float32 matrix. An estimator is a
+// per-block preconditioner M_l^{-1}; the framework turns it into influence scores
+//   I(k, q) = - sum_l g_kl . (M_l^{-1} v_ql)
+// (positive = up-weighting k raises the query loss, i.e. harmful).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "inflab/plugin.hpp"
+
+namespace inflab {
+
+struct GradientBlock {
+  std::string name;
+  at::Tensor values;  // rows = examples, columns = the block's parameters (float32, contiguous)
+};
+using GradientBlocks = std::vector<GradientBlock>;
+
+class Estimator : public Plugin {
+ public:
+  // Called once with the training gradients, before any inverse_product.
+  virtual void fit(const GradientBlocks& train) = 0;
+  // M_block^{-1} applied to every row of `queries` (q x d_block); returns q x d_block.
+  virtual at::Tensor inverse_product(std::size_t block, const at::Tensor& queries) = 0;
+  // Numbers worth reporting (damping, residuals, iterations), keyed "<block>.<what>".
+  virtual std::map<std::string, double> diagnostics() const { return {}; }
+};
+
+// The damping rule shared by every estimator (paper-facts.md):
+//   lambda_l = scale * (1 / (n d_l)) * sum_i ||g_il||^2, or a fixed value when one is given.
+struct Damping {
+  double scale = 0.1;
+  double fixed = 0.0;  // > 0 overrides the rule
+  double for_block(const at::Tensor& gradients) const;
+};
+std::vector<OptionSpec> damping_option_specs();
+Damping damping_from(const Options& options);  // validates lambda > 0
+
+}  // namespace inflab

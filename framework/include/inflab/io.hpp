@@ -1,0 +1,24 @@
+// Files: atomic writes, .npy read/write, content hashing.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+namespace inflab {
+
+// Writes to a temporary file in the same directory, then renames: readers never see a
+// partial file, and an interrupted run leaves the previous version intact.
+void write_file_atomic(const std::filesystem::path& path, const std::string& contents);
+std::string read_file(const std::filesystem::path& path);
+
+// NumPy .npy (format 1.0/2.0/3.0, little-endian float32/float64/int64/int32/bool/float16).
+void save_npy(const std::filesystem::path& path, const at::Tensor& tensor);  // atomic
+at::Tensor load_npy(const std::filesystem::path& path);                    // errors name the file
+std::string npy_bytes(const at::Tensor& tensor);
+
+// 64-bit FNV-1a as 16 hex digits: cache keys from canonical config text.
+std::string content_hash(const std::string& text);
+
+}  // namespace inflab

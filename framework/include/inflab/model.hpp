@@ -1,0 +1,43 @@
+// Model plugins own an architecture and its pretrained base weights. LoRA adapters, training,
+// per-example gradients and caching are framework code (inflab/lora.hpp for implementers).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "inflab/plugin.hpp"
+
+namespace inflab {
+
+class LoraLinear;  // framework/include/inflab/lora.hpp
+
+struct LoraConfig {
+  std::int64_t rank = 4;
+  double alpha = 4.0;
+  double dropout = 0.05;
+  std::vector<std::string> targets;  // glob patterns over layer names, e.g. "fc*"
+};
+
+struct DataShape {
+  std::vector<std::int64_t> input_shape;  // one example, without the batch dimension
+  std::int64_t num_classes = 0;
+};
+
+using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+
+class Model : public Plugin {
+ public:
+  // Creates the architecture with random base weights and LoRA adapters (B = 0).
+  virtual void build(const DataShape& shape, const LoraConfig& lora, std::uint64_t seed) = 0;
+  virtual at::Tensor forward(const at::Tensor& inputs) = 0;  // logits, batch x classes
+  virtual NamedTensors base_parameters() = 0;                // frozen after pretraining
+  virtual std::vector<LoraLinear*> lora_layers() = 0;         // in a fixed order
+  virtual void set_training(bool training) = 0;
+  // True when the base must be pretrained on the dataset's pretrain split (no packaged weights).
+  virtual bool needs_base_pretraining() const { return true; }
+};
+
+}  // namespace inflab

@@ -1,0 +1,605 @@
+#include "inflab/config.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <map>
+#include <set>
+#include <sstream>
+#include <toml++/toml.h>
+
+#include "inflab/error.hpp"
+#include "inflab/registry.hpp"
+
+namespace fs = std::filesystem;
+
+namespace inflab {
+
+namespace {
+
+// Bumped when a stage's semantics change, so stale cache entries are never reused.
+constexpr const char* kStageVersion = "inflab-stages-1";
+
+std::string where(const toml::source_region& source, const std::string& fallback) {
+  if (!source.path) return fallback;
+  if (source.begin.line == 0) return *source.path;
+  return fmt::format("{}:{}:{}", *source.path, source.begin.line, source.begin.column);
+}
+
+std::string describe(const toml::node& node) {
+  std::ostringstream out;
+  switch (node.type()) {
+    case toml::node_type::string: out << "string \"" << node.as_string()->get() << "\""; break;
+    case toml::node_type::integer: out << "integer " << node.as_integer()->get(); break;
+    case toml::node_type::floating_point: out << "number " << node.as_floating_point()->get(); break;
+    case toml::node_type::boolean: out << "boolean " << (node.as_boolean()->get() ? "true" : "false"); break;
+    case toml::node_type::array: out << "array " << *node.as_array(); break;
+    case toml::node_type::table: out << "table"; break;
+    default: out << "a date or time"; break;
+  }
+  return out.str();
+}
+
+struct Validator {
+  std::string file;
+
+  [[noreturn]] void fail(const toml::source_region& source, const std::string& message) const {
+    throw Error(fmt::format("{}: {}", where(source, file), message));
+  }
+
+  Value convert(const toml::node& node, const OptionSpec& spec, const std::string& path) const {
+    auto mismatch = [&]() {
+      fail(node.source(), fmt::format("key '{}': expected {}, found {}", path,
+                                      to_string(spec.type), describe(node)));
+    };
+    switch (spec.type) {
+      case OptionType::Bool:
+        if (auto v = node.value_exact<bool>()) return *v;
+        mismatch();
+      case OptionType::Int:
+        if (auto v = node.value_exact<std::int64_t>()) return *v;
+        mismatch();
+      case OptionType::Double:
+        if (node.is_number()) return *node.value<double>();
+        mismatch();
+      case OptionType::String:
+        if (auto v = node.value_exact<std::string>()) return *v;
+        mismatch();
+      case OptionType::IntList:
+      case OptionType::DoubleList:
+      case OptionType::StringList: {
+        const toml::array* array = node.as_array();
+        if (!array) mismatch();
+        std::vector<std::int64_t> ints;
+        std::vector<double> doubles;
+        std::vector<std::string> strings;
+        for (const auto& item : *array) {
+          if (spec.type == OptionType::IntList) {
+            auto v = item.value_exact<std::int64_t>();
+            if (!v) fail(item.source(), fmt::format("key '{}': expected {}, found an element {}", path, to_string(spec.type), describe(item)));
+            ints.push_back(*v);
+          } else if (spec.type == OptionType::DoubleList) {
+            if (!item.is_number()) fail(item.source(), fmt::format("key '{}': expected {}, found an element {}", path, to_string(spec.type), describe(item)));
+            doubles.push_back(*item.value<double>());
+          } else {
+            auto v = item.value_exact<std::string>();
+            if (!v) fail(item.source(), fmt::format("key '{}': expected {}, found an element {}", path, to_string(spec.type), describe(item)));
+            strings.push_back(*v);
+          }
+        }
+        if (spec.type == OptionType::IntList) return ints;
+        if (spec.type == OptionType::DoubleList) return doubles;
+        return strings;
+      }
+    }
+    mismatch();
+  }
+
+  // Checks every key of `table` against `specs` (plus allowed sub-tables) and fills `out`.
+  void validate(const toml::table& table, const std::string& prefix,
+                const std::vector<OptionSpec>& specs, const std::set<std::string>& subtables,
+                Options& out) const {
+    for (auto&& [key, node] : table) {
+      std::string name(key.str());
+      std::string path = prefix.empty() ? name : prefix + "." + name;
+      if (subtables.count(name)) continue;
+      auto spec = std::find_if(specs.begin(), specs.end(),
+                               [&](const OptionSpec& s) { return s.name == name; });
+      if (spec == specs.end()) {
+        std::vector<std::string> valid;
+        for (const auto& s : specs) valid.push_back(s.name);
+        valid.insert(valid.end(), subtables.begin(), subtables.end());
+        std::string suggestion = closest_match(name, valid);
+        std::string list;
+        for (const auto& v : valid) list += (list.empty() ? "" : ", ") + v;
+        fail(key.source(),
+             fmt::format("unknown key '{}'{}; valid keys here: {}", path,
+                         suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", prefix.empty() ? suggestion : prefix + "." + suggestion),
+                         list));
+      }
+      out.set(name, convert(node, *spec, path));
+    }
+    for (const auto& spec : specs) {
+      if (out.has(spec.name)) continue;
+      if (spec.required)
+        fail(table.source(), fmt::format("missing required key '{}{}' ({}: {})",
+                                         prefix.empty() ? "" : prefix + ".", spec.name,
+                                         to_string(spec.type), spec.help));
+      out.set(spec.name, spec.default_value);
+    }
+  }
+
+  const toml::table& section(const toml::table& root, const std::string& name,
+                             bool required) const {
+    const toml::node* node = root.get(name);
+    static const toml::table empty;
+    if (!node) {
+      if (required)
+        fail(root.source(), fmt::format("missing section [{}]", name));
+      return empty;
+    }
+    if (!node->is_table())
+      fail(node->source(), fmt::format("key '{}': expected a table ([{}]), found {}", name, name,
+                                       describe(*node)));
+    return *node->as_table();
+  }
+};
+
+OptionSpec spec(std::string name, OptionType type, Value value, std::string help,
+                bool required = false) {
+  return OptionSpec{std::move(name), type, std::move(value), std::move(help), required};
+}
+
+const std::vector<OptionSpec>& experiment_specs() {
+  static const std::vector<OptionSpec> specs{
+      spec("name", OptionType::String, std::string(), "experiment name; results go to results/<name>/", true),
+      spec("description", OptionType::String, std::string(), "free text"),
+      spec("seed", OptionType::Int, std::int64_t{0}, "seed of LoRA initialisation and training order"),
+      spec("repeats", OptionType::Int, std::int64_t{1}, "runs with seeds seed, seed+1, ..."),
+      spec("plugin_paths", OptionType::StringList, std::vector<std::string>{}, "extra plugin directories, relative to this file"),
+  };
+  return specs;
+}
+const std::vector<OptionSpec>& dataset_specs() {
+  static const std::vector<OptionSpec> specs{
+      spec("plugin", OptionType::String, std::string(), "dataset plugin name", true),
+      spec("label_noise", OptionType::Double, 0.0, "fraction of training labels flipped to another class"),
+      spec("noise_seed", OptionType::Int, std::int64_t{0}, "seed choosing which labels flip"),
+  };
+  return specs;
+}
+const std::vector<OptionSpec>& model_specs() {
+  static const std::vector<OptionSpec> specs{
+      spec("plugin", OptionType::String, std::string(), "model plugin name", true)};
+  return specs;
+}
+const std::vector<OptionSpec>& lora_specs() {
+  static const std::vector<OptionSpec> specs{
+      spec("rank", OptionType::Int, std::int64_t{4}, "LoRA rank r"),
+      spec("alpha", OptionType::Double, -1.0, "LoRA alpha; the scale is alpha/r (default: alpha = r, as in the paper)"),
+      spec("dropout", OptionType::Double, 0.05, "LoRA dropout during fine-tuning (off for gradients)"),
+      spec("targets", OptionType::StringList, std::vector<std::string>{"*"}, "glob patterns of layer names that get adapters"),
+  };
+  return specs;
+}
+const std::vector<OptionSpec>& training_specs() {
+  static const TrainingConfig d;
+  static const std::vector<OptionSpec> specs{
+      spec("epochs", OptionType::Int, d.epochs, "LoRA fine-tuning epochs"),
+      spec("learning_rate", OptionType::Double, d.learning_rate, "fine-tuning learning rate"),
+      spec("batch_size", OptionType::Int, d.batch_size, "fine-tuning batch size"),
+      spec("optimizer", OptionType::String, d.optimizer, "adam or sgd"),
+      spec("weight_decay", OptionType::Double, d.weight_decay, "L2 weight decay"),
+      spec("pretrain_epochs", OptionType::Int, d.pretrain_epochs, "base pretraining epochs (models without packaged weights)"),
+      spec("pretrain_learning_rate", OptionType::Double, d.pretrain_learning_rate, "base pretraining learning rate"),
+  };
+  return specs;
+}
+const std::vector<OptionSpec>& evaluation_specs() {
+  static const EvaluationConfig d;
+  static const std::vector<OptionSpec> specs{
+      spec("metrics", OptionType::StringList, d.metrics, "auc (mislabel detection), pearson, spearman (against the reference)"),
+      spec("reference", OptionType::String, d.reference, "estimator name correlations are measured against"),
+      spec("mode", OptionType::String, d.mode, "aggregate (mean validation gradient) or pairwise"),
+      spec("gradient_batch_size", OptionType::Int, d.gradient_batch_size, "batch size of per-example gradient extraction"),
+  };
+  return specs;
+}
+const std::vector<OptionSpec>& estimator_framework_specs() {
+  static const std::vector<OptionSpec> specs{
+      spec("plugin", OptionType::String, std::string(), "estimator plugin name", true),
+      spec("name", OptionType::String, std::string(), "label in results (default: the plugin name)"),
+  };
+  return specs;
+}
+
+std::vector<std::string> split_path(const std::string& path) {
+  std::vector<std::string> parts;
+  std::stringstream stream(path);
+  std::string part;
+  while (std::getline(stream, part, '.')) parts.push_back(part);
+  return parts;
+}
+
+// Sets `node` at dotted `path` in `root`, creating tables on the way.
+void set_path(toml::table& root, const std::string& path, const toml::node& node,
+              const std::string& origin) {
+  auto parts = split_path(path);
+  if (parts.empty()) throw Error(fmt::format("{}: empty key path", origin));
+  toml::table* table = &root;
+  for (std::size_t i = 0; i + 1 < parts.size(); ++i) {
+    toml::node* child = table->get(parts[i]);
+    if (!child) {
+      table->insert(parts[i], toml::table{});
+      child = table->get(parts[i]);
+    }
+    if (child->is_array_of_tables() && parts[i] == "estimator")
+      throw Error(fmt::format("{}: '{}' cannot address an [[estimator]] entry; give each "
+                              "variant its own [[estimator]] with a distinct name",
+                              origin, path));
+    if (!child->is_table())
+      throw Error(fmt::format("{}: '{}' is not a table, cannot set '{}'", origin, parts[i], path));
+    table = child->as_table();
+  }
+  table->insert_or_assign(parts.back(), node);
+}
+
+void apply_override(toml::table& root, const std::string& assignment) {
+  auto equals = assignment.find('=');
+  if (equals == std::string::npos || equals == 0)
+    throw Error(fmt::format("--set '{}': expected key.path=value", assignment));
+  std::string key = assignment.substr(0, equals);
+  std::string value = assignment.substr(equals + 1);
+  std::string origin = fmt::format("--set {}", assignment);
+  toml::table parsed;
+  try {
+    parsed = toml::parse("v = " + value, origin);
+  } catch (const toml::parse_error&) {
+    // A bare word is a string: --set dataset.plugin=digits
+    parsed = toml::parse("v = \"" + value + "\"", origin);
+  }
+  set_path(root, key, *parsed.get("v"), origin);
+}
+
+struct SweepDimension {
+  std::string path;
+  std::vector<const toml::node*> values;
+};
+
+void collect_sweep(const toml::table& table, const std::string& prefix,
+                   std::vector<SweepDimension>& out, const std::string& file) {
+  for (auto&& [key, node] : table) {
+    std::string path = prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str());
+    if (node.is_table()) {
+      collect_sweep(*node.as_table(), path, out, file);
+    } else if (const toml::array* array = node.as_array(); array && !array->empty()) {
+      SweepDimension dim{path, {}};
+      for (const auto& item : *array) dim.values.push_back(&item);
+      out.push_back(std::move(dim));
+    } else {
+      throw Error(fmt::format("{}: sweep key '{}': expected a non-empty array of values, found {}",
+                              where(node.source(), file), path, describe(node)));
+    }
+  }
+}
+
+toml::node_view<const toml::node> lookup(const toml::table& root, const std::string& path) {
+  return root.at_path(path);
+}
+
+void put_value(toml::table& table, const std::string& key, const Value& value) {
+  std::visit(
+      [&](const auto& v) {
+        using T = std::decay_t<decltype(v)>;
+        if constexpr (std::is_same_v<T, bool> || std::is_same_v<T, std::int64_t> ||
+                      std::is_same_v<T, double> || std::is_same_v<T, std::string>) {
+          table.insert_or_assign(key, v);
+        } else {
+          toml::array array;
+          for (const auto& item : v) array.push_back(item);
+          table.insert_or_assign(key, std::move(array));
+        }
+      },
+      value);
+}
+
+toml::table options_table(const Options& options) {
+  toml::table table;
+  for (const auto& [key, value] : options.values()) put_value(table, key, value);
+  return table;
+}
+
+std::string to_text(const toml::table& table) {
+  std::ostringstream out;
+  out << table;
+  return out.str();
+}
+
+std::string label_of(const toml::node& node) {
+  if (auto s = node.value_exact<std::string>()) return *s;
+  std::ostringstream out;
+  if (auto a = node.as_array()) out << *a;
+  else if (auto i = node.value_exact<std::int64_t>()) out << *i;
+  else if (auto d = node.value_exact<double>()) out << *d;
+  else if (auto b = node.value_exact<bool>()) out << (*b ? "true" : "false");
+  std::string text = out.str();
+  for (char& c : text)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-') c = '_';
+  return text;
+}
+
+ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Registry& registry,
+                              const std::string& run_name) {
+  Validator v{file.string()};
+  ExperimentConfig config;
+  config.source = file;
+  config.run_name = run_name;
+
+  for (auto&& [key, node] : root) {
+    static const std::vector<std::string> sections{"experiment", "dataset", "model", "training",
+                                                   "estimator", "evaluation", "sweep"};
+    std::string name(key.str());
+    if (std::find(sections.begin(), sections.end(), name) == sections.end()) {
+      std::string suggestion = closest_match(name, sections);
+      v.fail(key.source(), fmt::format("unknown section '{}'{}; valid sections: experiment, "
+                                       "dataset, model, training, estimator, evaluation, sweep",
+                                       name, suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion)));
+    }
+  }
+
+  Options experiment("[experiment]");
+  v.validate(v.section(root, "experiment", true), "experiment", experiment_specs(), {}, experiment);
+  config.name = experiment.get_string("name");
+  config.seed = experiment.get_int("seed");
+  for (const auto& p : experiment.get_string_list("plugin_paths"))
+    config.plugin_paths.push_back(fs::absolute(file.parent_path() / p));
+
+  toml::table resolved;
+  resolved.insert("experiment", options_table(experiment));
+
+  // [dataset]: framework keys plus the plugin's own options.
+  const toml::table& dataset = v.section(root, "dataset", true);
+  const toml::node* dataset_plugin = dataset.get("plugin");
+  if (!dataset_plugin || !dataset_plugin->is_string())
+    v.fail(dataset.source(), "[dataset] needs plugin = \"<name>\" (a string)");
+  config.dataset.plugin = dataset_plugin->as_string()->get();
+  const PluginRecord* record = nullptr;
+  try {
+    record = &registry.find(PluginKind::Dataset, config.dataset.plugin);
+  } catch (const Error& e) {
+    v.fail(dataset_plugin->source(), fmt::format("key 'dataset.plugin': {}", e.what()));
+  }
+  auto dataset_plugin_specs = record->info->options();
+  auto all_dataset_specs = dataset_specs();
+  all_dataset_specs.insert(all_dataset_specs.end(), dataset_plugin_specs.begin(), dataset_plugin_specs.end());
+  Options dataset_all("dataset " + config.dataset.plugin);
+  v.validate(dataset, "dataset", all_dataset_specs, {}, dataset_all);
+  config.label_noise = dataset_all.get_double("label_noise");
+  config.noise_seed = dataset_all.get_int("noise_seed");
+  if (config.label_noise < 0 || config.label_noise > 1)
+    v.fail(dataset.source(), fmt::format("key 'dataset.label_noise': expected a fraction in [0, 1], found {}", config.label_noise));
+  config.dataset.options = Options("dataset " + config.dataset.plugin);
+  for (const auto& s : dataset_plugin_specs) config.dataset.options.set(s.name, dataset_all.values().at(s.name));
+  resolved.insert("dataset", options_table(dataset_all));
+
+  // [model] and [model.lora].
+  const toml::table& model = v.section(root, "model", true);
+  const toml::node* model_plugin = model.get("plugin");
+  if (!model_plugin || !model_plugin->is_string())
+    v.fail(model.source(), "[model] needs plugin = \"<name>\" (a string)");
+  config.model.plugin = model_plugin->as_string()->get();
+  try {
+    record = &registry.find(PluginKind::Model, config.model.plugin);
+  } catch (const Error& e) {
+    v.fail(model_plugin->source(), fmt::format("key 'model.plugin': {}", e.what()));
+  }
+  auto model_plugin_specs = record->info->options();
+  auto all_model_specs = model_specs();
+  all_model_specs.insert(all_model_specs.end(), model_plugin_specs.begin(), model_plugin_specs.end());
+  Options model_all("model " + config.model.plugin);
+  v.validate(model, "model", all_model_specs, {"lora"}, model_all);
+  config.model.options = Options("model " + config.model.plugin);
+  for (const auto& s : model_plugin_specs) config.model.options.set(s.name, model_all.values().at(s.name));
+  Options lora("[model.lora]");
+  const toml::node* lora_node = model.get("lora");
+  if (lora_node && !lora_node->is_table())
+    v.fail(lora_node->source(), fmt::format("key 'model.lora': expected a table, found {}", describe(*lora_node)));
+  static const toml::table no_lora;
+  v.validate(lora_node ? *lora_node->as_table() : no_lora, "model.lora", lora_specs(), {}, lora);
+  config.lora.rank = lora.get_int("rank");
+  config.lora.alpha = lora.get_double("alpha");
+  if (config.lora.alpha < 0) config.lora.alpha = static_cast<double>(config.lora.rank);
+  lora.set("alpha", config.lora.alpha);
+  config.lora.dropout = lora.get_double("dropout");
+  config.lora.targets = lora.get_string_list("targets");
+  if (config.lora.rank < 1)
+    v.fail(lora_node ? lora_node->source() : model.source(), fmt::format("key 'model.lora.rank': expected a positive integer, found {}", config.lora.rank));
+  if (config.lora.dropout < 0 || config.lora.dropout >= 1)
+    v.fail(lora_node ? lora_node->source() : model.source(), fmt::format("key 'model.lora.dropout': expected a value in [0, 1), found {}", config.lora.dropout));
+  toml::table model_resolved = options_table(model_all);
+  model_resolved.insert("lora", options_table(lora));
+  resolved.insert("model", model_resolved);
+
+  // [training]
+  Options training("[training]");
+  v.validate(v.section(root, "training", false), "training", training_specs(), {}, training);
+  config.training.epochs = training.get_int("epochs");
+  config.training.learning_rate = training.get_double("learning_rate");
+  config.training.batch_size = training.get_int("batch_size");
+  config.training.optimizer = training.get_string("optimizer");
+  config.training.weight_decay = training.get_double("weight_decay");
+  config.training.pretrain_epochs = training.get_int("pretrain_epochs");
+  config.training.pretrain_learning_rate = training.get_double("pretrain_learning_rate");
+  if (config.training.optimizer != "adam" && config.training.optimizer != "sgd")
+    v.fail(v.section(root, "training", false).get("optimizer")->source(),
+           fmt::format("key 'training.optimizer': expected \"adam\" or \"sgd\", found \"{}\"", config.training.optimizer));
+  if (config.training.batch_size < 1 || config.training.epochs < 0)
+    v.fail(v.section(root, "training", false).source(), "training.batch_size must be >= 1 and training.epochs >= 0");
+  resolved.insert("training", options_table(training));
+
+  // [[estimator]]
+  const toml::node* estimators = root.get("estimator");
+  if (!estimators)
+    v.fail(root.source(), "missing [[estimator]]: name at least one estimator plugin");
+  if (!estimators->is_array_of_tables())
+    v.fail(estimators->source(), "key 'estimator': expected an array of tables ([[estimator]] entries)");
+  toml::array resolved_estimators;
+  for (const auto& entry : *estimators->as_array()) {
+    const toml::table& table = *entry.as_table();
+    const toml::node* plugin = table.get("plugin");
+    if (!plugin || !plugin->is_string())
+      v.fail(table.source(), "[[estimator]] needs plugin = \"<name>\" (a string)");
+    PluginSpec estimator;
+    estimator.plugin = plugin->as_string()->get();
+    try {
+      record = &registry.find(PluginKind::Estimator, estimator.plugin);
+    } catch (const Error& e) {
+      v.fail(plugin->source(), fmt::format("key 'estimator.plugin': {}", e.what()));
+    }
+    auto plugin_specs = record->info->options();
+    auto all_specs = estimator_framework_specs();
+    all_specs.insert(all_specs.end(), plugin_specs.begin(), plugin_specs.end());
+    Options all("estimator " + estimator.plugin);
+    v.validate(table, "estimator", all_specs, {}, all);
+    estimator.label = all.get_string("name").empty() ? estimator.plugin : all.get_string("name");
+    all.set("name", estimator.label);
+    estimator.options = Options("estimator " + estimator.label);
+    for (const auto& s : plugin_specs) estimator.options.set(s.name, all.values().at(s.name));
+    for (const auto& other : config.estimators)
+      if (other.label == estimator.label)
+        v.fail(table.source(), fmt::format("two [[estimator]] entries are named '{}'; give one a distinct name = \"...\"", estimator.label));
+    config.estimators.push_back(std::move(estimator));
+    resolved_estimators.push_back(options_table(all));
+  }
+  resolved.insert("estimator", std::move(resolved_estimators));
+
+  // [evaluation]
+  Options evaluation("[evaluation]");
+  const toml::table& evaluation_table = v.section(root, "evaluation", false);
+  v.validate(evaluation_table, "evaluation", evaluation_specs(), {}, evaluation);
+  config.evaluation.metrics = evaluation.get_string_list("metrics");
+  config.evaluation.reference = evaluation.get_string("reference");
+  config.evaluation.mode = evaluation.get_string("mode");
+  config.evaluation.gradient_batch_size = evaluation.get_int("gradient_batch_size");
+  for (const auto& metric : config.evaluation.metrics) {
+    static const std::vector<std::string> known{"auc", "pearson", "spearman"};
+    if (std::find(known.begin(), known.end(), metric) == known.end()) {
+      std::string suggestion = closest_match(metric, known);
+      v.fail(evaluation_table.get("metrics")->source(),
+             fmt::format("key 'evaluation.metrics': unknown metric \"{}\"{}; known: auc, pearson, spearman", metric,
+                         suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion)));
+    }
+    if ((metric == "pearson" || metric == "spearman") && config.evaluation.reference.empty())
+      v.fail(evaluation_table.source(), fmt::format("metric \"{}\" needs evaluation.reference = \"<estimator name>\"", metric));
+  }
+  if (!config.evaluation.reference.empty()) {
+    bool found = false;
+    std::vector<std::string> labels;
+    for (const auto& e : config.estimators) found |= e.label == config.evaluation.reference, labels.push_back(e.label);
+    if (!found)
+      v.fail(evaluation_table.get("reference")->source(),
+             fmt::format("key 'evaluation.reference': no [[estimator]] is named \"{}\"; names: {}", config.evaluation.reference, fmt::join(labels, ", ")));
+  }
+  if (config.evaluation.mode != "aggregate" && config.evaluation.mode != "pairwise")
+    v.fail(evaluation_table.get("mode")->source(), fmt::format("key 'evaluation.mode': expected \"aggregate\" or \"pairwise\", found \"{}\"", config.evaluation.mode));
+  resolved.insert("evaluation", options_table(evaluation));
+
+  config.resolved_toml = to_text(resolved);
+  // What each cached stage depends on; nothing else may change its result.
+  toml::table dataset_base = options_table(dataset_all);
+  dataset_base.erase("label_noise");
+  dataset_base.erase("noise_seed");
+  toml::table pretrain;
+  pretrain.insert("stage", kStageVersion);
+  pretrain.insert("dataset", dataset_base);
+  pretrain.insert("model", options_table(model_all));
+  pretrain.insert("epochs", config.training.pretrain_epochs);
+  pretrain.insert("learning_rate", config.training.pretrain_learning_rate);
+  config.pretrain_key_text = to_text(pretrain);
+  toml::table finetune;
+  finetune.insert("pretrain", pretrain);
+  finetune.insert("dataset", options_table(dataset_all));
+  finetune.insert("lora", options_table(lora));
+  finetune.insert("training", options_table(training));
+  finetune.insert("seed", config.seed);
+  config.finetune_key_text = to_text(finetune);
+  toml::table gradients;
+  gradients.insert("finetune", finetune);
+  gradients.insert("what", "per-example LoRA gradients, train and validation");
+  config.gradients_key_text = to_text(gradients);
+  return config;
+}
+
+}  // namespace
+
+std::vector<ExperimentConfig> load_experiment(const fs::path& file,
+                                              const std::vector<std::string>& overrides,
+                                              Registry& registry) {
+  if (!fs::exists(file)) throw Error(fmt::format("{}: no such experiment file", file.string()));
+  toml::table root;
+  try {
+    root = toml::parse_file(file.string());
+  } catch (const toml::parse_error& e) {
+    throw Error(fmt::format("{}: {}", where(e.source(), file.string()), e.description()));
+  }
+  for (const auto& assignment : overrides) apply_override(root, assignment);
+
+  Validator v{file.string()};
+  const toml::table& experiment = v.section(root, "experiment", true);
+  if (const toml::node* paths = experiment.get("plugin_paths")) {
+    if (const toml::array* array = paths->as_array())
+      for (const auto& p : *array)
+        if (auto s = p.value_exact<std::string>()) {
+          fs::path dir = fs::absolute(file.parent_path() / *s);
+          try {
+            registry.load_directory(dir);
+          } catch (const Error& e) {
+            v.fail(p.source(), fmt::format("key 'experiment.plugin_paths': {}", e.what()));
+          }
+        }
+  }
+
+  std::vector<SweepDimension> dims;
+  if (const toml::node* sweep = root.get("sweep")) {
+    if (!sweep->is_table()) v.fail(sweep->source(), "key 'sweep': expected a table ([sweep])");
+    collect_sweep(*sweep->as_table(), "", dims, file.string());
+  }
+  // [experiment] repeats = k is a sweep over seed, seed+1, ..., seed+k-1.
+  std::int64_t repeats = experiment.get("repeats") ? experiment.get("repeats")->value_or<std::int64_t>(1) : 1;
+  toml::array seeds;
+  if (repeats > 1) {
+    for (const auto& d : dims)
+      if (d.path == "experiment.seed")
+        v.fail(experiment.source(), "use either [experiment] repeats or a [sweep] over experiment.seed, not both");
+    std::int64_t seed = experiment.get("seed") ? experiment.get("seed")->value_or<std::int64_t>(0) : 0;
+    for (std::int64_t k = 0; k < repeats; ++k) seeds.push_back(seed + k);
+    SweepDimension dim{"experiment.seed", {}};
+    for (const auto& item : seeds) dim.values.push_back(&item);
+    dims.push_back(std::move(dim));
+  } else if (repeats < 1) {
+    v.fail(experiment.get("repeats")->source(), fmt::format("key 'experiment.repeats': expected a positive integer, found {}", repeats));
+  }
+
+  std::vector<ExperimentConfig> runs;
+  std::vector<std::size_t> index(dims.size(), 0);
+  while (true) {
+    toml::table point = root;
+    point.erase("sweep");
+    std::string run_name;
+    for (std::size_t d = 0; d < dims.size(); ++d) {
+      const toml::node* value = dims[d].values[index[d]];
+      if (!lookup(root, dims[d].path) && dims[d].path.rfind("estimator", 0) == 0)
+        v.fail(value->source(), fmt::format("sweep key '{}': [[estimator]] options cannot be swept; list one [[estimator]] per variant", dims[d].path));
+      set_path(point, dims[d].path, *value, where(value->source(), file.string()));
+      auto parts = split_path(dims[d].path);
+      run_name += (run_name.empty() ? "" : "_") + parts.back() + label_of(*value);
+    }
+    runs.push_back(validate_run(point, file, registry, run_name.empty() ? "run" : run_name));
+    std::size_t d = 0;
+    while (d < dims.size() && ++index[d] == dims[d].values.size()) index[d++] = 0;
+    if (d == dims.size()) break;
+  }
+  return runs;
+}
+
+}  // namespace inflab

@@ -1,0 +1,72 @@
+// Damping rule and scoring: the parts every estimator shares.
+#include <ATen/ops/mean.h>
+#include <ATen/ops/zeros.h>
+#include <fmt/format.h>
+
+#include "inflab/error.hpp"
+#include "inflab/estimator.hpp"
+#include "inflab/scoring.hpp"
+
+namespace inflab {
+
+double Damping::for_block(const at::Tensor& gradients) const {
+  if (fixed > 0) return fixed;
+  // scale * (1 / (n d)) * sum_i ||g_i||^2: the mean squared gradient entry, times the scale.
+  double mean_square = gradients.to(c10::kDouble).square().mean().item<double>();
+  double lambda = scale * mean_square;
+  if (!(lambda > 0))
+    throw Error(fmt::format("damping rule gave lambda = {} (all gradients of a block are zero?); set a fixed damping > 0", lambda));
+  return lambda;
+}
+
+std::vector<OptionSpec> damping_option_specs() {
+  return {
+      {"damping_scale", OptionType::Double, 0.1,
+       "lambda_l = damping_scale * mean squared gradient entry of block l (paper: 0.1)"},
+      {"damping", OptionType::Double, 0.0, "a fixed lambda for every block (> 0 overrides the rule)"},
+  };
+}
+
+Damping damping_from(const Options& options) {
+  Damping d;
+  d.scale = options.get_double("damping_scale");
+  d.fixed = options.get_double("damping");
+  if (d.scale <= 0)
+    throw Error(fmt::format("{}: damping_scale must be > 0, found {}", options.owner(), d.scale));
+  if (d.fixed < 0)
+    throw Error(fmt::format("{}: damping must be > 0 (or 0 for the rule), found {}", options.owner(), d.fixed));
+  return d;
+}
+
+void check_blocks(const GradientBlocks& train, const GradientBlocks& queries) {
+  if (train.size() != queries.size())
+    throw Error(fmt::format("{} training gradient blocks but {} query blocks", train.size(), queries.size()));
+  for (std::size_t b = 0; b < train.size(); ++b) {
+    if (train[b].name != queries[b].name)
+      throw Error(fmt::format("block {} is '{}' for training but '{}' for queries", b, train[b].name, queries[b].name));
+    if (train[b].values.dim() != 2 || queries[b].values.dim() != 2 ||
+        train[b].values.size(1) != queries[b].values.size(1))
+      throw Error(fmt::format("block '{}': training and query gradients must be 2-D with equal widths", train[b].name));
+  }
+}
+
+at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train,
+                          const GradientBlocks& queries) {
+  check_blocks(train, queries);
+  const auto n = train.at(0).values.size(0), q = queries.at(0).values.size(0);
+  at::Tensor scores = at::zeros({n, q}, train[0].values.options());
+  for (std::size_t b = 0; b < train.size(); ++b) {
+    at::Tensor preconditioned = estimator.inverse_product(b, queries[b].values);
+    scores.addmm_(train[b].values, preconditioned.t());
+  }
+  return scores.neg_();  // I(k, q) = - g_k . M^{-1} v_q
+}
+
+at::Tensor score_aggregate(Estimator& estimator, const GradientBlocks& train,
+                           const GradientBlocks& queries) {
+  GradientBlocks mean = queries;
+  for (auto& block : mean) block.values = block.values.mean(0, /*keepdim=*/true);
+  return score_pairwise(estimator, train, mean).squeeze(1);
+}
+
+}  // namespace inflab

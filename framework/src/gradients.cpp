@@ -1,0 +1,167 @@
+#include "inflab/gradients.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include "inflab/error.hpp"
+#include "inflab/io.hpp"
+#include "inflab/lora.hpp"
+#include "inflab/progress.hpp"
+
+namespace fs = std::filesystem;
+
+namespace inflab {
+
+GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs,
+                                     const at::Tensor& labels, std::int64_t batch_size,
+                                     const std::string& progress_label) {
+  const std::int64_t n = inputs.size(0);
+  std::vector<LoraLinear*> layers;
+  for (auto* layer : model.lora_layers())
+    if (layer->has_adapter()) layers.push_back(layer);
+  if (layers.empty()) throw Error("per_example_gradients: the model has no LoRA adapters (check model.lora.targets)");
+
+  GradientBlocks blocks;
+  for (auto* layer : layers) {
+    blocks.push_back({layer->name() + ".lora_A", torch::empty({n, layer->lora_a().numel()})});
+    blocks.push_back({layer->name() + ".lora_B", torch::empty({n, layer->lora_b().numel()})});
+  }
+
+  model.set_training(false);  // LoRA dropout off: gradients of the deterministic model
+  for (auto* layer : layers) layer->capture = true;
+  Progress progress(progress_label, n, "examples");
+  for (std::int64_t start = 0; start < n; start += batch_size) {
+    const std::int64_t count = std::min(batch_size, n - start);
+    torch::Tensor x = inputs.narrow(0, start, count);
+    torch::Tensor y = labels.narrow(0, start, count);
+    torch::Tensor logits = model.forward(x);
+    // Sum, not mean: each example's gradient is that of its own loss.
+    torch::Tensor loss = torch::nn::functional::cross_entropy(
+        logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+    std::vector<torch::Tensor> wrt;
+    for (auto* layer : layers) {
+      wrt.push_back(layer->captured_hidden);
+      wrt.push_back(layer->captured_output);
+    }
+    auto grads = torch::autograd::grad({loss}, wrt);
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      LoraLinear& layer = *layers[l];
+      // Token models have inputs (batch, ..., features): sum over every position in between.
+      auto flat = [count](const torch::Tensor& t) { return t.reshape({count, -1, t.size(-1)}); };
+      torch::Tensor input = flat(layer.captured_input.detach());
+      torch::Tensor hidden = flat(layer.captured_hidden.detach());
+      torch::Tensor grad_hidden = flat(grads[2 * l]);
+      torch::Tensor grad_output = flat(grads[2 * l + 1]);
+      // dL_i/dA = sum_t dL/dh_t x_t^T ; dL_i/dB = sum_t dL/du_t h_t^T (u = B h, scale inside dL/du)
+      blocks[2 * l].values.narrow(0, start, count).copy_(torch::einsum("btr,bti->bri", {grad_hidden, input}).reshape({count, -1}));
+      blocks[2 * l + 1].values.narrow(0, start, count).copy_(torch::einsum("bto,btr->bor", {grad_output, hidden}).reshape({count, -1}));
+    }
+    for (auto* layer : layers) {
+      layer->captured_input = layer->captured_hidden = layer->captured_output = torch::Tensor();
+    }
+    progress.advance(count);
+  }
+  for (auto* layer : layers) layer->capture = false;
+  return blocks;
+}
+
+namespace {
+nlohmann::json meta_json(const ExampleMeta& meta, std::int64_t count) {
+  nlohmann::json j;
+  j["count"] = count;
+  j["ids"] = meta.ids;
+  j["labels"] = meta.labels;
+  if (!meta.observed_labels.empty()) j["observed_labels"] = meta.observed_labels;
+  if (!meta.flipped.empty()) j["flipped"] = meta.flipped;
+  return j;
+}
+
+template <class T>
+std::vector<T> optional_vector(const nlohmann::json& j, const char* key, std::int64_t count,
+                               const fs::path& file, const std::string& side) {
+  if (!j.contains(key)) return {};
+  std::vector<T> out;
+  try {
+    out = j.at(key).get<std::vector<T>>();
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("{}: {}.{}: expected an array of integers ({})", file.string(), side, key, e.what()));
+  }
+  if (static_cast<std::int64_t>(out.size()) != count)
+    throw Error(fmt::format("{}: {}.{} has {} entries but the gradients have {} rows", file.string(), side, key, out.size(), count));
+  return out;
+}
+}  // namespace
+
+void save_gradient_store(const fs::path& dir, const GradientStore& store) {
+  fs::create_directories(dir / "train");
+  fs::create_directories(dir / "query");
+  nlohmann::json blocks = nlohmann::json::array();
+  for (std::size_t b = 0; b < store.train.size(); ++b) {
+    const auto& block = store.train[b];
+    save_npy(dir / "train" / (block.name + ".npy"), block.values);
+    save_npy(dir / "query" / (block.name + ".npy"), store.query[b].values);
+    blocks.push_back({{"name", block.name}, {"dim", block.values.size(1)}});
+  }
+  nlohmann::json j;
+  j["format"] = "inflab-gradient-store";
+  j["version"] = 1;
+  j["dtype"] = "float32";
+  j["blocks"] = blocks;
+  j["train"] = meta_json(store.train_meta, store.train.empty() ? 0 : store.train[0].values.size(0));
+  j["query"] = meta_json(store.query_meta, store.query.empty() ? 0 : store.query[0].values.size(0));
+  write_file_atomic(dir / "blocks.json", j.dump(1) + "\n");
+}
+
+GradientStore load_gradient_store(const fs::path& dir) {
+  fs::path manifest = dir / "blocks.json";
+  if (!fs::exists(manifest))
+    throw Error(fmt::format("{}: missing; a gradient directory needs blocks.json, train/<block>.npy and query/<block>.npy (docs/gradient-store.md)", manifest.string()));
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(manifest));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(fmt::format("{}: invalid JSON: {}", manifest.string(), e.what()));
+  }
+  if (!j.contains("blocks") || !j["blocks"].is_array() || j["blocks"].empty())
+    throw Error(fmt::format("{}: expected \"blocks\": a non-empty array of {{\"name\": ..., \"dim\": ...}}", manifest.string()));
+  GradientStore store;
+  std::int64_t n_train = -1, n_query = -1;
+  for (const auto& block : j["blocks"]) {
+    if (!block.contains("name") || !block["name"].is_string() || !block.contains("dim") || !block["dim"].is_number_integer())
+      throw Error(fmt::format("{}: each entry of \"blocks\" needs \"name\" (string) and \"dim\" (integer), found {}", manifest.string(), block.dump()));
+    std::string name = block["name"];
+    std::int64_t dim = block["dim"];
+    auto read = [&](const char* side, std::int64_t& rows) {
+      fs::path file = dir / side / (name + ".npy");
+      if (!fs::exists(file)) throw Error(fmt::format("{}: missing (blocks.json lists block '{}')", file.string(), name));
+      at::Tensor t = load_npy(file);
+      if (t.dim() != 2 || t.size(1) != dim)
+        throw Error(fmt::format("{}: expected shape (n, {}) as blocks.json says, found {}", file.string(), dim, fmt::format("{}", fmt::join(t.sizes(), " x "))));
+      if (rows >= 0 && t.size(0) != rows)
+        throw Error(fmt::format("{}: has {} rows but other {} blocks have {}", file.string(), t.size(0), side, rows));
+      rows = t.size(0);
+      if (!t.is_floating_point()) throw Error(fmt::format("{}: expected floating-point gradients, found {}", file.string(), c10::toString(t.scalar_type())));
+      return t.to(torch::kFloat32).contiguous();
+    };
+    store.train.push_back({name, read("train", n_train)});
+    store.query.push_back({name, read("query", n_query)});
+  }
+  auto read_meta = [&](const char* side, std::int64_t count, ExampleMeta& meta) {
+    if (!j.contains(side)) return;
+    const auto& m = j[side];
+    if (m.contains("count") && m["count"].get<std::int64_t>() != count)
+      throw Error(fmt::format("{}: {}.count = {} but the {} gradients have {} rows", manifest.string(), side, m["count"].get<std::int64_t>(), side, count));
+    meta.ids = optional_vector<std::int64_t>(m, "ids", count, manifest, side);
+    meta.labels = optional_vector<std::int64_t>(m, "labels", count, manifest, side);
+    meta.observed_labels = optional_vector<std::int64_t>(m, "observed_labels", count, manifest, side);
+    meta.flipped = optional_vector<std::uint8_t>(m, "flipped", count, manifest, side);
+  };
+  read_meta("train", n_train, store.train_meta);
+  read_meta("query", n_query, store.query_meta);
+  return store;
+}
+
+}  // namespace inflab

@@ -1,0 +1,118 @@
+#include "inflab/registry.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/dll/runtime_symbol_info.hpp>
+#include <boost/dll/shared_library.hpp>
+#include <cstdlib>
+#include <sstream>
+
+#include "inflab/error.hpp"
+
+namespace fs = std::filesystem;
+
+namespace inflab {
+
+const char* to_string(PluginKind kind) {
+  switch (kind) {
+    case PluginKind::Estimator: return "estimator";
+    case PluginKind::Dataset: return "dataset";
+    case PluginKind::Model: return "model";
+  }
+  return "unknown";
+}
+
+struct Registry::Libraries {
+  std::vector<boost::dll::shared_library> loaded;
+};
+
+Registry::Registry() : libraries_(std::make_unique<Libraries>()) {}
+// Records point into the libraries; plugins are linked with -z nodelete, so objects a plugin
+// created stay valid even if they outlive this registry.
+Registry::~Registry() = default;
+
+void Registry::load_file(const fs::path& file) {
+  for (const auto& record : records_)
+    if (fs::equivalent(record.file, file)) return;
+  boost::dll::shared_library library;
+  try {
+    library.load(file.string(), boost::dll::load_mode::rtld_lazy | boost::dll::load_mode::rtld_local);
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("{}: cannot load plugin library: {}", file.string(), e.what()));
+  }
+  if (!library.has("inflab_plugin")) return;  // some other shared library: not ours
+  auto entry = library.get_alias<const PluginInfo*()>("inflab_plugin");
+  const PluginInfo* info = entry();
+  if (!info) throw Error(fmt::format("{}: inflab_plugin() returned null", file.string()));
+  if (info->abi_version != kAbiVersion)
+    throw Error(fmt::format(
+        "{}: plugin built for inflab plugin ABI version {}, but this inflab uses ABI version {}; "
+        "rebuild the plugin against this inflab's headers",
+        file.string(), info->abi_version, kAbiVersion));
+  for (const auto& record : records_)
+    if (record.info->kind == info->kind && std::string(record.info->name) == info->name)
+      throw Error(fmt::format("two {} plugins are named '{}': {} and {}; remove one from the "
+                              "plugin path",
+                              to_string(info->kind), info->name, record.file.string(),
+                              file.string()));
+  records_.push_back({info, fs::absolute(file)});
+  libraries_->loaded.push_back(std::move(library));
+}
+
+void Registry::load_directory(const fs::path& directory) {
+  if (!fs::is_directory(directory))
+    throw Error(fmt::format("plugin directory {} does not exist", directory.string()));
+  std::vector<fs::path> files;
+  for (const auto& entry : fs::directory_iterator(directory))
+    if (entry.is_regular_file() && entry.path().extension() == ".so") files.push_back(entry.path());
+  std::sort(files.begin(), files.end());  // deterministic order
+  for (const auto& file : files) load_file(file);
+}
+
+void Registry::load_default_locations() {
+  fs::path exe = boost::dll::program_location().string();
+  fs::path built = exe.parent_path().parent_path() / "plugins";
+  if (fs::is_directory(built)) load_directory(built);
+  if (const char* env = std::getenv("INFLAB_PLUGIN_PATH")) {
+    std::stringstream paths(env);
+    std::string path;
+    while (std::getline(paths, path, ':'))
+      if (!path.empty()) load_directory(path);
+  }
+}
+
+std::vector<std::string> Registry::names(PluginKind kind) const {
+  std::vector<std::string> out;
+  for (const auto& record : records_)
+    if (record.info->kind == kind) out.push_back(record.info->name);
+  return out;
+}
+
+const PluginRecord& Registry::find(PluginKind kind, const std::string& name) const {
+  for (const auto& record : records_)
+    if (record.info->kind == kind && name == record.info->name) return record;
+  auto available = names(kind);
+  std::string list;
+  for (const auto& n : available) list += (list.empty() ? "" : ", ") + n;
+  std::string suggestion = closest_match(name, available);
+  throw Error(fmt::format("unknown {} plugin '{}'{}; available {} plugins: {}", to_string(kind),
+                          name, suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
+                          to_string(kind), list.empty() ? "(none found)" : list));
+}
+
+std::unique_ptr<Plugin> Registry::create(PluginKind kind, const std::string& name,
+                                         const Options& options) const {
+  const auto& record = find(kind, name);
+  auto plugin = record.info->create();
+  plugin->configure(options);
+  return plugin;
+}
+
+void Registry::throw_wrong_type(PluginKind kind, const std::string& name) const {
+  throw Error(fmt::format("{} plugin '{}' does not implement the {} interface of this inflab",
+                          to_string(kind), name, to_string(kind)));
+}
+
+}  // namespace inflab

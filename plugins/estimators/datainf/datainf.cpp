@@ -1,0 +1,50 @@
+// DataInf (Kwon et al., ICLR 2024): the inverse of each damped Gauss-Newton block replaced by
+// the average of inverted rank-one-plus-ridge matrices, which Sherman-Morrison makes explicit:
+//   r_l = 1/(n lambda_l) sum_i ( v - (g_il . v) / (lambda_l + ||g_il||^2) g_il )
+// For Q queries at once: C = V G^T scaled per training example, then R = (V - C G) / lambda.
+#include <inflab/estimator.hpp>
+
+namespace {
+
+class DataInf : public inflab::Estimator {
+ public:
+  void configure(const inflab::Options& options) override { damping_ = inflab::damping_from(options); }
+
+  void fit(const inflab::GradientBlocks& train) override {
+    blocks_.clear();
+    for (const auto& block : train) {
+      const at::Tensor& g = block.values;
+      const double lambda = damping_.for_block(g);
+      const double n = static_cast<double>(g.size(0));
+      // 1 / (n (lambda + ||g_i||^2)), one weight per training example.
+      at::Tensor weights = g.square().sum(1).add_(lambda).mul_(n).reciprocal_();
+      blocks_.push_back({g, weights, lambda});
+      diagnostics_[block.name + ".lambda"] = lambda;
+    }
+  }
+
+  at::Tensor inverse_product(std::size_t b, const at::Tensor& queries) override {
+    const Block& block = blocks_.at(b);
+    at::Tensor coefficients = queries.mm(block.gradients.t()).mul_(block.weights);  // Q x n
+    return queries.sub(coefficients.mm(block.gradients)).div_(block.lambda);
+  }
+
+  std::map<std::string, double> diagnostics() const override { return diagnostics_; }
+
+ private:
+  struct Block {
+    at::Tensor gradients, weights;
+    double lambda;
+  };
+  inflab::Damping damping_;
+  std::vector<Block> blocks_;
+  std::map<std::string, double> diagnostics_;
+};
+
+std::vector<inflab::OptionSpec> options() { return inflab::damping_option_specs(); }
+
+}  // namespace
+
+INFLAB_PLUGIN(Estimator, "datainf", "1.0.0",
+              "DataInf: closed-form inverse-harmonic-mean approximation of each damped Gauss-Newton block",
+              options, DataInf)

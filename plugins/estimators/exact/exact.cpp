@@ -1,0 +1,87 @@
+// Exact block-wise inverse (G_l + lambda_l I)^{-1}, G_l = (1/n) G^T G, in float64:
+//   d_l <= n: Cholesky of the d x d matrix;
+//   n < d_l:  Woodbury, (lambda I + G^T G / n)^{-1} = (I - G^T (n lambda I + G G^T)^{-1} G) / lambda,
+//             with a Cholesky of the n x n Gram matrix.
+#include <ATen/ops/cholesky_solve.h>
+#include <ATen/ops/eye.h>
+#include <ATen/ops/linalg_cholesky.h>
+#include <fmt/format.h>
+#include <inflab/error.hpp>
+#include <inflab/estimator.hpp>
+
+namespace {
+
+class Exact : public inflab::Estimator {
+ public:
+  void configure(const inflab::Options& options) override {
+    damping_ = inflab::damping_from(options);
+    budget_mb_ = options.get_double("memory_budget_mb");
+    method_ = options.get_string("method");
+    if (method_ != "auto" && method_ != "cholesky" && method_ != "woodbury")
+      throw inflab::Error(fmt::format("{}: method must be auto, cholesky or woodbury, found \"{}\"", options.owner(), method_));
+  }
+
+  void fit(const inflab::GradientBlocks& train) override {
+    blocks_.clear();
+    for (const auto& block : train) {
+      at::Tensor g = block.values.to(c10::kDouble);
+      const auto n = g.size(0), d = g.size(1);
+      const double lambda = damping_.for_block(block.values);
+      const bool woodbury = method_ == "woodbury" || (method_ == "auto" && n < d);
+      const auto side = woodbury ? n : d;
+      const double needed_mb = 2.0 * static_cast<double>(side) * static_cast<double>(side) * 8.0 / 1048576.0;
+      if (needed_mb > budget_mb_)
+        throw inflab::Error(fmt::format(
+            "exact: block '{}' ({} examples x {} parameters) needs a {} x {} float64 factorization, about {:.0f} MiB, "
+            "over memory_budget_mb = {:.0f}; raise memory_budget_mb or use datainf, lissa or cg",
+            block.name, n, d, side, side, needed_mb, budget_mb_));
+      at::Tensor matrix = woodbury ? g.mm(g.t()) : g.t().mm(g).div_(static_cast<double>(n));
+      matrix.diagonal().add_(woodbury ? static_cast<double>(n) * lambda : lambda);
+      blocks_.push_back({g, at::linalg_cholesky(matrix), lambda, woodbury});
+      diagnostics_[block.name + ".lambda"] = lambda;
+      diagnostics_[block.name + ".woodbury"] = woodbury ? 1.0 : 0.0;
+    }
+  }
+
+  at::Tensor inverse_product(std::size_t b, const at::Tensor& queries) override {
+    const Block& block = blocks_.at(b);
+    at::Tensor v = queries.to(c10::kDouble);
+    at::Tensor r;
+    if (block.woodbury) {
+      at::Tensor w = at::cholesky_solve(block.gradients.mm(v.t()), block.factor);  // n x Q
+      r = v.sub(w.t().mm(block.gradients)).div_(block.lambda);
+    } else {
+      r = at::cholesky_solve(v.t(), block.factor).t();
+    }
+    return r.to(queries.scalar_type());
+  }
+
+  std::map<std::string, double> diagnostics() const override { return diagnostics_; }
+
+ private:
+  struct Block {
+    at::Tensor gradients, factor;
+    double lambda;
+    bool woodbury;
+  };
+  inflab::Damping damping_;
+  double budget_mb_ = 4096;
+  std::string method_ = "auto";
+  std::vector<Block> blocks_;
+  std::map<std::string, double> diagnostics_;
+};
+
+std::vector<inflab::OptionSpec> options() {
+  auto specs = inflab::damping_option_specs();
+  specs.push_back({"method", inflab::OptionType::String, std::string("auto"),
+                   "auto (Cholesky when d <= n, else Woodbury), cholesky or woodbury"});
+  specs.push_back({"memory_budget_mb", inflab::OptionType::Double, 4096.0,
+                   "refuse a block whose factorization would need more memory than this"});
+  return specs;
+}
+
+}  // namespace
+
+INFLAB_PLUGIN(Estimator, "exact", "1.0.0",
+              "Exact block-wise inverse of the damped Gauss-Newton matrix (Cholesky or Woodbury, float64)",
+              options, Exact)

@@ -1,0 +1,169 @@
+#include <catch2/catch.hpp>
+
+#include "helpers.hpp"
+#include "inflab/config.hpp"
+#include "inflab/error.hpp"
+#include "inflab/registry.hpp"
+
+using Catch::Matchers::Contains;
+
+namespace {
+
+const char* kValid = R"([experiment]
+name = "t"
+seed = 3
+
+[dataset]
+plugin = "fashion_mnist"
+n_train = 100
+label_noise = 0.2
+
+[model]
+plugin = "mlp_lora"
+hidden = [32]
+
+[model.lora]
+rank = 2
+
+[[estimator]]
+plugin = "datainf"
+
+[[estimator]]
+plugin = "hessian_free"
+)";
+
+struct Fixture {
+  test::TempDir dir;
+  inflab::Registry registry;
+  Fixture() { registry.load_directory(test::plugin_dir()); }
+  std::vector<inflab::ExperimentConfig> load(const std::string& text, std::vector<std::string> sets = {}) {
+    return inflab::load_experiment(dir.write("exp.toml", text), sets, registry);
+  }
+  std::string error_of(const std::string& text, std::vector<std::string> sets = {}) {
+    try {
+      load(text, sets);
+    } catch (const inflab::Error& e) {
+      return e.what();
+    }
+    FAIL("expected a config error");
+    return "";
+  }
+  std::string file() const { return (dir.path / "exp.toml").string(); }
+};
+
+std::string replace(std::string text, const std::string& from, const std::string& to) {
+  auto at = text.find(from);
+  REQUIRE(at != std::string::npos);
+  return text.replace(at, from.size(), to);
+}
+
+}  // namespace
+
+TEST_CASE("a valid experiment resolves with defaults filled in", "[config]") {
+  Fixture f;
+  auto runs = f.load(kValid);
+  REQUIRE(runs.size() == 1);
+  const auto& run = runs[0];
+  CHECK(run.name == "t");
+  CHECK(run.seed == 3);
+  CHECK(run.lora.rank == 2);
+  CHECK(run.lora.alpha == 2.0);  // alpha defaults to the rank, as in the paper
+  CHECK(run.label_noise == Approx(0.2));
+  CHECK(run.dataset.options.get_int("n_train") == 100);
+  CHECK(run.dataset.options.get_int("n_validation") == 200);  // plugin default
+  CHECK(run.model.options.get_int_list("hidden") == std::vector<std::int64_t>{32});
+  REQUIRE(run.estimators.size() == 2);
+  CHECK(run.estimators[0].options.get_double("damping_scale") == Approx(0.1));
+  CHECK_THAT(run.resolved_toml, Contains("damping_scale = 0.1") && Contains("learning_rate"));
+}
+
+TEST_CASE("a wrong type names file:line:column, key, expected and found", "[config]") {
+  Fixture f;
+  auto message = f.error_of(replace(kValid, "rank = 2", "rank = \"two\""));
+  CHECK_THAT(message, Contains(f.file() + ":17:8") && Contains("model.lora.rank") &&
+                          Contains("expected integer") && Contains("found string \"two\""));
+  auto plugin_option = f.error_of(replace(kValid, "n_train = 100", "n_train = 1.5"));
+  CHECK_THAT(plugin_option, Contains(f.file() + ":7:11") && Contains("dataset.n_train") && Contains("found number 1.5"));
+}
+
+TEST_CASE("unknown keys are errors with the closest valid key", "[config]") {
+  Fixture f;
+  auto message = f.error_of(replace(kValid, "n_train = 100", "n_trian = 100"));
+  CHECK_THAT(message, Contains(f.file() + ":7:1") && Contains("unknown key 'dataset.n_trian'") &&
+                          Contains("did you mean 'dataset.n_train'?"));
+  auto estimator_option = f.error_of(replace(kValid, "plugin = \"datainf\"", "plugin = \"datainf\"\ndamping_scal = 0.2"));
+  CHECK_THAT(estimator_option, Contains("estimator.damping_scal") && Contains("damping_scale"));
+  auto section = f.error_of(std::string(kValid) + "\n[evalution]\nmode = \"pairwise\"\n");
+  CHECK_THAT(section, Contains("unknown section 'evalution'") && Contains("did you mean 'evaluation'?"));
+}
+
+TEST_CASE("an unknown plugin in the file points at the line and suggests", "[config]") {
+  Fixture f;
+  auto message = f.error_of(replace(kValid, "plugin = \"datainf\"", "plugin = \"data_inf\""));
+  CHECK_THAT(message, Contains(f.file() + ":19:10") && Contains("did you mean 'datainf'?"));
+}
+
+TEST_CASE("TOML syntax errors carry the position", "[config]") {
+  Fixture f;
+  auto message = f.error_of(replace(kValid, "seed = 3", "seed = = 3"));
+  CHECK_THAT(message, Contains(f.file() + ":3:"));
+}
+
+TEST_CASE("sweeps expand to the cartesian product, with readable run names", "[config]") {
+  Fixture f;
+  auto runs = f.load(std::string(kValid) + "\n[sweep]\n\"model.lora.rank\" = [1, 2, 4]\nexperiment.seed = [0, 1]\n");
+  REQUIRE(runs.size() == 6);
+  std::set<std::pair<std::int64_t, std::int64_t>> points;
+  std::set<std::string> names;
+  for (const auto& r : runs) points.insert({r.lora.rank, r.seed}), names.insert(r.run_name);
+  CHECK(points.size() == 6);
+  CHECK(names.size() == 6);
+  CHECK(names.count("seed0_rank4") == 1);
+  // Runs that differ only in the seed share the pretrained base but not the fine-tune.
+  CHECK(runs[0].pretrain_key_text == runs[1].pretrain_key_text);
+  CHECK(runs[0].finetune_key_text != runs[1].finetune_key_text);
+}
+
+TEST_CASE("repeats sweep the seed; a bad sweep value is located", "[config]") {
+  Fixture f;
+  auto runs = f.load(replace(kValid, "seed = 3", "seed = 3\nrepeats = 3"));
+  REQUIRE(runs.size() == 3);
+  CHECK(runs[2].seed == 5);
+  auto message = f.error_of(std::string(kValid) + "\n[sweep]\n\"model.lora.rank\" = [1, \"x\"]\n");
+  CHECK_THAT(message, Contains(f.file() + ":27:") && Contains("model.lora.rank") && Contains("expected integer"));
+}
+
+TEST_CASE("--set overrides any key and is validated like the file", "[config]") {
+  Fixture f;
+  auto runs = f.load(kValid, {"model.lora.rank=8", "dataset.label_noise=0.1", "training.optimizer=sgd"});
+  CHECK(runs[0].lora.rank == 8);
+  CHECK(runs[0].label_noise == Approx(0.1));
+  CHECK(runs[0].training.optimizer == "sgd");
+  auto message = f.error_of(kValid, {"model.lora.rnk=8"});
+  CHECK_THAT(message, Contains("--set model.lora.rnk=8") && Contains("did you mean 'model.lora.rank'?"));
+}
+
+TEST_CASE("semantic checks: references, metrics, ranges", "[config]") {
+  Fixture f;
+  CHECK_THAT(f.error_of(std::string(kValid) + "\n[evaluation]\nmetrics = [\"pearson\"]\n"),
+             Contains("needs evaluation.reference"));
+  CHECK_THAT(f.error_of(std::string(kValid) + "\n[evaluation]\nmetrics = [\"auc\", \"pearsn\"]\nreference = \"datainf\"\n"),
+             Contains("did you mean \"pearson\"?"));
+  CHECK_THAT(f.error_of(std::string(kValid) + "\n[evaluation]\nreference = \"exact\"\n"),
+             Contains("no [[estimator]] is named \"exact\""));
+  CHECK_THAT(f.error_of(replace(kValid, "label_noise = 0.2", "label_noise = 1.5")), Contains("dataset.label_noise"));
+  CHECK_THAT(f.error_of(replace(kValid, "[[estimator]]\nplugin = \"hessian_free\"", "[[estimator]]\nplugin = \"datainf\"")),
+             Contains("two [[estimator]] entries are named 'datainf'"));
+}
+
+TEST_CASE("`inflab validate` reports errors on stderr with exit code 2", "[config][cli]") {
+  test::TempDir dir;
+  auto file = dir.write("bad.toml", replace(kValid, "rank = 2", "rank = -1"));
+  auto result = test::run_command(std::string(INFLAB_BINARY) + " validate " + file.string());
+  CHECK(result.exit_code == 2);
+  CHECK_THAT(result.output, Contains("model.lora.rank") && Contains("found -1"));
+  auto good = dir.write("good.toml", kValid);
+  auto ok = test::run_command(std::string(INFLAB_BINARY) + " validate " + good.string());
+  CHECK(ok.exit_code == 0);
+  CHECK_THAT(ok.output, Contains("valid, 1 run(s)"));
+}
