@@ -80,7 +80,7 @@ TEST_CASE("a valid experiment resolves with defaults filled in", "[config]") {
 TEST_CASE("a wrong type names file:line:column, key, expected and found", "[config]") {
   Fixture f;
   auto message = f.error_of(replace(kValid, "rank = 2", "rank = \"two\""));
-  CHECK_THAT(message, Contains(f.file() + ":17:8") && Contains("model.lora.rank") &&
+  CHECK_THAT(message, Contains(f.file() + ":15:8") && Contains("model.lora.rank") &&
                           Contains("expected integer") && Contains("found string \"two\""));
   auto plugin_option = f.error_of(replace(kValid, "n_train = 100", "n_train = 1.5"));
   CHECK_THAT(plugin_option, Contains(f.file() + ":7:11") && Contains("dataset.n_train") && Contains("found number 1.5"));
@@ -100,7 +100,7 @@ TEST_CASE("unknown keys are errors with the closest valid key", "[config]") {
 TEST_CASE("an unknown plugin in the file points at the line and suggests", "[config]") {
   Fixture f;
   auto message = f.error_of(replace(kValid, "plugin = \"datainf\"", "plugin = \"data_inf\""));
-  CHECK_THAT(message, Contains(f.file() + ":19:10") && Contains("did you mean 'datainf'?"));
+  CHECK_THAT(message, Contains(f.file() + ":18:10") && Contains("did you mean 'datainf'?"));
 }
 
 TEST_CASE("TOML syntax errors carry the position", "[config]") {
@@ -130,10 +130,10 @@ TEST_CASE("repeats sweep the seed; a bad sweep value is located", "[config]") {
   REQUIRE(runs.size() == 3);
   CHECK(runs[2].seed == 5);
   auto message = f.error_of(std::string(kValid) + "\n[sweep]\n\"model.lora.rank\" = [1, \"x\"]\n");
-  CHECK_THAT(message, Contains(f.file() + ":27:") && Contains("model.lora.rank") && Contains("expected integer"));
+  CHECK_THAT(message, Contains(f.file() + ":24:25") && Contains("model.lora.rank") && Contains("expected integer"));
 }
 
-TEST_CASE("--set overrides any key and is validated like the file", "[config]") {
+TEST_CASE("overrides given with --set reach any key and are validated like the file", "[config]") {
   Fixture f;
   auto runs = f.load(kValid, {"model.lora.rank=8", "dataset.label_noise=0.1", "training.optimizer=sgd"});
   CHECK(runs[0].lora.rank == 8);

@@ -3,7 +3,6 @@
 
 #include "inflab/metrics.hpp"
 
-using Catch::Approx;
 
 TEST_CASE("roc_auc matches hand-computed values", "[metrics]") {
   // Pairs (positive, negative): (0.35,0.1) win, (0.35,0.4) loss, (0.8,0.1) win, (0.8,0.4) win.

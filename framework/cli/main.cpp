@@ -61,7 +61,7 @@ int command_run(const fs::path& file, const std::vector<std::string>& sets, cons
   Registry registry;
   load_plugins(registry, common);
   auto runs = load_experiment(file, sets, registry);
-  int threads = configure_threads(common.threads);
+  int threads = current_threads();
   std::cerr << fmt::format("[inflab] {}: {} run(s), {} thread(s)\n", file.string(), runs.size(), threads);
   RunPaths paths{out, cache};
   std::vector<std::vector<std::string>> rows{{"run", "estimator", "AUC", "seconds"}};
@@ -136,7 +136,6 @@ int command_gradients(const fs::path& file, const std::vector<std::string>& sets
   Registry registry;
   load_plugins(registry, common);
   auto runs = load_experiment(file, sets, registry);
-  configure_threads(common.threads);
   for (const auto& run : runs) {
     fs::path dir = runs.size() == 1 ? out : out / run.run_name;
     GradientStore store = prepare_gradients(run, registry, RunPaths{"results", cache});
@@ -173,7 +172,6 @@ int command_score(const fs::path& gradients, const std::string& estimator_name,
   }
   for (const auto& s : specs)
     if (s.required && !options.has(s.name)) throw Error(fmt::format("estimator '{}' needs --set {}=...", estimator_name, s.name));
-  configure_threads(common.threads);
   GradientStore store = load_gradient_store(gradients);
   auto estimator = registry.create_as<Estimator>(PluginKind::Estimator, estimator_name, options);
   estimator->fit(store.train);
@@ -230,6 +228,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   Progress::set_quiet(common.quiet);
   try {
+    configure_threads(common.threads);  // LibTorch defaults to 1 thread on these machines
     if (*run) return command_run(file, sets, out, cache, no_resume, common);
     if (*validate) return command_validate(file, sets, common);
     if (*plugins) return command_plugins(plugin_name, common);

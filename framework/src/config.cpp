@@ -40,17 +40,35 @@ std::string describe(const toml::node& node) {
   return out.str();
 }
 
+// Where values substituted by --set or [sweep] came from, by key path: TOML++ keeps source
+// positions only for nodes it parsed in place, not for inserted copies.
+using Origins = std::map<std::string, std::string>;
+
 struct Validator {
   std::string file;
+  const Origins* origins = nullptr;
 
-  [[noreturn]] void fail(const toml::source_region& source, const std::string& message) const {
-    throw Error(fmt::format("{}: {}", where(source, file), message));
+  std::string locate(const toml::source_region& source, const std::string& path) const {
+    if (source.path) return where(source, file);
+    if (origins) {
+      for (std::string p = path; !p.empty(); p = p.substr(0, p.find_last_of('.') == std::string::npos ? 0 : p.find_last_of('.'))) {
+        auto it = origins->find(p);
+        if (it != origins->end()) return it->second;
+        if (p.find('.') == std::string::npos) break;
+      }
+    }
+    return file;
+  }
+
+  [[noreturn]] void fail(const toml::source_region& source, const std::string& message,
+                         const std::string& path = "") const {
+    throw Error(fmt::format("{}: {}", locate(source, path), message));
   }
 
   Value convert(const toml::node& node, const OptionSpec& spec, const std::string& path) const {
     auto mismatch = [&]() {
       fail(node.source(), fmt::format("key '{}': expected {}, found {}", path,
-                                      to_string(spec.type), describe(node)));
+                                      to_string(spec.type), describe(node)), path);
     };
     switch (spec.type) {
       case OptionType::Bool:
@@ -76,14 +94,14 @@ struct Validator {
         for (const auto& item : *array) {
           if (spec.type == OptionType::IntList) {
             auto v = item.value_exact<std::int64_t>();
-            if (!v) fail(item.source(), fmt::format("key '{}': expected {}, found an element {}", path, to_string(spec.type), describe(item)));
+            if (!v) fail(item.source(), fmt::format("key '{}': expected {}, found an element {}", path, to_string(spec.type), describe(item)), path);
             ints.push_back(*v);
           } else if (spec.type == OptionType::DoubleList) {
-            if (!item.is_number()) fail(item.source(), fmt::format("key '{}': expected {}, found an element {}", path, to_string(spec.type), describe(item)));
+            if (!item.is_number()) fail(item.source(), fmt::format("key '{}': expected {}, found an element {}", path, to_string(spec.type), describe(item)), path);
             doubles.push_back(*item.value<double>());
           } else {
             auto v = item.value_exact<std::string>();
-            if (!v) fail(item.source(), fmt::format("key '{}': expected {}, found an element {}", path, to_string(spec.type), describe(item)));
+            if (!v) fail(item.source(), fmt::format("key '{}': expected {}, found an element {}", path, to_string(spec.type), describe(item)), path);
             strings.push_back(*v);
           }
         }
@@ -115,7 +133,7 @@ struct Validator {
         fail(key.source(),
              fmt::format("unknown key '{}'{}; valid keys here: {}", path,
                          suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", prefix.empty() ? suggestion : prefix + "." + suggestion),
-                         list));
+                         list), path);
       }
       out.set(name, convert(node, *spec, path));
     }
@@ -244,7 +262,7 @@ void set_path(toml::table& root, const std::string& path, const toml::node& node
   table->insert_or_assign(parts.back(), node);
 }
 
-void apply_override(toml::table& root, const std::string& assignment) {
+void apply_override(toml::table& root, const std::string& assignment, Origins& origins) {
   auto equals = assignment.find('=');
   if (equals == std::string::npos || equals == 0)
     throw Error(fmt::format("--set '{}': expected key.path=value", assignment));
@@ -259,6 +277,7 @@ void apply_override(toml::table& root, const std::string& assignment) {
     parsed = toml::parse("v = \"" + value + "\"", origin);
   }
   set_path(root, key, *parsed.get("v"), origin);
+  origins[key] = origin;
 }
 
 struct SweepDimension {
@@ -329,8 +348,8 @@ std::string label_of(const toml::node& node) {
 }
 
 ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Registry& registry,
-                              const std::string& run_name) {
-  Validator v{file.string()};
+                              const std::string& run_name, const Origins& origins) {
+  Validator v{file.string(), &origins};
   ExperimentConfig config;
   config.source = file;
   config.run_name = run_name;
@@ -367,7 +386,7 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   try {
     record = &registry.find(PluginKind::Dataset, config.dataset.plugin);
   } catch (const Error& e) {
-    v.fail(dataset_plugin->source(), fmt::format("key 'dataset.plugin': {}", e.what()));
+    v.fail(dataset_plugin->source(), fmt::format("key 'dataset.plugin': {}", e.what()), "dataset.plugin");
   }
   auto dataset_plugin_specs = record->info->options();
   auto all_dataset_specs = dataset_specs();
@@ -377,7 +396,7 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   config.label_noise = dataset_all.get_double("label_noise");
   config.noise_seed = dataset_all.get_int("noise_seed");
   if (config.label_noise < 0 || config.label_noise > 1)
-    v.fail(dataset.source(), fmt::format("key 'dataset.label_noise': expected a fraction in [0, 1], found {}", config.label_noise));
+    v.fail(dataset.get("label_noise")->source(), fmt::format("key 'dataset.label_noise': expected a fraction in [0, 1], found {}", config.label_noise), "dataset.label_noise");
   config.dataset.options = Options("dataset " + config.dataset.plugin);
   for (const auto& s : dataset_plugin_specs) config.dataset.options.set(s.name, dataset_all.values().at(s.name));
   resolved.insert("dataset", options_table(dataset_all));
@@ -391,7 +410,7 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   try {
     record = &registry.find(PluginKind::Model, config.model.plugin);
   } catch (const Error& e) {
-    v.fail(model_plugin->source(), fmt::format("key 'model.plugin': {}", e.what()));
+    v.fail(model_plugin->source(), fmt::format("key 'model.plugin': {}", e.what()), "model.plugin");
   }
   auto model_plugin_specs = record->info->options();
   auto all_model_specs = model_specs();
@@ -413,9 +432,9 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   config.lora.dropout = lora.get_double("dropout");
   config.lora.targets = lora.get_string_list("targets");
   if (config.lora.rank < 1)
-    v.fail(lora_node ? lora_node->source() : model.source(), fmt::format("key 'model.lora.rank': expected a positive integer, found {}", config.lora.rank));
+    v.fail(lora_node ? lora_node->as_table()->get("rank")->source() : model.source(), fmt::format("key 'model.lora.rank': expected a positive integer, found {}", config.lora.rank), "model.lora.rank");
   if (config.lora.dropout < 0 || config.lora.dropout >= 1)
-    v.fail(lora_node ? lora_node->source() : model.source(), fmt::format("key 'model.lora.dropout': expected a value in [0, 1), found {}", config.lora.dropout));
+    v.fail(lora_node ? lora_node->as_table()->get("dropout")->source() : model.source(), fmt::format("key 'model.lora.dropout': expected a value in [0, 1), found {}", config.lora.dropout), "model.lora.dropout");
   toml::table model_resolved = options_table(model_all);
   model_resolved.insert("lora", options_table(lora));
   resolved.insert("model", model_resolved);
@@ -432,7 +451,7 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   config.training.pretrain_learning_rate = training.get_double("pretrain_learning_rate");
   if (config.training.optimizer != "adam" && config.training.optimizer != "sgd")
     v.fail(v.section(root, "training", false).get("optimizer")->source(),
-           fmt::format("key 'training.optimizer': expected \"adam\" or \"sgd\", found \"{}\"", config.training.optimizer));
+           fmt::format("key 'training.optimizer': expected \"adam\" or \"sgd\", found \"{}\"", config.training.optimizer), "training.optimizer");
   if (config.training.batch_size < 1 || config.training.epochs < 0)
     v.fail(v.section(root, "training", false).source(), "training.batch_size must be >= 1 and training.epochs >= 0");
   resolved.insert("training", options_table(training));
@@ -454,7 +473,7 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
     try {
       record = &registry.find(PluginKind::Estimator, estimator.plugin);
     } catch (const Error& e) {
-      v.fail(plugin->source(), fmt::format("key 'estimator.plugin': {}", e.what()));
+      v.fail(plugin->source(), fmt::format("key 'estimator.plugin': {}", e.what()), "estimator.plugin");
     }
     auto plugin_specs = record->info->options();
     auto all_specs = estimator_framework_specs();
@@ -542,9 +561,10 @@ std::vector<ExperimentConfig> load_experiment(const fs::path& file,
   } catch (const toml::parse_error& e) {
     throw Error(fmt::format("{}: {}", where(e.source(), file.string()), e.description()));
   }
-  for (const auto& assignment : overrides) apply_override(root, assignment);
+  Origins origins;
+  for (const auto& assignment : overrides) apply_override(root, assignment, origins);
 
-  Validator v{file.string()};
+  Validator v{file.string(), &origins};
   const toml::table& experiment = v.section(root, "experiment", true);
   if (const toml::node* paths = experiment.get("plugin_paths")) {
     if (const toml::array* array = paths->as_array())
@@ -580,21 +600,23 @@ std::vector<ExperimentConfig> load_experiment(const fs::path& file,
     v.fail(experiment.get("repeats")->source(), fmt::format("key 'experiment.repeats': expected a positive integer, found {}", repeats));
   }
 
+  // Sweep points are substituted into the parsed tree in place (copies would lose every
+  // source position); the [sweep] table itself is left alone and skipped by validation.
   std::vector<ExperimentConfig> runs;
   std::vector<std::size_t> index(dims.size(), 0);
+  toml::table& point = root;
   while (true) {
-    toml::table point = root;
-    point.erase("sweep");
     std::string run_name;
     for (std::size_t d = 0; d < dims.size(); ++d) {
       const toml::node* value = dims[d].values[index[d]];
       if (!lookup(root, dims[d].path) && dims[d].path.rfind("estimator", 0) == 0)
         v.fail(value->source(), fmt::format("sweep key '{}': [[estimator]] options cannot be swept; list one [[estimator]] per variant", dims[d].path));
       set_path(point, dims[d].path, *value, where(value->source(), file.string()));
+      origins[dims[d].path] = where(value->source(), file.string());
       auto parts = split_path(dims[d].path);
       run_name += (run_name.empty() ? "" : "_") + parts.back() + label_of(*value);
     }
-    runs.push_back(validate_run(point, file, registry, run_name.empty() ? "run" : run_name));
+    runs.push_back(validate_run(point, file, registry, run_name.empty() ? "run" : run_name, origins));
     std::size_t d = 0;
     while (d < dims.size() && ++index[d] == dims[d].values.size()) index[d++] = 0;
     if (d == dims.size()) break;

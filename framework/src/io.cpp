@@ -138,7 +138,7 @@ at::Tensor load_npy(const fs::path& path) {
 }
 
 std::string content_hash(const std::string& text) {
-  std::uint64_t hash = 1469598103934665603ULL;
+  std::uint64_t hash = 14695981039346656037ULL;  // FNV-1a 64 offset basis
   for (unsigned char c : text) hash = (hash ^ c) * 1099511628211ULL;
   return fmt::format("{:016x}", hash);
 }

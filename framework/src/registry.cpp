@@ -73,8 +73,10 @@ void Registry::load_directory(const fs::path& directory) {
 
 void Registry::load_default_locations() {
   fs::path exe = boost::dll::program_location().string();
-  fs::path built = exe.parent_path().parent_path() / "plugins";
-  if (fs::is_directory(built)) load_directory(built);
+  // build/bin/inflab -> build/plugins; <prefix>/bin/inflab -> <prefix>/lib/inflab/plugins.
+  fs::path top = exe.parent_path().parent_path();
+  for (const fs::path& dir : {top / "plugins", top / "lib" / "inflab" / "plugins"})
+    if (fs::is_directory(dir)) load_directory(dir);
   if (const char* env = std::getenv("INFLAB_PLUGIN_PATH")) {
     std::stringstream paths(env);
     std::string path;

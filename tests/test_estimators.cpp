@@ -1,0 +1,208 @@
+// Each estimator against an independent dense float64 oracle on random problems.
+#include <torch/torch.h>
+
+#include <catch2/catch.hpp>
+
+#include "helpers.hpp"
+#include "inflab/error.hpp"
+#include "inflab/registry.hpp"
+#include "inflab/scoring.hpp"
+
+using Catch::Matchers::Contains;
+
+namespace {
+
+inflab::Registry& registry() {
+  static inflab::Registry* r = [] {
+    auto* reg = new inflab::Registry;  // lives for the whole test process
+    reg->load_directory(test::plugin_dir());
+    return reg;
+  }();
+  return *r;
+}
+
+std::unique_ptr<inflab::Estimator> make(const std::string& name, std::map<std::string, inflab::Value> set = {}) {
+  auto options = inflab::default_options(name, registry().find(inflab::PluginKind::Estimator, name).info->options());
+  for (auto& [k, v] : set) options.set(k, v);
+  return registry().create_as<inflab::Estimator>(inflab::PluginKind::Estimator, name, options);
+}
+
+struct Problem {
+  inflab::GradientBlocks train, queries;
+};
+
+// Gradients with unequal scales per example, as real per-example gradients have.
+Problem random_problem(std::vector<std::int64_t> widths, std::int64_t n, std::int64_t q, std::uint64_t seed) {
+  torch::manual_seed(seed);
+  Problem p;
+  for (std::size_t b = 0; b < widths.size(); ++b) {
+    auto scales = torch::rand({n, 1}) * 2 + 0.1;
+    p.train.push_back({"block" + std::to_string(b), (torch::randn({n, widths[b]}) * scales).contiguous()});
+    p.queries.push_back({"block" + std::to_string(b), torch::randn({q, widths[b]})});
+  }
+  return p;
+}
+
+double lambda_rule(const torch::Tensor& g) {  // 0.1 * (1/(n d)) * sum_i ||g_i||^2, by hand
+  auto G = g.to(torch::kDouble);
+  return 0.1 * G.pow(2).sum().item<double>() / (G.size(0) * G.size(1));
+}
+
+// score(k, q) = - sum_l g_kl . r_lq with r_lq = inverse(l)(v_lq), all in float64.
+torch::Tensor oracle_scores(const Problem& p, const std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&)>& solve) {
+  torch::Tensor scores;
+  for (std::size_t b = 0; b < p.train.size(); ++b) {
+    auto G = p.train[b].values.to(torch::kDouble);
+    auto V = p.queries[b].values.to(torch::kDouble);
+    auto R = solve(G, V);  // d x Q
+    auto s = -G.mm(R);
+    scores = scores.defined() ? scores + s : s;
+  }
+  return scores;
+}
+
+double relative_error(const torch::Tensor& a, const torch::Tensor& b) {
+  return ((a.to(torch::kDouble) - b.to(torch::kDouble)).norm() / b.to(torch::kDouble).norm()).item<double>();
+}
+
+torch::Tensor exact_solve(const torch::Tensor& G, const torch::Tensor& V) {
+  auto n = G.size(0), d = G.size(1);
+  auto M = G.t().mm(G) / n + lambda_rule(G) * torch::eye(d, torch::kDouble);
+  return torch::linalg::solve(M, V.t(), true);
+}
+
+const std::vector<std::tuple<std::vector<std::int64_t>, std::int64_t, std::int64_t>> kShapes{
+    {{8}, 40, 1},             // n > d, one query
+    {{30}, 12, 3},            // n < d, several queries
+    {{6, 25, 3}, 20, 5},      // several blocks of both kinds
+};
+
+}  // namespace
+
+TEST_CASE("DataInf equals the explicit average of inverted rank-one-plus-ridge matrices", "[estimators][datainf]") {
+  for (auto [widths, n, q] : kShapes) {
+    auto p = random_problem(widths, n, q, 7);
+    auto oracle = oracle_scores(p, [](const torch::Tensor& G, const torch::Tensor& V) {
+      const auto n = G.size(0), d = G.size(1);
+      const double lambda = lambda_rule(G);
+      auto R = torch::zeros({d, V.size(0)}, torch::kDouble);
+      for (int64_t i = 0; i < n; ++i) {
+        auto g = G[i].unsqueeze(1);
+        auto M = g.mm(g.t()) + lambda * torch::eye(d, torch::kDouble);
+        R += torch::linalg::solve(M, V.t(), true);
+      }
+      return R / n;
+    });
+    auto estimator = make("datainf");
+    estimator->fit(p.train);
+    auto scores = inflab::score_pairwise(*estimator, p.train, p.queries);
+    INFO("n=" << n << " q=" << q << " blocks=" << widths.size());
+    CHECK(relative_error(scores, oracle) < 1e-5);
+  }
+}
+
+TEST_CASE("Exact equals a dense solve of (G + lambda I) v, on both paths", "[estimators][exact]") {
+  for (auto [widths, n, q] : kShapes) {
+    auto p = random_problem(widths, n, q, 11);
+    auto oracle = oracle_scores(p, exact_solve);
+    for (std::string method : {"auto", "cholesky", "woodbury"}) {
+      auto estimator = make("exact", {{"method", method}});
+      estimator->fit(p.train);
+      auto scores = inflab::score_pairwise(*estimator, p.train, p.queries);
+      INFO("method=" << method << " n=" << n << " q=" << q);
+      CHECK(relative_error(scores, oracle) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("Exact picks Woodbury when n < d and refuses blocks over the memory budget", "[estimators][exact]") {
+  auto p = random_problem({50, 5}, 10, 2, 3);
+  auto estimator = make("exact");
+  estimator->fit(p.train);
+  auto d = estimator->diagnostics();
+  CHECK(d["block0.woodbury"] == 1.0);
+  CHECK(d["block1.woodbury"] == 0.0);
+  auto small_budget = make("exact", {{"memory_budget_mb", 0.001}});
+  REQUIRE_THROWS_WITH(small_budget->fit(p.train), Contains("block0") && Contains("MiB") && Contains("memory_budget_mb"));
+}
+
+TEST_CASE("LiSSA converges to Exact and reports its residual", "[estimators][lissa]") {
+  auto p = random_problem({6, 10}, 50, 3, 5);
+  auto oracle = oracle_scores(p, exact_solve);
+  auto lissa = make("lissa", {{"iterations", std::int64_t{3000}}});
+  lissa->fit(p.train);
+  auto scores = inflab::score_pairwise(*lissa, p.train, p.queries);
+  CHECK(relative_error(scores, oracle) < 1e-3);
+  CHECK(lissa->diagnostics()["block0.relative_residual"] < 1e-3);
+  // Too few iterations: the residual says so.
+  auto short_run = make("lissa", {{"iterations", std::int64_t{2}}});
+  short_run->fit(p.train);
+  inflab::score_pairwise(*short_run, p.train, p.queries);
+  CHECK(short_run->diagnostics()["block0.relative_residual"] > 1e-2);
+}
+
+TEST_CASE("LiSSA's reference-code variant converges toward (G - lambda I)^-1 v", "[estimators][lissa]") {
+  // n >> d keeps G well conditioned, so G - lambda I stays positive definite for a small lambda.
+  auto p = random_problem({5}, 200, 2, 9);
+  const double lambda = 0.05;
+  auto oracle = oracle_scores(p, [&](const torch::Tensor& G, const torch::Tensor& V) {
+    auto M = G.t().mm(G) / G.size(0) - lambda * torch::eye(G.size(1), torch::kDouble);
+    return torch::linalg::solve(M, V.t(), true);
+  });
+  auto variant = make("lissa", {{"variant", std::string("reference_code")}, {"damping", lambda},
+                                {"iterations", std::int64_t{4000}}, {"scale", 20.0}});
+  variant->fit(p.train);
+  CHECK(relative_error(inflab::score_pairwise(*variant, p.train, p.queries), oracle) < 1e-3);
+}
+
+TEST_CASE("Mini-batch LiSSA stays near Exact", "[estimators][lissa]") {
+  auto p = random_problem({4}, 400, 1, 13);
+  auto oracle = oracle_scores(p, exact_solve);
+  auto lissa = make("lissa", {{"iterations", std::int64_t{600}}, {"batch_size", std::int64_t{200}}});
+  lissa->fit(p.train);
+  CHECK(relative_error(inflab::score_pairwise(*lissa, p.train, p.queries), oracle) < 0.1);
+}
+
+TEST_CASE("Hessian-free is the plain negative gradient dot product", "[estimators][hessian_free]") {
+  auto p = random_problem({7, 3}, 9, 4, 17);
+  auto oracle = oracle_scores(p, [](const torch::Tensor&, const torch::Tensor& V) { return V.t(); });
+  auto estimator = make("hessian_free");
+  estimator->fit(p.train);
+  CHECK(relative_error(inflab::score_pairwise(*estimator, p.train, p.queries), oracle) < 1e-6);
+}
+
+TEST_CASE("the damping rule: 0.1 x mean squared gradient entry, or a fixed value", "[estimators][damping]") {
+  auto p = random_problem({12, 4}, 30, 1, 19);
+  auto estimator = make("datainf");
+  estimator->fit(p.train);
+  auto d = estimator->diagnostics();
+  CHECK(d["block0.lambda"] == Approx(lambda_rule(p.train[0].values)).epsilon(1e-9));
+  CHECK(d["block1.lambda"] == Approx(lambda_rule(p.train[1].values)).epsilon(1e-9));
+  auto scaled = make("datainf", {{"damping_scale", 0.5}});
+  scaled->fit(p.train);
+  CHECK(scaled->diagnostics()["block0.lambda"] == Approx(5 * lambda_rule(p.train[0].values)));
+  auto fixed = make("datainf", {{"damping", 0.25}});
+  fixed->fit(p.train);
+  CHECK(fixed->diagnostics()["block1.lambda"] == 0.25);
+  REQUIRE_THROWS_WITH(make("datainf", {{"damping_scale", 0.0}}), Contains("damping_scale must be > 0"));
+  REQUIRE_THROWS_WITH(make("exact", {{"damping", -1.0}}), Contains("damping must be > 0"));
+}
+
+TEST_CASE("aggregate mode equals pairwise scores averaged over queries", "[estimators][scoring]") {
+  auto p = random_problem({10, 20}, 15, 6, 23);
+  for (std::string name : {"datainf", "exact", "hessian_free", "lissa"}) {
+    auto estimator = make(name);
+    estimator->fit(p.train);
+    auto pairwise = inflab::score_pairwise(*estimator, p.train, p.queries);
+    auto aggregate = inflab::score_aggregate(*estimator, p.train, p.queries);
+    INFO(name);
+    CHECK(relative_error(aggregate, pairwise.mean(1)) < 1e-5);
+  }
+}
+
+TEST_CASE("mismatched train and query blocks are refused by name", "[estimators][scoring]") {
+  auto p = random_problem({4, 5}, 6, 2, 29);
+  p.queries[1].values = torch::randn({2, 6});
+  auto estimator = make("hessian_free");
+  REQUIRE_THROWS_WITH(inflab::score_pairwise(*estimator, p.train, p.queries), Contains("block1"));
+}

@@ -1,0 +1,182 @@
+// End to end on real Fashion-MNIST data: experiment -> results, caching, resume, CLI.
+#include <torch/torch.h>
+
+#include <catch2/catch.hpp>
+#include <fstream>
+#include <sstream>
+
+#include "helpers.hpp"
+#include "inflab/config.hpp"
+#include "inflab/error.hpp"
+#include "inflab/io.hpp"
+#include "inflab/pipeline.hpp"
+#include "inflab/registry.hpp"
+
+using Catch::Matchers::Contains;
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* kExperiment = R"([experiment]
+name = "e2e"
+seed = 1
+
+[dataset]
+plugin = "fashion_mnist"
+n_train = 300
+n_validation = 100
+n_pretrain = 2000
+classes = [0, 1, 7, 8]
+label_noise = 0.2
+
+[model]
+plugin = "mlp_lora"
+hidden = [32]
+
+[model.lora]
+rank = 2
+
+[training]
+epochs = 4
+learning_rate = 3e-3
+pretrain_epochs = 2
+
+[[estimator]]
+plugin = "datainf"
+
+[[estimator]]
+plugin = "exact"
+)";
+
+// AUC by counting every (flipped, clean) pair: an oracle independent of inflab::roc_auc.
+double pair_count_auc(const std::vector<double>& scores, const std::vector<int>& flipped) {
+  double wins = 0, pairs = 0;
+  for (std::size_t i = 0; i < scores.size(); ++i)
+    for (std::size_t j = 0; j < scores.size(); ++j)
+      if (flipped[i] && !flipped[j]) pairs += 1, wins += scores[i] > scores[j] ? 1 : scores[i] == scores[j] ? 0.5 : 0;
+  return wins / pairs;
+}
+
+std::map<std::string, double> read_metric(const fs::path& file, const std::string& metric) {
+  std::map<std::string, double> out;
+  std::stringstream lines(inflab::read_file(file));
+  std::string line;
+  while (std::getline(lines, line)) {
+    auto a = line.find(','), b = line.rfind(',');
+    if (line.substr(a + 1, b - a - 1) == metric) out[line.substr(0, a)] = std::stod(line.substr(b + 1));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("an experiment runs end to end, caches its stages and resumes", "[pipeline]") {
+  test::TempDir dir;
+  auto file = dir.write("e2e.toml", kExperiment);
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  inflab::RunPaths paths{dir.path / "results", dir.path / "cache"};
+  auto config = inflab::load_experiment(file, {}, registry).at(0);
+
+  auto first = inflab::run_experiment(config, registry, paths);
+  CHECK_FALSE(first.stage_cached["gradients"]);
+  CHECK_FALSE(first.stage_cached["finetune"]);
+  fs::path run = dir.path / "results" / "e2e" / "run";
+  for (const char* f : {"config.toml", "manifest.json", "metrics.csv", "scores.csv", "scores_datainf.npy", "scores_exact.npy"})
+    CHECK(fs::exists(run / f));
+
+  // The reported AUC equals a pair count over the written scores and flip flags.
+  at::Tensor scores = inflab::load_npy(run / "scores_datainf.npy");
+  REQUIRE(scores.sizes() == at::IntArrayRef({300}));
+  std::vector<double> s(scores.data_ptr<float>(), scores.data_ptr<float>() + 300);
+  std::vector<int> flipped;
+  std::stringstream csv(inflab::read_file(run / "scores.csv"));
+  std::string line;
+  std::getline(csv, line);
+  CHECK(line == "example_id,label,observed_label,flipped,datainf,exact");
+  while (std::getline(csv, line)) {
+    std::stringstream fields(line);
+    std::string id, label, observed, flip;
+    std::getline(fields, id, ','), std::getline(fields, label, ','), std::getline(fields, observed, ',');
+    std::getline(fields, flip, ',');
+    flipped.push_back(std::stoi(flip));
+    CHECK((flip == "1") == (label != observed));
+  }
+  REQUIRE(std::count(flipped.begin(), flipped.end(), 1) == 60);  // exactly 20% of 300
+  auto auc = read_metric(run / "metrics.csv", "auc");
+  CHECK(auc["datainf"] == Approx(pair_count_auc(s, flipped)).epsilon(1e-6));
+  CHECK(auc["datainf"] > 0.6);  // real signal: mislabeled examples are found well above chance
+
+  // Re-running (without resume) hits the cache and reproduces the scores exactly.
+  auto second = inflab::run_experiment(config, registry, paths, /*resume=*/false);
+  CHECK(second.stage_cached["gradients"]);
+  CHECK(inflab::load_npy(run / "scores_datainf.npy").equal(scores));
+
+  // A finished run is skipped; an interrupted one (no metrics.csv) is redone from the cache.
+  CHECK(inflab::run_experiment(config, registry, paths).skipped);
+  fs::remove(run / "metrics.csv");
+  auto resumed = inflab::run_experiment(config, registry, paths);
+  CHECK_FALSE(resumed.skipped);
+  CHECK(resumed.stage_cached["gradients"]);
+
+  // Another estimator option reuses the gradients; another LoRA rank does not.
+  auto other_damping = inflab::load_experiment(file, {"evaluation.mode=pairwise"}, registry).at(0);
+  CHECK(other_damping.gradients_key_text == config.gradients_key_text);
+  auto other_rank = inflab::load_experiment(file, {"model.lora.rank=3"}, registry).at(0);
+  CHECK(other_rank.gradients_key_text != config.gradients_key_text);
+  CHECK(other_rank.pretrain_key_text == config.pretrain_key_text);
+  auto rerun = inflab::run_experiment(other_rank, registry, paths);
+  CHECK(rerun.stage_cached["pretrain"]);
+  CHECK_FALSE(rerun.stage_cached["finetune"]);
+}
+
+TEST_CASE("`inflab gradients` then `inflab score` reproduce the run's scores", "[pipeline][cli]") {
+  test::TempDir dir;
+  auto file = dir.write("e2e.toml", kExperiment);
+  std::string bin = std::string(INFLAB_BINARY) + " --quiet ";
+  std::string cache = " --cache " + (dir.path / "cache").string();
+  auto g = test::run_command(bin + "gradients " + file.string() + " --out " + (dir.path / "grads").string() + cache);
+  REQUIRE(g.exit_code == 0);
+  CHECK(fs::exists(dir.path / "grads" / "blocks.json"));
+  CHECK(fs::exists(dir.path / "grads" / "train" / "fc1.lora_A.npy"));
+  at::Tensor a = inflab::load_npy(dir.path / "grads" / "train" / "fc1.lora_A.npy");
+  CHECK(a.sizes() == at::IntArrayRef({300, 2 * 784}));
+
+  auto r = test::run_command(bin + "run " + file.string() + " --out " + (dir.path / "results").string() + cache);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Contains("datainf") && Contains("AUC"));
+  auto s = test::run_command(bin + "score --gradients " + (dir.path / "grads").string() +
+                             " --estimator exact --out " + (dir.path / "s.npy").string());
+  REQUIRE(s.exit_code == 0);
+  at::Tensor from_cli = inflab::load_npy(dir.path / "s.npy");
+  at::Tensor from_run = inflab::load_npy(dir.path / "results" / "e2e" / "run" / "scores_exact.npy");
+  CHECK(torch::allclose(from_cli, from_run, 1e-5, 1e-7));
+}
+
+TEST_CASE("`inflab score` works on a hand-written gradient directory and checks shapes", "[pipeline][cli]") {
+  test::TempDir dir;
+  fs::create_directories(dir.path / "g" / "train");
+  fs::create_directories(dir.path / "g" / "query");
+  // What a numpy user writes: float64 arrays are accepted too.
+  auto train = torch::tensor({{1.0, 2.0}, {0.0, -1.0}, {3.0, 1.0}}, torch::kDouble);
+  auto query = torch::tensor({{1.0, 1.0}, {2.0, 0.0}}, torch::kDouble);
+  inflab::save_npy(dir.path / "g" / "train" / "w.npy", train);
+  inflab::save_npy(dir.path / "g" / "query" / "w.npy", query);
+  dir.write("g/blocks.json", R"({"blocks": [{"name": "w", "dim": 2}]})");
+  std::string bin = std::string(INFLAB_BINARY) + " score --gradients " + (dir.path / "g").string() + " --estimator hessian_free";
+  auto pairwise = test::run_command(bin + " --mode pairwise --out " + (dir.path / "p.npy").string());
+  REQUIRE(pairwise.exit_code == 0);
+  // -g_k . v_q by hand: rows k, columns q.
+  auto expected = torch::tensor({{-3.0, -2.0}, {1.0, 0.0}, {-4.0, -6.0}}, torch::kFloat);
+  CHECK(inflab::load_npy(dir.path / "p.npy").equal(expected));
+  auto aggregate = test::run_command(bin + " --out " + (dir.path / "a.npy").string());
+  REQUIRE(aggregate.exit_code == 0);
+  CHECK(torch::allclose(inflab::load_npy(dir.path / "a.npy"), expected.mean(1)));
+
+  dir.write("g/blocks.json", R"({"blocks": [{"name": "w", "dim": 3}]})");
+  auto wrong = test::run_command(bin + " --out " + (dir.path / "x.npy").string());
+  CHECK(wrong.exit_code == 2);
+  CHECK_THAT(wrong.output, Contains("train/w.npy") && Contains("expected shape (n, 3)") && Contains("3 x 2"));
+  auto bad_option = test::run_command(bin + " --set dampng=1 --out " + (dir.path / "x.npy").string());
+  CHECK(bad_option.exit_code == 2);
+}
