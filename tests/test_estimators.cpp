@@ -176,8 +176,8 @@ TEST_CASE("the damping rule: 0.1 x mean squared gradient entry, or a fixed value
   auto estimator = make("datainf");
   estimator->fit(p.train);
   auto d = estimator->diagnostics();
-  CHECK(d["block0.lambda"] == Approx(lambda_rule(p.train[0].values)).epsilon(1e-9));
-  CHECK(d["block1.lambda"] == Approx(lambda_rule(p.train[1].values)).epsilon(1e-9));
+  CHECK(d["block0.lambda"] == Approx(lambda_rule(p.train[0].values)).epsilon(1e-6));  // float32 row norms
+  CHECK(d["block1.lambda"] == Approx(lambda_rule(p.train[1].values)).epsilon(1e-6));
   auto scaled = make("datainf", {{"damping_scale", 0.5}});
   scaled->fit(p.train);
   CHECK(scaled->diagnostics()["block0.lambda"] == Approx(5 * lambda_rule(p.train[0].values)));

@@ -18,7 +18,7 @@ namespace inflab {
 namespace {
 
 // Bumped when a stage's semantics change, so stale cache entries are never reused.
-constexpr const char* kStageVersion = "inflab-stages-1";
+constexpr const char* kStageVersion = "inflab-stages-2";
 
 std::string where(const toml::source_region& source, const std::string& fallback) {
   if (!source.path) return fallback;
@@ -110,7 +110,7 @@ struct Validator {
         return strings;
       }
     }
-    mismatch();
+    throw Error("unreachable: unknown option type");
   }
 
   // Checks every key of `table` against `specs` (plus allowed sub-tables) and fills `out`.

@@ -1,4 +1,5 @@
 // Damping rule and scoring: the parts every estimator shares.
+#include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/mean.h>
 #include <ATen/ops/zeros.h>
 #include <fmt/format.h>
@@ -11,12 +12,23 @@ namespace inflab {
 
 double Damping::for_block(const at::Tensor& gradients) const {
   if (fixed > 0) return fixed;
+  // Row norms are a reduction (no n x d temporary).
+  return for_norms(squared_row_norms(gradients), gradients.size(1));
+}
+
+double Damping::for_norms(const at::Tensor& squared_norms, std::int64_t dim) const {
+  if (fixed > 0) return fixed;
   // scale * (1 / (n d)) * sum_i ||g_i||^2: the mean squared gradient entry, times the scale.
-  double mean_square = gradients.to(c10::kDouble).square().mean().item<double>();
+  double mean_square = squared_norms.to(c10::kDouble).sum().item<double>() /
+                       (static_cast<double>(squared_norms.numel()) * static_cast<double>(dim));
   double lambda = scale * mean_square;
   if (!(lambda > 0))
     throw Error(fmt::format("damping rule gave lambda = {} (all gradients of a block are zero?); set a fixed damping > 0", lambda));
   return lambda;
+}
+
+at::Tensor squared_row_norms(const at::Tensor& gradients) {
+  return at::linalg_vector_norm(gradients, 2, {1}).square_();
 }
 
 std::vector<OptionSpec> damping_option_specs() {

@@ -17,7 +17,7 @@ namespace inflab {
 
 GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs,
                                      const at::Tensor& labels, std::int64_t batch_size,
-                                     const std::string& progress_label) {
+                                     const std::string& progress_label, bool factors) {
   const std::int64_t n = inputs.size(0);
   std::vector<LoraLinear*> layers;
   for (auto* layer : model.lora_layers())
@@ -26,9 +26,17 @@ GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs,
 
   GradientBlocks blocks;
   for (auto* layer : layers) {
-    blocks.push_back({layer->name() + ".lora_A", torch::empty({n, layer->lora_a().numel()})});
-    blocks.push_back({layer->name() + ".lora_B", torch::empty({n, layer->lora_b().numel()})});
+    const auto in = layer->lora_a().size(1), rank = layer->rank(), out = layer->lora_b().size(0);
+    blocks.push_back({layer->name() + ".lora_A", torch::empty({n, rank * in})});
+    blocks.push_back({layer->name() + ".lora_B", torch::empty({n, out * rank})});
+    if (factors) {  // accumulated in float64, normalised at the end
+      blocks[blocks.size() - 2].activation_covariance = torch::zeros({in, in}, torch::kDouble);
+      blocks[blocks.size() - 2].gradient_covariance = torch::zeros({rank, rank}, torch::kDouble);
+      blocks.back().activation_covariance = torch::zeros({rank, rank}, torch::kDouble);
+      blocks.back().gradient_covariance = torch::zeros({out, out}, torch::kDouble);
+    }
   }
+  std::vector<std::int64_t> tokens(layers.size(), 0);  // per layer: a pooled head sees fewer
 
   model.set_training(false);  // LoRA dropout off: gradients of the deterministic model
   for (auto* layer : layers) layer->capture = true;
@@ -58,6 +66,22 @@ GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs,
       // dL_i/dA = sum_t dL/dh_t x_t^T ; dL_i/dB = sum_t dL/du_t h_t^T (u = B h, scale inside dL/du)
       blocks[2 * l].values.narrow(0, start, count).copy_(torch::einsum("btr,bti->bri", {grad_hidden, input}).reshape({count, -1}));
       blocks[2 * l + 1].values.narrow(0, start, count).copy_(torch::einsum("bto,btr->bor", {grad_output, hidden}).reshape({count, -1}));
+      if (factors) {
+        // lora_A maps x -> h (activation x, output gradient dL/dh); lora_B maps h -> u.
+        auto second_moment = [](const torch::Tensor& t) {
+          auto flat = t.reshape({-1, t.size(-1)}).to(torch::kDouble);
+          return flat.t().mm(flat);
+        };
+        auto per_example_token_sum = [](const torch::Tensor& t) {  // sum_i sum_t delta delta^T
+          auto d = t.to(torch::kDouble);
+          return torch::einsum("bto,btp->op", {d, d});
+        };
+        tokens[l] += input.size(0) * input.size(1);
+        blocks[2 * l].activation_covariance.add_(second_moment(input));
+        blocks[2 * l].gradient_covariance.add_(per_example_token_sum(grad_hidden));
+        blocks[2 * l + 1].activation_covariance.add_(second_moment(hidden));
+        blocks[2 * l + 1].gradient_covariance.add_(per_example_token_sum(grad_output));
+      }
     }
     for (auto* layer : layers) {
       layer->captured_input = layer->captured_hidden = layer->captured_output = torch::Tensor();
@@ -65,6 +89,12 @@ GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs,
     progress.advance(count);
   }
   for (auto* layer : layers) layer->capture = false;
+  if (factors)
+    for (std::size_t b = 0; b < blocks.size(); ++b) {
+      auto& block = blocks[b];
+      block.activation_covariance = block.activation_covariance.div_(static_cast<double>(tokens[b / 2])).to(torch::kFloat);
+      block.gradient_covariance = block.gradient_covariance.div_(static_cast<double>(n)).to(torch::kFloat);
+    }
   return blocks;
 }
 
@@ -72,8 +102,8 @@ namespace {
 nlohmann::json meta_json(const ExampleMeta& meta, std::int64_t count) {
   nlohmann::json j;
   j["count"] = count;
-  j["ids"] = meta.ids;
-  j["labels"] = meta.labels;
+  if (!meta.ids.empty()) j["ids"] = meta.ids;
+  if (!meta.labels.empty()) j["labels"] = meta.labels;
   if (!meta.observed_labels.empty()) j["observed_labels"] = meta.observed_labels;
   if (!meta.flipped.empty()) j["flipped"] = meta.flipped;
   return j;
@@ -103,7 +133,14 @@ void save_gradient_store(const fs::path& dir, const GradientStore& store) {
     const auto& block = store.train[b];
     save_npy(dir / "train" / (block.name + ".npy"), block.values);
     save_npy(dir / "query" / (block.name + ".npy"), store.query[b].values);
-    blocks.push_back({{"name", block.name}, {"dim", block.values.size(1)}});
+    nlohmann::json entry{{"name", block.name}, {"dim", block.values.size(1)}};
+    if (block.has_factors()) {
+      fs::create_directories(dir / "factors");
+      save_npy(dir / "factors" / (block.name + ".activation.npy"), block.activation_covariance);
+      save_npy(dir / "factors" / (block.name + ".gradient.npy"), block.gradient_covariance);
+      entry["factors"] = {{"in", block.activation_covariance.size(0)}, {"out", block.gradient_covariance.size(0)}};
+    }
+    blocks.push_back(entry);
   }
   nlohmann::json j;
   j["format"] = "inflab-gradient-store";
@@ -148,6 +185,15 @@ GradientStore load_gradient_store(const fs::path& dir) {
     };
     store.train.push_back({name, read("train", n_train)});
     store.query.push_back({name, read("query", n_query)});
+    fs::path activation = dir / "factors" / (name + ".activation.npy"), gradient = dir / "factors" / (name + ".gradient.npy");
+    if (fs::exists(activation) && fs::exists(gradient)) {
+      at::Tensor a = load_npy(activation).to(torch::kFloat32), g = load_npy(gradient).to(torch::kFloat32);
+      if (a.dim() != 2 || g.dim() != 2 || a.size(0) != a.size(1) || g.size(0) != g.size(1) || a.size(0) * g.size(0) != dim)
+        throw Error(fmt::format("{} and {}: expected square factors of sizes in and out with in * out = {} (the block's dim), found {} and {}",
+                                activation.string(), gradient.string(), dim, fmt::join(a.sizes(), " x "), fmt::join(g.sizes(), " x ")));
+      store.train.back().activation_covariance = a;
+      store.train.back().gradient_covariance = g;
+    }
   }
   auto read_meta = [&](const char* side, std::int64_t count, ExampleMeta& meta) {
     if (!j.contains(side)) return;

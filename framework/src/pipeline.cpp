@@ -205,7 +205,7 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
 
   start = Clock::now();
   GradientStore store;
-  store.train = per_example_gradients(*model, data.train.inputs, observed, config.evaluation.gradient_batch_size, "train gradients");
+  store.train = per_example_gradients(*model, data.train.inputs, observed, config.evaluation.gradient_batch_size, "train gradients", /*factors=*/true);
   store.query = per_example_gradients(*model, data.validation.inputs, data.validation.labels, config.evaluation.gradient_batch_size, "validation gradients");
   store.train_meta = std::move(train_meta);
   store.query_meta = std::move(query_meta);

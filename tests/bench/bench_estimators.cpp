@@ -51,6 +51,7 @@ Cost cost(const std::string& name, double n, double d, double q, double lissa_it
   const double read = n * d * 4;  // one pass over the float32 gradients
   if (name == "hessian_free") return {2 * n * d * q, read};
   if (name == "datainf") return {6 * n * d * q + 2 * n * d, 4 * read};  // norms, V G^T, C G, scoring
+  if (name == "cg") return {0, 0};  // iteration count varies: time only
   if (name == "lissa") return {lissa_iterations * 4 * n * d * q + 2 * n * d * q, (2 * lissa_iterations + 1) * read};
   // exact: Gram or covariance (2 n d min(n,d)), Cholesky (min^3/3), solves, scoring
   double m = std::min(n, d);
@@ -72,12 +73,14 @@ void estimator_case(benchmark::State& state, const std::string& name) {
     benchmark::DoNotOptimize(scores.data_ptr());
   }
   Cost c = cost(name, n, d, q, lissa_iterations);
-  state.counters["GFLOP/s"] = benchmark::Counter(c.flops * state.iterations() / 1e9, benchmark::Counter::kIsRate);
-  state.counters["GB/s"] = benchmark::Counter(c.bytes * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+  if (c.flops > 0) {
+    state.counters["GFLOP/s"] = benchmark::Counter(c.flops * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+    state.counters["GB/s"] = benchmark::Counter(c.bytes * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+  }
 }
 
 void register_estimators() {
-  for (std::string name : {"hessian_free", "datainf", "lissa", "exact"}) {
+  for (std::string name : {"hessian_free", "datainf", "lissa", "exact", "cg"}) {
     auto* b = benchmark::RegisterBenchmark(name.c_str(), [name](benchmark::State& s) { estimator_case(s, name); });
     b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
     for (int64_t n : {1024, 4096, 16384})
@@ -87,9 +90,69 @@ void register_estimators() {
           // Exact's Gram/covariance costs 2 n d min(n, d) flops: skip cases over ~2.2 TFLOP here.
           if (name == "exact" && 2.0 * n * d * m > 2.2e12) continue;
           if (name == "lissa" && q == 100 && n * d > 4096 * 8192) continue;
+          if (name == "cg" && n * d > 4096 * 8192) continue;  // up to 500 iterations of 2 passes each
           b->Args({n, d, q});
         }
   }
+}
+
+// LoRA block shapes: (out, in) of the linear map a block's gradient belongs to.
+struct BlockShape {
+  const char* name;
+  int64_t out, in;
+};
+std::vector<BlockShape> lora_shapes() {
+  std::vector<BlockShape> shapes;
+  for (int64_t r : {1, 2, 4, 8}) {
+    static std::vector<std::string> names;  // keep the strings alive for the benchmark names
+    names.push_back("mlp_fc1_A_r" + std::to_string(r));
+    shapes.push_back({names.back().c_str(), r, 784});
+    names.push_back("mlp_fc1_B_r" + std::to_string(r));
+    shapes.push_back({names.back().c_str(), 128, r});
+    names.push_back("qv384_A_r" + std::to_string(r));
+    shapes.push_back({names.back().c_str(), r, 384});
+    names.push_back("qv384_B_r" + std::to_string(r));
+    shapes.push_back({names.back().c_str(), 384, r});
+  }
+  return shapes;
+}
+
+// A block of n examples with one token each, gradients delta a^T and their Kronecker factors.
+inflab::GradientBlock lora_block(int64_t n, const BlockShape& shape) {
+  torch::manual_seed(1);
+  auto a = torch::randn({n, shape.in}), delta = torch::randn({n, shape.out}) * torch::rand({n, 1});
+  inflab::GradientBlock block{"block", torch::einsum("no,ni->noi", {delta, a}).reshape({n, -1}).contiguous(), {}, {}};
+  block.activation_covariance = a.t().mm(a) / n;
+  block.gradient_covariance = delta.t().mm(delta) / n;
+  return block;
+}
+
+void register_lora_blocks() {
+  const int64_t n = 4096;
+  for (std::string name : {"datainf", "exact", "kfac", "ekfac", "cg"})
+    for (const auto& shape : lora_shapes()) {
+      std::string fit_name = "fit/" + name + "/" + shape.name, query_name = "query/" + name + "/" + shape.name;
+      benchmark::RegisterBenchmark(fit_name.c_str(), [name, shape, n](benchmark::State& state) {
+        inflab::GradientBlocks train{lora_block(n, shape)};
+        auto options = inflab::default_options(name, registry().find(inflab::PluginKind::Estimator, name).info->options());
+        for (auto _ : state) {
+          auto estimator = registry().create_as<inflab::Estimator>(inflab::PluginKind::Estimator, name, options);
+          estimator->fit(train);
+        }
+        // What K-FAC/EK-FAC keep per block: two eigenbases (float64) and out x in eigenvalues.
+        double factor_bytes = 8.0 * (shape.in * shape.in + shape.out * shape.out + shape.in + shape.out + shape.in * shape.out);
+        if (name == "kfac" || name == "ekfac") state.counters["factor_bytes"] = factor_bytes;
+        state.counters["d"] = static_cast<double>(shape.in * shape.out);
+      })->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.2);
+      benchmark::RegisterBenchmark(query_name.c_str(), [name, shape, n](benchmark::State& state) {
+        inflab::GradientBlocks train{lora_block(n, shape)};
+        inflab::GradientBlocks queries{{"block", torch::randn({1, shape.in * shape.out}), {}, {}}};
+        auto options = inflab::default_options(name, registry().find(inflab::PluginKind::Estimator, name).info->options());
+        auto estimator = registry().create_as<inflab::Estimator>(inflab::PluginKind::Estimator, name, options);
+        estimator->fit(train);
+        for (auto _ : state) benchmark::DoNotOptimize(inflab::score_pairwise(*estimator, train, queries).data_ptr());
+      })->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.2);
+    }
 }
 
 }  // namespace
@@ -98,6 +161,7 @@ int main(int argc, char** argv) {
   int threads = inflab::configure_threads(0);
   benchmark::AddCustomContext("libtorch_threads", std::to_string(threads));
   register_estimators();
+  register_lora_blocks();
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

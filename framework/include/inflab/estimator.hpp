@@ -16,6 +16,14 @@ namespace inflab {
 struct GradientBlock {
   std::string name;
   at::Tensor values;  // rows = examples, columns = the block's parameters (float32, contiguous)
+  // Optional Kronecker factors of the block seen as a linear map W (out x in), whose rows are
+  // flattened row-major into `values` (d = out * in). Training side only; may be undefined.
+  //   activation_covariance: in x in,  mean over all tokens of a a^T
+  //   gradient_covariance:   out x out, mean over examples of (sum over tokens of delta delta^T)
+  // For one token per example, G_l = gradient_covariance (x) activation_covariance exactly when
+  // every example has the same input (docs/estimators.md states the convention).
+  at::Tensor activation_covariance, gradient_covariance;
+  bool has_factors() const { return activation_covariance.defined() && gradient_covariance.defined(); }
 };
 using GradientBlocks = std::vector<GradientBlock>;
 
@@ -35,8 +43,12 @@ struct Damping {
   double scale = 0.1;
   double fixed = 0.0;  // > 0 overrides the rule
   double for_block(const at::Tensor& gradients) const;
+  // The same, from precomputed squared row norms (saves a pass over the gradients).
+  double for_norms(const at::Tensor& squared_row_norms, std::int64_t dim) const;
 };
 std::vector<OptionSpec> damping_option_specs();
+// ||g_i||^2 per row, without an n x d temporary.
+at::Tensor squared_row_norms(const at::Tensor& gradients);
 Damping damping_from(const Options& options);  // validates lambda > 0
 
 }  // namespace inflab

@@ -26,9 +26,10 @@ struct GradientStore {
 
 // Gradients of each example's own loss with respect to every LoRA A and B tensor, from one
 // batched forward/backward per batch (no per-example backward). Dropout is off.
+// With `factors`, the same pass accumulates each block's Kronecker factors (K-FAC statistics).
 GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs,
                                      const at::Tensor& labels, std::int64_t batch_size,
-                                     const std::string& progress_label = "");
+                                     const std::string& progress_label = "", bool factors = false);
 
 void save_gradient_store(const std::filesystem::path& dir, const GradientStore& store);
 // Reads a store written by inflab or by anyone following docs/gradient-store.md.

@@ -13,7 +13,7 @@
 namespace inflab {
 
 // Bump whenever PluginInfo or any plugin interface (Estimator, Dataset, Model) changes.
-inline constexpr std::uint32_t kAbiVersion = 1;
+inline constexpr std::uint32_t kAbiVersion = 2;  // 2: GradientBlock carries Kronecker factors
 
 enum class PluginKind : std::uint32_t { Estimator = 1, Dataset = 2, Model = 3 };
 const char* to_string(PluginKind kind);

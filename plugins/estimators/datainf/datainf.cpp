@@ -14,10 +14,11 @@ class DataInf : public inflab::Estimator {
     blocks_.clear();
     for (const auto& block : train) {
       const at::Tensor& g = block.values;
-      const double lambda = damping_.for_block(g);
+      at::Tensor squared_norms = inflab::squared_row_norms(g);
+      const double lambda = damping_.for_norms(squared_norms, g.size(1));
       const double n = static_cast<double>(g.size(0));
       // 1 / (n (lambda + ||g_i||^2)), one weight per training example.
-      at::Tensor weights = g.square().sum(1).add_(lambda).mul_(n).reciprocal_();
+      at::Tensor weights = squared_norms.add_(lambda).mul_(n).reciprocal_();
       blocks_.push_back({g, weights, lambda});
       diagnostics_[block.name + ".lambda"] = lambda;
     }

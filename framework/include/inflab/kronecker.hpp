@@ -1,0 +1,57 @@
+// Kronecker-factored curvature (K-FAC / EK-FAC) for one block seen as a linear map
+// W (out x in) with G_l ~ S (x) A, S = gradient_covariance, A = activation_covariance.
+// Shared by the kfac and ekfac plugins: the eigenbases and the inverse-vector product.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include "inflab/estimator.hpp"
+
+namespace inflab {
+
+struct KroneckerBasis {
+  at::Tensor q_out, q_in;            // orthonormal eigenvectors (columns) of S and A, float64
+  at::Tensor eigen_out, eigen_in;    // their eigenvalues, clamped at 0
+  std::int64_t out = 0, in = 0;
+};
+
+// Eigendecomposes the block's two factors; throws, naming the block, when it has none.
+KroneckerBasis kronecker_basis(const GradientBlock& block, const std::string& estimator);
+
+// Rows (k x out*in) expressed in the basis: Q_out^T W Q_in for each row's W; k x out x in.
+at::Tensor to_kronecker_basis(const KroneckerBasis& basis, const at::Tensor& rows);
+
+// (Q (diag(eigenvalues) + lambda I) Q^T)^{-1} applied to each row of `queries`, where
+// Q = Q_out (x) Q_in and `eigenvalues` is out x in (K-FAC: eigen_out eigen_in^T).
+at::Tensor kronecker_inverse_product(const KroneckerBasis& basis, const at::Tensor& eigenvalues,
+                                     double lambda, const at::Tensor& queries);
+
+// EK-FAC's corrected eigenvalues: the mean over examples of the squared per-example gradients
+// expressed in the Kronecker eigenbasis (George et al. 2018); processed in chunks of examples.
+at::Tensor corrected_eigenvalues(const KroneckerBasis& basis, const at::Tensor& gradients,
+                                 std::int64_t chunk = 1024);
+
+// Base of the Kronecker-factored estimators: per block, the basis from the factors, the
+// eigenvalues a subclass chooses, the shared damping rule, and the inverse-vector product.
+class KroneckerEstimator : public Estimator {
+ public:
+  void configure(const Options& options) override;
+  void fit(const GradientBlocks& train) override;
+  at::Tensor inverse_product(std::size_t block, const at::Tensor& queries) override;
+  std::map<std::string, double> diagnostics() const override { return diagnostics_; }
+
+ protected:
+  virtual const char* method() const = 0;
+  virtual at::Tensor eigenvalues(const KroneckerBasis& basis, const GradientBlock& block) const = 0;
+
+ private:
+  struct Block {
+    KroneckerBasis basis;
+    at::Tensor eigenvalues;
+    double lambda;
+  };
+  Damping damping_;
+  std::vector<Block> blocks_;
+  std::map<std::string, double> diagnostics_;
+};
+
+}  // namespace inflab

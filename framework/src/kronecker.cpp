@@ -1,0 +1,72 @@
+#include "inflab/kronecker.hpp"
+
+#include <ATen/ops/linalg_eigh.h>
+#include <ATen/ops/zeros.h>
+#include <fmt/format.h>
+
+#include "inflab/error.hpp"
+
+namespace inflab {
+
+KroneckerBasis kronecker_basis(const GradientBlock& block, const std::string& estimator) {
+  if (!block.has_factors())
+    throw Error(fmt::format(
+        "{}: block '{}' has no Kronecker factors. They are captured with the gradients by `inflab run` "
+        "and `inflab gradients` (DIR/factors/<block>.activation.npy and .gradient.npy); gradients "
+        "written elsewhere need those two files too (docs/gradient-store.md)",
+        estimator, block.name));
+  KroneckerBasis basis;
+  basis.in = block.activation_covariance.size(0);
+  basis.out = block.gradient_covariance.size(0);
+  if (basis.in * basis.out != block.values.size(1))
+    throw Error(fmt::format("{}: block '{}' has {} columns but its factors are {} x {} and {} x {}", estimator, block.name,
+                            block.values.size(1), basis.out, basis.out, basis.in, basis.in));
+  auto [eigen_in, q_in] = at::linalg_eigh(block.activation_covariance.to(c10::kDouble));
+  auto [eigen_out, q_out] = at::linalg_eigh(block.gradient_covariance.to(c10::kDouble));
+  basis.eigen_in = eigen_in.clamp_min(0);  // covariances are PSD; round-off may dip below 0
+  basis.eigen_out = eigen_out.clamp_min(0);
+  basis.q_in = q_in;
+  basis.q_out = q_out;
+  return basis;
+}
+
+at::Tensor to_kronecker_basis(const KroneckerBasis& basis, const at::Tensor& rows) {
+  at::Tensor w = rows.to(c10::kDouble).reshape({rows.size(0), basis.out, basis.in});
+  return basis.q_out.t().matmul(w).matmul(basis.q_in);
+}
+
+at::Tensor kronecker_inverse_product(const KroneckerBasis& basis, const at::Tensor& eigenvalues,
+                                     double lambda, const at::Tensor& queries) {
+  at::Tensor projected = to_kronecker_basis(basis, queries);
+  projected.div_(eigenvalues.add(lambda));
+  at::Tensor back = basis.q_out.matmul(projected).matmul(basis.q_in.t());
+  return back.reshape({queries.size(0), basis.out * basis.in}).to(queries.scalar_type());
+}
+
+at::Tensor corrected_eigenvalues(const KroneckerBasis& basis, const at::Tensor& gradients, std::int64_t chunk) {
+  const auto n = gradients.size(0);
+  at::Tensor sum = at::zeros({basis.out, basis.in}, gradients.options().dtype(c10::kDouble));
+  for (std::int64_t start = 0; start < n; start += chunk)
+    sum.add_(to_kronecker_basis(basis, gradients.narrow(0, start, std::min(chunk, n - start))).square().sum(0));
+  return sum.div_(static_cast<double>(n));
+}
+
+void KroneckerEstimator::configure(const Options& options) { damping_ = damping_from(options); }
+
+void KroneckerEstimator::fit(const GradientBlocks& train) {
+  blocks_.clear();
+  for (const auto& block : train) {
+    KroneckerBasis basis = kronecker_basis(block, method());
+    at::Tensor values = eigenvalues(basis, block);
+    const double lambda = damping_.for_block(block.values);
+    blocks_.push_back({std::move(basis), values, lambda});
+    diagnostics_[block.name + ".lambda"] = lambda;
+  }
+}
+
+at::Tensor KroneckerEstimator::inverse_product(std::size_t b, const at::Tensor& queries) {
+  const Block& block = blocks_.at(b);
+  return kronecker_inverse_product(block.basis, block.eigenvalues, block.lambda, queries);
+}
+
+}  // namespace inflab
