@@ -66,7 +66,7 @@ class SequenceModel : public inflab::Model {
     return head_->forward(h.sum(1) / mask.sum(1));
   }
   inflab::NamedTensors base_parameters() override { return {}; }
-  std::vector<inflab::LoraLinear*> lora_layers() override { return {proj_.get(), head_.get()}; }
+  std::vector<inflab::LoraLayer*> lora_layers() override { return {proj_.get(), head_.get()}; }
   void set_training(bool t) override { proj_->train(t), head_->train(t); }
 
  private:
@@ -94,6 +94,28 @@ TEST_CASE("engine gradients equal a per-example loop on mlp_lora, several ranks"
   }
 }
 
+TEST_CASE("engine gradients equal a per-example loop on cnn_lora (conv and linear adapters)", "[gradients]") {
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  for (std::int64_t rank : {1, 3}) {
+    auto options = inflab::default_options("cnn_lora", registry.find(inflab::PluginKind::Model, "cnn_lora").info->options());
+    options.set("channels", std::vector<std::int64_t>{4, 6});
+    options.set("hidden", std::int64_t{10});
+    auto model = registry.create_as<inflab::Model>(inflab::PluginKind::Model, "cnn_lora", options);
+    model->build({{64}, 3}, inflab::LoraConfig{rank, 2.0, 0.0, {"conv*", "fc*"}}, 5);
+    perturb_lora(*model);
+    torch::manual_seed(rank);
+    auto x = torch::randn({9, 64});  // 8 x 8 images
+    auto y = torch::randint(0, 3, {9}, torch::kLong);
+    auto engine = inflab::per_example_gradients(*model, x, y, 4);
+    REQUIRE(engine.size() == 8);
+    CHECK(engine[0].name == "conv1.lora_A");
+    CHECK(engine[0].values.size(1) == rank * 1 * 3 * 3);
+    INFO("rank " << rank);
+    check_equal(engine, loop_gradients(*model, x, y));
+  }
+}
+
 TEST_CASE("engine gradients equal a per-example loop on a padded sequence model", "[gradients]") {
   for (std::int64_t rank : {1, 3}) {
     SequenceModel model;
@@ -115,6 +137,19 @@ TEST_CASE("only layers matching the target patterns get adapters", "[gradients][
   CHECK(inflab::matches_any("encoder.layer.3.attention.value", {"*value"}));
   CHECK_FALSE(inflab::matches_any("fc1", {"fc2", "query"}));
   CHECK(inflab::matches_any("fc2", {"fc?"}));
+}
+
+TEST_CASE("a merged conv adapter gives the same outputs", "[lora]") {
+  inflab::LoraConv2d layer("c", 2, 3, 3, 1, 1, inflab::LoraConfig{2, 4.0, 0.0, {"*"}}, true);
+  layer.reset_adapter(1);
+  { torch::NoGradGuard g; layer.lora_b().normal_(); }
+  layer.eval();
+  auto x = torch::randn({2, 2, 5, 5});
+  auto before = layer.forward(x);
+  // The adapter is not a no-op, so the comparison below is meaningful.
+  CHECK_FALSE(torch::allclose(before, torch::nn::functional::conv2d(x, layer.base_weight(), torch::nn::functional::Conv2dFuncOptions().bias(layer.base_bias()).padding(1))));
+  layer.merge();
+  CHECK(torch::allclose(layer.forward(x), before, 1e-5, 1e-5));
 }
 
 TEST_CASE("merge folds the adapter into the base weight without changing outputs", "[lora]") {

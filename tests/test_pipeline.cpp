@@ -180,3 +180,35 @@ TEST_CASE("`inflab score` works on a hand-written gradient directory and checks 
   auto bad_option = test::run_command(bin + " --set dampng=1 --out " + (dir.path / "x.npy").string());
   CHECK(bad_option.exit_code == 2);
 }
+
+TEST_CASE("a store over its memory budget is memory-mapped and gives identical scores; float16 stays close",
+          "[pipeline][gradients]") {
+  test::TempDir dir;
+  auto file = dir.write("e2e.toml", kExperiment);
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  inflab::RunPaths paths{dir.path / "results", dir.path / "cache"};
+  auto in_memory = inflab::load_experiment(file, {}, registry).at(0);
+  auto on_disk = inflab::load_experiment(file, {"evaluation.gradient_memory_mb=0.01"}, registry).at(0);
+  auto half = inflab::load_experiment(file, {"evaluation.gradient_dtype=\"float16\""}, registry).at(0);
+  // The budget does not change the gradients, so it shares their cache entry; the dtype does not.
+  CHECK(on_disk.gradients_key_text == in_memory.gradients_key_text);
+  CHECK(half.gradients_key_text != in_memory.gradients_key_text);
+
+  auto reference = inflab::prepare_gradients(in_memory, registry, paths);
+  inflab::RunPaths fresh{dir.path / "results", dir.path / "cache2"};
+  auto mapped = inflab::prepare_gradients(on_disk, registry, fresh);
+  REQUIRE(mapped.train.size() == reference.train.size());
+  for (std::size_t b = 0; b < mapped.train.size(); ++b) CHECK(mapped.train[b].values.equal(reference.train[b].values));
+  // What was written is a plain .npy with the documented shape.
+  auto hash = inflab::content_hash(on_disk.gradients_key_text);
+  at::Tensor file_a = inflab::load_npy(dir.path / "cache2" / "gradients" / hash / "train" / "fc1.lora_A.npy");
+  CHECK(file_a.equal(reference.train[0].values));
+
+  auto halves = inflab::prepare_gradients(half, registry, fresh);
+  CHECK(halves.train[0].values.scalar_type() == c10::kFloat);  // arithmetic stays float32
+  double error = (halves.train[0].values - reference.train[0].values).norm().item<double>() /
+                 reference.train[0].values.norm().item<double>();
+  CHECK(error < 1e-3);
+  CHECK(error > 0);  // it really was stored in 16 bits
+}

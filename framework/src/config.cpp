@@ -220,6 +220,8 @@ const std::vector<OptionSpec>& evaluation_specs() {
       spec("reference", OptionType::String, d.reference, "estimator name correlations are measured against"),
       spec("mode", OptionType::String, d.mode, "aggregate (mean validation gradient) or pairwise"),
       spec("gradient_batch_size", OptionType::Int, d.gradient_batch_size, "batch size of per-example gradient extraction"),
+      spec("gradient_memory_mb", OptionType::Double, d.gradient_memory_mb, "training gradients larger than this are written to memory-mapped files during extraction"),
+      spec("gradient_dtype", OptionType::String, d.gradient_dtype, "float32 or float16 (stored; arithmetic is float32)"),
   };
   return specs;
 }
@@ -500,6 +502,12 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   config.evaluation.reference = evaluation.get_string("reference");
   config.evaluation.mode = evaluation.get_string("mode");
   config.evaluation.gradient_batch_size = evaluation.get_int("gradient_batch_size");
+  config.evaluation.gradient_memory_mb = evaluation.get_double("gradient_memory_mb");
+  config.evaluation.gradient_dtype = evaluation.get_string("gradient_dtype");
+  if (config.evaluation.gradient_dtype != "float32" && config.evaluation.gradient_dtype != "float16")
+    v.fail(evaluation_table.get("gradient_dtype")->source(),
+           fmt::format("key 'evaluation.gradient_dtype': expected \"float32\" or \"float16\" (bfloat16 has no NumPy dtype), found \"{}\"", config.evaluation.gradient_dtype),
+           "evaluation.gradient_dtype");
   for (const auto& metric : config.evaluation.metrics) {
     static const std::vector<std::string> known{"auc", "pearson", "spearman"};
     if (std::find(known.begin(), known.end(), metric) == known.end()) {
@@ -545,6 +553,7 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   toml::table gradients;
   gradients.insert("finetune", finetune);
   gradients.insert("what", "per-example LoRA gradients, train and validation");
+  gradients.insert("dtype", config.evaluation.gradient_dtype);
   config.gradients_key_text = to_text(gradients);
   return config;
 }

@@ -17,9 +17,10 @@ namespace inflab {
 
 GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs,
                                      const at::Tensor& labels, std::int64_t batch_size,
-                                     const std::string& progress_label, bool factors) {
+                                     const std::string& progress_label, bool factors,
+                                     const BlockAllocator& allocate) {
   const std::int64_t n = inputs.size(0);
-  std::vector<LoraLinear*> layers;
+  std::vector<LoraLayer*> layers;
   for (auto* layer : model.lora_layers())
     if (layer->has_adapter()) layers.push_back(layer);
   if (layers.empty()) throw Error("per_example_gradients: the model has no LoRA adapters (check model.lora.targets)");
@@ -27,8 +28,11 @@ GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs,
   GradientBlocks blocks;
   for (auto* layer : layers) {
     const auto in = layer->lora_a().size(1), rank = layer->rank(), out = layer->lora_b().size(0);
-    blocks.push_back({layer->name() + ".lora_A", torch::empty({n, rank * in})});
-    blocks.push_back({layer->name() + ".lora_B", torch::empty({n, out * rank})});
+    auto make = [&](const std::string& name, std::int64_t cols) {
+      return allocate ? allocate(name, n, cols) : torch::empty({n, cols});
+    };
+    blocks.push_back({layer->name() + ".lora_A", make(layer->name() + ".lora_A", rank * in)});
+    blocks.push_back({layer->name() + ".lora_B", make(layer->name() + ".lora_B", out * rank)});
     if (factors) {  // accumulated in float64, normalised at the end
       blocks[blocks.size() - 2].activation_covariance = torch::zeros({in, in}, torch::kDouble);
       blocks[blocks.size() - 2].gradient_covariance = torch::zeros({rank, rank}, torch::kDouble);
@@ -56,7 +60,7 @@ GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs,
     }
     auto grads = torch::autograd::grad({loss}, wrt);
     for (std::size_t l = 0; l < layers.size(); ++l) {
-      LoraLinear& layer = *layers[l];
+      LoraLayer& layer = *layers[l];
       // Token models have inputs (batch, ..., features): sum over every position in between.
       auto flat = [count](const torch::Tensor& t) { return t.reshape({count, -1, t.size(-1)}); };
       torch::Tensor input = flat(layer.captured_input.detach());
@@ -125,13 +129,13 @@ std::vector<T> optional_vector(const nlohmann::json& j, const char* key, std::in
 }
 }  // namespace
 
-void save_gradient_store(const fs::path& dir, const GradientStore& store) {
+void save_gradient_store(const fs::path& dir, const GradientStore& store, bool train_values_written) {
   fs::create_directories(dir / "train");
   fs::create_directories(dir / "query");
   nlohmann::json blocks = nlohmann::json::array();
   for (std::size_t b = 0; b < store.train.size(); ++b) {
     const auto& block = store.train[b];
-    save_npy(dir / "train" / (block.name + ".npy"), block.values);
+    if (!train_values_written) save_npy(dir / "train" / (block.name + ".npy"), block.values);
     save_npy(dir / "query" / (block.name + ".npy"), store.query[b].values);
     nlohmann::json entry{{"name", block.name}, {"dim", block.values.size(1)}};
     if (block.has_factors()) {
@@ -145,7 +149,7 @@ void save_gradient_store(const fs::path& dir, const GradientStore& store) {
   nlohmann::json j;
   j["format"] = "inflab-gradient-store";
   j["version"] = 1;
-  j["dtype"] = "float32";
+  j["dtype"] = !store.train.empty() && store.train[0].values.scalar_type() == torch::kHalf ? "float16" : "float32";
   j["blocks"] = blocks;
   j["train"] = meta_json(store.train_meta, store.train.empty() ? 0 : store.train[0].values.size(0));
   j["query"] = meta_json(store.query_meta, store.query.empty() ? 0 : store.query[0].values.size(0));
@@ -174,14 +178,15 @@ GradientStore load_gradient_store(const fs::path& dir) {
     auto read = [&](const char* side, std::int64_t& rows) {
       fs::path file = dir / side / (name + ".npy");
       if (!fs::exists(file)) throw Error(fmt::format("{}: missing (blocks.json lists block '{}')", file.string(), name));
-      at::Tensor t = load_npy(file);
+      // float32 files are memory-mapped (no copy, pages load on demand); others are converted.
+      at::Tensor t = map_npy(file);
       if (t.dim() != 2 || t.size(1) != dim)
         throw Error(fmt::format("{}: expected shape (n, {}) as blocks.json says, found {}", file.string(), dim, fmt::format("{}", fmt::join(t.sizes(), " x "))));
       if (rows >= 0 && t.size(0) != rows)
         throw Error(fmt::format("{}: has {} rows but other {} blocks have {}", file.string(), t.size(0), side, rows));
       rows = t.size(0);
       if (!t.is_floating_point()) throw Error(fmt::format("{}: expected floating-point gradients, found {}", file.string(), c10::toString(t.scalar_type())));
-      return t.to(torch::kFloat32).contiguous();
+      return t.scalar_type() == torch::kFloat32 ? t : t.to(torch::kFloat32).contiguous();
     };
     store.train.push_back({name, read("train", n_train)});
     store.query.push_back({name, read("query", n_query)});

@@ -2,6 +2,9 @@
 
 #include <ATen/ops/empty.h>
 #include <fmt/format.h>
+#include <ATen/ops/from_blob.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -17,13 +20,19 @@ namespace fs = std::filesystem;
 namespace inflab {
 
 void write_file_atomic(const fs::path& path, const std::string& contents) {
+  write_file_atomic(path, [&](std::ostream& out) {
+    out.write(contents.data(), static_cast<std::streamsize>(contents.size()));
+  });
+}
+
+void write_file_atomic(const fs::path& path, const std::function<void(std::ostream&)>& write) {
   if (path.has_parent_path()) fs::create_directories(path.parent_path());
   fs::path temporary = path;
   temporary += fmt::format(".tmp-{}-{}", ::getpid(), std::random_device{}());
   {
     std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
     if (!out) throw Error(fmt::format("cannot write {}: {}", temporary.string(), std::strerror(errno)));
-    out.write(contents.data(), static_cast<std::streamsize>(contents.size()));
+    write(out);
     out.flush();
     if (!out) {
       fs::remove(temporary);
@@ -57,8 +66,8 @@ const NpyType kNpyTypes[] = {
 };
 }  // namespace
 
-std::string npy_bytes(const at::Tensor& tensor_in) {
-  at::Tensor tensor = tensor_in.contiguous();
+namespace {
+std::string npy_header(const at::Tensor& tensor) {
   const char* descr = nullptr;
   for (const auto& t : kNpyTypes)
     if (t.type == tensor.scalar_type()) descr = t.descr;
@@ -75,22 +84,41 @@ std::string npy_bytes(const at::Tensor& tensor_in) {
   std::string out("\x93NUMPY\x01\x00", 8);
   out.push_back(static_cast<char>(header.size() & 0xff));
   out.push_back(static_cast<char>(header.size() >> 8));
-  out += header;
+  return out + header;
+}
+}  // namespace
+
+std::string npy_bytes(const at::Tensor& tensor_in) {
+  at::Tensor tensor = tensor_in.contiguous();
+  std::string out = npy_header(tensor);
   out.append(static_cast<const char*>(tensor.data_ptr()), tensor.nbytes());
   return out;
 }
 
-void save_npy(const fs::path& path, const at::Tensor& tensor) {
-  write_file_atomic(path, npy_bytes(tensor));
+void save_npy(const fs::path& path, const at::Tensor& tensor_in) {
+  // Streams the tensor's own memory: no copy of the data (a block can be gigabytes).
+  at::Tensor tensor = tensor_in.contiguous();
+  write_file_atomic(path, [&](std::ostream& out) {
+    std::string header = npy_header(tensor);
+    out.write(header.data(), static_cast<std::streamsize>(header.size()));
+    out.write(static_cast<const char*>(tensor.data_ptr()), static_cast<std::streamsize>(tensor.nbytes()));
+  });
 }
 
-at::Tensor load_npy(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(fmt::format("{}: cannot open ({})", path.string(), std::strerror(errno)));
+namespace {
+
+struct NpyHeader {
+  c10::ScalarType type;
+  std::vector<std::int64_t> shape;
+  std::size_t data_offset;
+};
+
+NpyHeader read_npy_header(std::ifstream& in, const fs::path& path) {
   char magic[8];
   if (!in.read(magic, 8) || std::memcmp(magic, "\x93NUMPY", 6) != 0)
     throw Error(fmt::format("{}: not a .npy file (missing the \\x93NUMPY magic)", path.string()));
   std::uint32_t header_length = 0;
+  std::size_t prefix = 10;
   if (magic[6] == 1) {
     unsigned char b[2];
     in.read(reinterpret_cast<char*>(b), 2);
@@ -99,6 +127,7 @@ at::Tensor load_npy(const fs::path& path) {
     unsigned char b[4];
     in.read(reinterpret_cast<char*>(b), 4);
     header_length = b[0] | (b[1] << 8) | (b[2] << 16) | (static_cast<std::uint32_t>(b[3]) << 24);
+    prefix = 12;
   } else {
     throw Error(fmt::format("{}: unsupported .npy format version {}", path.string(), int(magic[6])));
   }
@@ -114,27 +143,99 @@ at::Tensor load_npy(const fs::path& path) {
                             "numpy.ascontiguousarray first", path.string()));
   if (!std::regex_search(header, m, std::regex("'shape'\\s*:\\s*\\(([^)]*)\\)")))
     throw Error(fmt::format("{}: .npy header has no 'shape': {}", path.string(), header));
-  std::vector<std::int64_t> shape;
+  NpyHeader result{c10::ScalarType::Undefined, {}, prefix + header_length};
   std::string dims = m[1];
   std::regex number("[0-9]+");
-  for (auto it = std::sregex_iterator(dims.begin(), dims.end(), number);
-       it != std::sregex_iterator(); ++it)
-    shape.push_back(std::stoll(it->str()));
-  if (descr == "<f4" || descr == "=f4") descr = "<f4";
-  c10::ScalarType type = c10::ScalarType::Undefined;
+  for (auto it = std::sregex_iterator(dims.begin(), dims.end(), number); it != std::sregex_iterator(); ++it)
+    result.shape.push_back(std::stoll(it->str()));
+  if (descr == "=f4") descr = "<f4";
+  if (descr == "=f8") descr = "<f8";
   for (const auto& t : kNpyTypes)
-    if (descr == t.descr) type = t.type;
-  if (descr == "=f8") type = c10::kDouble;
-  if (descr == "<i1" || descr == "|i1") type = c10::kChar;
-  if (type == c10::ScalarType::Undefined)
+    if (descr == t.descr) result.type = t.type;
+  if (descr == "<i1" || descr == "|i1") result.type = c10::kChar;
+  if (result.type == c10::ScalarType::Undefined)
     throw Error(fmt::format("{}: unsupported dtype '{}' (expected little-endian float32, "
                             "float64, float16, int64, int32 or bool)", path.string(), descr));
-  at::Tensor tensor = at::empty(shape, at::TensorOptions().dtype(type));
+  return result;
+}
+
+std::size_t element_count(const std::vector<std::int64_t>& shape) {
+  std::size_t count = 1;
+  for (auto s : shape) count *= static_cast<std::size_t>(s);
+  return count;
+}
+
+}  // namespace
+
+at::Tensor load_npy(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("{}: cannot open ({})", path.string(), std::strerror(errno)));
+  NpyHeader header = read_npy_header(in, path);
+  at::Tensor tensor = at::empty(header.shape, at::TensorOptions().dtype(header.type));
   auto bytes = static_cast<std::streamsize>(tensor.nbytes());
   if (!in.read(static_cast<char*>(tensor.data_ptr()), bytes))
     throw Error(fmt::format("{}: truncated: the header promises {} bytes of data, the file has {}",
                             path.string(), bytes, in.gcount()));
   return tensor;
+}
+
+namespace {
+at::Tensor map_region(const fs::path& path, int fd, std::size_t file_size, std::size_t offset,
+                      const std::vector<std::int64_t>& shape, c10::ScalarType type, bool writable) {
+  void* address = ::mmap(nullptr, file_size, PROT_READ | PROT_WRITE, writable ? MAP_SHARED : MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (address == MAP_FAILED) throw Error(fmt::format("{}: cannot memory-map ({})", path.string(), std::strerror(errno)));
+  auto* data = static_cast<char*>(address) + offset;
+  return at::from_blob(
+      data, shape, [address, file_size](void*) { ::munmap(address, file_size); }, at::TensorOptions().dtype(type));
+}
+}  // namespace
+
+at::Tensor map_npy(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("{}: cannot open ({})", path.string(), std::strerror(errno)));
+  NpyHeader header = read_npy_header(in, path);
+  in.close();
+  const std::size_t bytes = element_count(header.shape) * c10::elementSize(header.type);
+  const std::size_t file_size = fs::file_size(path);
+  if (file_size < header.data_offset + bytes)
+    throw Error(fmt::format("{}: truncated: the header promises {} bytes of data, the file has {}", path.string(),
+                            bytes, file_size - std::min(file_size, header.data_offset)));
+  if (bytes == 0) return load_npy(path);
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw Error(fmt::format("{}: cannot open ({})", path.string(), std::strerror(errno)));
+  return map_region(path, fd, file_size, header.data_offset, header.shape, header.type, false);
+}
+
+at::Tensor create_mapped_npy(const fs::path& path, const std::vector<std::int64_t>& shape, c10::ScalarType type) {
+  if (path.has_parent_path()) fs::create_directories(path.parent_path());
+  std::string header = npy_header(at::empty({0}, at::TensorOptions().dtype(type)));
+  // Rewrite the header for the real shape: npy_bytes of an empty tensor gives the layout.
+  std::string shape_text;
+  for (auto s : shape) shape_text += std::to_string(s) + ", ";
+  if (shape.size() != 1 && !shape_text.empty()) shape_text.erase(shape_text.size() - 2);
+  else if (!shape_text.empty()) shape_text.pop_back();
+  std::string descr = header.substr(header.find("'descr': '") + 10, 3);
+  std::string dict = fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': ({}), }}", descr, shape_text);
+  dict.append((64 - (10 + dict.size() + 1) % 64) % 64, ' ');
+  dict.push_back('\n');
+  std::string prefix("\x93NUMPY\x01\x00", 8);
+  prefix.push_back(static_cast<char>(dict.size() & 0xff));
+  prefix.push_back(static_cast<char>(dict.size() >> 8));
+  prefix += dict;
+  const std::size_t bytes = element_count(shape) * c10::elementSize(type);
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw Error(fmt::format("{}: cannot create ({})", path.string(), std::strerror(errno)));
+  if (::write(fd, prefix.data(), prefix.size()) != static_cast<ssize_t>(prefix.size()) ||
+      ::ftruncate(fd, static_cast<off_t>(prefix.size() + bytes)) != 0) {
+    ::close(fd);
+    throw Error(fmt::format("{}: cannot size the file to {} bytes ({})", path.string(), prefix.size() + bytes, std::strerror(errno)));
+  }
+  if (bytes == 0) {
+    ::close(fd);
+    return at::empty(shape, at::TensorOptions().dtype(type));
+  }
+  return map_region(path, fd, prefix.size() + bytes, prefix.size(), shape, type, true);
 }
 
 std::string content_hash(const std::string& text) {

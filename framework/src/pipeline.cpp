@@ -204,19 +204,34 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
   out.stage_seconds["finetune"] = seconds_since(start);
 
   start = Clock::now();
-  GradientStore store;
-  store.train = per_example_gradients(*model, data.train.inputs, observed, config.evaluation.gradient_batch_size, "train gradients", /*factors=*/true);
-  store.query = per_example_gradients(*model, data.validation.inputs, data.validation.labels, config.evaluation.gradient_batch_size, "validation gradients");
-  store.train_meta = std::move(train_meta);
-  store.query_meta = std::move(query_meta);
   // Write into a temporary directory and rename: an interrupted write is never mistaken for a hit.
   fs::path temporary = gradient_dir;
   temporary += fmt::format(".tmp-{}", ::getpid());
   fs::remove_all(temporary);
-  save_gradient_store(temporary, store);
+  const auto dtype = config.evaluation.gradient_dtype == "float16" ? torch::kHalf : torch::kFloat;
+  std::int64_t width = 0;
+  for (const auto& t : lora) width += t.numel();
+  const double train_mb = static_cast<double>(data.train.size()) * static_cast<double>(width) *
+                          static_cast<double>(c10::elementSize(dtype)) / 1048576.0;
+  // Over the budget (or 16-bit): extraction writes each batch straight into mapped files.
+  const bool on_disk = train_mb > config.evaluation.gradient_memory_mb || dtype != torch::kFloat;
+  BlockAllocator to_disk = [&](const std::string& block, std::int64_t rows, std::int64_t cols) {
+    return create_mapped_npy(temporary / "train" / (block + ".npy"), {rows, cols}, dtype);
+  };
+  if (on_disk)
+    log(fmt::format("gradients: {:.0f} MiB of training gradients ({}) go to memory-mapped files in {}", train_mb,
+                    config.evaluation.gradient_dtype, gradient_dir.string()));
+  GradientStore store;
+  store.train = per_example_gradients(*model, data.train.inputs, observed, config.evaluation.gradient_batch_size,
+                                      "train gradients", /*factors=*/true, on_disk ? to_disk : BlockAllocator{});
+  store.query = per_example_gradients(*model, data.validation.inputs, data.validation.labels, config.evaluation.gradient_batch_size, "validation gradients");
+  store.train_meta = std::move(train_meta);
+  store.query_meta = std::move(query_meta);
+  save_gradient_store(temporary, store, /*train_values_written=*/on_disk);
   fs::create_directories(gradient_dir.parent_path());
   fs::remove_all(gradient_dir);
   fs::rename(temporary, gradient_dir);
+  if (dtype != torch::kFloat) store = load_gradient_store(gradient_dir);  // float32 arithmetic
   out.stage_seconds["gradients"] = seconds_since(start);
   out.stage_cached["gradients"] = false;
   return store;

@@ -98,21 +98,17 @@ void register_estimators() {
 
 // LoRA block shapes: (out, in) of the linear map a block's gradient belongs to.
 struct BlockShape {
-  const char* name;
+  std::string name;
   int64_t out, in;
 };
 std::vector<BlockShape> lora_shapes() {
   std::vector<BlockShape> shapes;
   for (int64_t r : {1, 2, 4, 8}) {
-    static std::vector<std::string> names;  // keep the strings alive for the benchmark names
-    names.push_back("mlp_fc1_A_r" + std::to_string(r));
-    shapes.push_back({names.back().c_str(), r, 784});
-    names.push_back("mlp_fc1_B_r" + std::to_string(r));
-    shapes.push_back({names.back().c_str(), 128, r});
-    names.push_back("qv384_A_r" + std::to_string(r));
-    shapes.push_back({names.back().c_str(), r, 384});
-    names.push_back("qv384_B_r" + std::to_string(r));
-    shapes.push_back({names.back().c_str(), 384, r});
+    std::string rank = "_r" + std::to_string(r);
+    shapes.push_back({"mlp_fc1_A" + rank, r, 784});
+    shapes.push_back({"mlp_fc1_B" + rank, 128, r});
+    shapes.push_back({"qv384_A" + rank, r, 384});
+    shapes.push_back({"qv384_B" + rank, 384, r});
   }
   return shapes;
 }

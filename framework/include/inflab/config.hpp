@@ -34,6 +34,8 @@ struct EvaluationConfig {
   std::string reference;                    // estimator label correlations are measured against
   std::string mode = "aggregate";           // aggregate | pairwise
   std::int64_t gradient_batch_size = 64;
+  double gradient_memory_mb = 4096;      // above this, training gradients go straight to mapped files
+  std::string gradient_dtype = "float32";  // float32 | float16 (on disk; arithmetic stays float32)
 };
 
 struct ExperimentConfig {

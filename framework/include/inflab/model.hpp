@@ -12,7 +12,7 @@
 
 namespace inflab {
 
-class LoraLinear;  // framework/include/inflab/lora.hpp
+class LoraLayer;  // framework/include/inflab/lora.hpp
 
 struct LoraConfig {
   std::int64_t rank = 4;
@@ -34,7 +34,7 @@ class Model : public Plugin {
   virtual void build(const DataShape& shape, const LoraConfig& lora, std::uint64_t seed) = 0;
   virtual at::Tensor forward(const at::Tensor& inputs) = 0;  // logits, batch x classes
   virtual NamedTensors base_parameters() = 0;                // frozen after pretraining
-  virtual std::vector<LoraLinear*> lora_layers() = 0;         // in a fixed order
+  virtual std::vector<LoraLayer*> lora_layers() = 0;        // in a fixed order
   virtual void set_training(bool training) = 0;
   // True when the base must be pretrained on the dataset's pretrain split (no packaged weights).
   virtual bool needs_base_pretraining() const { return true; }

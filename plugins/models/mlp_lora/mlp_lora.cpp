@@ -45,14 +45,14 @@ class MlpLora : public inflab::Model {
   inflab::NamedTensors base_parameters() override {
     inflab::NamedTensors out;
     for (auto& layer : layers_) {
-      out.emplace_back(layer->name() + ".weight", layer->base()->weight);
-      out.emplace_back(layer->name() + ".bias", layer->base()->bias);
+      out.emplace_back(layer->name() + ".weight", layer->base_weight());
+      out.emplace_back(layer->name() + ".bias", layer->base_bias());
     }
     return out;
   }
 
-  std::vector<inflab::LoraLinear*> lora_layers() override {
-    std::vector<inflab::LoraLinear*> out;
+  std::vector<inflab::LoraLayer*> lora_layers() override {
+    std::vector<inflab::LoraLayer*> out;
     for (auto& layer : layers_) out.push_back(layer.get());
     return out;
   }

@@ -1,0 +1,119 @@
+// UCI optical digits (8x8 grey images, 10 classes, 1797 examples) from the copy that Debian's
+// python3-sklearn ships (sklearn/datasets/data/digits.csv.gz: 64 pixel values 0..16, then the
+// label). `./inflab setup` extracts it into the data cache without installing scikit-learn.
+#include <ATen/ops/empty.h>
+#include <fmt/format.h>
+#include <inflab/dataset.hpp>
+#include <inflab/error.hpp>
+#include <zlib.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+#include <sstream>
+
+namespace {
+
+std::string default_path() {
+  std::filesystem::path root;
+  if (const char* data = std::getenv("INFLAB_DATA"); data && *data) root = data;
+  else if (const char* home = std::getenv("HOME"); home && *home) root = std::filesystem::path(home) / ".cache" / "inflab" / "data";
+  else root = "/tmp/inflab-data";
+  return (root / "sklearn" / "digits.csv.gz").string();
+}
+
+std::string read_gzip_text(const std::string& path) {
+  if (!std::filesystem::exists(path))
+    throw inflab::Error(fmt::format("{}: missing; run `./inflab setup` (it extracts digits.csv.gz from Debian's "
+                                    "python3-sklearn package into the data cache) or set the dataset's path",
+                                    path));
+  gzFile file = gzopen(path.c_str(), "rb");
+  if (!file) throw inflab::Error(fmt::format("{}: cannot open", path));
+  std::string text;
+  char buffer[1 << 16];
+  int got;
+  while ((got = gzread(file, buffer, sizeof buffer)) > 0) text.append(buffer, static_cast<std::size_t>(got));
+  gzclose(file);
+  if (got < 0) throw inflab::Error(fmt::format("{}: corrupt gzip data", path));
+  return text;
+}
+
+class Digits : public inflab::Dataset {
+ public:
+  void configure(const inflab::Options& options) override { options_ = options; }
+
+  inflab::DatasetSplits load() override {
+    std::string path = options_.get_string("path");
+    if (path.empty()) path = default_path();
+    std::stringstream lines(read_gzip_text(path));
+    std::vector<std::array<float, 64>> images;
+    std::vector<std::int64_t> labels;
+    std::string line;
+    for (int number = 1; std::getline(lines, line); ++number) {
+      if (line.empty()) continue;
+      std::stringstream fields(line);
+      std::string field;
+      std::vector<double> values;
+      while (std::getline(fields, field, ',')) {
+        char* end = nullptr;
+        values.push_back(std::strtod(field.c_str(), &end));
+        if (end == field.c_str()) throw inflab::Error(fmt::format("{}:{}: expected a number, found '{}'", path, number, field));
+      }
+      if (values.size() != 65)
+        throw inflab::Error(fmt::format("{}:{}: expected 65 comma-separated values (64 pixels and a label), found {}", path, number, values.size()));
+      std::array<float, 64> image{};
+      for (int p = 0; p < 64; ++p) image[p] = static_cast<float>(values[p] / 16.0);
+      images.push_back(image);
+      labels.push_back(static_cast<std::int64_t>(values[64]));
+    }
+    const auto n_train = options_.get_int("n_train"), n_validation = options_.get_int("n_validation"),
+               n_pretrain = options_.get_int("n_pretrain");
+    const auto total = static_cast<std::int64_t>(images.size());
+    if (n_train < 1 || n_validation < 1 || n_pretrain < 0 || n_train + n_validation + n_pretrain > total)
+      throw inflab::Error(fmt::format("dataset digits: n_train + n_validation + n_pretrain = {} must be at most the {} examples (each split >= 1, pretrain >= 0)",
+                                      n_train + n_validation + n_pretrain, total));
+    std::vector<std::int64_t> order(images.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<std::int64_t>(i);
+    std::mt19937_64 rng(static_cast<std::uint64_t>(options_.get_int("shuffle_seed")));
+    std::shuffle(order.begin(), order.end(), rng);
+    auto make = [&](std::int64_t start, std::int64_t count) {
+      inflab::Split split;
+      split.inputs = at::empty({count, 64}, c10::kFloat);
+      split.labels = at::empty({count}, c10::kLong);
+      for (std::int64_t k = 0; k < count; ++k) {
+        std::int64_t i = order[start + k];
+        std::copy(images[i].begin(), images[i].end(), split.inputs.data_ptr<float>() + k * 64);
+        split.labels.data_ptr<std::int64_t>()[k] = labels[i];
+        split.ids.push_back(i);
+      }
+      return split;
+    };
+    inflab::DatasetSplits splits;
+    splits.pretrain = make(0, n_pretrain);
+    splits.train = make(n_pretrain, n_train);
+    splits.validation = make(n_pretrain + n_train, n_validation);
+    for (int c = 0; c < 10; ++c) splits.class_names.push_back(std::to_string(c));
+    return splits;
+  }
+
+ private:
+  inflab::Options options_;
+};
+
+std::vector<inflab::OptionSpec> options() {
+  using inflab::OptionType;
+  return {
+      {"path", OptionType::String, std::string(), "digits.csv.gz (default: $INFLAB_DATA/sklearn/digits.csv.gz, prepared by ./inflab setup)"},
+      {"n_train", OptionType::Int, std::int64_t{800}, "training examples (the ones scored)"},
+      {"n_validation", OptionType::Int, std::int64_t{300}, "validation examples (queries)"},
+      {"n_pretrain", OptionType::Int, std::int64_t{600}, "examples for base pretraining, disjoint from the others"},
+      {"shuffle_seed", OptionType::Int, std::int64_t{0}, "which examples go to which split"},
+  };
+}
+
+}  // namespace
+
+INFLAB_PLUGIN(Dataset, "digits", "1.0.0", "UCI 8x8 handwritten digits, 10 classes, 1797 images (from Debian python3-sklearn)",
+              options, Digits)
