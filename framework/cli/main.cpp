@@ -183,6 +183,33 @@ int command_score(const fs::path& gradients, const std::string& estimator_name,
   return 0;
 }
 
+int command_embed(const std::string& model_name, const std::vector<std::string>& texts, const std::vector<std::string>& sets,
+                  const Common& common) {
+  Registry registry;
+  load_plugins(registry, common);
+  const PluginRecord& record = registry.find(PluginKind::Model, model_name);
+  Options options = default_options("model " + model_name, record.info->options());
+  for (const auto& assignment : sets) {
+    auto equals = assignment.find('=');
+    if (equals == std::string::npos) throw Error(fmt::format("--set '{}': expected key=value", assignment));
+    std::string key = assignment.substr(0, equals);
+    auto specs = record.info->options();
+    auto spec = std::find_if(specs.begin(), specs.end(), [&](const OptionSpec& s) { return s.name == key; });
+    if (spec == specs.end()) throw Error(fmt::format("--set {}: model '{}' has no option '{}'", assignment, model_name, key));
+    options.set(key, parse_value(assignment.substr(equals + 1), spec->type, "--set " + assignment));
+  }
+  auto model = registry.create_as<Model>(PluginKind::Model, model_name, options);
+  at::Tensor embeddings = model->embed(texts).contiguous();
+  // One JSON array per text, full float precision.
+  for (std::int64_t i = 0; i < embeddings.size(0); ++i) {
+    std::string line = "[";
+    const float* row = embeddings.data_ptr<float>() + i * embeddings.size(1);
+    for (std::int64_t k = 0; k < embeddings.size(1); ++k) line += fmt::format("{}{:.9g}", k ? ", " : "", row[k]);
+    std::cout << line << "]\n";
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -225,6 +252,13 @@ int main(int argc, char** argv) {
   score->add_option("--mode", mode, "aggregate (mean query gradient, n scores) or pairwise (n x q)");
   score->add_option("--out", score_out, "output .npy (float32; row i = training example i)")->required();
 
+  std::string model_name = "minilm_lora";
+  std::vector<std::string> texts;
+  auto* embed = app.add_subcommand("embed", "print a text model's sentence embedding (mean-pooled, L2-normalised) as a JSON array");
+  embed->add_option("--model", model_name, "model plugin (default: minilm_lora)");
+  embed->add_option("--text", texts, "text to embed (repeatable: one JSON array per text, in order)")->required();
+  embed->add_option("--set", sets, "model option, e.g. --set max_length=256 (repeatable)");
+
   CLI11_PARSE(app, argc, argv);
   Progress::set_quiet(common.quiet);
   try {
@@ -234,6 +268,7 @@ int main(int argc, char** argv) {
     if (*plugins) return command_plugins(plugin_name, common);
     if (*gradients) return command_gradients(file, sets, gradients_dir, cache, common);
     if (*score) return command_score(gradients_dir, estimator_name, sets, mode, score_out, common);
+    if (*embed) return command_embed(model_name, texts, sets, common);
   } catch (const Error& e) {
     std::cerr << "inflab: error: " << e.what() << "\n";
     return 2;

@@ -6,6 +6,7 @@
 
 #include "inflab/error.hpp"
 #include "inflab/estimator.hpp"
+#include "inflab/model.hpp"
 #include "inflab/scoring.hpp"
 
 namespace inflab {
@@ -79,6 +80,14 @@ at::Tensor score_aggregate(Estimator& estimator, const GradientBlocks& train,
   GradientBlocks mean = queries;
   for (auto& block : mean) block.values = block.values.mean(0, /*keepdim=*/true);
   return score_pairwise(estimator, train, mean).squeeze(1);
+}
+
+at::Tensor Model::encode_texts(const std::vector<std::string>&) {
+  throw Error("this model does not take text; choose a text model (e.g. minilm_lora) for a text dataset");
+}
+
+at::Tensor Model::embed(const std::vector<std::string>&) {
+  throw Error("this model does not produce sentence embeddings");
 }
 
 }  // namespace inflab

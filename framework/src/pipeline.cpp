@@ -163,6 +163,15 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
                   data.validation.size(), data.pretrain.size(), data.num_classes()));
 
   auto model = registry.create_as<Model>(PluginKind::Model, config.model.plugin, config.model.options);
+  // Text datasets: the model's tokenizer turns texts into its input tensor.
+  for (Split* split : {&data.train, &data.validation, &data.pretrain})
+    if (!split->texts.empty() && !split->inputs.defined()) {
+      auto encode_start = Clock::now();
+      split->inputs = model->encode_texts(split->texts);
+      out.stage_seconds["tokenize"] += seconds_since(encode_start);
+    }
+  if (data.pretrain.size() > 0 && !data.pretrain.inputs.defined())
+    throw Error(fmt::format("dataset '{}' gave a pretrain split without inputs", config.dataset.plugin));
   DataShape shape;
   for (std::int64_t d = 1; d < data.train.inputs.dim(); ++d) shape.input_shape.push_back(data.train.inputs.size(d));
   shape.num_classes = data.num_classes();

@@ -36,8 +36,13 @@ class Model : public Plugin {
   virtual NamedTensors base_parameters() = 0;                // frozen after pretraining
   virtual std::vector<LoraLayer*> lora_layers() = 0;        // in a fixed order
   virtual void set_training(bool training) = 0;
-  // True when the base must be pretrained on the dataset's pretrain split (no packaged weights).
+  // True when base_parameters() must be trained on the dataset's pretrain split first (a model
+  // without packaged weights, or a new classifier head on a packaged encoder).
   virtual bool needs_base_pretraining() const { return true; }
+  // Text models: token ids etc. for raw texts, as the `inputs` tensor forward() takes.
+  virtual at::Tensor encode_texts(const std::vector<std::string>& texts);
+  // Sentence-embedding models: one L2-normalised row per text (`inflab embed`).
+  virtual at::Tensor embed(const std::vector<std::string>& texts);
 };
 
 }  // namespace inflab

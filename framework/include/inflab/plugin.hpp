@@ -13,7 +13,7 @@
 namespace inflab {
 
 // Bump whenever PluginInfo or any plugin interface (Estimator, Dataset, Model) changes.
-inline constexpr std::uint32_t kAbiVersion = 2;  // 2: GradientBlock carries Kronecker factors
+inline constexpr std::uint32_t kAbiVersion = 3;  // 2: Kronecker factors; 3: text splits and models
 
 enum class PluginKind : std::uint32_t { Estimator = 1, Dataset = 2, Model = 3 };
 const char* to_string(PluginKind kind);

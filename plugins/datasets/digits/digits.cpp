@@ -5,24 +5,18 @@
 #include <fmt/format.h>
 #include <inflab/dataset.hpp>
 #include <inflab/error.hpp>
+#include <inflab/splits.hpp>
 #include <zlib.h>
 
 #include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <filesystem>
-#include <random>
 #include <sstream>
 
 namespace {
 
-std::string default_path() {
-  std::filesystem::path root;
-  if (const char* data = std::getenv("INFLAB_DATA"); data && *data) root = data;
-  else if (const char* home = std::getenv("HOME"); home && *home) root = std::filesystem::path(home) / ".cache" / "inflab" / "data";
-  else root = "/tmp/inflab-data";
-  return (root / "sklearn" / "digits.csv.gz").string();
-}
+std::string default_path() { return (std::filesystem::path(inflab::data_cache_root()) / "sklearn" / "digits.csv.gz").string(); }
 
 std::string read_gzip_text(const std::string& path) {
   if (!std::filesystem::exists(path))
@@ -68,22 +62,18 @@ class Digits : public inflab::Dataset {
       images.push_back(image);
       labels.push_back(static_cast<std::int64_t>(values[64]));
     }
-    const auto n_train = options_.get_int("n_train"), n_validation = options_.get_int("n_validation"),
-               n_pretrain = options_.get_int("n_pretrain");
-    const auto total = static_cast<std::int64_t>(images.size());
-    if (n_train < 1 || n_validation < 1 || n_pretrain < 0 || n_train + n_validation + n_pretrain > total)
-      throw inflab::Error(fmt::format("dataset digits: n_train + n_validation + n_pretrain = {} must be at most the {} examples (each split >= 1, pretrain >= 0)",
-                                      n_train + n_validation + n_pretrain, total));
-    std::vector<std::int64_t> order(images.size());
-    for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<std::int64_t>(i);
-    std::mt19937_64 rng(static_cast<std::uint64_t>(options_.get_int("shuffle_seed")));
-    std::shuffle(order.begin(), order.end(), rng);
-    auto make = [&](std::int64_t start, std::int64_t count) {
+    if (options_.get_int("n_train") < 1 || options_.get_int("n_validation") < 1)
+      throw inflab::Error("dataset digits: n_train and n_validation must be at least 1 (each split >= 1)");
+    auto indices = inflab::shuffle_split("digits", static_cast<std::int64_t>(images.size()), options_.get_int("n_pretrain"),
+                                         options_.get_int("n_train"), options_.get_int("n_validation"),
+                                         static_cast<std::uint64_t>(options_.get_int("shuffle_seed")));
+    auto make = [&](const std::vector<std::int64_t>& rows) {
+      const auto count = static_cast<std::int64_t>(rows.size());
       inflab::Split split;
       split.inputs = at::empty({count, 64}, c10::kFloat);
       split.labels = at::empty({count}, c10::kLong);
       for (std::int64_t k = 0; k < count; ++k) {
-        std::int64_t i = order[start + k];
+        std::int64_t i = rows[k];
         std::copy(images[i].begin(), images[i].end(), split.inputs.data_ptr<float>() + k * 64);
         split.labels.data_ptr<std::int64_t>()[k] = labels[i];
         split.ids.push_back(i);
@@ -91,9 +81,9 @@ class Digits : public inflab::Dataset {
       return split;
     };
     inflab::DatasetSplits splits;
-    splits.pretrain = make(0, n_pretrain);
-    splits.train = make(n_pretrain, n_train);
-    splits.validation = make(n_pretrain + n_train, n_validation);
+    splits.pretrain = make(indices.pretrain);
+    splits.train = make(indices.train);
+    splits.validation = make(indices.validation);
     for (int c = 0; c < 10; ++c) splits.class_names.push_back(std::to_string(c));
     return splits;
   }

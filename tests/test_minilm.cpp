@@ -1,0 +1,128 @@
+// MiniLM against golden files produced by the reference implementations
+// (tests/golden/make_minilm_golden.py: tokenizers 0.13.3, sentence-transformers 2.2.2).
+// Needs the weights cache that `./inflab setup` (run by `./inflab test`) prepares.
+#include <torch/torch.h>
+
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "helpers.hpp"
+#include "inflab/error.hpp"
+#include "inflab/gradients.hpp"
+#include "inflab/lora.hpp"
+#include "inflab/registry.hpp"
+#include "inflab/safetensors.hpp"
+#include "inflab/splits.hpp"
+#include "inflab/wordpiece.hpp"
+
+using Catch::Matchers::Contains;
+namespace fs = std::filesystem;
+
+namespace {
+nlohmann::json golden(const std::string& name) {
+  std::ifstream in(std::string(INFLAB_SOURCE_DIR) + "/tests/golden/" + name);
+  REQUIRE(in);
+  return nlohmann::json::parse(in);
+}
+fs::path minilm_dir() { return fs::path(inflab::data_cache_root()) / "minilm"; }
+}  // namespace
+
+TEST_CASE("WordPiece ids equal the reference tokenizer on every golden case", "[minilm][tokenizer]") {
+  inflab::WordPieceTokenizer tokenizer(minilm_dir() / "vocab.txt");
+  auto cases = golden("wordpiece.json")["cases"];
+  REQUIRE(cases.size() >= 30);
+  for (const auto& c : cases) {
+    std::string text = c["text"];
+    std::string pair = c.value("pair", "");
+    inflab::Encoding e = tokenizer.encode(text, c.contains("pair") ? &pair : nullptr, 128, false);
+    INFO("text: " << text);
+    CHECK(e.input_ids == c["ids"].get<std::vector<std::int64_t>>());
+    CHECK(e.token_type_ids == c["type_ids"].get<std::vector<std::int64_t>>());
+  }
+}
+
+TEST_CASE("padding and masks follow the template", "[minilm][tokenizer]") {
+  inflab::WordPieceTokenizer tokenizer(minilm_dir() / "vocab.txt");
+  auto e = tokenizer.encode("hello world", nullptr, 8, true);
+  CHECK(e.input_ids.size() == 8);
+  CHECK(e.attention_mask == std::vector<std::int64_t>{1, 1, 1, 1, 0, 0, 0, 0});
+  CHECK(e.input_ids[0] == tokenizer.id("[CLS]"));
+  CHECK(e.input_ids[3] == tokenizer.id("[SEP]"));
+  CHECK(e.input_ids[4] == tokenizer.id("[PAD]"));
+  REQUIRE_THROWS_WITH(inflab::WordPieceTokenizer("/nonexistent/vocab.txt"), Contains("/nonexistent/vocab.txt"));
+}
+
+TEST_CASE("MiniLM sentence embeddings equal sentence-transformers within 1e-4", "[minilm]") {
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  auto options = inflab::default_options("minilm_lora", registry.find(inflab::PluginKind::Model, "minilm_lora").info->options());
+  auto model = registry.create_as<inflab::Model>(inflab::PluginKind::Model, "minilm_lora", options);
+  auto g = golden("minilm_embeddings.json");
+  auto texts = g["texts"].get<std::vector<std::string>>();
+  REQUIRE(texts.size() >= 5);
+  torch::Tensor ours = model->embed(texts);
+  auto reference = g["embeddings"].get<std::vector<std::vector<float>>>();
+  for (std::size_t i = 0; i < texts.size(); ++i) {
+    torch::Tensor expected = torch::tensor(reference[i]);
+    INFO(texts[i]);
+    CHECK((ours[i] - expected).abs().max().item<float>() < 1e-4);
+  }
+}
+
+TEST_CASE("engine gradients equal a per-example loop on minilm_lora (real weights, padding)", "[minilm][gradients]") {
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  auto options = inflab::default_options("minilm_lora", registry.find(inflab::PluginKind::Model, "minilm_lora").info->options());
+  options.set("max_length", std::int64_t{24});
+  auto model = registry.create_as<inflab::Model>(inflab::PluginKind::Model, "minilm_lora", options);
+  std::vector<std::string> texts{"A short one.", "This review is considerably longer than the first one, padding matters.",
+                                 "Great!", "Terrible taste, never again."};
+  auto inputs = model->encode_texts(texts);
+  for (std::int64_t rank : {1, 4}) {
+    model->build({{3, 24}, 2}, inflab::LoraConfig{rank, 8.0, 0.0, {"*attention.self.query", "*attention.self.value"}}, 1);
+    { torch::NoGradGuard g; for (auto* l : model->lora_layers()) if (l->has_adapter()) l->lora_b().normal_(0, 0.05); }
+    auto labels = torch::tensor(std::vector<std::int64_t>{0, 1, 1, 0}, torch::kLong);
+    auto engine = inflab::per_example_gradients(*model, inputs, labels, 3);
+    REQUIRE(engine.size() == 24);  // 6 layers x (query, value) x (A, B)
+    std::vector<torch::Tensor> params;
+    for (auto* l : model->lora_layers())
+      if (l->has_adapter()) params.push_back(l->lora_a()), params.push_back(l->lora_b());
+    model->set_training(false);
+    for (std::int64_t i = 0; i < 4; ++i) {
+      auto loss = torch::nn::functional::cross_entropy(model->forward(inputs.narrow(0, i, 1)), labels.narrow(0, i, 1));
+      auto grads = torch::autograd::grad({loss}, params);
+      for (std::size_t b = 0; b < grads.size(); ++b) {
+        auto expected = grads[b].reshape({-1});
+        INFO("rank " << rank << " example " << i << " block " << engine[b].name);
+        CHECK((engine[b].values[i] - expected).norm().item<double>() <= 1e-5 * expected.norm().item<double>() + 1e-9);
+      }
+    }
+  }
+}
+
+TEST_CASE("safetensors: tensors are read by name; damaged files are refused with the reason", "[safetensors]") {
+  test::TempDir dir;
+  auto write = [&](const std::string& name, const std::string& header, const std::string& data) {
+    std::string bytes(8, '\0');
+    std::uint64_t n = header.size();
+    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+    return dir.write(name, bytes + header + data);
+  };
+  std::string data(24, '\0');
+  float values[6] = {1, 2, 3, 4, 5, 6};
+  std::memcpy(data.data(), values, 24);
+  auto good = write("good.safetensors", R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}, "__metadata__": {"format": "pt"}})", data);
+  auto tensors = inflab::load_safetensors(good);
+  REQUIRE(tensors.count("w"));
+  CHECK(tensors["w"][1][2].item<float>() == 6.f);
+  auto truncated = write("truncated.safetensors", R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}})", data.substr(0, 20));
+  REQUIRE_THROWS_WITH(inflab::load_safetensors(truncated), Contains("truncated.safetensors") && Contains("'w'") && Contains("truncated"));
+  auto shape = write("shape.safetensors", R"({"w": {"dtype": "F32", "shape": [2, 4], "data_offsets": [0, 24]}})", data);
+  REQUIRE_THROWS_WITH(inflab::load_safetensors(shape), Contains("needs 32 bytes, its range has 24"));
+  auto dtype = write("dtype.safetensors", R"({"w": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}})", data);
+  REQUIRE_THROWS_WITH(inflab::load_safetensors(dtype), Contains("unsupported dtype 'F8_E4M3'"));
+  auto length = dir.write("length.safetensors", std::string("\xff\xff\xff\x00\x00\x00\x00\x00{}", 10));
+  REQUIRE_THROWS_WITH(inflab::load_safetensors(length), Contains("exceeds the file"));
+}
