@@ -15,6 +15,7 @@
 #include "inflab/registry.hpp"
 #include "inflab/safetensors.hpp"
 #include "inflab/splits.hpp"
+#include "inflab/dataset.hpp"
 #include "inflab/wordpiece.hpp"
 
 using Catch::Matchers::Contains;
@@ -125,4 +126,66 @@ TEST_CASE("safetensors: tensors are read by name; damaged files are refused with
   REQUIRE_THROWS_WITH(inflab::load_safetensors(dtype), Contains("unsupported dtype 'F8_E4M3'"));
   auto length = dir.write("length.safetensors", std::string("\xff\xff\xff\x00\x00\x00\x00\x00{}", 10));
   REQUIRE_THROWS_WITH(inflab::load_safetensors(length), Contains("exceeds the file"));
+}
+
+namespace {
+std::unique_ptr<inflab::Dataset> text_dataset(inflab::Registry& registry, const std::string& name,
+                                              std::map<std::string, inflab::Value> set) {
+  auto options = inflab::default_options(name, registry.find(inflab::PluginKind::Dataset, name).info->options());
+  for (auto& [k, v] : set) options.set(k, v);
+  return registry.create_as<inflab::Dataset>(inflab::PluginKind::Dataset, name, options);
+}
+}  // namespace
+
+TEST_CASE("the text datasets read the prepared files completely", "[minilm][datasets]") {
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  // Counts read independently from the files: 2,600 of 4,000 training reviews are "great";
+  // 103 of 1,554 Reuters training stories are about grain; the test files have 1,000 and 604 rows.
+  auto foods = text_dataset(registry, "fine_foods", {{"n_train", std::int64_t{4000}}, {"n_pretrain", std::int64_t{0}},
+                                                     {"n_validation", std::int64_t{1000}}})->load();
+  CHECK(foods.train.texts.size() == 4000);
+  CHECK(foods.train.labels.sum().item<std::int64_t>() == 2600);
+  CHECK(foods.validation.texts.size() == 1000);
+  CHECK(foods.class_names == std::vector<std::string>{"other", "great"});
+  auto grain = text_dataset(registry, "reuters", {{"n_train", std::int64_t{1554}}, {"n_pretrain", std::int64_t{0}},
+                                                  {"n_validation", std::int64_t{604}}})->load();
+  CHECK(grain.train.labels.sum().item<std::int64_t>() == 103);
+  CHECK(grain.train.texts[0].find('\n') != std::string::npos);  // ARFF escapes decoded
+  REQUIRE_THROWS_WITH(text_dataset(registry, "reuters", {{"n_train", std::int64_t{1555}}})->load(), Contains("must fit in the 1554"));
+  REQUIRE_THROWS_WITH(text_dataset(registry, "reuters", {{"topic", std::string("wheat")}}), Contains("grain"));
+  REQUIRE_THROWS_WITH(text_dataset(registry, "fine_foods", {{"data_dir", std::string("/nonexistent")}})->load(), Contains("./inflab setup"));
+}
+
+TEST_CASE("a tiny text experiment runs end to end (smoke of text_quickstart)", "[minilm][pipeline]") {
+  test::TempDir dir;
+  auto file = dir.write("text.toml", R"([experiment]
+name = "text_smoke"
+[dataset]
+plugin = "reuters"
+n_train = 24
+n_validation = 6
+n_pretrain = 12
+label_noise = 0.25
+[model]
+plugin = "minilm_lora"
+max_length = 24
+[model.lora]
+rank = 2
+targets = ["*attention.self.value", "classifier"]
+[training]
+epochs = 1
+pretrain_epochs = 1
+batch_size = 8
+[[estimator]]
+plugin = "datainf"
+[[estimator]]
+plugin = "kfac"
+)");
+  auto result = test::run_command(std::string(INFLAB_BINARY) + " --quiet run " + file.string() + " --out " +
+                                  (dir.path / "results").string() + " --cache " + (dir.path / "cache").string());
+  INFO(result.output);
+  REQUIRE(result.exit_code == 0);
+  CHECK_THAT(result.output, Contains("datainf") && Contains("kfac"));
+  CHECK(fs::exists(dir.path / "results" / "text_smoke" / "run" / "scores_datainf.npy"));
 }
