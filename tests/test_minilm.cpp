@@ -189,3 +189,16 @@ plugin = "kfac"
   CHECK_THAT(result.output, Contains("datainf") && Contains("kfac"));
   CHECK(fs::exists(dir.path / "results" / "text_smoke" / "run" / "scores_datainf.npy"));
 }
+
+TEST_CASE("minilm's probe path equals its forward pass while the adapters are zero", "[minilm]") {
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  auto options = inflab::default_options("minilm_lora", registry.find(inflab::PluginKind::Model, "minilm_lora").info->options());
+  options.set("max_length", std::int64_t{16});
+  auto model = registry.create_as<inflab::Model>(inflab::PluginKind::Model, "minilm_lora", options);
+  auto inputs = model->encode_texts({"first text", "a second, longer text with more words"});
+  model->build({{3, 16}, 2}, inflab::LoraConfig{2, 2.0, 0.0, {"*attention.self.value", "classifier"}}, 3);
+  REQUIRE(model->has_probe());
+  torch::NoGradGuard no_grad;
+  CHECK(torch::allclose(model->forward(inputs), model->probe_head(model->probe_features(inputs)), 1e-5, 1e-6));
+}

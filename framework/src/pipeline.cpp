@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <functional>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -63,7 +64,8 @@ std::vector<std::int64_t> to_vector(const torch::Tensor& t) {
   return std::vector<std::int64_t>(c.data_ptr<std::int64_t>(), c.data_ptr<std::int64_t>() + c.numel());
 }
 
-void train(Model& model, const std::vector<torch::Tensor>& parameters, const torch::Tensor& inputs,
+void train(Model& model, const std::function<torch::Tensor(const torch::Tensor&)>& forward,
+           const std::vector<torch::Tensor>& parameters, const torch::Tensor& inputs,
            const torch::Tensor& labels, std::int64_t epochs, double learning_rate,
            std::int64_t batch_size, const std::string& optimizer_name, double weight_decay,
            std::int64_t seed, const std::string& label) {
@@ -82,7 +84,7 @@ void train(Model& model, const std::vector<torch::Tensor>& parameters, const tor
     for (std::int64_t b = 0; b < batches; ++b) {
       torch::Tensor index = order.narrow(0, b * batch_size, std::min(batch_size, n - b * batch_size));
       optimizer->zero_grad();
-      torch::Tensor loss = torch::nn::functional::cross_entropy(model.forward(inputs.index_select(0, index)), labels.index_select(0, index));
+      torch::Tensor loss = torch::nn::functional::cross_entropy(forward(inputs.index_select(0, index)), labels.index_select(0, index));
       loss.backward();
       optimizer->step();
       progress.advance();
@@ -191,8 +193,29 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
         throw Error(fmt::format("model '{}' needs base pretraining but dataset '{}' has no pretrain split", config.model.plugin, config.dataset.plugin));
       for (auto& t : lora) t.set_requires_grad(false);
       for (auto& t : base) t.set_requires_grad(true);
-      train(*model, base, data.pretrain.inputs, data.pretrain.labels, config.training.pretrain_epochs,
-            config.training.pretrain_learning_rate, config.training.batch_size, "adam", 0.0, 0, "pretraining base");
+      if (model->has_probe()) {
+        // A head on a frozen trunk: compute the trunk's features once, train the head on them.
+        torch::Tensor features;
+        {
+          torch::NoGradGuard no_grad;
+          model->set_training(false);
+          std::vector<torch::Tensor> chunks;
+          Progress progress("probe features", data.pretrain.size(), "examples");
+          for (std::int64_t s = 0; s < data.pretrain.size(); s += config.training.batch_size) {
+            auto count = std::min(config.training.batch_size, data.pretrain.size() - s);
+            chunks.push_back(model->probe_features(data.pretrain.inputs.narrow(0, s, count)));
+            progress.advance(count);
+          }
+          features = torch::cat(chunks);
+        }
+        train(*model, [&](const torch::Tensor& f) { return model->probe_head(f); }, base, features, data.pretrain.labels,
+              config.training.pretrain_epochs, config.training.pretrain_learning_rate, config.training.batch_size, "adam",
+              0.0, 0, "training the head");
+      } else {
+        train(*model, [&](const torch::Tensor& x) { return model->forward(x); }, base, data.pretrain.inputs,
+              data.pretrain.labels, config.training.pretrain_epochs, config.training.pretrain_learning_rate,
+              config.training.batch_size, "adam", 0.0, 0, "pretraining base");
+      }
       save_tensors(file, base);
     }
     out.stage_seconds["pretrain"] = seconds_since(start);
@@ -205,7 +228,8 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
   out.stage_cached["finetune"] = load_tensors(finetune_file, lora);
   if (!out.stage_cached["finetune"]) {
     torch::manual_seed(static_cast<std::uint64_t>(config.seed));  // dropout masks
-    train(*model, lora, data.train.inputs, observed, config.training.epochs, config.training.learning_rate,
+    train(*model, [&](const torch::Tensor& x) { return model->forward(x); }, lora, data.train.inputs, observed,
+          config.training.epochs, config.training.learning_rate,
           config.training.batch_size, config.training.optimizer, config.training.weight_decay, config.seed,
           "fine-tuning LoRA");
     save_tensors(finetune_file, lora);

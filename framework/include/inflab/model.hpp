@@ -39,6 +39,12 @@ class Model : public Plugin {
   // True when base_parameters() must be trained on the dataset's pretrain split first (a model
   // without packaged weights, or a new classifier head on a packaged encoder).
   virtual bool needs_base_pretraining() const { return true; }
+  // Optional, for models whose base stage is a head on a frozen trunk: forward(x) must equal
+  // probe_head(probe_features(x)) while the LoRA adapters are zero. The framework then computes
+  // the features once and trains the head on them instead of re-running the trunk every epoch.
+  virtual bool has_probe() const { return false; }
+  virtual at::Tensor probe_features(const at::Tensor& inputs);
+  virtual at::Tensor probe_head(const at::Tensor& features);
   // Text models: token ids etc. for raw texts, as the `inputs` tensor forward() takes.
   virtual at::Tensor encode_texts(const std::vector<std::string>& texts);
   // Sentence-embedding models: one L2-normalised row per text (`inflab embed`).

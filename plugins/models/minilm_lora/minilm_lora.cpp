@@ -103,6 +103,11 @@ class MiniLmLora : public inflab::Model {
 
   at::Tensor forward(const at::Tensor& inputs) override { return classifier_->forward(pool(encode(inputs), mask_of(inputs))); }
 
+  // The head's linear probe trains on pooled encoder features computed once.
+  bool has_probe() const override { return true; }
+  at::Tensor probe_features(const at::Tensor& inputs) override { return pool(encode(inputs), mask_of(inputs)); }
+  at::Tensor probe_head(const at::Tensor& features) override { return classifier_->forward(features); }
+
   at::Tensor embed(const std::vector<std::string>& texts) override {
     if (!net_) build({{3, max_length_}, 2}, inflab::LoraConfig{1, 1.0, 0.0, {}}, 0);
     torch::NoGradGuard no_grad;

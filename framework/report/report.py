@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""inflab report: tables and figures from finished runs.
+
+    ./inflab report results/paper            (figures into results/paper/figures/)
+
+Reads every RUN/config.toml, RUN/metrics.csv and RUN/manifest.json under the given directory
+(layout: <dir>/<experiment>/<run>/), writes <dir>/summary.csv (mean and 95% confidence interval
+over seeds, per experiment, rank, n and estimator) and draws:
+  fig1_correlation_vs_rank   Pearson correlation with Exact against LoRA rank (paper Figure 1)
+  fig2_auc_rank4             mislabel-detection AUC at rank 4 (paper Figure 2)
+  fig2b_auc_vs_rank          AUC against rank
+  fig3_runtime_vs_n          influence-stage seconds against n, and gradient extraction (log axes)
+  fig4_lissa_variants        LiSSA as the paper writes it against the paper's code
+as PNG and PDF. Colours are fixed per estimator across figures.
+"""
+import csv
+import json
+import math
+import os
+import sys
+import tomllib
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLOURS = {
+    "exact": "#000000", "datainf": "#d62728", "hessian_free": "#1f77b4", "lissa": "#2ca02c",
+    "lissa_reference_code": "#98df8a", "kfac": "#9467bd", "ekfac": "#e377c2", "cg": "#7f7f7f",
+}
+LABELS = {
+    "exact": "Exact", "datainf": "DataInf", "hessian_free": "Hessian-free", "lissa": "LiSSA (paper eq.)",
+    "lissa_reference_code": "LiSSA (paper's code)", "kfac": "K-FAC", "ekfac": "EK-FAC", "cg": "CG",
+}
+ORDER = ["exact", "cg", "datainf", "ekfac", "kfac", "lissa", "lissa_reference_code", "hessian_free"]
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 19: 2.093}
+
+
+def mean_ci(values):
+    values = [v for v in values if not math.isnan(v)]
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    mean = sum(values) / n
+    if n == 1:
+        return mean, float("nan"), 1
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    t = T95.get(n - 1, 1.96)
+    return mean, t * sd / math.sqrt(n), n
+
+
+def load_runs(root):
+    runs = []
+    for experiment in sorted(os.listdir(root)):
+        exp_dir = os.path.join(root, experiment)
+        if not os.path.isdir(exp_dir) or experiment == "figures":
+            continue
+        for run in sorted(os.listdir(exp_dir)):
+            run_dir = os.path.join(exp_dir, run)
+            metrics_file = os.path.join(run_dir, "metrics.csv")
+            if not os.path.exists(metrics_file):
+                continue  # unfinished run
+            config = tomllib.load(open(os.path.join(run_dir, "config.toml"), "rb"))
+            manifest = json.load(open(os.path.join(run_dir, "manifest.json")))
+            metrics = defaultdict(dict)
+            for row in csv.DictReader(open(metrics_file)):
+                metrics[row["estimator"]][row["metric"]] = float(row["value"])
+            runs.append({
+                "experiment": experiment, "run": run, "rank": config["model"]["lora"]["rank"],
+                "seed": config["experiment"]["seed"], "n_train": manifest["train_examples"],
+                "metrics": metrics, "stages": manifest.get("stage_seconds", {}),
+                "stages_cached": manifest.get("stage_cached", {}), "commit": manifest.get("git_commit"),
+            })
+    return runs
+
+
+def summarise(runs):
+    groups = defaultdict(list)
+    for r in runs:
+        for estimator, metrics in r["metrics"].items():
+            for metric, value in metrics.items():
+                groups[(r["experiment"], r["rank"], r["n_train"], estimator, metric)].append(value)
+        for stage, seconds in r["stages"].items():
+            if not r["stages_cached"].get(stage, False):
+                groups[(r["experiment"], r["rank"], r["n_train"], "stage:" + stage, "seconds")].append(seconds)
+    table = {}
+    for key, values in groups.items():
+        table[key] = mean_ci(values)
+    return table
+
+
+def save(fig, out, name):
+    os.makedirs(out, exist_ok=True)
+    for ext in ("png", "pdf"):
+        fig.savefig(os.path.join(out, f"{name}.{ext}"), dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
+def experiments_with(table, predicate):
+    return sorted({k[0] for k in table if predicate(k)})
+
+
+def main(root):
+    runs = load_runs(root)
+    if not runs:
+        sys.exit(f"{root}: no finished runs (RUN/metrics.csv) found")
+    table = summarise(runs)
+    with open(os.path.join(root, "summary.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["experiment", "rank", "n_train", "estimator", "metric", "mean", "ci95", "runs"])
+        for key in sorted(table, key=lambda k: tuple(str(x) for x in k)):
+            mean, ci, n = table[key]
+            w.writerow([*key, f"{mean:.6g}", "" if math.isnan(ci) else f"{ci:.4g}", n])
+    out = os.path.join(root, "figures")
+    ranks_of = lambda e: sorted({k[1] for k in table if k[0] == e})  # noqa: E731
+    studies = [e for e in experiments_with(table, lambda k: k[4] == "pearson") if len(ranks_of(e)) > 1]
+
+    def per_rank_figure(metric, ylabel, name, title, skip=("exact", "cg")):
+        if not studies:
+            return
+        fig, axes = plt.subplots(1, len(studies), figsize=(4.2 * len(studies), 3.6), squeeze=False)
+        for ax, experiment in zip(axes[0], studies):
+            ranks = ranks_of(experiment)
+            for estimator in ORDER:
+                if estimator in skip:
+                    continue
+                points = [(r, *table[(experiment, r, n, estimator, metric)][:2]) for (e, r, n, est, m) in table
+                          if e == experiment and est == estimator and m == metric]
+                if not points:
+                    continue
+                points.sort()
+                ax.errorbar([p[0] for p in points], [p[1] for p in points],
+                            yerr=[0 if math.isnan(p[2]) else p[2] for p in points], marker="o", capsize=3,
+                            color=COLOURS[estimator], label=LABELS[estimator])
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ranks, [str(r) for r in ranks])
+            ax.set_xlabel("LoRA rank r")
+            ax.set_ylabel(ylabel)
+            ax.set_title(experiment)
+            ax.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=8, loc="best")
+        fig.suptitle(title)
+        save(fig, out, name)
+
+    per_rank_figure("pearson", "Pearson correlation with Exact", "fig1_correlation_vs_rank",
+                    "Approximation error: correlation of each method's scores with Exact (mean, 95% CI)")
+    per_rank_figure("auc", "mislabel-detection ROC AUC", "fig2b_auc_vs_rank",
+                    "Mislabeled-data detection against LoRA rank (mean, 95% CI)", skip=("cg",))
+
+    rank4 = [e for e in experiments_with(table, lambda k: k[1] == 4 and k[4] == "auc") if e in studies]
+    if rank4:
+        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rank4) * 1.5), 3.8))
+        estimators = [e for e in ORDER if e != "cg"]
+        width = 0.8 / len(estimators)
+        for j, estimator in enumerate(estimators):
+            xs, ys, errs = [], [], []
+            for i, experiment in enumerate(rank4):
+                hits = [table[k] for k in table if k[0] == experiment and k[1] == 4 and k[3] == estimator and k[4] == "auc"]
+                if hits:
+                    xs.append(i + (j - len(estimators) / 2 + 0.5) * width)
+                    ys.append(hits[0][0])
+                    errs.append(0 if math.isnan(hits[0][1]) else hits[0][1])
+            ax.bar(xs, ys, width, yerr=errs, capsize=2, color=COLOURS[estimator], label=LABELS[estimator])
+        ax.set_xticks(range(len(rank4)), rank4)
+        ax.set_ylabel("mislabel-detection ROC AUC")
+        ax.set_ylim(0.4, 1.0)
+        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        ax.legend(fontsize=7, ncol=4, loc="lower center")
+        ax.set_title("Mislabeled-data detection at LoRA rank 4 (mean, 95% CI over seeds)")
+        save(fig, out, "fig2_auc_rank4")
+
+    runtime = [e for e in experiments_with(table, lambda k: k[4] == "seconds") if len({k[2] for k in table if k[0] == e}) > 1]
+    for experiment in runtime:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for estimator in ORDER + ["stage:gradients"]:
+            points = sorted((k[2], table[k][0]) for k in table if k[0] == experiment and k[3] == estimator and k[4] == "seconds")
+            if not points:
+                continue
+            label = "gradient extraction" if estimator == "stage:gradients" else LABELS[estimator]
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label,
+                    color=COLOURS.get(estimator, "#ff7f0e"), ls="--" if estimator.startswith("stage") else "-")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training examples n")
+        ax.set_ylabel("seconds (influence stage: fit + scoring)")
+        ax.set_title(f"Runtime against n ({experiment}, 2 CPU cores)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        save(fig, out, "fig3_runtime_vs_n")
+
+    if studies:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        for ax, metric, ylabel in ((axes[0], "auc", "mislabel AUC"), (axes[1], "pearson", "Pearson with Exact")):
+            for i, experiment in enumerate(studies):
+                for j, estimator in enumerate(("lissa", "lissa_reference_code")):
+                    hits = [table[k] for k in table if k[0] == experiment and k[1] == 4 and k[3] == estimator and k[4] == metric]
+                    if hits:
+                        ax.bar(i + (j - 0.5) * 0.38, hits[0][0], 0.38, yerr=0 if math.isnan(hits[0][1]) else hits[0][1],
+                               capsize=3, color=COLOURS[estimator], label=LABELS[estimator] if i == 0 else None)
+            ax.set_xticks(range(len(studies)), studies, rotation=15)
+            ax.set_ylabel(ylabel + " (rank 4)")
+            ax.grid(alpha=0.3, axis="y")
+        axes[0].legend(fontsize=8)
+        fig.suptitle("LiSSA as the paper writes it (damping added, converged) vs the paper's code")
+        save(fig, out, "fig4_lissa_variants")
+    commits = sorted({r["commit"] for r in runs})
+    print(f"{len(runs)} runs from {len(studies)} studies; commits {', '.join(commits)}; "
+          f"summary in {os.path.join(root, 'summary.csv')}, figures in {out}/")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: inflab report RESULTS_DIR   (e.g. results/paper)")
+    main(sys.argv[1])
