@@ -3,8 +3,12 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <memory>
 #include <random>
 #include <string>
+
+#include "inflab/registry.hpp"
 
 namespace test {
 
@@ -39,5 +43,23 @@ inline CommandResult run_command(const std::string& command) {
 }
 
 inline std::string plugin_dir() { return std::string(INFLAB_BUILD_DIR) + "/plugins"; }
+
+// The built plugins, loaded once per test process.
+inline inflab::Registry& registry() {
+  static inflab::Registry* r = [] {
+    auto* reg = new inflab::Registry;  // lives for the whole process (plugins are -z nodelete)
+    reg->load_directory(plugin_dir());
+    return reg;
+  }();
+  return *r;
+}
+
+// A plugin with its declared defaults, some options overridden.
+template <class T>
+std::unique_ptr<T> make(inflab::PluginKind kind, const std::string& name, const std::map<std::string, inflab::Value>& set = {}) {
+  auto options = inflab::default_options(name, registry().find(kind, name).info->options());
+  for (const auto& [k, v] : set) options.set(k, v);
+  return registry().create_as<T>(kind, name, options);
+}
 
 }  // namespace test

@@ -12,19 +12,8 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-inflab::Registry& registry() {
-  static inflab::Registry* r = [] {
-    auto* reg = new inflab::Registry;  // lives for the whole test process
-    reg->load_directory(test::plugin_dir());
-    return reg;
-  }();
-  return *r;
-}
-
 std::unique_ptr<inflab::Estimator> make(const std::string& name, std::map<std::string, inflab::Value> set = {}) {
-  auto options = inflab::default_options(name, registry().find(inflab::PluginKind::Estimator, name).info->options());
-  for (auto& [k, v] : set) options.set(k, v);
-  return registry().create_as<inflab::Estimator>(inflab::PluginKind::Estimator, name, options);
+  return test::make<inflab::Estimator>(inflab::PluginKind::Estimator, name, set);
 }
 
 struct Problem {

@@ -15,19 +15,8 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-inflab::Registry& registry() {
-  static inflab::Registry* r = [] {
-    auto* reg = new inflab::Registry;
-    reg->load_directory(test::plugin_dir());
-    return reg;
-  }();
-  return *r;
-}
-
 std::unique_ptr<inflab::Estimator> make(const std::string& name, std::map<std::string, inflab::Value> set = {}) {
-  auto options = inflab::default_options(name, registry().find(inflab::PluginKind::Estimator, name).info->options());
-  for (auto& [k, v] : set) options.set(k, v);
-  return registry().create_as<inflab::Estimator>(inflab::PluginKind::Estimator, name, options);
+  return test::make<inflab::Estimator>(inflab::PluginKind::Estimator, name, set);
 }
 
 double relative_error(const torch::Tensor& a, const torch::Tensor& b) {
@@ -67,9 +56,9 @@ TEST_CASE("K-FAC equals Exact when the block is exactly a Kronecker product", "[
 }
 
 TEST_CASE("the engine's factors match the per-example gradient covariance in scale", "[estimators][kfac][gradients]") {
-  auto options = inflab::default_options("mlp_lora", registry().find(inflab::PluginKind::Model, "mlp_lora").info->options());
+  auto options = inflab::default_options("mlp_lora", test::registry().find(inflab::PluginKind::Model, "mlp_lora").info->options());
   options.set("hidden", std::vector<std::int64_t>{6});
-  auto model = registry().create_as<inflab::Model>(inflab::PluginKind::Model, "mlp_lora", options);
+  auto model = test::registry().create_as<inflab::Model>(inflab::PluginKind::Model, "mlp_lora", options);
   model->build({{8}, 4}, inflab::LoraConfig{2, 2.0, 0.0, {"fc*"}}, 3);
   { torch::NoGradGuard g; for (auto* l : model->lora_layers()) l->lora_b().normal_(0, 0.5); }
   torch::manual_seed(2);

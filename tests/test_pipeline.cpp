@@ -212,3 +212,26 @@ TEST_CASE("a store over its memory budget is memory-mapped and gives identical s
   CHECK(error < 1e-3);
   CHECK(error > 0);  // it really was stored in 16 bits
 }
+
+TEST_CASE("K-FAC/EK-FAC fits are cached by gradients and options and give identical scores", "[pipeline][kfac]") {
+  test::TempDir dir;
+  std::string text = kExperiment;
+  text.replace(text.find("plugin = \"exact\""), 16, "plugin = \"ekfac\"");
+  auto file = dir.write("fit.toml", text);
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  inflab::RunPaths paths{dir.path / "results", dir.path / "cache"};
+  auto config = inflab::load_experiment(file, {}, registry).at(0);
+  auto first = inflab::run_experiment(config, registry, paths);
+  CHECK_FALSE(first.stage_cached["fit:ekfac"]);
+  CHECK_FALSE(first.stage_cached["fit:datainf"]);  // DataInf has nothing worth caching
+  at::Tensor scores = inflab::load_npy(first.directory / "scores_ekfac.npy");
+  auto second = inflab::run_experiment(config, registry, paths, /*resume=*/false);
+  CHECK(second.stage_cached["fit:ekfac"]);
+  CHECK(inflab::load_npy(second.directory / "scores_ekfac.npy").equal(scores));
+  // Other damping: another fit.
+  auto damped = inflab::load_experiment(file, {}, registry).at(0);
+  damped.estimators[1].options.set("damping_scale", 0.5);
+  auto third = inflab::run_experiment(damped, registry, paths, /*resume=*/false);
+  CHECK_FALSE(third.stage_cached["fit:ekfac"]);
+}

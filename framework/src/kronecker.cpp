@@ -1,10 +1,14 @@
 #include "inflab/kronecker.hpp"
 
+#include <ATen/ops/full.h>
 #include <ATen/ops/linalg_eigh.h>
 #include <ATen/ops/zeros.h>
 #include <fmt/format.h>
 
+#include <filesystem>
+
 #include "inflab/error.hpp"
+#include "inflab/io.hpp"
 
 namespace inflab {
 
@@ -55,13 +59,58 @@ void KroneckerEstimator::configure(const Options& options) { damping_ = damping_
 
 void KroneckerEstimator::fit(const GradientBlocks& train) {
   blocks_.clear();
+  names_.clear();
   for (const auto& block : train) {
     KroneckerBasis basis = kronecker_basis(block, method());
     at::Tensor values = eigenvalues(basis, block);
     const double lambda = damping_.for_block(block.values);
     blocks_.push_back({std::move(basis), values, lambda});
+    names_.push_back(block.name);
     diagnostics_[block.name + ".lambda"] = lambda;
   }
+}
+
+bool KroneckerEstimator::save_fit(const std::string& dir) const {
+  namespace fs = std::filesystem;
+  for (std::size_t b = 0; b < blocks_.size(); ++b) {
+    const Block& block = blocks_[b];
+    fs::path base = fs::path(dir) / names_[b];
+    save_npy(base.string() + ".q_out.npy", block.basis.q_out);
+    save_npy(base.string() + ".q_in.npy", block.basis.q_in);
+    save_npy(base.string() + ".eigen_out.npy", block.basis.eigen_out);
+    save_npy(base.string() + ".eigen_in.npy", block.basis.eigen_in);
+    save_npy(base.string() + ".eigenvalues.npy", block.eigenvalues);
+    save_npy(base.string() + ".lambda.npy", at::full({1}, block.lambda, at::TensorOptions().dtype(c10::kDouble)));
+  }
+  return true;
+}
+
+bool KroneckerEstimator::load_fit(const std::string& dir, const GradientBlocks& train) {
+  namespace fs = std::filesystem;
+  std::vector<Block> blocks;
+  for (const auto& block : train) {
+    fs::path base = fs::path(dir) / block.name;
+    if (!fs::exists(base.string() + ".lambda.npy")) return false;
+    Block loaded;
+    loaded.basis.q_out = load_npy(base.string() + ".q_out.npy");
+    loaded.basis.q_in = load_npy(base.string() + ".q_in.npy");
+    loaded.basis.eigen_out = load_npy(base.string() + ".eigen_out.npy");
+    loaded.basis.eigen_in = load_npy(base.string() + ".eigen_in.npy");
+    loaded.basis.out = loaded.basis.q_out.size(0);
+    loaded.basis.in = loaded.basis.q_in.size(0);
+    loaded.eigenvalues = load_npy(base.string() + ".eigenvalues.npy");
+    loaded.lambda = load_npy(base.string() + ".lambda.npy").item<double>();
+    if (loaded.basis.out * loaded.basis.in != block.values.size(1)) return false;  // not this store's fit
+    blocks.push_back(std::move(loaded));
+  }
+  blocks_ = std::move(blocks);
+  names_.clear();
+  diagnostics_.clear();
+  for (std::size_t b = 0; b < train.size(); ++b) {
+    names_.push_back(train[b].name);
+    diagnostics_[train[b].name + ".lambda"] = blocks_[b].lambda;
+  }
+  return true;
 }
 
 at::Tensor KroneckerEstimator::inverse_product(std::size_t b, const at::Tensor& queries) {

@@ -331,7 +331,25 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   for (const auto& spec : config.estimators) {
     auto estimator = registry.create_as<Estimator>(PluginKind::Estimator, spec.plugin, spec.options);
     auto start = Clock::now();
-    estimator->fit(store.train);
+    // Fitted state is cached by the gradients it was fitted on and the estimator's options.
+    std::string fit_key = config.gradients_key_text + "\nestimator " + spec.plugin;
+    for (const auto& [name, value] : spec.options.values()) fit_key += "\n" + name + "=" + format_value(value);
+    fs::path fit_dir = (paths.cache_root.empty() ? default_cache_root() : paths.cache_root) / "fits" / content_hash(fit_key);
+    bool fit_cached = fs::exists(fit_dir / "complete") && estimator->load_fit(fit_dir.string(), store.train);
+    if (!fit_cached) {
+      estimator->fit(store.train);
+      fs::path temporary = fit_dir;
+      temporary += fmt::format(".tmp-{}", ::getpid());
+      fs::create_directories(temporary);
+      if (estimator->save_fit(temporary.string())) {
+        write_file_atomic(temporary / "complete", spec.plugin + "\n");
+        fs::remove_all(fit_dir);
+        fs::rename(temporary, fit_dir);
+      } else {
+        fs::remove_all(temporary);
+      }
+    }
+    outcome.stage_cached["fit:" + spec.label] = fit_cached;
     torch::Tensor scores = aggregate ? score_aggregate(*estimator, store.train, store.query)
                                      : score_pairwise(*estimator, store.train, store.query);
     EstimatorOutcome result{spec.label, seconds_since(start), {}};

@@ -9,31 +9,16 @@
 
 #include <thread>
 
+#include "bench_common.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/runtime.hpp"
 #include "inflab/scoring.hpp"
 
 namespace {
 
-inflab::Registry& registry() {
-  static inflab::Registry* r = [] {
-    auto* reg = new inflab::Registry;
-    reg->load_default_locations();
-    return reg;
-  }();
-  return *r;
-}
+using bench::registry;
 
-void matmul_peak(benchmark::State& state) {
-  const int64_t n = 2048;
-  auto a = torch::randn({n, n}), b = torch::randn({n, n}), c = torch::empty({n, n});
-  for (auto _ : state) {
-    torch::mm_out(c, a, b);
-    benchmark::DoNotOptimize(c.data_ptr());
-  }
-  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * n * n * n * state.iterations() / 1e9, benchmark::Counter::kIsRate);
-}
-BENCHMARK(matmul_peak)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(bench::matmul_peak)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 void memory_bandwidth(benchmark::State& state) {
   auto x = torch::rand({1 << 28});  // 1 GiB

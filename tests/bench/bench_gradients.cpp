@@ -8,19 +8,13 @@
 
 #include "inflab/gradients.hpp"
 #include "inflab/lora.hpp"
+#include "bench_common.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/runtime.hpp"
 
 namespace {
 
-inflab::Registry& registry() {
-  static inflab::Registry* r = [] {
-    auto* reg = new inflab::Registry;
-    reg->load_default_locations();
-    return reg;
-  }();
-  return *r;
-}
+using bench::registry;
 
 std::unique_ptr<inflab::Model> model(const std::string& name, std::int64_t rank) {
   auto options = inflab::default_options(name, registry().find(inflab::PluginKind::Model, name).info->options());
@@ -32,13 +26,7 @@ std::unique_ptr<inflab::Model> model(const std::string& name, std::int64_t rank)
   return m;
 }
 
-void matmul_peak(benchmark::State& state) {
-  const int64_t n = 2048;
-  auto a = torch::randn({n, n}), b = torch::randn({n, n}), c = torch::empty({n, n});
-  for (auto _ : state) torch::mm_out(c, a, b);
-  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * n * n * n * state.iterations() / 1e9, benchmark::Counter::kIsRate);
-}
-BENCHMARK(matmul_peak)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(bench::matmul_peak)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 void engine(benchmark::State& state, const std::string& name) {
   auto m = model(name, state.range(0));

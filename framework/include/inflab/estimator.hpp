@@ -35,6 +35,10 @@ class Estimator : public Plugin {
   virtual at::Tensor inverse_product(std::size_t block, const at::Tensor& queries) = 0;
   // Numbers worth reporting (damping, residuals, iterations), keyed "<block>.<what>".
   virtual std::map<std::string, double> diagnostics() const { return {}; }
+  // Optional fit cache: estimators whose fit is expensive (K-FAC, EK-FAC) write their fitted
+  // state to `dir` and read it back instead of fitting again. Return false when not supported.
+  virtual bool save_fit(const std::string& dir) const { (void)dir; return false; }
+  virtual bool load_fit(const std::string& dir, const GradientBlocks& train) { (void)dir, (void)train; return false; }
 };
 
 // The damping rule shared by every estimator (paper-facts.md):

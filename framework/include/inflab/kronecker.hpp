@@ -38,6 +38,9 @@ class KroneckerEstimator : public Estimator {
   void fit(const GradientBlocks& train) override;
   at::Tensor inverse_product(std::size_t block, const at::Tensor& queries) override;
   std::map<std::string, double> diagnostics() const override { return diagnostics_; }
+  // Eigenbases, eigenvalues and damping per block, as .npy files.
+  bool save_fit(const std::string& dir) const override;
+  bool load_fit(const std::string& dir, const GradientBlocks& train) override;
 
  protected:
   virtual const char* method() const = 0;
@@ -49,6 +52,7 @@ class KroneckerEstimator : public Estimator {
     at::Tensor eigenvalues;
     double lambda;
   };
+  std::vector<std::string> names_;
   Damping damping_;
   std::vector<Block> blocks_;
   std::map<std::string, double> diagnostics_;

@@ -13,7 +13,7 @@
 namespace inflab {
 
 // Bump whenever PluginInfo or any plugin interface (Estimator, Dataset, Model) changes.
-inline constexpr std::uint32_t kAbiVersion = 3;  // 2: Kronecker factors; 3: text splits and models
+inline constexpr std::uint32_t kAbiVersion = 4;  // 2: Kronecker factors; 3: text; 4: fit cache
 
 enum class PluginKind : std::uint32_t { Estimator = 1, Dataset = 2, Model = 3 };
 const char* to_string(PluginKind kind);
