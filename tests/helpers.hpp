@@ -56,7 +56,8 @@ inline inflab::Registry& registry() {
 
 // A plugin with its declared defaults, some options overridden.
 template <class T>
-std::unique_ptr<T> make(inflab::PluginKind kind, const std::string& name, const std::map<std::string, inflab::Value>& set = {}) {
+std::unique_ptr<T> make(inflab::PluginKind kind, const std::string& name,
+                        const std::map<std::string, inflab::Value>& set = {}) {
   auto options = inflab::default_options(name, registry().find(kind, name).info->options());
   for (const auto& [k, v] : set) options.set(k, v);
   return registry().create_as<T>(kind, name, options);

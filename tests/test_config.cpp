@@ -83,7 +83,8 @@ TEST_CASE("a wrong type names file:line:column, key, expected and found", "[conf
   CHECK_THAT(message, Contains(f.file() + ":15:8") && Contains("model.lora.rank") &&
                           Contains("expected integer") && Contains("found string \"two\""));
   auto plugin_option = f.error_of(replace(kValid, "n_train = 100", "n_train = 1.5"));
-  CHECK_THAT(plugin_option, Contains(f.file() + ":7:11") && Contains("dataset.n_train") && Contains("found number 1.5"));
+  CHECK_THAT(plugin_option,
+             Contains(f.file() + ":7:11") && Contains("dataset.n_train") && Contains("found number 1.5"));
 }
 
 TEST_CASE("unknown keys are errors with the closest valid key", "[config]") {
@@ -91,7 +92,8 @@ TEST_CASE("unknown keys are errors with the closest valid key", "[config]") {
   auto message = f.error_of(replace(kValid, "n_train = 100", "n_trian = 100"));
   CHECK_THAT(message, Contains(f.file() + ":7:1") && Contains("unknown key 'dataset.n_trian'") &&
                           Contains("did you mean 'dataset.n_train'?"));
-  auto estimator_option = f.error_of(replace(kValid, "plugin = \"datainf\"", "plugin = \"datainf\"\ndamping_scal = 0.2"));
+  auto estimator_option =
+      f.error_of(replace(kValid, "plugin = \"datainf\"", "plugin = \"datainf\"\ndamping_scal = 0.2"));
   CHECK_THAT(estimator_option, Contains("estimator.damping_scal") && Contains("damping_scale"));
   auto section = f.error_of(std::string(kValid) + "\n[evalution]\nmode = \"pairwise\"\n");
   CHECK_THAT(section, Contains("unknown section 'evalution'") && Contains("did you mean 'evaluation'?"));
@@ -111,7 +113,8 @@ TEST_CASE("TOML syntax errors carry the position", "[config]") {
 
 TEST_CASE("sweeps expand to the cartesian product, with readable run names", "[config]") {
   Fixture f;
-  auto runs = f.load(std::string(kValid) + "\n[sweep]\n\"model.lora.rank\" = [1, 2, 4]\nexperiment.seed = [0, 1]\n");
+  auto runs =
+      f.load(std::string(kValid) + "\n[sweep]\n\"model.lora.rank\" = [1, 2, 4]\nexperiment.seed = [0, 1]\n");
   REQUIRE(runs.size() == 6);
   std::set<std::pair<std::int64_t, std::int64_t>> points;
   std::set<std::string> names;
@@ -130,7 +133,8 @@ TEST_CASE("repeats sweep the seed; a bad sweep value is located", "[config]") {
   REQUIRE(runs.size() == 3);
   CHECK(runs[2].seed == 5);
   auto message = f.error_of(std::string(kValid) + "\n[sweep]\n\"model.lora.rank\" = [1, \"x\"]\n");
-  CHECK_THAT(message, Contains(f.file() + ":24:25") && Contains("model.lora.rank") && Contains("expected integer"));
+  CHECK_THAT(message,
+             Contains(f.file() + ":24:25") && Contains("model.lora.rank") && Contains("expected integer"));
 }
 
 TEST_CASE("overrides given with --set reach any key and are validated like the file", "[config]") {
@@ -147,12 +151,15 @@ TEST_CASE("semantic checks: references, metrics, ranges", "[config]") {
   Fixture f;
   CHECK_THAT(f.error_of(std::string(kValid) + "\n[evaluation]\nmetrics = [\"pearson\"]\n"),
              Contains("needs evaluation.reference"));
-  CHECK_THAT(f.error_of(std::string(kValid) + "\n[evaluation]\nmetrics = [\"auc\", \"pearsn\"]\nreference = \"datainf\"\n"),
+  CHECK_THAT(f.error_of(std::string(kValid) +
+                        "\n[evaluation]\nmetrics = [\"auc\", \"pearsn\"]\nreference = \"datainf\"\n"),
              Contains("did you mean \"pearson\"?"));
   CHECK_THAT(f.error_of(std::string(kValid) + "\n[evaluation]\nreference = \"exact\"\n"),
              Contains("no [[estimator]] is named \"exact\""));
-  CHECK_THAT(f.error_of(replace(kValid, "label_noise = 0.2", "label_noise = 1.5")), Contains("dataset.label_noise"));
-  CHECK_THAT(f.error_of(replace(kValid, "[[estimator]]\nplugin = \"hessian_free\"", "[[estimator]]\nplugin = \"datainf\"")),
+  CHECK_THAT(f.error_of(replace(kValid, "label_noise = 0.2", "label_noise = 1.5")),
+             Contains("dataset.label_noise"));
+  CHECK_THAT(f.error_of(replace(kValid, "[[estimator]]\nplugin = \"hessian_free\"",
+                                "[[estimator]]\nplugin = \"datainf\"")),
              Contains("two [[estimator]] entries are named 'datainf'"));
 }
 

@@ -14,7 +14,8 @@ using Catch::Matchers::Contains;
 namespace {
 std::unique_ptr<inflab::Dataset> dataset(inflab::Registry& registry, const std::string& name,
                                          std::map<std::string, inflab::Value> set = {}) {
-  auto options = inflab::default_options(name, registry.find(inflab::PluginKind::Dataset, name).info->options());
+  auto options =
+      inflab::default_options(name, registry.find(inflab::PluginKind::Dataset, name).info->options());
   for (auto& [k, v] : set) options.set(k, v);
   return registry.create_as<inflab::Dataset>(inflab::PluginKind::Dataset, name, options);
 }
@@ -31,7 +32,9 @@ TEST_CASE("fashion_mnist reads the Debian IDX files exactly", "[datasets]") {
   inflab::Registry registry;
   registry.load_directory(test::plugin_dir());
   // All 60,000 training images across pretrain + train, so image 0 is present.
-  auto splits = dataset(registry, "fashion_mnist", {{"n_train", std::int64_t{10000}}, {"n_pretrain", std::int64_t{50000}}})->load();
+  auto splits = dataset(registry, "fashion_mnist",
+                        {{"n_train", std::int64_t{10000}}, {"n_pretrain", std::int64_t{50000}}})
+                    ->load();
   CHECK(splits.train.inputs.sizes() == at::IntArrayRef({10000, 784}));
   CHECK(splits.num_classes() == 10);
   std::int64_t row = -1;
@@ -49,11 +52,16 @@ TEST_CASE("fashion_mnist reads the Debian IDX files exactly", "[datasets]") {
 TEST_CASE("fashion_mnist class subsets are remapped and bad sizes are refused", "[datasets]") {
   inflab::Registry registry;
   registry.load_directory(test::plugin_dir());
-  auto splits = dataset(registry, "fashion_mnist", {{"classes", std::vector<std::int64_t>{0, 6}}, {"n_train", std::int64_t{200}},
-                                                    {"n_pretrain", std::int64_t{100}}})->load();
+  auto splits = dataset(registry, "fashion_mnist",
+                        {{"classes", std::vector<std::int64_t>{0, 6}},
+                         {"n_train", std::int64_t{200}},
+                         {"n_pretrain", std::int64_t{100}}})
+                    ->load();
   CHECK(splits.class_names == std::vector<std::string>{"T-shirt/top", "Shirt"});
   CHECK(splits.train.labels.max().item<std::int64_t>() == 1);
-  REQUIRE_THROWS_WITH(dataset(registry, "fashion_mnist", {{"classes", std::vector<std::int64_t>{0}}, {"n_train", std::int64_t{7000}}})->load(),
+  REQUIRE_THROWS_WITH(dataset(registry, "fashion_mnist",
+                              {{"classes", std::vector<std::int64_t>{0}}, {"n_train", std::int64_t{7000}}})
+                          ->load(),
                       Contains("only 6000 training images"));
   REQUIRE_THROWS_WITH(dataset(registry, "fashion_mnist", {{"data_dir", std::string("/nonexistent")}})->load(),
                       Contains("dataset-fashion-mnist"));
@@ -62,9 +70,16 @@ TEST_CASE("fashion_mnist class subsets are remapped and bad sizes are refused", 
 TEST_CASE("digits reads sklearn's digits.csv.gz exactly", "[datasets]") {
   inflab::Registry registry;
   registry.load_directory(test::plugin_dir());
-  auto splits = dataset(registry, "digits", {{"n_train", std::int64_t{1000}}, {"n_pretrain", std::int64_t{797}}, {"n_validation", std::int64_t{0}}});
+  auto splits = dataset(registry, "digits",
+                        {{"n_train", std::int64_t{1000}},
+                         {"n_pretrain", std::int64_t{797}},
+                         {"n_validation", std::int64_t{0}}});
   REQUIRE_THROWS_WITH(splits->load(), Contains("each split >= 1"));
-  auto all = dataset(registry, "digits", {{"n_train", std::int64_t{1000}}, {"n_pretrain", std::int64_t{796}}, {"n_validation", std::int64_t{1}}})->load();
+  auto all = dataset(registry, "digits",
+                     {{"n_train", std::int64_t{1000}},
+                      {"n_pretrain", std::int64_t{796}},
+                      {"n_validation", std::int64_t{1}}})
+                 ->load();
   std::int64_t row = -1;
   const inflab::Split* split = find_id(all, 2, &row);
   if (!split) {  // example 2 may have landed in the one-example validation split
@@ -75,6 +90,7 @@ TEST_CASE("digits reads sklearn's digits.csv.gz exactly", "[datasets]") {
   CHECK(split->inputs[row][3].item<float>() == Approx(4.0 / 16));
   CHECK(split->inputs[row][4].item<float>() == Approx(15.0 / 16));
   CHECK(split->labels[row].item<std::int64_t>() == 2);
-  REQUIRE_THROWS_WITH(dataset(registry, "digits", {{"path", std::string("/nonexistent/digits.csv.gz")}})->load(),
-                      Contains("./inflab setup"));
+  REQUIRE_THROWS_WITH(
+      dataset(registry, "digits", {{"path", std::string("/nonexistent/digits.csv.gz")}})->load(),
+      Contains("./inflab setup"));
 }

@@ -12,7 +12,8 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-std::unique_ptr<inflab::Estimator> make(const std::string& name, std::map<std::string, inflab::Value> set = {}) {
+std::unique_ptr<inflab::Estimator> make(const std::string& name,
+                                        std::map<std::string, inflab::Value> set = {}) {
   return test::make<inflab::Estimator>(inflab::PluginKind::Estimator, name, set);
 }
 
@@ -38,7 +39,8 @@ double lambda_rule(const torch::Tensor& g) {  // 0.1 * (1/(n d)) * sum_i ||g_i||
 }
 
 // score(k, q) = - sum_l g_kl . r_lq with r_lq = inverse(l)(v_lq), all in float64.
-torch::Tensor oracle_scores(const Problem& p, const std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&)>& solve) {
+torch::Tensor oracle_scores(
+    const Problem& p, const std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&)>& solve) {
   torch::Tensor scores;
   for (std::size_t b = 0; b < p.train.size(); ++b) {
     auto G = p.train[b].values.to(torch::kDouble);
@@ -61,14 +63,15 @@ torch::Tensor exact_solve(const torch::Tensor& G, const torch::Tensor& V) {
 }
 
 const std::vector<std::tuple<std::vector<std::int64_t>, std::int64_t, std::int64_t>> kShapes{
-    {{8}, 40, 1},             // n > d, one query
-    {{30}, 12, 3},            // n < d, several queries
-    {{6, 25, 3}, 20, 5},      // several blocks of both kinds
+    {{8}, 40, 1},         // n > d, one query
+    {{30}, 12, 3},        // n < d, several queries
+    {{6, 25, 3}, 20, 5},  // several blocks of both kinds
 };
 
 }  // namespace
 
-TEST_CASE("DataInf equals the explicit average of inverted rank-one-plus-ridge matrices", "[estimators][datainf]") {
+TEST_CASE("DataInf equals the explicit average of inverted rank-one-plus-ridge matrices",
+          "[estimators][datainf]") {
   for (auto [widths, n, q] : kShapes) {
     auto p = random_problem(widths, n, q, 7);
     auto oracle = oracle_scores(p, [](const torch::Tensor& G, const torch::Tensor& V) {
@@ -104,7 +107,8 @@ TEST_CASE("Exact equals a dense solve of (G + lambda I) v, on both paths", "[est
   }
 }
 
-TEST_CASE("Exact picks Woodbury when n < d and refuses blocks over the memory budget", "[estimators][exact]") {
+TEST_CASE("Exact picks Woodbury when n < d and refuses blocks over the memory budget",
+          "[estimators][exact]") {
   auto p = random_problem({50, 5}, 10, 2, 3);
   auto estimator = make("exact");
   estimator->fit(p.train);
@@ -112,7 +116,8 @@ TEST_CASE("Exact picks Woodbury when n < d and refuses blocks over the memory bu
   CHECK(d["block0.woodbury"] == 1.0);
   CHECK(d["block1.woodbury"] == 0.0);
   auto small_budget = make("exact", {{"memory_budget_mb", 0.001}});
-  REQUIRE_THROWS_WITH(small_budget->fit(p.train), Contains("block0") && Contains("MiB") && Contains("memory_budget_mb"));
+  REQUIRE_THROWS_WITH(small_budget->fit(p.train),
+                      Contains("block0") && Contains("MiB") && Contains("memory_budget_mb"));
 }
 
 TEST_CASE("LiSSA converges to Exact and reports its residual", "[estimators][lissa]") {
@@ -138,8 +143,10 @@ TEST_CASE("LiSSA's reference-code variant converges toward (G - lambda I)^-1 v",
     auto M = G.t().mm(G) / G.size(0) - lambda * torch::eye(G.size(1), torch::kDouble);
     return torch::linalg::solve(M, V.t(), true);
   });
-  auto variant = make("lissa", {{"variant", std::string("reference_code")}, {"damping", lambda},
-                                {"iterations", std::int64_t{4000}}, {"scale", 20.0}});
+  auto variant = make("lissa", {{"variant", std::string("reference_code")},
+                                {"damping", lambda},
+                                {"iterations", std::int64_t{4000}},
+                                {"scale", 20.0}});
   variant->fit(p.train);
   CHECK(relative_error(inflab::score_pairwise(*variant, p.train, p.queries), oracle) < 1e-3);
 }

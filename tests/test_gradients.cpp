@@ -79,7 +79,8 @@ TEST_CASE("engine gradients equal a per-example loop on mlp_lora, several ranks"
   inflab::Registry registry;
   registry.load_directory(test::plugin_dir());
   for (std::int64_t rank : {1, 2, 4}) {
-    auto options = inflab::default_options("mlp_lora", registry.find(inflab::PluginKind::Model, "mlp_lora").info->options());
+    auto options = inflab::default_options(
+        "mlp_lora", registry.find(inflab::PluginKind::Model, "mlp_lora").info->options());
     options.set("hidden", std::vector<std::int64_t>{16, 12});
     auto model = registry.create_as<inflab::Model>(inflab::PluginKind::Model, "mlp_lora", options);
     inflab::LoraConfig lora{rank, 2.0 * rank, 0.3, {"fc*"}};
@@ -98,7 +99,8 @@ TEST_CASE("engine gradients equal a per-example loop on cnn_lora (conv and linea
   inflab::Registry registry;
   registry.load_directory(test::plugin_dir());
   for (std::int64_t rank : {1, 3}) {
-    auto options = inflab::default_options("cnn_lora", registry.find(inflab::PluginKind::Model, "cnn_lora").info->options());
+    auto options = inflab::default_options(
+        "cnn_lora", registry.find(inflab::PluginKind::Model, "cnn_lora").info->options());
     options.set("channels", std::vector<std::int64_t>{4, 6});
     options.set("hidden", std::int64_t{10});
     auto model = registry.create_as<inflab::Model>(inflab::PluginKind::Model, "cnn_lora", options);
@@ -142,12 +144,18 @@ TEST_CASE("only layers matching the target patterns get adapters", "[gradients][
 TEST_CASE("a merged conv adapter gives the same outputs", "[lora]") {
   inflab::LoraConv2d layer("c", 2, 3, 3, 1, 1, inflab::LoraConfig{2, 4.0, 0.0, {"*"}}, true);
   layer.reset_adapter(1);
-  { torch::NoGradGuard g; layer.lora_b().normal_(); }
+  {
+    torch::NoGradGuard g;
+    layer.lora_b().normal_();
+  }
   layer.eval();
   auto x = torch::randn({2, 2, 5, 5});
   auto before = layer.forward(x);
   // The adapter is not a no-op, so the comparison below is meaningful.
-  CHECK_FALSE(torch::allclose(before, torch::nn::functional::conv2d(x, layer.base_weight(), torch::nn::functional::Conv2dFuncOptions().bias(layer.base_bias()).padding(1))));
+  CHECK_FALSE(torch::allclose(
+      before, torch::nn::functional::conv2d(
+                  x, layer.base_weight(),
+                  torch::nn::functional::Conv2dFuncOptions().bias(layer.base_bias()).padding(1))));
   layer.merge();
   CHECK(torch::allclose(layer.forward(x), before, 1e-5, 1e-5));
 }
@@ -155,7 +163,10 @@ TEST_CASE("a merged conv adapter gives the same outputs", "[lora]") {
 TEST_CASE("merge folds the adapter into the base weight without changing outputs", "[lora]") {
   inflab::LoraLinear layer("l", 6, 4, inflab::LoraConfig{2, 4.0, 0.0, {"*"}}, true);
   layer.reset_adapter(3);
-  { torch::NoGradGuard g; layer.lora_b().normal_(); }
+  {
+    torch::NoGradGuard g;
+    layer.lora_b().normal_();
+  }
   layer.eval();
   auto x = torch::randn({5, 6});
   auto before = layer.forward(x);

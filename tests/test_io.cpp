@@ -1,4 +1,5 @@
 #include <ATen/ops/arange.h>
+
 #include <catch2/catch.hpp>
 
 #include "helpers.hpp"

@@ -15,7 +15,8 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-std::unique_ptr<inflab::Estimator> make(const std::string& name, std::map<std::string, inflab::Value> set = {}) {
+std::unique_ptr<inflab::Estimator> make(const std::string& name,
+                                        std::map<std::string, inflab::Value> set = {}) {
   return test::make<inflab::Estimator>(inflab::PluginKind::Estimator, name, set);
 }
 
@@ -33,13 +34,16 @@ torch::Tensor exact_inverse(const torch::Tensor& gradients, double lambda, const
 // One token per example: g_i = delta_i a_i^T flattened row-major (= kron(delta_i, a_i)).
 inflab::GradientBlock single_token_block(const torch::Tensor& activations, const torch::Tensor& deltas) {
   const auto n = activations.size(0);
-  inflab::GradientBlock block{"w", torch::einsum("no,ni->noi", {deltas, activations}).reshape({n, -1}).contiguous(), {}, {}};
+  inflab::GradientBlock block{
+      "w", torch::einsum("no,ni->noi", {deltas, activations}).reshape({n, -1}).contiguous(), {}, {}};
   block.activation_covariance = activations.t().mm(activations) / n;
   block.gradient_covariance = deltas.t().mm(deltas) / n;
   return block;
 }
 
-torch::Tensor random_orthogonal(int64_t k) { return std::get<0>(torch::linalg::qr(torch::randn({k, k}, torch::kDouble))); }
+torch::Tensor random_orthogonal(int64_t k) {
+  return std::get<0>(torch::linalg::qr(torch::randn({k, k}, torch::kDouble)));
+}
 
 }  // namespace
 
@@ -55,12 +59,17 @@ TEST_CASE("K-FAC equals Exact when the block is exactly a Kronecker product", "[
   CHECK(relative_error(kfac->inverse_product(0, queries), exact_inverse(block.values, 0.05, queries)) < 1e-5);
 }
 
-TEST_CASE("the engine's factors match the per-example gradient covariance in scale", "[estimators][kfac][gradients]") {
-  auto options = inflab::default_options("mlp_lora", test::registry().find(inflab::PluginKind::Model, "mlp_lora").info->options());
+TEST_CASE("the engine's factors match the per-example gradient covariance in scale",
+          "[estimators][kfac][gradients]") {
+  auto options = inflab::default_options(
+      "mlp_lora", test::registry().find(inflab::PluginKind::Model, "mlp_lora").info->options());
   options.set("hidden", std::vector<std::int64_t>{6});
   auto model = test::registry().create_as<inflab::Model>(inflab::PluginKind::Model, "mlp_lora", options);
   model->build({{8}, 4}, inflab::LoraConfig{2, 2.0, 0.0, {"fc*"}}, 3);
-  { torch::NoGradGuard g; for (auto* l : model->lora_layers()) l->lora_b().normal_(0, 0.5); }
+  {
+    torch::NoGradGuard g;
+    for (auto* l : model->lora_layers()) l->lora_b().normal_(0, 0.5);
+  }
   torch::manual_seed(2);
   // Identical inputs, different labels: fc1's lora_A block sees one input, so its Gauss-Newton
   // matrix is exactly S (x) A, and the engine's factors must reproduce it, scale included.
@@ -71,14 +80,16 @@ TEST_CASE("the engine's factors match the per-example gradient covariance in sca
   REQUIRE(blocks[0].has_factors());
   auto g = blocks[0].values.to(torch::kDouble);
   auto covariance = g.t().mm(g) / g.size(0);
-  auto kronecker = torch::kron(blocks[0].gradient_covariance.to(torch::kDouble), blocks[0].activation_covariance.to(torch::kDouble));
+  auto kronecker = torch::kron(blocks[0].gradient_covariance.to(torch::kDouble),
+                               blocks[0].activation_covariance.to(torch::kDouble));
   CHECK(relative_error(kronecker, covariance) < 1e-5);
   // Every block's factors have the shapes of its linear map.
   CHECK(blocks[1].activation_covariance.size(0) == 2);  // lora_B input: the rank-2 hidden
   CHECK(blocks[1].gradient_covariance.size(0) == 6);    // lora_B output: fc1's width
 }
 
-TEST_CASE("EK-FAC equals Exact when the block is diagonal in the Kronecker eigenbasis", "[estimators][ekfac]") {
+TEST_CASE("EK-FAC equals Exact when the block is diagonal in the Kronecker eigenbasis",
+          "[estimators][ekfac]") {
   torch::manual_seed(4);
   const int64_t n = 50, in = 4, out = 3;
   auto q_in = random_orthogonal(in), q_out = random_orthogonal(out);
@@ -87,11 +98,15 @@ TEST_CASE("EK-FAC equals Exact when the block is diagonal in the Kronecker eigen
   auto rows = torch::zeros({n, out * in}, torch::kDouble);
   for (int64_t i = 0; i < n; ++i) {
     int64_t j = i % out, k = (i / out) % in;
-    rows[i] = (torch::randn({}, torch::kDouble) * torch::outer(q_out.select(1, j), q_in.select(1, k))).reshape({-1});
+    rows[i] = (torch::randn({}, torch::kDouble) * torch::outer(q_out.select(1, j), q_in.select(1, k)))
+                  .reshape({-1});
   }
   inflab::GradientBlock block{"w", rows.to(torch::kFloat).contiguous(), {}, {}};
-  block.activation_covariance = q_in.mm(torch::diag(torch::tensor({4.0, 3.0, 2.0, 1.0}, torch::kDouble))).mm(q_in.t()).to(torch::kFloat);
-  block.gradient_covariance = q_out.mm(torch::diag(torch::tensor({3.0, 2.0, 1.0}, torch::kDouble))).mm(q_out.t()).to(torch::kFloat);
+  block.activation_covariance = q_in.mm(torch::diag(torch::tensor({4.0, 3.0, 2.0, 1.0}, torch::kDouble)))
+                                    .mm(q_in.t())
+                                    .to(torch::kFloat);
+  block.gradient_covariance =
+      q_out.mm(torch::diag(torch::tensor({3.0, 2.0, 1.0}, torch::kDouble))).mm(q_out.t()).to(torch::kFloat);
   auto queries = torch::randn({3, out * in});
   auto ekfac = make("ekfac", {{"damping", 0.1}});
   ekfac->fit({block});
@@ -101,7 +116,8 @@ TEST_CASE("EK-FAC equals Exact when the block is diagonal in the Kronecker eigen
   CHECK(relative_error(kfac->inverse_product(0, queries), exact_inverse(block.values, 0.1, queries)) > 1e-2);
 }
 
-TEST_CASE("EK-FAC approximates G at least as well as K-FAC; both are reported against Exact", "[estimators][ekfac]") {
+TEST_CASE("EK-FAC approximates G at least as well as K-FAC; both are reported against Exact",
+          "[estimators][ekfac]") {
   for (uint64_t seed : {5, 6, 7}) {
     torch::manual_seed(seed);
     const int64_t n = 60, in = 6, out = 4;
@@ -110,9 +126,13 @@ TEST_CASE("EK-FAC approximates G at least as well as K-FAC; both are reported ag
     auto target = g.t().mm(g) / n;
     auto basis = inflab::kronecker_basis(block, "test");
     auto q = torch::kron(basis.q_out, basis.q_in);
-    auto dense = [&](const torch::Tensor& eigenvalues) { return q.mm(torch::diag(eigenvalues.reshape({-1}))).mm(q.t()); };
-    double kfac_distance = (dense(torch::outer(basis.eigen_out, basis.eigen_in)) - target).norm().item<double>();
-    double ekfac_distance = (dense(inflab::corrected_eigenvalues(basis, block.values)) - target).norm().item<double>();
+    auto dense = [&](const torch::Tensor& eigenvalues) {
+      return q.mm(torch::diag(eigenvalues.reshape({-1}))).mm(q.t());
+    };
+    double kfac_distance =
+        (dense(torch::outer(basis.eigen_out, basis.eigen_in)) - target).norm().item<double>();
+    double ekfac_distance =
+        (dense(inflab::corrected_eigenvalues(basis, block.values)) - target).norm().item<double>();
     CHECK(ekfac_distance <= kfac_distance * (1 + 1e-9));
     auto queries = torch::randn({5, out * in});
     double lambda = 0.1 * (g.pow(2).sum().item<double>() / g.numel());
@@ -122,7 +142,8 @@ TEST_CASE("EK-FAC approximates G at least as well as K-FAC; both are reported ag
     double kfac_error = relative_error(kfac->inverse_product(0, queries), exact);
     double ekfac_error = relative_error(ekfac->inverse_product(0, queries), exact);
     WARN("seed " << seed << ": ||G - approx||_F K-FAC " << kfac_distance << ", EK-FAC " << ekfac_distance
-                 << "; inverse-vector product relative error vs Exact: K-FAC " << kfac_error << ", EK-FAC " << ekfac_error);
+                 << "; inverse-vector product relative error vs Exact: K-FAC " << kfac_error << ", EK-FAC "
+                 << ekfac_error);
     CHECK(std::isfinite(kfac_error));
     CHECK(std::isfinite(ekfac_error));
   }
@@ -143,7 +164,8 @@ TEST_CASE("CG matches Exact to its tolerance, batched over queries", "[estimator
     cg->fit(train);
     auto g = train[0].values.to(torch::kDouble);
     double lambda = 0.1 * g.pow(2).sum().item<double>() / g.numel();
-    CHECK(relative_error(cg->inverse_product(0, queries[0].values), exact_inverse(train[0].values, lambda, queries[0].values)) < 1e-4);
+    CHECK(relative_error(cg->inverse_product(0, queries[0].values),
+                         exact_inverse(train[0].values, lambda, queries[0].values)) < 1e-4);
     CHECK(cg->diagnostics()["w.relative_residual"] < 1e-5);
     CHECK(cg->diagnostics()["w.iterations"] <= d + 5);
   }

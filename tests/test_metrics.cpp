@@ -3,7 +3,6 @@
 
 #include "inflab/metrics.hpp"
 
-
 TEST_CASE("roc_auc matches hand-computed values", "[metrics]") {
   // Pairs (positive, negative): (0.35,0.1) win, (0.35,0.4) loss, (0.8,0.1) win, (0.8,0.4) win.
   CHECK(inflab::roc_auc({0.1, 0.4, 0.35, 0.8}, {0, 0, 1, 1}) == Approx(0.75));

@@ -9,13 +9,13 @@
 #include <nlohmann/json.hpp>
 
 #include "helpers.hpp"
+#include "inflab/dataset.hpp"
 #include "inflab/error.hpp"
 #include "inflab/gradients.hpp"
 #include "inflab/lora.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/safetensors.hpp"
 #include "inflab/splits.hpp"
-#include "inflab/dataset.hpp"
 #include "inflab/wordpiece.hpp"
 
 using Catch::Matchers::Contains;
@@ -52,13 +52,15 @@ TEST_CASE("padding and masks follow the template", "[minilm][tokenizer]") {
   CHECK(e.input_ids[0] == tokenizer.id("[CLS]"));
   CHECK(e.input_ids[3] == tokenizer.id("[SEP]"));
   CHECK(e.input_ids[4] == tokenizer.id("[PAD]"));
-  REQUIRE_THROWS_WITH(inflab::WordPieceTokenizer("/nonexistent/vocab.txt"), Contains("/nonexistent/vocab.txt"));
+  REQUIRE_THROWS_WITH(inflab::WordPieceTokenizer("/nonexistent/vocab.txt"),
+                      Contains("/nonexistent/vocab.txt"));
 }
 
 TEST_CASE("MiniLM sentence embeddings equal sentence-transformers within 1e-4", "[minilm]") {
   inflab::Registry registry;
   registry.load_directory(test::plugin_dir());
-  auto options = inflab::default_options("minilm_lora", registry.find(inflab::PluginKind::Model, "minilm_lora").info->options());
+  auto options = inflab::default_options(
+      "minilm_lora", registry.find(inflab::PluginKind::Model, "minilm_lora").info->options());
   auto model = registry.create_as<inflab::Model>(inflab::PluginKind::Model, "minilm_lora", options);
   auto g = golden("minilm_embeddings.json");
   auto texts = g["texts"].get<std::vector<std::string>>();
@@ -72,18 +74,26 @@ TEST_CASE("MiniLM sentence embeddings equal sentence-transformers within 1e-4", 
   }
 }
 
-TEST_CASE("engine gradients equal a per-example loop on minilm_lora (real weights, padding)", "[minilm][gradients]") {
+TEST_CASE("engine gradients equal a per-example loop on minilm_lora (real weights, padding)",
+          "[minilm][gradients]") {
   inflab::Registry registry;
   registry.load_directory(test::plugin_dir());
-  auto options = inflab::default_options("minilm_lora", registry.find(inflab::PluginKind::Model, "minilm_lora").info->options());
+  auto options = inflab::default_options(
+      "minilm_lora", registry.find(inflab::PluginKind::Model, "minilm_lora").info->options());
   options.set("max_length", std::int64_t{24});
   auto model = registry.create_as<inflab::Model>(inflab::PluginKind::Model, "minilm_lora", options);
-  std::vector<std::string> texts{"A short one.", "This review is considerably longer than the first one, padding matters.",
+  std::vector<std::string> texts{"A short one.",
+                                 "This review is considerably longer than the first one, padding matters.",
                                  "Great!", "Terrible taste, never again."};
   auto inputs = model->encode_texts(texts);
   for (std::int64_t rank : {1, 4}) {
-    model->build({{3, 24}, 2}, inflab::LoraConfig{rank, 8.0, 0.0, {"*attention.self.query", "*attention.self.value"}}, 1);
-    { torch::NoGradGuard g; for (auto* l : model->lora_layers()) if (l->has_adapter()) l->lora_b().normal_(0, 0.05); }
+    model->build({{3, 24}, 2},
+                 inflab::LoraConfig{rank, 8.0, 0.0, {"*attention.self.query", "*attention.self.value"}}, 1);
+    {
+      torch::NoGradGuard g;
+      for (auto* l : model->lora_layers())
+        if (l->has_adapter()) l->lora_b().normal_(0, 0.05);
+    }
     auto labels = torch::tensor(std::vector<std::int64_t>{0, 1, 1, 0}, torch::kLong);
     auto engine = inflab::per_example_gradients(*model, inputs, labels, 3);
     REQUIRE(engine.size() == 24);  // 6 layers x (query, value) x (A, B)
@@ -92,18 +102,21 @@ TEST_CASE("engine gradients equal a per-example loop on minilm_lora (real weight
       if (l->has_adapter()) params.push_back(l->lora_a()), params.push_back(l->lora_b());
     model->set_training(false);
     for (std::int64_t i = 0; i < 4; ++i) {
-      auto loss = torch::nn::functional::cross_entropy(model->forward(inputs.narrow(0, i, 1)), labels.narrow(0, i, 1));
+      auto loss = torch::nn::functional::cross_entropy(model->forward(inputs.narrow(0, i, 1)),
+                                                       labels.narrow(0, i, 1));
       auto grads = torch::autograd::grad({loss}, params);
       for (std::size_t b = 0; b < grads.size(); ++b) {
         auto expected = grads[b].reshape({-1});
         INFO("rank " << rank << " example " << i << " block " << engine[b].name);
-        CHECK((engine[b].values[i] - expected).norm().item<double>() <= 1e-5 * expected.norm().item<double>() + 1e-9);
+        CHECK((engine[b].values[i] - expected).norm().item<double>() <=
+              1e-5 * expected.norm().item<double>() + 1e-9);
       }
     }
   }
 }
 
-TEST_CASE("safetensors: tensors are read by name; damaged files are refused with the reason", "[safetensors]") {
+TEST_CASE("safetensors: tensors are read by name; damaged files are refused with the reason",
+          "[safetensors]") {
   test::TempDir dir;
   auto write = [&](const std::string& name, const std::string& header, const std::string& data) {
     std::string bytes(8, '\0');
@@ -114,15 +127,23 @@ TEST_CASE("safetensors: tensors are read by name; damaged files are refused with
   std::string data(24, '\0');
   float values[6] = {1, 2, 3, 4, 5, 6};
   std::memcpy(data.data(), values, 24);
-  auto good = write("good.safetensors", R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}, "__metadata__": {"format": "pt"}})", data);
+  auto good = write(
+      "good.safetensors",
+      R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}, "__metadata__": {"format": "pt"}})",
+      data);
   auto tensors = inflab::load_safetensors(good);
   REQUIRE(tensors.count("w"));
   CHECK(tensors["w"][1][2].item<float>() == 6.f);
-  auto truncated = write("truncated.safetensors", R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}})", data.substr(0, 20));
-  REQUIRE_THROWS_WITH(inflab::load_safetensors(truncated), Contains("truncated.safetensors") && Contains("'w'") && Contains("truncated"));
-  auto shape = write("shape.safetensors", R"({"w": {"dtype": "F32", "shape": [2, 4], "data_offsets": [0, 24]}})", data);
+  auto truncated =
+      write("truncated.safetensors", R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}})",
+            data.substr(0, 20));
+  REQUIRE_THROWS_WITH(inflab::load_safetensors(truncated),
+                      Contains("truncated.safetensors") && Contains("'w'") && Contains("truncated"));
+  auto shape = write("shape.safetensors",
+                     R"({"w": {"dtype": "F32", "shape": [2, 4], "data_offsets": [0, 24]}})", data);
   REQUIRE_THROWS_WITH(inflab::load_safetensors(shape), Contains("needs 32 bytes, its range has 24"));
-  auto dtype = write("dtype.safetensors", R"({"w": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}})", data);
+  auto dtype = write("dtype.safetensors",
+                     R"({"w": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}})", data);
   REQUIRE_THROWS_WITH(inflab::load_safetensors(dtype), Contains("unsupported dtype 'F8_E4M3'"));
   auto length = dir.write("length.safetensors", std::string("\xff\xff\xff\x00\x00\x00\x00\x00{}", 10));
   REQUIRE_THROWS_WITH(inflab::load_safetensors(length), Contains("exceeds the file"));
@@ -131,7 +152,8 @@ TEST_CASE("safetensors: tensors are read by name; damaged files are refused with
 namespace {
 std::unique_ptr<inflab::Dataset> text_dataset(inflab::Registry& registry, const std::string& name,
                                               std::map<std::string, inflab::Value> set) {
-  auto options = inflab::default_options(name, registry.find(inflab::PluginKind::Dataset, name).info->options());
+  auto options =
+      inflab::default_options(name, registry.find(inflab::PluginKind::Dataset, name).info->options());
   for (auto& [k, v] : set) options.set(k, v);
   return registry.create_as<inflab::Dataset>(inflab::PluginKind::Dataset, name, options);
 }
@@ -142,19 +164,29 @@ TEST_CASE("the text datasets read the prepared files completely", "[minilm][data
   registry.load_directory(test::plugin_dir());
   // Counts read independently from the files: 2,600 of 4,000 training reviews are "great";
   // 103 of 1,554 Reuters training stories are about grain; the test files have 1,000 and 604 rows.
-  auto foods = text_dataset(registry, "fine_foods", {{"n_train", std::int64_t{4000}}, {"n_pretrain", std::int64_t{0}},
-                                                     {"n_validation", std::int64_t{1000}}})->load();
+  auto foods = text_dataset(registry, "fine_foods",
+                            {{"n_train", std::int64_t{4000}},
+                             {"n_pretrain", std::int64_t{0}},
+                             {"n_validation", std::int64_t{1000}}})
+                   ->load();
   CHECK(foods.train.texts.size() == 4000);
   CHECK(foods.train.labels.sum().item<std::int64_t>() == 2600);
   CHECK(foods.validation.texts.size() == 1000);
   CHECK(foods.class_names == std::vector<std::string>{"other", "great"});
-  auto grain = text_dataset(registry, "reuters", {{"n_train", std::int64_t{1554}}, {"n_pretrain", std::int64_t{0}},
-                                                  {"n_validation", std::int64_t{604}}})->load();
+  auto grain = text_dataset(registry, "reuters",
+                            {{"n_train", std::int64_t{1554}},
+                             {"n_pretrain", std::int64_t{0}},
+                             {"n_validation", std::int64_t{604}}})
+                   ->load();
   CHECK(grain.train.labels.sum().item<std::int64_t>() == 103);
   CHECK(grain.train.texts[0].find('\n') != std::string::npos);  // ARFF escapes decoded
-  REQUIRE_THROWS_WITH(text_dataset(registry, "reuters", {{"n_train", std::int64_t{1555}}})->load(), Contains("must fit in the 1554"));
-  REQUIRE_THROWS_WITH(text_dataset(registry, "reuters", {{"topic", std::string("wheat")}}), Contains("grain"));
-  REQUIRE_THROWS_WITH(text_dataset(registry, "fine_foods", {{"data_dir", std::string("/nonexistent")}})->load(), Contains("./inflab setup"));
+  REQUIRE_THROWS_WITH(text_dataset(registry, "reuters", {{"n_train", std::int64_t{1555}}})->load(),
+                      Contains("must fit in the 1554"));
+  REQUIRE_THROWS_WITH(text_dataset(registry, "reuters", {{"topic", std::string("wheat")}}),
+                      Contains("grain"));
+  REQUIRE_THROWS_WITH(
+      text_dataset(registry, "fine_foods", {{"data_dir", std::string("/nonexistent")}})->load(),
+      Contains("./inflab setup"));
 }
 
 TEST_CASE("a tiny text experiment runs end to end (smoke of text_quickstart)", "[minilm][pipeline]") {
@@ -182,8 +214,9 @@ plugin = "datainf"
 [[estimator]]
 plugin = "kfac"
 )");
-  auto result = test::run_command(std::string(INFLAB_BINARY) + " --quiet run " + file.string() + " --out " +
-                                  (dir.path / "results").string() + " --cache " + (dir.path / "cache").string());
+  auto result =
+      test::run_command(std::string(INFLAB_BINARY) + " --quiet run " + file.string() + " --out " +
+                        (dir.path / "results").string() + " --cache " + (dir.path / "cache").string());
   INFO(result.output);
   REQUIRE(result.exit_code == 0);
   CHECK_THAT(result.output, Contains("datainf") && Contains("kfac"));
@@ -193,12 +226,14 @@ plugin = "kfac"
 TEST_CASE("minilm's probe path equals its forward pass while the adapters are zero", "[minilm]") {
   inflab::Registry registry;
   registry.load_directory(test::plugin_dir());
-  auto options = inflab::default_options("minilm_lora", registry.find(inflab::PluginKind::Model, "minilm_lora").info->options());
+  auto options = inflab::default_options(
+      "minilm_lora", registry.find(inflab::PluginKind::Model, "minilm_lora").info->options());
   options.set("max_length", std::int64_t{16});
   auto model = registry.create_as<inflab::Model>(inflab::PluginKind::Model, "minilm_lora", options);
   auto inputs = model->encode_texts({"first text", "a second, longer text with more words"});
   model->build({{3, 16}, 2}, inflab::LoraConfig{2, 2.0, 0.0, {"*attention.self.value", "classifier"}}, 3);
   REQUIRE(model->has_probe());
   torch::NoGradGuard no_grad;
-  CHECK(torch::allclose(model->forward(inputs), model->probe_head(model->probe_features(inputs)), 1e-5, 1e-6));
+  CHECK(
+      torch::allclose(model->forward(inputs), model->probe_head(model->probe_features(inputs)), 1e-5, 1e-6));
 }

@@ -53,7 +53,8 @@ double pair_count_auc(const std::vector<double>& scores, const std::vector<int>&
   double wins = 0, pairs = 0;
   for (std::size_t i = 0; i < scores.size(); ++i)
     for (std::size_t j = 0; j < scores.size(); ++j)
-      if (flipped[i] && !flipped[j]) pairs += 1, wins += scores[i] > scores[j] ? 1 : scores[i] == scores[j] ? 0.5 : 0;
+      if (flipped[i] && !flipped[j])
+        pairs += 1, wins += scores[i] > scores[j] ? 1 : scores[i] == scores[j] ? 0.5 : 0;
   return wins / pairs;
 }
 
@@ -82,7 +83,8 @@ TEST_CASE("an experiment runs end to end, caches its stages and resumes", "[pipe
   CHECK_FALSE(first.stage_cached["gradients"]);
   CHECK_FALSE(first.stage_cached["finetune"]);
   fs::path run = dir.path / "results" / "e2e" / "run";
-  for (const char* f : {"config.toml", "manifest.json", "metrics.csv", "scores.csv", "scores_datainf.npy", "scores_exact.npy"})
+  for (const char* f : {"config.toml", "manifest.json", "metrics.csv", "scores.csv", "scores_datainf.npy",
+                        "scores_exact.npy"})
     CHECK(fs::exists(run / f));
 
   // The reported AUC equals a pair count over the written scores and flip flags.
@@ -135,14 +137,16 @@ TEST_CASE("`inflab gradients` then `inflab score` reproduce the run's scores", "
   auto file = dir.write("e2e.toml", kExperiment);
   std::string bin = std::string(INFLAB_BINARY) + " --quiet ";
   std::string cache = " --cache " + (dir.path / "cache").string();
-  auto g = test::run_command(bin + "gradients " + file.string() + " --out " + (dir.path / "grads").string() + cache);
+  auto g = test::run_command(bin + "gradients " + file.string() + " --out " + (dir.path / "grads").string() +
+                             cache);
   REQUIRE(g.exit_code == 0);
   CHECK(fs::exists(dir.path / "grads" / "blocks.json"));
   CHECK(fs::exists(dir.path / "grads" / "train" / "fc1.lora_A.npy"));
   at::Tensor a = inflab::load_npy(dir.path / "grads" / "train" / "fc1.lora_A.npy");
   CHECK(a.sizes() == at::IntArrayRef({300, 2 * 784}));
 
-  auto r = test::run_command(bin + "run " + file.string() + " --out " + (dir.path / "results").string() + cache);
+  auto r =
+      test::run_command(bin + "run " + file.string() + " --out " + (dir.path / "results").string() + cache);
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.output, Contains("datainf") && Contains("AUC"));
   auto s = test::run_command(bin + "score --gradients " + (dir.path / "grads").string() +
@@ -163,7 +167,8 @@ TEST_CASE("`inflab score` works on a hand-written gradient directory and checks 
   inflab::save_npy(dir.path / "g" / "train" / "w.npy", train);
   inflab::save_npy(dir.path / "g" / "query" / "w.npy", query);
   dir.write("g/blocks.json", R"({"blocks": [{"name": "w", "dim": 2}]})");
-  std::string bin = std::string(INFLAB_BINARY) + " score --gradients " + (dir.path / "g").string() + " --estimator hessian_free";
+  std::string bin = std::string(INFLAB_BINARY) + " score --gradients " + (dir.path / "g").string() +
+                    " --estimator hessian_free";
   auto pairwise = test::run_command(bin + " --mode pairwise --out " + (dir.path / "p.npy").string());
   REQUIRE(pairwise.exit_code == 0);
   // -g_k . v_q by hand: rows k, columns q.
@@ -199,7 +204,8 @@ TEST_CASE("a store over its memory budget is memory-mapped and gives identical s
   inflab::RunPaths fresh{dir.path / "results", dir.path / "cache2"};
   auto mapped = inflab::prepare_gradients(on_disk, registry, fresh);
   REQUIRE(mapped.train.size() == reference.train.size());
-  for (std::size_t b = 0; b < mapped.train.size(); ++b) CHECK(mapped.train[b].values.equal(reference.train[b].values));
+  for (std::size_t b = 0; b < mapped.train.size(); ++b)
+    CHECK(mapped.train[b].values.equal(reference.train[b].values));
   // What was written is a plain .npy with the documented shape.
   auto hash = inflab::content_hash(on_disk.gradients_key_text);
   at::Tensor file_a = inflab::load_npy(dir.path / "cache2" / "gradients" / hash / "train" / "fc1.lora_A.npy");
@@ -213,7 +219,8 @@ TEST_CASE("a store over its memory budget is memory-mapped and gives identical s
   CHECK(error > 0);  // it really was stored in 16 bits
 }
 
-TEST_CASE("K-FAC/EK-FAC fits are cached by gradients and options and give identical scores", "[pipeline][kfac]") {
+TEST_CASE("K-FAC/EK-FAC fits are cached by gradients and options and give identical scores",
+          "[pipeline][kfac]") {
   test::TempDir dir;
   std::string text = kExperiment;
   text.replace(text.find("plugin = \"exact\""), 16, "plugin = \"ekfac\"");

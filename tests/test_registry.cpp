@@ -12,7 +12,8 @@ TEST_CASE("the registry discovers the built plugins", "[registry]") {
   auto estimators = registry.names(inflab::PluginKind::Estimator);
   for (const char* name : {"datainf", "exact", "lissa", "hessian_free"})
     CHECK(std::find(estimators.begin(), estimators.end(), name) != estimators.end());
-  CHECK(registry.find(inflab::PluginKind::Dataset, "fashion_mnist").info->kind == inflab::PluginKind::Dataset);
+  CHECK(registry.find(inflab::PluginKind::Dataset, "fashion_mnist").info->kind ==
+        inflab::PluginKind::Dataset);
   CHECK(registry.find(inflab::PluginKind::Model, "mlp_lora").file.filename() == "mlp_lora.so");
 }
 
@@ -20,10 +21,11 @@ TEST_CASE("an unknown plugin name gets the list and the closest match", "[regist
   inflab::Registry registry;
   registry.load_directory(test::plugin_dir());
   REQUIRE_THROWS_WITH(registry.find(inflab::PluginKind::Estimator, "datainff"),
-                      Contains("unknown estimator plugin 'datainff'") && Contains("did you mean 'datainf'?") &&
-                          Contains("hessian_free"));
+                      Contains("unknown estimator plugin 'datainff'") &&
+                          Contains("did you mean 'datainf'?") && Contains("hessian_free"));
   // A dataset name is not an estimator: the kinds are separate namespaces.
-  REQUIRE_THROWS_WITH(registry.find(inflab::PluginKind::Estimator, "fashion_mnist"), Contains("available estimator plugins"));
+  REQUIRE_THROWS_WITH(registry.find(inflab::PluginKind::Estimator, "fashion_mnist"),
+                      Contains("available estimator plugins"));
 }
 
 TEST_CASE("a plugin built for another ABI version is refused, naming both versions", "[registry]") {
@@ -46,7 +48,8 @@ TEST_CASE("plugins are created with their validated options", "[registry]") {
 TEST_CASE("`inflab plugins` lists every plugin with kind, name, version and file", "[registry][cli]") {
   auto result = test::run_command(std::string(INFLAB_BINARY) + " plugins");
   REQUIRE(result.exit_code == 0);
-  CHECK_THAT(result.output, Contains("estimator") && Contains("datainf") && Contains("1.0.0") && Contains("datainf.so"));
+  CHECK_THAT(result.output,
+             Contains("estimator") && Contains("datainf") && Contains("1.0.0") && Contains("datainf.so"));
   CHECK_THAT(result.output, Contains("dataset") && Contains("fashion_mnist"));
   auto detail = test::run_command(std::string(INFLAB_BINARY) + " plugins lissa");
   CHECK_THAT(detail.output, Contains("iterations") && Contains("reference_code"));

@@ -3,11 +3,10 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <set>
-
 #include <CLI/CLI.hpp>
 #include <filesystem>
 #include <iostream>
+#include <set>
 
 #include "inflab/config.hpp"
 #include "inflab/error.hpp"
@@ -71,7 +70,8 @@ int command_run(const fs::path& file, const std::vector<std::string>& sets, cons
     std::cerr << fmt::format("[inflab] run {}/{}: {}\n", k + 1, runs.size(), runs[k].run_name);
     outcomes.push_back(run_experiment(runs[k], registry, paths, !no_resume));
     if (outcomes.back().skipped)
-      std::cerr << fmt::format("[inflab]   already finished in {} (use --no-resume to redo)\n", outcomes.back().directory.string());
+      std::cerr << fmt::format("[inflab]   already finished in {} (use --no-resume to redo)\n",
+                               outcomes.back().directory.string());
     for (const auto& e : outcomes.back().estimators)
       for (const auto& [m, v] : e.metrics)
         if (m != "auc") extra_metrics.insert(m);
@@ -83,7 +83,8 @@ int command_run(const fs::path& file, const std::vector<std::string>& sets, cons
         auto it = e.metrics.find(m);
         return it == e.metrics.end() ? std::string("-") : fmt::format("{:.4f}", it->second);
       };
-      std::vector<std::string> row{runs[k].run_name, e.label, metric("auc"), fmt::format("{:.3f}", e.seconds)};
+      std::vector<std::string> row{runs[k].run_name, e.label, metric("auc"),
+                                   fmt::format("{:.3f}", e.seconds)};
       for (const auto& m : extra_metrics) row.push_back(metric(m));
       rows.push_back(row);
     }
@@ -92,7 +93,8 @@ int command_run(const fs::path& file, const std::vector<std::string>& sets, cons
   if (!outcomes.empty()) {
     std::cout << "\nstage seconds (" << outcomes.back().directory.string() << "):";
     for (const auto& [stage, s] : outcomes.back().stage_seconds)
-      std::cout << fmt::format(" {}={:.2f}{}", stage, s, outcomes.back().stage_cached[stage] ? " (cached)" : "");
+      std::cout << fmt::format(" {}={:.2f}{}", stage, s,
+                               outcomes.back().stage_cached[stage] ? " (cached)" : "");
     std::cout << "\nresults: " << (out / runs[0].name).string() << "/\n";
   }
   return 0;
@@ -115,8 +117,8 @@ int command_plugins(const std::string& name, const Common& common) {
     for (const auto& r : registry.plugins()) {
       if (name != r.info->name) continue;
       found = true;
-      std::cout << fmt::format("{} {} {} -- {}\n  file: {}\n  options:\n", to_string(r.info->kind), r.info->name,
-                               r.info->version, r.info->description, r.file.string());
+      std::cout << fmt::format("{} {} {} -- {}\n  file: {}\n  options:\n", to_string(r.info->kind),
+                               r.info->name, r.info->version, r.info->description, r.file.string());
       for (const auto& o : r.info->options())
         std::cout << fmt::format("    {:<22} {:<18} {:<12} {}\n", o.name, to_string(o.type),
                                  o.required ? "(required)" : format_value(o.default_value), o.help);
@@ -126,7 +128,8 @@ int command_plugins(const std::string& name, const Common& common) {
   }
   std::vector<std::vector<std::string>> rows{{"kind", "name", "version", "description", "file"}};
   for (const auto& r : registry.plugins())
-    rows.push_back({to_string(r.info->kind), r.info->name, r.info->version, r.info->description, r.file.filename().string()});
+    rows.push_back({to_string(r.info->kind), r.info->name, r.info->version, r.info->description,
+                    r.file.filename().string()});
   print_table(rows);
   return 0;
 }
@@ -140,8 +143,9 @@ int command_gradients(const fs::path& file, const std::vector<std::string>& sets
     fs::path dir = runs.size() == 1 ? out : out / run.run_name;
     GradientStore store = prepare_gradients(run, registry, RunPaths{"results", cache});
     save_gradient_store(dir, store);
-    std::cout << fmt::format("{}: {} blocks, {} train x {} query examples\n", dir.string(), store.train.size(),
-                             store.train.at(0).values.size(0), store.query.at(0).values.size(0));
+    std::cout << fmt::format("{}: {} blocks, {} train x {} query examples\n", dir.string(),
+                             store.train.size(), store.train.at(0).values.size(0),
+                             store.query.at(0).values.size(0));
   }
   return 0;
 }
@@ -165,13 +169,16 @@ int command_score(const fs::path& gradients, const std::string& estimator_name,
       std::vector<std::string> names;
       for (const auto& s : specs) names.push_back(s.name);
       std::string suggestion = closest_match(key, names);
-      throw Error(fmt::format("--set {}: estimator '{}' has no option '{}'{}; options: {}", assignment, estimator_name, key,
-                              suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion), fmt::join(names, ", ")));
+      throw Error(fmt::format("--set {}: estimator '{}' has no option '{}'{}; options: {}", assignment,
+                              estimator_name, key,
+                              suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
+                              fmt::join(names, ", ")));
     }
     options.set(key, parse_value(assignment.substr(equals + 1), spec->type, "--set " + assignment));
   }
   for (const auto& s : specs)
-    if (s.required && !options.has(s.name)) throw Error(fmt::format("estimator '{}' needs --set {}=...", estimator_name, s.name));
+    if (s.required && !options.has(s.name))
+      throw Error(fmt::format("estimator '{}' needs --set {}=...", estimator_name, s.name));
   GradientStore store = load_gradient_store(gradients);
   auto estimator = registry.create_as<Estimator>(PluginKind::Estimator, estimator_name, options);
   estimator->fit(store.train);
@@ -179,12 +186,13 @@ int command_score(const fs::path& gradients, const std::string& estimator_name,
                                           : score_pairwise(*estimator, store.train, store.query);
   save_npy(out, scores.contiguous());
   std::cerr << fmt::format("[inflab] wrote {} ({})\n", out.string(), fmt::join(scores.sizes(), " x "));
-  for (const auto& [k, v] : estimator->diagnostics()) std::cerr << fmt::format("[inflab]   {} = {:.6g}\n", k, v);
+  for (const auto& [k, v] : estimator->diagnostics())
+    std::cerr << fmt::format("[inflab]   {} = {:.6g}\n", k, v);
   return 0;
 }
 
-int command_embed(const std::string& model_name, const std::vector<std::string>& texts, const std::vector<std::string>& sets,
-                  const Common& common) {
+int command_embed(const std::string& model_name, const std::vector<std::string>& texts,
+                  const std::vector<std::string>& sets, const Common& common) {
   Registry registry;
   load_plugins(registry, common);
   const PluginRecord& record = registry.find(PluginKind::Model, model_name);
@@ -195,7 +203,8 @@ int command_embed(const std::string& model_name, const std::vector<std::string>&
     std::string key = assignment.substr(0, equals);
     auto specs = record.info->options();
     auto spec = std::find_if(specs.begin(), specs.end(), [&](const OptionSpec& s) { return s.name == key; });
-    if (spec == specs.end()) throw Error(fmt::format("--set {}: model '{}' has no option '{}'", assignment, model_name, key));
+    if (spec == specs.end())
+      throw Error(fmt::format("--set {}: model '{}' has no option '{}'", assignment, model_name, key));
     options.set(key, parse_value(assignment.substr(equals + 1), spec->type, "--set " + assignment));
   }
   auto model = registry.create_as<Model>(PluginKind::Model, model_name, options);
@@ -204,7 +213,8 @@ int command_embed(const std::string& model_name, const std::vector<std::string>&
   for (std::int64_t i = 0; i < embeddings.size(0); ++i) {
     std::string line = "[";
     const float* row = embeddings.data_ptr<float>() + i * embeddings.size(1);
-    for (std::int64_t k = 0; k < embeddings.size(1); ++k) line += fmt::format("{}{:.9g}", k ? ", " : "", row[k]);
+    for (std::int64_t k = 0; k < embeddings.size(1); ++k)
+      line += fmt::format("{}{:.9g}", k ? ", " : "", row[k]);
     std::cout << line << "]\n";
   }
   return 0;
@@ -218,7 +228,8 @@ int main(int argc, char** argv) {
   Common common;
   app.add_option("--threads", common.threads, "LibTorch threads (default: $INFLAB_THREADS or all cores)");
   app.add_flag("--quiet", common.quiet, "no progress output");
-  app.add_option("--plugin-path", common.plugin_paths, "extra plugin directory (repeatable; also $INFLAB_PLUGIN_PATH)");
+  app.add_option("--plugin-path", common.plugin_paths,
+                 "extra plugin directory (repeatable; also $INFLAB_PLUGIN_PATH)");
 
   fs::path file, out = "results", cache, gradients_dir, score_out;
   std::vector<std::string> sets;
@@ -232,21 +243,28 @@ int main(int argc, char** argv) {
   run->add_option("--cache", cache, "stage cache (default: $INFLAB_CACHE or ~/.cache/inflab)");
   run->add_flag("--no-resume", no_resume, "recompute runs that already finished");
 
-  auto* validate = app.add_subcommand("validate", "check an experiment file (and its plugins' options) without running it");
+  auto* validate = app.add_subcommand(
+      "validate", "check an experiment file (and its plugins' options) without running it");
   validate->add_option("file", file, "experiment TOML file")->required()->check(CLI::ExistingFile);
   validate->add_option("--set", sets, "override a key (repeatable)");
 
   auto* plugins = app.add_subcommand("plugins", "list plugins, or show one plugin's options");
   plugins->add_option("name", plugin_name, "plugin whose options to show");
 
-  auto* gradients = app.add_subcommand("gradients", "write per-example LoRA gradients of an experiment to a directory");
+  auto* gradients =
+      app.add_subcommand("gradients", "write per-example LoRA gradients of an experiment to a directory");
   gradients->add_option("file", file, "experiment TOML file")->required()->check(CLI::ExistingFile);
   gradients->add_option("--out", gradients_dir, "output directory (train/, query/, blocks.json)")->required();
   gradients->add_option("--set", sets, "override a key (repeatable)");
   gradients->add_option("--cache", cache, "stage cache");
 
-  auto* score = app.add_subcommand("score", "score a gradient directory (written by inflab, numpy or PyTorch) with one estimator");
-  score->add_option("--gradients", gradients_dir, "directory with blocks.json, train/<block>.npy, query/<block>.npy")->required()->check(CLI::ExistingDirectory);
+  auto* score = app.add_subcommand(
+      "score", "score a gradient directory (written by inflab, numpy or PyTorch) with one estimator");
+  score
+      ->add_option("--gradients", gradients_dir,
+                   "directory with blocks.json, train/<block>.npy, query/<block>.npy")
+      ->required()
+      ->check(CLI::ExistingDirectory);
   score->add_option("--estimator", estimator_name, "estimator plugin (see `inflab plugins`)")->required();
   score->add_option("--set", sets, "estimator option: --set damping_scale=0.1 (repeatable)");
   score->add_option("--mode", mode, "aggregate (mean query gradient, n scores) or pairwise (n x q)");
@@ -254,9 +272,11 @@ int main(int argc, char** argv) {
 
   std::string model_name = "minilm_lora";
   std::vector<std::string> texts;
-  auto* embed = app.add_subcommand("embed", "print a text model's sentence embedding (mean-pooled, L2-normalised) as a JSON array");
+  auto* embed = app.add_subcommand(
+      "embed", "print a text model's sentence embedding (mean-pooled, L2-normalised) as a JSON array");
   embed->add_option("--model", model_name, "model plugin (default: minilm_lora)");
-  embed->add_option("--text", texts, "text to embed (repeatable: one JSON array per text, in order)")->required();
+  embed->add_option("--text", texts, "text to embed (repeatable: one JSON array per text, in order)")
+      ->required();
   embed->add_option("--set", sets, "model option, e.g. --set max_length=256 (repeatable)");
 
   CLI11_PARSE(app, argc, argv);

@@ -2,11 +2,11 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <toml++/toml.h>
 
 #include <map>
 #include <set>
 #include <sstream>
-#include <toml++/toml.h>
 
 #include "inflab/error.hpp"
 #include "inflab/registry.hpp"
@@ -29,13 +29,27 @@ std::string where(const toml::source_region& source, const std::string& fallback
 std::string describe(const toml::node& node) {
   std::ostringstream out;
   switch (node.type()) {
-    case toml::node_type::string: out << "string \"" << node.as_string()->get() << "\""; break;
-    case toml::node_type::integer: out << "integer " << node.as_integer()->get(); break;
-    case toml::node_type::floating_point: out << "number " << node.as_floating_point()->get(); break;
-    case toml::node_type::boolean: out << "boolean " << (node.as_boolean()->get() ? "true" : "false"); break;
-    case toml::node_type::array: out << "array " << *node.as_array(); break;
-    case toml::node_type::table: out << "table"; break;
-    default: out << "a date or time"; break;
+    case toml::node_type::string:
+      out << "string \"" << node.as_string()->get() << "\"";
+      break;
+    case toml::node_type::integer:
+      out << "integer " << node.as_integer()->get();
+      break;
+    case toml::node_type::floating_point:
+      out << "number " << node.as_floating_point()->get();
+      break;
+    case toml::node_type::boolean:
+      out << "boolean " << (node.as_boolean()->get() ? "true" : "false");
+      break;
+    case toml::node_type::array:
+      out << "array " << *node.as_array();
+      break;
+    case toml::node_type::table:
+      out << "table";
+      break;
+    default:
+      out << "a date or time";
+      break;
   }
   return out.str();
 }
@@ -51,7 +65,8 @@ struct Validator {
   std::string locate(const toml::source_region& source, const std::string& path) const {
     if (source.path) return where(source, file);
     if (origins) {
-      for (std::string p = path; !p.empty(); p = p.substr(0, p.find_last_of('.') == std::string::npos ? 0 : p.find_last_of('.'))) {
+      for (std::string p = path; !p.empty();
+           p = p.substr(0, p.find_last_of('.') == std::string::npos ? 0 : p.find_last_of('.'))) {
         auto it = origins->find(p);
         if (it != origins->end()) return it->second;
         if (p.find('.') == std::string::npos) break;
@@ -67,8 +82,8 @@ struct Validator {
 
   Value convert(const toml::node& node, const OptionSpec& spec, const std::string& path) const {
     auto mismatch = [&]() {
-      fail(node.source(), fmt::format("key '{}': expected {}, found {}", path,
-                                      to_string(spec.type), describe(node)), path);
+      fail(node.source(),
+           fmt::format("key '{}': expected {}, found {}", path, to_string(spec.type), describe(node)), path);
     };
     switch (spec.type) {
       case OptionType::Bool:
@@ -94,14 +109,26 @@ struct Validator {
         for (const auto& item : *array) {
           if (spec.type == OptionType::IntList) {
             auto v = item.value_exact<std::int64_t>();
-            if (!v) fail(item.source(), fmt::format("key '{}': expected {}, found an element {}", path, to_string(spec.type), describe(item)), path);
+            if (!v)
+              fail(item.source(),
+                   fmt::format("key '{}': expected {}, found an element {}", path, to_string(spec.type),
+                               describe(item)),
+                   path);
             ints.push_back(*v);
           } else if (spec.type == OptionType::DoubleList) {
-            if (!item.is_number()) fail(item.source(), fmt::format("key '{}': expected {}, found an element {}", path, to_string(spec.type), describe(item)), path);
+            if (!item.is_number())
+              fail(item.source(),
+                   fmt::format("key '{}': expected {}, found an element {}", path, to_string(spec.type),
+                               describe(item)),
+                   path);
             doubles.push_back(*item.value<double>());
           } else {
             auto v = item.value_exact<std::string>();
-            if (!v) fail(item.source(), fmt::format("key '{}': expected {}, found an element {}", path, to_string(spec.type), describe(item)), path);
+            if (!v)
+              fail(item.source(),
+                   fmt::format("key '{}': expected {}, found an element {}", path, to_string(spec.type),
+                               describe(item)),
+                   path);
             strings.push_back(*v);
           }
         }
@@ -114,15 +141,14 @@ struct Validator {
   }
 
   // Checks every key of `table` against `specs` (plus allowed sub-tables) and fills `out`.
-  void validate(const toml::table& table, const std::string& prefix,
-                const std::vector<OptionSpec>& specs, const std::set<std::string>& subtables,
-                Options& out) const {
+  void validate(const toml::table& table, const std::string& prefix, const std::vector<OptionSpec>& specs,
+                const std::set<std::string>& subtables, Options& out) const {
     for (auto&& [key, node] : table) {
       std::string name(key.str());
       std::string path = prefix.empty() ? name : prefix + "." + name;
       if (subtables.count(name)) continue;
-      auto spec = std::find_if(specs.begin(), specs.end(),
-                               [&](const OptionSpec& s) { return s.name == name; });
+      auto spec =
+          std::find_if(specs.begin(), specs.end(), [&](const OptionSpec& s) { return s.name == name; });
       if (spec == specs.end()) {
         std::vector<std::string> valid;
         for (const auto& s : specs) valid.push_back(s.name);
@@ -132,39 +158,40 @@ struct Validator {
         for (const auto& v : valid) list += (list.empty() ? "" : ", ") + v;
         fail(key.source(),
              fmt::format("unknown key '{}'{}; valid keys here: {}", path,
-                         suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", prefix.empty() ? suggestion : prefix + "." + suggestion),
-                         list), path);
+                         suggestion.empty()
+                             ? ""
+                             : fmt::format(" (did you mean '{}'?)",
+                                           prefix.empty() ? suggestion : prefix + "." + suggestion),
+                         list),
+             path);
       }
       out.set(name, convert(node, *spec, path));
     }
     for (const auto& spec : specs) {
       if (out.has(spec.name)) continue;
       if (spec.required)
-        fail(table.source(), fmt::format("missing required key '{}{}' ({}: {})",
-                                         prefix.empty() ? "" : prefix + ".", spec.name,
-                                         to_string(spec.type), spec.help));
+        fail(table.source(),
+             fmt::format("missing required key '{}{}' ({}: {})", prefix.empty() ? "" : prefix + ".",
+                         spec.name, to_string(spec.type), spec.help));
       out.set(spec.name, spec.default_value);
     }
   }
 
-  const toml::table& section(const toml::table& root, const std::string& name,
-                             bool required) const {
+  const toml::table& section(const toml::table& root, const std::string& name, bool required) const {
     const toml::node* node = root.get(name);
     static const toml::table empty;
     if (!node) {
-      if (required)
-        fail(root.source(), fmt::format("missing section [{}]", name));
+      if (required) fail(root.source(), fmt::format("missing section [{}]", name));
       return empty;
     }
     if (!node->is_table())
-      fail(node->source(), fmt::format("key '{}': expected a table ([{}]), found {}", name, name,
-                                       describe(*node)));
+      fail(node->source(),
+           fmt::format("key '{}': expected a table ([{}]), found {}", name, name, describe(*node)));
     return *node->as_table();
   }
 };
 
-OptionSpec spec(std::string name, OptionType type, Value value, std::string help,
-                bool required = false) {
+OptionSpec spec(std::string name, OptionType type, Value value, std::string help, bool required = false) {
   return OptionSpec{std::move(name), type, std::move(value), std::move(help), required};
 }
 
@@ -174,7 +201,8 @@ const std::vector<OptionSpec>& experiment_specs() {
       spec("description", OptionType::String, std::string(), "free text"),
       spec("seed", OptionType::Int, std::int64_t{0}, "seed of LoRA initialisation and training order"),
       spec("repeats", OptionType::Int, std::int64_t{1}, "runs with seeds seed, seed+1, ..."),
-      spec("plugin_paths", OptionType::StringList, std::vector<std::string>{}, "extra plugin directories, relative to this file"),
+      spec("plugin_paths", OptionType::StringList, std::vector<std::string>{},
+           "extra plugin directories, relative to this file"),
   };
   return specs;
 }
@@ -194,9 +222,11 @@ const std::vector<OptionSpec>& model_specs() {
 const std::vector<OptionSpec>& lora_specs() {
   static const std::vector<OptionSpec> specs{
       spec("rank", OptionType::Int, std::int64_t{4}, "LoRA rank r"),
-      spec("alpha", OptionType::Double, -1.0, "LoRA alpha; the scale is alpha/r (default: alpha = r, as in the paper)"),
+      spec("alpha", OptionType::Double, -1.0,
+           "LoRA alpha; the scale is alpha/r (default: alpha = r, as in the paper)"),
       spec("dropout", OptionType::Double, 0.05, "LoRA dropout during fine-tuning (off for gradients)"),
-      spec("targets", OptionType::StringList, std::vector<std::string>{"*"}, "glob patterns of layer names that get adapters"),
+      spec("targets", OptionType::StringList, std::vector<std::string>{"*"},
+           "glob patterns of layer names that get adapters"),
   };
   return specs;
 }
@@ -208,20 +238,26 @@ const std::vector<OptionSpec>& training_specs() {
       spec("batch_size", OptionType::Int, d.batch_size, "fine-tuning batch size"),
       spec("optimizer", OptionType::String, d.optimizer, "adam or sgd"),
       spec("weight_decay", OptionType::Double, d.weight_decay, "L2 weight decay"),
-      spec("pretrain_epochs", OptionType::Int, d.pretrain_epochs, "base pretraining epochs (models without packaged weights)"),
-      spec("pretrain_learning_rate", OptionType::Double, d.pretrain_learning_rate, "base pretraining learning rate"),
+      spec("pretrain_epochs", OptionType::Int, d.pretrain_epochs,
+           "base pretraining epochs (models without packaged weights)"),
+      spec("pretrain_learning_rate", OptionType::Double, d.pretrain_learning_rate,
+           "base pretraining learning rate"),
   };
   return specs;
 }
 const std::vector<OptionSpec>& evaluation_specs() {
   static const EvaluationConfig d;
   static const std::vector<OptionSpec> specs{
-      spec("metrics", OptionType::StringList, d.metrics, "auc (mislabel detection), pearson, spearman (against the reference)"),
+      spec("metrics", OptionType::StringList, d.metrics,
+           "auc (mislabel detection), pearson, spearman (against the reference)"),
       spec("reference", OptionType::String, d.reference, "estimator name correlations are measured against"),
       spec("mode", OptionType::String, d.mode, "aggregate (mean validation gradient) or pairwise"),
-      spec("gradient_batch_size", OptionType::Int, d.gradient_batch_size, "batch size of per-example gradient extraction"),
-      spec("gradient_memory_mb", OptionType::Double, d.gradient_memory_mb, "training gradients larger than this are written to memory-mapped files during extraction"),
-      spec("gradient_dtype", OptionType::String, d.gradient_dtype, "float32 or float16 (stored; arithmetic is float32)"),
+      spec("gradient_batch_size", OptionType::Int, d.gradient_batch_size,
+           "batch size of per-example gradient extraction"),
+      spec("gradient_memory_mb", OptionType::Double, d.gradient_memory_mb,
+           "training gradients larger than this are written to memory-mapped files during extraction"),
+      spec("gradient_dtype", OptionType::String, d.gradient_dtype,
+           "float32 or float16 (stored; arithmetic is float32)"),
   };
   return specs;
 }
@@ -242,8 +278,7 @@ std::vector<std::string> split_path(const std::string& path) {
 }
 
 // Sets `node` at dotted `path` in `root`, creating tables on the way.
-void set_path(toml::table& root, const std::string& path, const toml::node& node,
-              const std::string& origin) {
+void set_path(toml::table& root, const std::string& path, const toml::node& node, const std::string& origin) {
   auto parts = split_path(path);
   if (parts.empty()) throw Error(fmt::format("{}: empty key path", origin));
   toml::table* table = &root;
@@ -254,9 +289,10 @@ void set_path(toml::table& root, const std::string& path, const toml::node& node
       child = table->get(parts[i]);
     }
     if (child->is_array_of_tables() && parts[i] == "estimator")
-      throw Error(fmt::format("{}: '{}' cannot address an [[estimator]] entry; give each "
-                              "variant its own [[estimator]] with a distinct name",
-                              origin, path));
+      throw Error(
+          fmt::format("{}: '{}' cannot address an [[estimator]] entry; give each "
+                      "variant its own [[estimator]] with a distinct name",
+                      origin, path));
     if (!child->is_table())
       throw Error(fmt::format("{}: '{}' is not a table, cannot set '{}'", origin, parts[i], path));
     table = child->as_table();
@@ -287,8 +323,8 @@ struct SweepDimension {
   std::vector<const toml::node*> values;
 };
 
-void collect_sweep(const toml::table& table, const std::string& prefix,
-                   std::vector<SweepDimension>& out, const std::string& file) {
+void collect_sweep(const toml::table& table, const std::string& prefix, std::vector<SweepDimension>& out,
+                   const std::string& file) {
   for (auto&& [key, node] : table) {
     std::string path = prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str());
     if (node.is_table()) {
@@ -339,10 +375,14 @@ std::string to_text(const toml::table& table) {
 std::string label_of(const toml::node& node) {
   if (auto s = node.value_exact<std::string>()) return *s;
   std::ostringstream out;
-  if (auto a = node.as_array()) out << *a;
-  else if (auto i = node.value_exact<std::int64_t>()) out << *i;
-  else if (auto d = node.value_exact<double>()) out << *d;
-  else if (auto b = node.value_exact<bool>()) out << (*b ? "true" : "false");
+  if (auto a = node.as_array())
+    out << *a;
+  else if (auto i = node.value_exact<std::int64_t>())
+    out << *i;
+  else if (auto d = node.value_exact<double>())
+    out << *d;
+  else if (auto b = node.value_exact<bool>())
+    out << (*b ? "true" : "false");
   std::string text = out.str();
   for (char& c : text)
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-') c = '_';
@@ -357,14 +397,15 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   config.run_name = run_name;
 
   for (auto&& [key, node] : root) {
-    static const std::vector<std::string> sections{"experiment", "dataset", "model", "training",
-                                                   "estimator", "evaluation", "sweep"};
+    static const std::vector<std::string> sections{"experiment", "dataset",    "model", "training",
+                                                   "estimator",  "evaluation", "sweep"};
     std::string name(key.str());
     if (std::find(sections.begin(), sections.end(), name) == sections.end()) {
       std::string suggestion = closest_match(name, sections);
-      v.fail(key.source(), fmt::format("unknown section '{}'{}; valid sections: experiment, "
-                                       "dataset, model, training, estimator, evaluation, sweep",
-                                       name, suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion)));
+      v.fail(key.source(),
+             fmt::format("unknown section '{}'{}; valid sections: experiment, "
+                         "dataset, model, training, estimator, evaluation, sweep",
+                         name, suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion)));
     }
   }
 
@@ -398,9 +439,13 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   config.label_noise = dataset_all.get_double("label_noise");
   config.noise_seed = dataset_all.get_int("noise_seed");
   if (config.label_noise < 0 || config.label_noise > 1)
-    v.fail(dataset.get("label_noise")->source(), fmt::format("key 'dataset.label_noise': expected a fraction in [0, 1], found {}", config.label_noise), "dataset.label_noise");
+    v.fail(
+        dataset.get("label_noise")->source(),
+        fmt::format("key 'dataset.label_noise': expected a fraction in [0, 1], found {}", config.label_noise),
+        "dataset.label_noise");
   config.dataset.options = Options("dataset " + config.dataset.plugin);
-  for (const auto& s : dataset_plugin_specs) config.dataset.options.set(s.name, dataset_all.values().at(s.name));
+  for (const auto& s : dataset_plugin_specs)
+    config.dataset.options.set(s.name, dataset_all.values().at(s.name));
   resolved.insert("dataset", options_table(dataset_all));
 
   // [model] and [model.lora].
@@ -424,7 +469,8 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   Options lora("[model.lora]");
   const toml::node* lora_node = model.get("lora");
   if (lora_node && !lora_node->is_table())
-    v.fail(lora_node->source(), fmt::format("key 'model.lora': expected a table, found {}", describe(*lora_node)));
+    v.fail(lora_node->source(),
+           fmt::format("key 'model.lora': expected a table, found {}", describe(*lora_node)));
   static const toml::table no_lora;
   v.validate(lora_node ? *lora_node->as_table() : no_lora, "model.lora", lora_specs(), {}, lora);
   config.lora.rank = lora.get_int("rank");
@@ -434,9 +480,13 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   config.lora.dropout = lora.get_double("dropout");
   config.lora.targets = lora.get_string_list("targets");
   if (config.lora.rank < 1)
-    v.fail(lora_node ? lora_node->as_table()->get("rank")->source() : model.source(), fmt::format("key 'model.lora.rank': expected a positive integer, found {}", config.lora.rank), "model.lora.rank");
+    v.fail(lora_node ? lora_node->as_table()->get("rank")->source() : model.source(),
+           fmt::format("key 'model.lora.rank': expected a positive integer, found {}", config.lora.rank),
+           "model.lora.rank");
   if (config.lora.dropout < 0 || config.lora.dropout >= 1)
-    v.fail(lora_node ? lora_node->as_table()->get("dropout")->source() : model.source(), fmt::format("key 'model.lora.dropout': expected a value in [0, 1), found {}", config.lora.dropout), "model.lora.dropout");
+    v.fail(lora_node ? lora_node->as_table()->get("dropout")->source() : model.source(),
+           fmt::format("key 'model.lora.dropout': expected a value in [0, 1), found {}", config.lora.dropout),
+           "model.lora.dropout");
   toml::table model_resolved = options_table(model_all);
   model_resolved.insert("lora", options_table(lora));
   resolved.insert("model", model_resolved);
@@ -453,15 +503,17 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   config.training.pretrain_learning_rate = training.get_double("pretrain_learning_rate");
   if (config.training.optimizer != "adam" && config.training.optimizer != "sgd")
     v.fail(v.section(root, "training", false).get("optimizer")->source(),
-           fmt::format("key 'training.optimizer': expected \"adam\" or \"sgd\", found \"{}\"", config.training.optimizer), "training.optimizer");
+           fmt::format("key 'training.optimizer': expected \"adam\" or \"sgd\", found \"{}\"",
+                       config.training.optimizer),
+           "training.optimizer");
   if (config.training.batch_size < 1 || config.training.epochs < 0)
-    v.fail(v.section(root, "training", false).source(), "training.batch_size must be >= 1 and training.epochs >= 0");
+    v.fail(v.section(root, "training", false).source(),
+           "training.batch_size must be >= 1 and training.epochs >= 0");
   resolved.insert("training", options_table(training));
 
   // [[estimator]]
   const toml::node* estimators = root.get("estimator");
-  if (!estimators)
-    v.fail(root.source(), "missing [[estimator]]: name at least one estimator plugin");
+  if (!estimators) v.fail(root.source(), "missing [[estimator]]: name at least one estimator plugin");
   if (!estimators->is_array_of_tables())
     v.fail(estimators->source(), "key 'estimator': expected an array of tables ([[estimator]] entries)");
   toml::array resolved_estimators;
@@ -488,7 +540,9 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
     for (const auto& s : plugin_specs) estimator.options.set(s.name, all.values().at(s.name));
     for (const auto& other : config.estimators)
       if (other.label == estimator.label)
-        v.fail(table.source(), fmt::format("two [[estimator]] entries are named '{}'; give one a distinct name = \"...\"", estimator.label));
+        v.fail(table.source(),
+               fmt::format("two [[estimator]] entries are named '{}'; give one a distinct name = \"...\"",
+                           estimator.label));
     config.estimators.push_back(std::move(estimator));
     resolved_estimators.push_back(options_table(all));
   }
@@ -506,29 +560,37 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   config.evaluation.gradient_dtype = evaluation.get_string("gradient_dtype");
   if (config.evaluation.gradient_dtype != "float32" && config.evaluation.gradient_dtype != "float16")
     v.fail(evaluation_table.get("gradient_dtype")->source(),
-           fmt::format("key 'evaluation.gradient_dtype': expected \"float32\" or \"float16\" (bfloat16 has no NumPy dtype), found \"{}\"", config.evaluation.gradient_dtype),
+           fmt::format("key 'evaluation.gradient_dtype': expected \"float32\" or \"float16\" (bfloat16 has "
+                       "no NumPy dtype), found \"{}\"",
+                       config.evaluation.gradient_dtype),
            "evaluation.gradient_dtype");
   for (const auto& metric : config.evaluation.metrics) {
     static const std::vector<std::string> known{"auc", "pearson", "spearman"};
     if (std::find(known.begin(), known.end(), metric) == known.end()) {
       std::string suggestion = closest_match(metric, known);
-      v.fail(evaluation_table.get("metrics")->source(),
-             fmt::format("key 'evaluation.metrics': unknown metric \"{}\"{}; known: auc, pearson, spearman", metric,
-                         suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion)));
+      v.fail(
+          evaluation_table.get("metrics")->source(),
+          fmt::format("key 'evaluation.metrics': unknown metric \"{}\"{}; known: auc, pearson, spearman",
+                      metric, suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion)));
     }
     if ((metric == "pearson" || metric == "spearman") && config.evaluation.reference.empty())
-      v.fail(evaluation_table.source(), fmt::format("metric \"{}\" needs evaluation.reference = \"<estimator name>\"", metric));
+      v.fail(evaluation_table.source(),
+             fmt::format("metric \"{}\" needs evaluation.reference = \"<estimator name>\"", metric));
   }
   if (!config.evaluation.reference.empty()) {
     bool found = false;
     std::vector<std::string> labels;
-    for (const auto& e : config.estimators) found |= e.label == config.evaluation.reference, labels.push_back(e.label);
+    for (const auto& e : config.estimators)
+      found |= e.label == config.evaluation.reference, labels.push_back(e.label);
     if (!found)
       v.fail(evaluation_table.get("reference")->source(),
-             fmt::format("key 'evaluation.reference': no [[estimator]] is named \"{}\"; names: {}", config.evaluation.reference, fmt::join(labels, ", ")));
+             fmt::format("key 'evaluation.reference': no [[estimator]] is named \"{}\"; names: {}",
+                         config.evaluation.reference, fmt::join(labels, ", ")));
   }
   if (config.evaluation.mode != "aggregate" && config.evaluation.mode != "pairwise")
-    v.fail(evaluation_table.get("mode")->source(), fmt::format("key 'evaluation.mode': expected \"aggregate\" or \"pairwise\", found \"{}\"", config.evaluation.mode));
+    v.fail(evaluation_table.get("mode")->source(),
+           fmt::format("key 'evaluation.mode': expected \"aggregate\" or \"pairwise\", found \"{}\"",
+                       config.evaluation.mode));
   resolved.insert("evaluation", options_table(evaluation));
 
   config.resolved_toml = to_text(resolved);
@@ -560,8 +622,7 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
 
 }  // namespace
 
-std::vector<ExperimentConfig> load_experiment(const fs::path& file,
-                                              const std::vector<std::string>& overrides,
+std::vector<ExperimentConfig> load_experiment(const fs::path& file, const std::vector<std::string>& overrides,
                                               Registry& registry) {
   if (!fs::exists(file)) throw Error(fmt::format("{}: no such experiment file", file.string()));
   toml::table root;
@@ -599,14 +660,16 @@ std::vector<ExperimentConfig> load_experiment(const fs::path& file,
   if (repeats > 1) {
     for (const auto& d : dims)
       if (d.path == "experiment.seed")
-        v.fail(experiment.source(), "use either [experiment] repeats or a [sweep] over experiment.seed, not both");
+        v.fail(experiment.source(),
+               "use either [experiment] repeats or a [sweep] over experiment.seed, not both");
     std::int64_t seed = experiment.get("seed") ? experiment.get("seed")->value_or<std::int64_t>(0) : 0;
     for (std::int64_t k = 0; k < repeats; ++k) seeds.push_back(seed + k);
     SweepDimension dim{"experiment.seed", {}};
     for (const auto& item : seeds) dim.values.push_back(&item);
     dims.push_back(std::move(dim));
   } else if (repeats < 1) {
-    v.fail(experiment.get("repeats")->source(), fmt::format("key 'experiment.repeats': expected a positive integer, found {}", repeats));
+    v.fail(experiment.get("repeats")->source(),
+           fmt::format("key 'experiment.repeats': expected a positive integer, found {}", repeats));
   }
 
   // Sweep points are substituted into the parsed tree in place (copies would lose every
@@ -619,7 +682,11 @@ std::vector<ExperimentConfig> load_experiment(const fs::path& file,
     for (std::size_t d = 0; d < dims.size(); ++d) {
       const toml::node* value = dims[d].values[index[d]];
       if (!lookup(root, dims[d].path) && dims[d].path.rfind("estimator", 0) == 0)
-        v.fail(value->source(), fmt::format("sweep key '{}': [[estimator]] options cannot be swept; list one [[estimator]] per variant", dims[d].path));
+        v.fail(
+            value->source(),
+            fmt::format(
+                "sweep key '{}': [[estimator]] options cannot be swept; list one [[estimator]] per variant",
+                dims[d].path));
       set_path(point, dims[d].path, *value, where(value->source(), file.string()));
       origins[dims[d].path] = where(value->source(), file.string());
       auto parts = split_path(dims[d].path);

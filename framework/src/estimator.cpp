@@ -1,12 +1,12 @@
 // Damping rule and scoring: the parts every estimator shares.
+#include "inflab/estimator.hpp"
+
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/mean.h>
 #include <ATen/ops/zeros.h>
 #include <fmt/format.h>
 
 #include "inflab/error.hpp"
-#include "inflab/estimator.hpp"
-#include "inflab/model.hpp"
 #include "inflab/scoring.hpp"
 
 namespace inflab {
@@ -24,7 +24,9 @@ double Damping::for_norms(const at::Tensor& squared_norms, std::int64_t dim) con
                        (static_cast<double>(squared_norms.numel()) * static_cast<double>(dim));
   double lambda = scale * mean_square;
   if (!(lambda > 0))
-    throw Error(fmt::format("damping rule gave lambda = {} (all gradients of a block are zero?); set a fixed damping > 0", lambda));
+    throw Error(fmt::format(
+        "damping rule gave lambda = {} (all gradients of a block are zero?); set a fixed damping > 0",
+        lambda));
   return lambda;
 }
 
@@ -47,7 +49,8 @@ Damping damping_from(const Options& options) {
   if (d.scale <= 0)
     throw Error(fmt::format("{}: damping_scale must be > 0, found {}", options.owner(), d.scale));
   if (d.fixed < 0)
-    throw Error(fmt::format("{}: damping must be > 0 (or 0 for the rule), found {}", options.owner(), d.fixed));
+    throw Error(
+        fmt::format("{}: damping must be > 0 (or 0 for the rule), found {}", options.owner(), d.fixed));
   return d;
 }
 
@@ -56,15 +59,16 @@ void check_blocks(const GradientBlocks& train, const GradientBlocks& queries) {
     throw Error(fmt::format("{} training gradient blocks but {} query blocks", train.size(), queries.size()));
   for (std::size_t b = 0; b < train.size(); ++b) {
     if (train[b].name != queries[b].name)
-      throw Error(fmt::format("block {} is '{}' for training but '{}' for queries", b, train[b].name, queries[b].name));
+      throw Error(fmt::format("block {} is '{}' for training but '{}' for queries", b, train[b].name,
+                              queries[b].name));
     if (train[b].values.dim() != 2 || queries[b].values.dim() != 2 ||
         train[b].values.size(1) != queries[b].values.size(1))
-      throw Error(fmt::format("block '{}': training and query gradients must be 2-D with equal widths", train[b].name));
+      throw Error(fmt::format("block '{}': training and query gradients must be 2-D with equal widths",
+                              train[b].name));
   }
 }
 
-at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train,
-                          const GradientBlocks& queries) {
+at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train, const GradientBlocks& queries) {
   check_blocks(train, queries);
   const auto n = train.at(0).values.size(0), q = queries.at(0).values.size(0);
   at::Tensor scores = at::zeros({n, q}, train[0].values.options());
@@ -75,22 +79,10 @@ at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train,
   return scores.neg_();  // I(k, q) = - g_k . M^{-1} v_q
 }
 
-at::Tensor score_aggregate(Estimator& estimator, const GradientBlocks& train,
-                           const GradientBlocks& queries) {
+at::Tensor score_aggregate(Estimator& estimator, const GradientBlocks& train, const GradientBlocks& queries) {
   GradientBlocks mean = queries;
   for (auto& block : mean) block.values = block.values.mean(0, /*keepdim=*/true);
   return score_pairwise(estimator, train, mean).squeeze(1);
-}
-
-at::Tensor Model::encode_texts(const std::vector<std::string>&) {
-  throw Error("this model does not take text; choose a text model (e.g. minilm_lora) for a text dataset");
-}
-
-at::Tensor Model::probe_features(const at::Tensor&) { throw Error("this model has no probe features"); }
-at::Tensor Model::probe_head(const at::Tensor&) { throw Error("this model has no probe head"); }
-
-at::Tensor Model::embed(const std::vector<std::string>&) {
-  throw Error("this model does not produce sentence embeddings");
 }
 
 }  // namespace inflab

@@ -15,15 +15,15 @@ namespace fs = std::filesystem;
 
 namespace inflab {
 
-GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs,
-                                     const at::Tensor& labels, std::int64_t batch_size,
-                                     const std::string& progress_label, bool factors,
+GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs, const at::Tensor& labels,
+                                     std::int64_t batch_size, const std::string& progress_label, bool factors,
                                      const BlockAllocator& allocate) {
   const std::int64_t n = inputs.size(0);
   std::vector<LoraLayer*> layers;
   for (auto* layer : model.lora_layers())
     if (layer->has_adapter()) layers.push_back(layer);
-  if (layers.empty()) throw Error("per_example_gradients: the model has no LoRA adapters (check model.lora.targets)");
+  if (layers.empty())
+    throw Error("per_example_gradients: the model has no LoRA adapters (check model.lora.targets)");
 
   GradientBlocks blocks;
   for (auto* layer : layers) {
@@ -68,8 +68,12 @@ GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs,
       torch::Tensor grad_hidden = flat(grads[2 * l]);
       torch::Tensor grad_output = flat(grads[2 * l + 1]);
       // dL_i/dA = sum_t dL/dh_t x_t^T ; dL_i/dB = sum_t dL/du_t h_t^T (u = B h, scale inside dL/du)
-      blocks[2 * l].values.narrow(0, start, count).copy_(torch::einsum("btr,bti->bri", {grad_hidden, input}).reshape({count, -1}));
-      blocks[2 * l + 1].values.narrow(0, start, count).copy_(torch::einsum("bto,btr->bor", {grad_output, hidden}).reshape({count, -1}));
+      blocks[2 * l]
+          .values.narrow(0, start, count)
+          .copy_(torch::einsum("btr,bti->bri", {grad_hidden, input}).reshape({count, -1}));
+      blocks[2 * l + 1]
+          .values.narrow(0, start, count)
+          .copy_(torch::einsum("bto,btr->bor", {grad_output, hidden}).reshape({count, -1}));
       if (factors) {
         // lora_A maps x -> h (activation x, output gradient dL/dh); lora_B maps h -> u.
         auto second_moment = [](const torch::Tensor& t) {
@@ -96,7 +100,8 @@ GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs,
   if (factors)
     for (std::size_t b = 0; b < blocks.size(); ++b) {
       auto& block = blocks[b];
-      block.activation_covariance = block.activation_covariance.div_(static_cast<double>(tokens[b / 2])).to(torch::kFloat);
+      block.activation_covariance =
+          block.activation_covariance.div_(static_cast<double>(tokens[b / 2])).to(torch::kFloat);
       block.gradient_covariance = block.gradient_covariance.div_(static_cast<double>(n)).to(torch::kFloat);
     }
   return blocks;
@@ -121,10 +126,12 @@ std::vector<T> optional_vector(const nlohmann::json& j, const char* key, std::in
   try {
     out = j.at(key).get<std::vector<T>>();
   } catch (const std::exception& e) {
-    throw Error(fmt::format("{}: {}.{}: expected an array of integers ({})", file.string(), side, key, e.what()));
+    throw Error(
+        fmt::format("{}: {}.{}: expected an array of integers ({})", file.string(), side, key, e.what()));
   }
   if (static_cast<std::int64_t>(out.size()) != count)
-    throw Error(fmt::format("{}: {}.{} has {} entries but the gradients have {} rows", file.string(), side, key, out.size(), count));
+    throw Error(fmt::format("{}: {}.{} has {} entries but the gradients have {} rows", file.string(), side,
+                            key, out.size(), count));
   return out;
 }
 }  // namespace
@@ -142,14 +149,16 @@ void save_gradient_store(const fs::path& dir, const GradientStore& store, bool t
       fs::create_directories(dir / "factors");
       save_npy(dir / "factors" / (block.name + ".activation.npy"), block.activation_covariance);
       save_npy(dir / "factors" / (block.name + ".gradient.npy"), block.gradient_covariance);
-      entry["factors"] = {{"in", block.activation_covariance.size(0)}, {"out", block.gradient_covariance.size(0)}};
+      entry["factors"] = {{"in", block.activation_covariance.size(0)},
+                          {"out", block.gradient_covariance.size(0)}};
     }
     blocks.push_back(entry);
   }
   nlohmann::json j;
   j["format"] = "inflab-gradient-store";
   j["version"] = 1;
-  j["dtype"] = !store.train.empty() && store.train[0].values.scalar_type() == torch::kHalf ? "float16" : "float32";
+  j["dtype"] =
+      !store.train.empty() && store.train[0].values.scalar_type() == torch::kHalf ? "float16" : "float32";
   j["blocks"] = blocks;
   j["train"] = meta_json(store.train_meta, store.train.empty() ? 0 : store.train[0].values.size(0));
   j["query"] = meta_json(store.query_meta, store.query.empty() ? 0 : store.query[0].values.size(0));
@@ -159,7 +168,10 @@ void save_gradient_store(const fs::path& dir, const GradientStore& store, bool t
 GradientStore load_gradient_store(const fs::path& dir) {
   fs::path manifest = dir / "blocks.json";
   if (!fs::exists(manifest))
-    throw Error(fmt::format("{}: missing; a gradient directory needs blocks.json, train/<block>.npy and query/<block>.npy (docs/gradient-store.md)", manifest.string()));
+    throw Error(
+        fmt::format("{}: missing; a gradient directory needs blocks.json, train/<block>.npy and "
+                    "query/<block>.npy (docs/gradient-store.md)",
+                    manifest.string()));
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(read_file(manifest));
@@ -167,35 +179,49 @@ GradientStore load_gradient_store(const fs::path& dir) {
     throw Error(fmt::format("{}: invalid JSON: {}", manifest.string(), e.what()));
   }
   if (!j.contains("blocks") || !j["blocks"].is_array() || j["blocks"].empty())
-    throw Error(fmt::format("{}: expected \"blocks\": a non-empty array of {{\"name\": ..., \"dim\": ...}}", manifest.string()));
+    throw Error(fmt::format("{}: expected \"blocks\": a non-empty array of {{\"name\": ..., \"dim\": ...}}",
+                            manifest.string()));
   GradientStore store;
   std::int64_t n_train = -1, n_query = -1;
   for (const auto& block : j["blocks"]) {
-    if (!block.contains("name") || !block["name"].is_string() || !block.contains("dim") || !block["dim"].is_number_integer())
-      throw Error(fmt::format("{}: each entry of \"blocks\" needs \"name\" (string) and \"dim\" (integer), found {}", manifest.string(), block.dump()));
+    if (!block.contains("name") || !block["name"].is_string() || !block.contains("dim") ||
+        !block["dim"].is_number_integer())
+      throw Error(
+          fmt::format("{}: each entry of \"blocks\" needs \"name\" (string) and \"dim\" (integer), found {}",
+                      manifest.string(), block.dump()));
     std::string name = block["name"];
     std::int64_t dim = block["dim"];
     auto read = [&](const char* side, std::int64_t& rows) {
       fs::path file = dir / side / (name + ".npy");
-      if (!fs::exists(file)) throw Error(fmt::format("{}: missing (blocks.json lists block '{}')", file.string(), name));
+      if (!fs::exists(file))
+        throw Error(fmt::format("{}: missing (blocks.json lists block '{}')", file.string(), name));
       // float32 files are memory-mapped (no copy, pages load on demand); others are converted.
       at::Tensor t = map_npy(file);
       if (t.dim() != 2 || t.size(1) != dim)
-        throw Error(fmt::format("{}: expected shape (n, {}) as blocks.json says, found {}", file.string(), dim, fmt::format("{}", fmt::join(t.sizes(), " x "))));
+        throw Error(fmt::format("{}: expected shape (n, {}) as blocks.json says, found {}", file.string(),
+                                dim, fmt::format("{}", fmt::join(t.sizes(), " x "))));
       if (rows >= 0 && t.size(0) != rows)
-        throw Error(fmt::format("{}: has {} rows but other {} blocks have {}", file.string(), t.size(0), side, rows));
+        throw Error(
+            fmt::format("{}: has {} rows but other {} blocks have {}", file.string(), t.size(0), side, rows));
       rows = t.size(0);
-      if (!t.is_floating_point()) throw Error(fmt::format("{}: expected floating-point gradients, found {}", file.string(), c10::toString(t.scalar_type())));
+      if (!t.is_floating_point())
+        throw Error(fmt::format("{}: expected floating-point gradients, found {}", file.string(),
+                                c10::toString(t.scalar_type())));
       return t.scalar_type() == torch::kFloat32 ? t : t.to(torch::kFloat32).contiguous();
     };
     store.train.push_back({name, read("train", n_train)});
     store.query.push_back({name, read("query", n_query)});
-    fs::path activation = dir / "factors" / (name + ".activation.npy"), gradient = dir / "factors" / (name + ".gradient.npy");
+    fs::path activation = dir / "factors" / (name + ".activation.npy"),
+             gradient = dir / "factors" / (name + ".gradient.npy");
     if (fs::exists(activation) && fs::exists(gradient)) {
       at::Tensor a = load_npy(activation).to(torch::kFloat32), g = load_npy(gradient).to(torch::kFloat32);
-      if (a.dim() != 2 || g.dim() != 2 || a.size(0) != a.size(1) || g.size(0) != g.size(1) || a.size(0) * g.size(0) != dim)
-        throw Error(fmt::format("{} and {}: expected square factors of sizes in and out with in * out = {} (the block's dim), found {} and {}",
-                                activation.string(), gradient.string(), dim, fmt::join(a.sizes(), " x "), fmt::join(g.sizes(), " x ")));
+      if (a.dim() != 2 || g.dim() != 2 || a.size(0) != a.size(1) || g.size(0) != g.size(1) ||
+          a.size(0) * g.size(0) != dim)
+        throw Error(
+            fmt::format("{} and {}: expected square factors of sizes in and out with in * out = {} (the "
+                        "block's dim), found {} and {}",
+                        activation.string(), gradient.string(), dim, fmt::join(a.sizes(), " x "),
+                        fmt::join(g.sizes(), " x ")));
       store.train.back().activation_covariance = a;
       store.train.back().gradient_covariance = g;
     }
@@ -204,7 +230,8 @@ GradientStore load_gradient_store(const fs::path& dir) {
     if (!j.contains(side)) return;
     const auto& m = j[side];
     if (m.contains("count") && m["count"].get<std::int64_t>() != count)
-      throw Error(fmt::format("{}: {}.count = {} but the {} gradients have {} rows", manifest.string(), side, m["count"].get<std::int64_t>(), side, count));
+      throw Error(fmt::format("{}: {}.count = {} but the {} gradients have {} rows", manifest.string(), side,
+                              m["count"].get<std::int64_t>(), side, count));
     meta.ids = optional_vector<std::int64_t>(m, "ids", count, manifest, side);
     meta.labels = optional_vector<std::int64_t>(m, "labels", count, manifest, side);
     meta.observed_labels = optional_vector<std::int64_t>(m, "observed_labels", count, manifest, side);

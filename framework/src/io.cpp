@@ -1,9 +1,9 @@
 #include "inflab/io.hpp"
 
 #include <ATen/ops/empty.h>
-#include <fmt/format.h>
 #include <ATen/ops/from_blob.h>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -74,8 +74,10 @@ std::string npy_header(const at::Tensor& tensor) {
   if (!descr) throw Error(fmt::format("save_npy: unsupported dtype {}", c10::toString(tensor.scalar_type())));
   std::string shape;
   for (auto size : tensor.sizes()) shape += std::to_string(size) + ", ";
-  if (tensor.dim() == 1) shape.pop_back();  // "(n,)"
-  else if (!shape.empty()) shape.erase(shape.size() - 2);
+  if (tensor.dim() == 1)
+    shape.pop_back();  // "(n,)"
+  else if (!shape.empty())
+    shape.erase(shape.size() - 2);
   std::string header =
       fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': ({}), }}", descr, shape);
   std::size_t total = 10 + header.size() + 1;
@@ -139,8 +141,10 @@ NpyHeader read_npy_header(std::ifstream& in, const fs::path& path) {
     throw Error(fmt::format("{}: .npy header has no 'descr': {}", path.string(), header));
   std::string descr = m[1];
   if (std::regex_search(header, m, std::regex("'fortran_order'\\s*:\\s*True")))
-    throw Error(fmt::format("{}: Fortran-ordered arrays are not supported; save with "
-                            "numpy.ascontiguousarray first", path.string()));
+    throw Error(
+        fmt::format("{}: Fortran-ordered arrays are not supported; save with "
+                    "numpy.ascontiguousarray first",
+                    path.string()));
   if (!std::regex_search(header, m, std::regex("'shape'\\s*:\\s*\\(([^)]*)\\)")))
     throw Error(fmt::format("{}: .npy header has no 'shape': {}", path.string(), header));
   NpyHeader result{c10::ScalarType::Undefined, {}, prefix + header_length};
@@ -154,8 +158,10 @@ NpyHeader read_npy_header(std::ifstream& in, const fs::path& path) {
     if (descr == t.descr) result.type = t.type;
   if (descr == "<i1" || descr == "|i1") result.type = c10::kChar;
   if (result.type == c10::ScalarType::Undefined)
-    throw Error(fmt::format("{}: unsupported dtype '{}' (expected little-endian float32, "
-                            "float64, float16, int64, int32 or bool)", path.string(), descr));
+    throw Error(
+        fmt::format("{}: unsupported dtype '{}' (expected little-endian float32, "
+                    "float64, float16, int64, int32 or bool)",
+                    path.string(), descr));
   return result;
 }
 
@@ -182,12 +188,15 @@ at::Tensor load_npy(const fs::path& path) {
 namespace {
 at::Tensor map_region(const fs::path& path, int fd, std::size_t file_size, std::size_t offset,
                       const std::vector<std::int64_t>& shape, c10::ScalarType type, bool writable) {
-  void* address = ::mmap(nullptr, file_size, PROT_READ | PROT_WRITE, writable ? MAP_SHARED : MAP_PRIVATE, fd, 0);
+  void* address =
+      ::mmap(nullptr, file_size, PROT_READ | PROT_WRITE, writable ? MAP_SHARED : MAP_PRIVATE, fd, 0);
   ::close(fd);
-  if (address == MAP_FAILED) throw Error(fmt::format("{}: cannot memory-map ({})", path.string(), std::strerror(errno)));
+  if (address == MAP_FAILED)
+    throw Error(fmt::format("{}: cannot memory-map ({})", path.string(), std::strerror(errno)));
   auto* data = static_cast<char*>(address) + offset;
   return at::from_blob(
-      data, shape, [address, file_size](void*) { ::munmap(address, file_size); }, at::TensorOptions().dtype(type));
+      data, shape, [address, file_size](void*) { ::munmap(address, file_size); },
+      at::TensorOptions().dtype(type));
 }
 }  // namespace
 
@@ -199,24 +208,28 @@ at::Tensor map_npy(const fs::path& path) {
   const std::size_t bytes = element_count(header.shape) * c10::elementSize(header.type);
   const std::size_t file_size = fs::file_size(path);
   if (file_size < header.data_offset + bytes)
-    throw Error(fmt::format("{}: truncated: the header promises {} bytes of data, the file has {}", path.string(),
-                            bytes, file_size - std::min(file_size, header.data_offset)));
+    throw Error(fmt::format("{}: truncated: the header promises {} bytes of data, the file has {}",
+                            path.string(), bytes, file_size - std::min(file_size, header.data_offset)));
   if (bytes == 0) return load_npy(path);
   int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0) throw Error(fmt::format("{}: cannot open ({})", path.string(), std::strerror(errno)));
   return map_region(path, fd, file_size, header.data_offset, header.shape, header.type, false);
 }
 
-at::Tensor create_mapped_npy(const fs::path& path, const std::vector<std::int64_t>& shape, c10::ScalarType type) {
+at::Tensor create_mapped_npy(const fs::path& path, const std::vector<std::int64_t>& shape,
+                             c10::ScalarType type) {
   if (path.has_parent_path()) fs::create_directories(path.parent_path());
   std::string header = npy_header(at::empty({0}, at::TensorOptions().dtype(type)));
   // Rewrite the header for the real shape: npy_bytes of an empty tensor gives the layout.
   std::string shape_text;
   for (auto s : shape) shape_text += std::to_string(s) + ", ";
-  if (shape.size() != 1 && !shape_text.empty()) shape_text.erase(shape_text.size() - 2);
-  else if (!shape_text.empty()) shape_text.pop_back();
+  if (shape.size() != 1 && !shape_text.empty())
+    shape_text.erase(shape_text.size() - 2);
+  else if (!shape_text.empty())
+    shape_text.pop_back();
   std::string descr = header.substr(header.find("'descr': '") + 10, 3);
-  std::string dict = fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': ({}), }}", descr, shape_text);
+  std::string dict =
+      fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': ({}), }}", descr, shape_text);
   dict.append((64 - (10 + dict.size() + 1) % 64) % 64, ' ');
   dict.push_back('\n');
   std::string prefix("\x93NUMPY\x01\x00", 8);
@@ -229,7 +242,8 @@ at::Tensor create_mapped_npy(const fs::path& path, const std::vector<std::int64_
   if (::write(fd, prefix.data(), prefix.size()) != static_cast<ssize_t>(prefix.size()) ||
       ::ftruncate(fd, static_cast<off_t>(prefix.size() + bytes)) != 0) {
     ::close(fd);
-    throw Error(fmt::format("{}: cannot size the file to {} bytes ({})", path.string(), prefix.size() + bytes, std::strerror(errno)));
+    throw Error(fmt::format("{}: cannot size the file to {} bytes ({})", path.string(), prefix.size() + bytes,
+                            std::strerror(errno)));
   }
   if (bytes == 0) {
     ::close(fd);

@@ -23,8 +23,9 @@ KroneckerBasis kronecker_basis(const GradientBlock& block, const std::string& es
   basis.in = block.activation_covariance.size(0);
   basis.out = block.gradient_covariance.size(0);
   if (basis.in * basis.out != block.values.size(1))
-    throw Error(fmt::format("{}: block '{}' has {} columns but its factors are {} x {} and {} x {}", estimator, block.name,
-                            block.values.size(1), basis.out, basis.out, basis.in, basis.in));
+    throw Error(fmt::format("{}: block '{}' has {} columns but its factors are {} x {} and {} x {}",
+                            estimator, block.name, block.values.size(1), basis.out, basis.out, basis.in,
+                            basis.in));
   auto [eigen_in, q_in] = at::linalg_eigh(block.activation_covariance.to(c10::kDouble));
   auto [eigen_out, q_out] = at::linalg_eigh(block.gradient_covariance.to(c10::kDouble));
   basis.eigen_in = eigen_in.clamp_min(0);  // covariances are PSD; round-off may dip below 0
@@ -47,11 +48,13 @@ at::Tensor kronecker_inverse_product(const KroneckerBasis& basis, const at::Tens
   return back.reshape({queries.size(0), basis.out * basis.in}).to(queries.scalar_type());
 }
 
-at::Tensor corrected_eigenvalues(const KroneckerBasis& basis, const at::Tensor& gradients, std::int64_t chunk) {
+at::Tensor corrected_eigenvalues(const KroneckerBasis& basis, const at::Tensor& gradients,
+                                 std::int64_t chunk) {
   const auto n = gradients.size(0);
   at::Tensor sum = at::zeros({basis.out, basis.in}, gradients.options().dtype(c10::kDouble));
   for (std::int64_t start = 0; start < n; start += chunk)
-    sum.add_(to_kronecker_basis(basis, gradients.narrow(0, start, std::min(chunk, n - start))).square().sum(0));
+    sum.add_(
+        to_kronecker_basis(basis, gradients.narrow(0, start, std::min(chunk, n - start))).square().sum(0));
   return sum.div_(static_cast<double>(n));
 }
 
@@ -80,7 +83,8 @@ bool KroneckerEstimator::save_fit(const std::string& dir) const {
     save_npy(base.string() + ".eigen_out.npy", block.basis.eigen_out);
     save_npy(base.string() + ".eigen_in.npy", block.basis.eigen_in);
     save_npy(base.string() + ".eigenvalues.npy", block.eigenvalues);
-    save_npy(base.string() + ".lambda.npy", at::full({1}, block.lambda, at::TensorOptions().dtype(c10::kDouble)));
+    save_npy(base.string() + ".lambda.npy",
+             at::full({1}, block.lambda, at::TensorOptions().dtype(c10::kDouble)));
   }
   return true;
 }

@@ -36,7 +36,8 @@ void LoraLayer::reset_adapter(std::uint64_t seed) {
 torch::Tensor LoraLayer::adapter(const torch::Tensor& tokens) {
   torch::Tensor input = tokens;
   if (is_training() && dropout_ > 0)
-    input = torch::nn::functional::dropout(tokens, torch::nn::functional::DropoutFuncOptions().p(dropout_).training(true));
+    input = torch::nn::functional::dropout(
+        tokens, torch::nn::functional::DropoutFuncOptions().p(dropout_).training(true));
   torch::Tensor hidden = input.matmul(a_.t());
   torch::Tensor output = hidden.matmul(b_.t());
   if (capture) {
@@ -73,15 +74,17 @@ void LoraLinear::unmerge() {
   merged_ = false;
 }
 
-LoraConv2d::LoraConv2d(std::string name, std::int64_t in_channels, std::int64_t out_channels, std::int64_t kernel,
-                       std::int64_t stride, std::int64_t padding, const LoraConfig& config, bool with_adapter)
+LoraConv2d::LoraConv2d(std::string name, std::int64_t in_channels, std::int64_t out_channels,
+                       std::int64_t kernel, std::int64_t stride, std::int64_t padding,
+                       const LoraConfig& config, bool with_adapter)
     : LoraLayer(std::move(name), in_channels * kernel * kernel, out_channels, config, with_adapter),
       kernel_(kernel),
       stride_(stride),
       padding_(padding) {
-  base_ = register_module("base", torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, out_channels, kernel)
-                                                         .stride(stride)
-                                                         .padding(padding)));
+  base_ = register_module(
+      "base",
+      torch::nn::Conv2d(
+          torch::nn::Conv2dOptions(in_channels, out_channels, kernel).stride(stride).padding(padding)));
 }
 
 torch::Tensor LoraConv2d::forward(const torch::Tensor& x) {

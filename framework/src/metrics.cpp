@@ -40,9 +40,10 @@ double roc_auc(const std::vector<double>& scores, const std::vector<int>& labels
 
 double pearson(const std::vector<double>& x, const std::vector<double>& y) {
   if (x.size() != y.size() || x.size() < 2)
-    throw Error(fmt::format("pearson: needs two equal-length vectors of at least 2 values, got "
-                            "{} and {}",
-                            x.size(), y.size()));
+    throw Error(
+        fmt::format("pearson: needs two equal-length vectors of at least 2 values, got "
+                    "{} and {}",
+                    x.size(), y.size()));
   double n = static_cast<double>(x.size());
   double mx = std::accumulate(x.begin(), x.end(), 0.0) / n;
   double my = std::accumulate(y.begin(), y.end(), 0.0) / n;
@@ -61,11 +62,11 @@ double spearman(const std::vector<double>& x, const std::vector<double>& y) {
 }
 
 ClassDetection class_detection(const std::vector<double>& influence,
-                               const std::vector<std::int64_t>& train_labels,
-                               std::int64_t query_label, std::int64_t s) {
+                               const std::vector<std::int64_t>& train_labels, std::int64_t query_label,
+                               std::int64_t s) {
   if (influence.size() != train_labels.size())
-    throw Error(fmt::format("class_detection: {} scores but {} labels", influence.size(),
-                            train_labels.size()));
+    throw Error(
+        fmt::format("class_detection: {} scores but {} labels", influence.size(), train_labels.size()));
   std::vector<int> same(train_labels.size());
   for (std::size_t i = 0; i < same.size(); ++i) same[i] = train_labels[i] == query_label;
   // The most influential examples are the most helpful ones: the most negative scores

@@ -11,13 +11,20 @@ namespace inflab {
 
 const char* to_string(OptionType type) {
   switch (type) {
-    case OptionType::Bool: return "boolean";
-    case OptionType::Int: return "integer";
-    case OptionType::Double: return "number";
-    case OptionType::String: return "string";
-    case OptionType::IntList: return "array of integers";
-    case OptionType::DoubleList: return "array of numbers";
-    case OptionType::StringList: return "array of strings";
+    case OptionType::Bool:
+      return "boolean";
+    case OptionType::Int:
+      return "integer";
+    case OptionType::Double:
+      return "number";
+    case OptionType::String:
+      return "string";
+    case OptionType::IntList:
+      return "array of integers";
+    case OptionType::DoubleList:
+      return "array of numbers";
+    case OptionType::StringList:
+      return "array of strings";
   }
   return "?";
 }
@@ -46,61 +53,55 @@ std::string format_value(const Value& value) {
 const Value& Options::at(const std::string& name, const char* expected) const {
   auto it = values_.find(name);
   if (it == values_.end())
-    throw Error(fmt::format("{}: option '{}' ({}) is not declared or was not set", owner_, name,
-                            expected));
+    throw Error(fmt::format("{}: option '{}' ({}) is not declared or was not set", owner_, name, expected));
   return it->second;
 }
 
 bool Options::get_bool(const std::string& name) const {
   const Value& v = at(name, "boolean");
   if (auto* b = std::get_if<bool>(&v)) return *b;
-  throw Error(fmt::format("{}: option '{}' expected boolean, found {}", owner_, name,
-                          format_value(v)));
+  throw Error(fmt::format("{}: option '{}' expected boolean, found {}", owner_, name, format_value(v)));
 }
 
 std::int64_t Options::get_int(const std::string& name) const {
   const Value& v = at(name, "integer");
   if (auto* i = std::get_if<std::int64_t>(&v)) return *i;
-  throw Error(fmt::format("{}: option '{}' expected integer, found {}", owner_, name,
-                          format_value(v)));
+  throw Error(fmt::format("{}: option '{}' expected integer, found {}", owner_, name, format_value(v)));
 }
 
 double Options::get_double(const std::string& name) const {
   const Value& v = at(name, "number");
   if (auto* d = std::get_if<double>(&v)) return *d;
   if (auto* i = std::get_if<std::int64_t>(&v)) return static_cast<double>(*i);
-  throw Error(fmt::format("{}: option '{}' expected number, found {}", owner_, name,
-                          format_value(v)));
+  throw Error(fmt::format("{}: option '{}' expected number, found {}", owner_, name, format_value(v)));
 }
 
 const std::string& Options::get_string(const std::string& name) const {
   const Value& v = at(name, "string");
   if (auto* s = std::get_if<std::string>(&v)) return *s;
-  throw Error(fmt::format("{}: option '{}' expected string, found {}", owner_, name,
-                          format_value(v)));
+  throw Error(fmt::format("{}: option '{}' expected string, found {}", owner_, name, format_value(v)));
 }
 
 std::vector<std::int64_t> Options::get_int_list(const std::string& name) const {
   const Value& v = at(name, "array of integers");
   if (auto* l = std::get_if<std::vector<std::int64_t>>(&v)) return *l;
-  throw Error(fmt::format("{}: option '{}' expected array of integers, found {}", owner_, name,
-                          format_value(v)));
+  throw Error(
+      fmt::format("{}: option '{}' expected array of integers, found {}", owner_, name, format_value(v)));
 }
 
 std::vector<double> Options::get_double_list(const std::string& name) const {
   const Value& v = at(name, "array of numbers");
   if (auto* l = std::get_if<std::vector<double>>(&v)) return *l;
-  if (auto* l = std::get_if<std::vector<std::int64_t>>(&v))
-    return std::vector<double>(l->begin(), l->end());
-  throw Error(fmt::format("{}: option '{}' expected array of numbers, found {}", owner_, name,
-                          format_value(v)));
+  if (auto* l = std::get_if<std::vector<std::int64_t>>(&v)) return std::vector<double>(l->begin(), l->end());
+  throw Error(
+      fmt::format("{}: option '{}' expected array of numbers, found {}", owner_, name, format_value(v)));
 }
 
 std::vector<std::string> Options::get_string_list(const std::string& name) const {
   const Value& v = at(name, "array of strings");
   if (auto* l = std::get_if<std::vector<std::string>>(&v)) return *l;
-  throw Error(fmt::format("{}: option '{}' expected array of strings, found {}", owner_, name,
-                          format_value(v)));
+  throw Error(
+      fmt::format("{}: option '{}' expected array of strings, found {}", owner_, name, format_value(v)));
 }
 
 Options default_options(const std::string& owner, const std::vector<OptionSpec>& specs) {
@@ -126,8 +127,7 @@ std::vector<std::string> split_list(std::string text) {
 }
 
 template <class T, class Parse>
-T parse_number(const std::string& text, Parse parse, const char* expected,
-               const std::string& where) {
+T parse_number(const std::string& text, Parse parse, const char* expected, const std::string& where) {
   std::size_t used = 0;
   try {
     T value = parse(text, &used);
@@ -141,8 +141,7 @@ T parse_number(const std::string& text, Parse parse, const char* expected,
 Value parse_value(const std::string& text, OptionType type, const std::string& where) {
   auto to_int = [&](const std::string& t) {
     return parse_number<std::int64_t>(
-        t, [](const std::string& s, std::size_t* n) { return std::stoll(s, n); }, "integer",
-        where);
+        t, [](const std::string& s, std::size_t* n) { return std::stoll(s, n); }, "integer", where);
   };
   auto to_double = [&](const std::string& t) {
     return parse_number<double>(
@@ -153,8 +152,10 @@ Value parse_value(const std::string& text, OptionType type, const std::string& w
       if (text == "true") return true;
       if (text == "false") return false;
       throw Error(fmt::format("{}: expected true or false, found '{}'", where, text));
-    case OptionType::Int: return to_int(text);
-    case OptionType::Double: return to_double(text);
+    case OptionType::Int:
+      return to_int(text);
+    case OptionType::Double:
+      return to_double(text);
     case OptionType::String: {
       std::string s = text;
       if (s.size() >= 2 && s.front() == '"' && s.back() == '"') s = s.substr(1, s.size() - 2);
@@ -170,7 +171,8 @@ Value parse_value(const std::string& text, OptionType type, const std::string& w
       for (const auto& item : split_list(text)) out.push_back(to_double(item));
       return out;
     }
-    case OptionType::StringList: return split_list(text);
+    case OptionType::StringList:
+      return split_list(text);
   }
   throw Error(where + ": unknown option type");
 }

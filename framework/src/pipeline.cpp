@@ -4,8 +4,8 @@
 #include <torch/torch.h>
 
 #include <chrono>
-#include <functional>
 #include <cstdlib>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
@@ -66,14 +66,16 @@ std::vector<std::int64_t> to_vector(const torch::Tensor& t) {
 
 void train(Model& model, const std::function<torch::Tensor(const torch::Tensor&)>& forward,
            const std::vector<torch::Tensor>& parameters, const torch::Tensor& inputs,
-           const torch::Tensor& labels, std::int64_t epochs, double learning_rate,
-           std::int64_t batch_size, const std::string& optimizer_name, double weight_decay,
-           std::int64_t seed, const std::string& label) {
+           const torch::Tensor& labels, std::int64_t epochs, double learning_rate, std::int64_t batch_size,
+           const std::string& optimizer_name, double weight_decay, std::int64_t seed,
+           const std::string& label) {
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   if (optimizer_name == "sgd")
-    optimizer = std::make_unique<torch::optim::SGD>(parameters, torch::optim::SGDOptions(learning_rate).momentum(0.9).weight_decay(weight_decay));
+    optimizer = std::make_unique<torch::optim::SGD>(
+        parameters, torch::optim::SGDOptions(learning_rate).momentum(0.9).weight_decay(weight_decay));
   else
-    optimizer = std::make_unique<torch::optim::Adam>(parameters, torch::optim::AdamOptions(learning_rate).weight_decay(weight_decay));
+    optimizer = std::make_unique<torch::optim::Adam>(
+        parameters, torch::optim::AdamOptions(learning_rate).weight_decay(weight_decay));
   const std::int64_t n = inputs.size(0);
   const std::int64_t batches = (n + batch_size - 1) / batch_size;
   auto generator = at::detail::createCPUGenerator(static_cast<std::uint64_t>(seed));
@@ -84,7 +86,8 @@ void train(Model& model, const std::function<torch::Tensor(const torch::Tensor&)
     for (std::int64_t b = 0; b < batches; ++b) {
       torch::Tensor index = order.narrow(0, b * batch_size, std::min(batch_size, n - b * batch_size));
       optimizer->zero_grad();
-      torch::Tensor loss = torch::nn::functional::cross_entropy(forward(inputs.index_select(0, index)), labels.index_select(0, index));
+      torch::Tensor loss = torch::nn::functional::cross_entropy(forward(inputs.index_select(0, index)),
+                                                                labels.index_select(0, index));
       loss.backward();
       optimizer->step();
       progress.advance();
@@ -131,8 +134,8 @@ bool load_tensors(const fs::path& path, const std::vector<torch::Tensor>& target
 
 }  // namespace
 
-GradientStore prepare_gradients(const ExperimentConfig& config, Registry& registry,
-                                const RunPaths& paths, RunOutcome* outcome) {
+GradientStore prepare_gradients(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
+                                RunOutcome* outcome) {
   RunOutcome local;
   RunOutcome& out = outcome ? *outcome : local;
   fs::path cache = paths.cache_root.empty() ? default_cache_root() : paths.cache_root;
@@ -147,15 +150,18 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
   }
 
   auto start = Clock::now();
-  auto dataset = registry.create_as<Dataset>(PluginKind::Dataset, config.dataset.plugin, config.dataset.options);
+  auto dataset =
+      registry.create_as<Dataset>(PluginKind::Dataset, config.dataset.plugin, config.dataset.options);
   DatasetSplits data = dataset->load();
   if (data.train.size() == 0 || data.validation.size() == 0)
-    throw Error(fmt::format("dataset '{}' returned an empty training or validation split", config.dataset.plugin));
+    throw Error(
+        fmt::format("dataset '{}' returned an empty training or validation split", config.dataset.plugin));
   ExampleMeta train_meta, query_meta;
   train_meta.ids = data.train.ids;
   train_meta.labels = to_vector(data.train.labels);
   train_meta.observed_labels = train_meta.labels;
-  train_meta.flipped = flip_labels(train_meta.observed_labels, data.num_classes(), config.label_noise, config.noise_seed);
+  train_meta.flipped =
+      flip_labels(train_meta.observed_labels, data.num_classes(), config.label_noise, config.noise_seed);
   query_meta.ids = data.validation.ids;
   query_meta.labels = to_vector(data.validation.labels);
   torch::Tensor observed = torch::tensor(train_meta.observed_labels, torch::kLong);
@@ -175,7 +181,8 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
   if (data.pretrain.size() > 0 && !data.pretrain.inputs.defined())
     throw Error(fmt::format("dataset '{}' gave a pretrain split without inputs", config.dataset.plugin));
   DataShape shape;
-  for (std::int64_t d = 1; d < data.train.inputs.dim(); ++d) shape.input_shape.push_back(data.train.inputs.size(d));
+  for (std::int64_t d = 1; d < data.train.inputs.dim(); ++d)
+    shape.input_shape.push_back(data.train.inputs.size(d));
   shape.num_classes = data.num_classes();
   model->build(shape, config.lora, static_cast<std::uint64_t>(config.seed));
   std::vector<torch::Tensor> lora = lora_tensors(*model);
@@ -190,7 +197,8 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
     out.stage_cached["pretrain"] = load_tensors(file, base);
     if (!out.stage_cached["pretrain"]) {
       if (data.pretrain.size() == 0)
-        throw Error(fmt::format("model '{}' needs base pretraining but dataset '{}' has no pretrain split", config.model.plugin, config.dataset.plugin));
+        throw Error(fmt::format("model '{}' needs base pretraining but dataset '{}' has no pretrain split",
+                                config.model.plugin, config.dataset.plugin));
       for (auto& t : lora) t.set_requires_grad(false);
       for (auto& t : base) t.set_requires_grad(true);
       if (model->has_probe()) {
@@ -208,13 +216,15 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
           }
           features = torch::cat(chunks);
         }
-        train(*model, [&](const torch::Tensor& f) { return model->probe_head(f); }, base, features, data.pretrain.labels,
-              config.training.pretrain_epochs, config.training.pretrain_learning_rate, config.training.batch_size, "adam",
-              0.0, 0, "training the head");
+        train(
+            *model, [&](const torch::Tensor& f) { return model->probe_head(f); }, base, features,
+            data.pretrain.labels, config.training.pretrain_epochs, config.training.pretrain_learning_rate,
+            config.training.batch_size, "adam", 0.0, 0, "training the head");
       } else {
-        train(*model, [&](const torch::Tensor& x) { return model->forward(x); }, base, data.pretrain.inputs,
-              data.pretrain.labels, config.training.pretrain_epochs, config.training.pretrain_learning_rate,
-              config.training.batch_size, "adam", 0.0, 0, "pretraining base");
+        train(
+            *model, [&](const torch::Tensor& x) { return model->forward(x); }, base, data.pretrain.inputs,
+            data.pretrain.labels, config.training.pretrain_epochs, config.training.pretrain_learning_rate,
+            config.training.batch_size, "adam", 0.0, 0, "pretraining base");
       }
       save_tensors(file, base);
     }
@@ -228,10 +238,10 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
   out.stage_cached["finetune"] = load_tensors(finetune_file, lora);
   if (!out.stage_cached["finetune"]) {
     torch::manual_seed(static_cast<std::uint64_t>(config.seed));  // dropout masks
-    train(*model, [&](const torch::Tensor& x) { return model->forward(x); }, lora, data.train.inputs, observed,
-          config.training.epochs, config.training.learning_rate,
-          config.training.batch_size, config.training.optimizer, config.training.weight_decay, config.seed,
-          "fine-tuning LoRA");
+    train(
+        *model, [&](const torch::Tensor& x) { return model->forward(x); }, lora, data.train.inputs, observed,
+        config.training.epochs, config.training.learning_rate, config.training.batch_size,
+        config.training.optimizer, config.training.weight_decay, config.seed, "fine-tuning LoRA");
     save_tensors(finetune_file, lora);
   }
   out.stage_seconds["finetune"] = seconds_since(start);
@@ -252,12 +262,14 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
     return create_mapped_npy(temporary / "train" / (block + ".npy"), {rows, cols}, dtype);
   };
   if (on_disk)
-    log(fmt::format("gradients: {:.0f} MiB of training gradients ({}) go to memory-mapped files in {}", train_mb,
-                    config.evaluation.gradient_dtype, gradient_dir.string()));
+    log(fmt::format("gradients: {:.0f} MiB of training gradients ({}) go to memory-mapped files in {}",
+                    train_mb, config.evaluation.gradient_dtype, gradient_dir.string()));
   GradientStore store;
-  store.train = per_example_gradients(*model, data.train.inputs, observed, config.evaluation.gradient_batch_size,
-                                      "train gradients", /*factors=*/true, on_disk ? to_disk : BlockAllocator{});
-  store.query = per_example_gradients(*model, data.validation.inputs, data.validation.labels, config.evaluation.gradient_batch_size, "validation gradients");
+  store.train =
+      per_example_gradients(*model, data.train.inputs, observed, config.evaluation.gradient_batch_size,
+                            "train gradients", /*factors=*/true, on_disk ? to_disk : BlockAllocator{});
+  store.query = per_example_gradients(*model, data.validation.inputs, data.validation.labels,
+                                      config.evaluation.gradient_batch_size, "validation gradients");
   store.train_meta = std::move(train_meta);
   store.query_meta = std::move(query_meta);
   save_gradient_store(temporary, store, /*train_values_written=*/on_disk);
@@ -281,7 +293,8 @@ std::string metrics_csv(const std::vector<EstimatorOutcome>& estimators) {
   std::string csv = "estimator,metric,value\n";
   for (const auto& e : estimators) {
     csv += fmt::format("{},seconds,{:.6f}\n", e.label, e.seconds);
-    for (const auto& [metric, value] : e.metrics) csv += fmt::format("{},{},{:.8g}\n", e.label, metric, value);
+    for (const auto& [metric, value] : e.metrics)
+      csv += fmt::format("{},{},{:.8g}\n", e.label, metric, value);
   }
   return csv;
 }
@@ -298,8 +311,10 @@ std::vector<EstimatorOutcome> read_metrics_csv(const fs::path& file) {
     std::getline(fields, metric, ',');
     std::getline(fields, value, ',');
     if (out.empty() || out.back().label != label) out.push_back({label, 0, {}});
-    if (metric == "seconds") out.back().seconds = std::stod(value);
-    else out.back().metrics[metric] = std::stod(value);
+    if (metric == "seconds")
+      out.back().seconds = std::stod(value);
+    else
+      out.back().metrics[metric] = std::stod(value);
   }
   return out;
 }
@@ -333,8 +348,10 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
     auto start = Clock::now();
     // Fitted state is cached by the gradients it was fitted on and the estimator's options.
     std::string fit_key = config.gradients_key_text + "\nestimator " + spec.plugin;
-    for (const auto& [name, value] : spec.options.values()) fit_key += "\n" + name + "=" + format_value(value);
-    fs::path fit_dir = (paths.cache_root.empty() ? default_cache_root() : paths.cache_root) / "fits" / content_hash(fit_key);
+    for (const auto& [name, value] : spec.options.values())
+      fit_key += "\n" + name + "=" + format_value(value);
+    fs::path fit_dir =
+        (paths.cache_root.empty() ? default_cache_root() : paths.cache_root) / "fits" / content_hash(fit_key);
     bool fit_cached = fs::exists(fit_dir / "complete") && estimator->load_fit(fit_dir.string(), store.train);
     if (!fit_cached) {
       estimator->fit(store.train);
@@ -361,8 +378,9 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
       result.metrics["auc"] = roc_auc(per_example, flipped);
     }
     for (const auto& [key, value] : estimator->diagnostics()) diagnostics[spec.label][key] = value;
-    log(fmt::format("{}: {:.3f} s{}", spec.label, result.seconds,
-                    result.metrics.count("auc") ? fmt::format(", mislabel AUC {:.4f}", result.metrics["auc"]) : ""));
+    log(fmt::format(
+        "{}: {:.3f} s{}", spec.label, result.seconds,
+        result.metrics.count("auc") ? fmt::format(", mislabel AUC {:.4f}", result.metrics["auc"]) : ""));
     outcome.estimators.push_back(std::move(result));
   }
   const auto& metrics = config.evaluation.metrics;
@@ -405,7 +423,8 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   };
   plugins["dataset"][config.dataset.plugin] = version_of(PluginKind::Dataset, config.dataset.plugin);
   plugins["model"][config.model.plugin] = version_of(PluginKind::Model, config.model.plugin);
-  for (const auto& e : config.estimators) plugins["estimator"][e.plugin] = version_of(PluginKind::Estimator, e.plugin);
+  for (const auto& e : config.estimators)
+    plugins["estimator"][e.plugin] = version_of(PluginKind::Estimator, e.plugin);
   manifest["plugins"] = plugins;
   nlohmann::json estimator_seconds;
   for (const auto& e : outcome.estimators) estimator_seconds[e.label] = e.seconds;

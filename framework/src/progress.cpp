@@ -50,24 +50,22 @@ void Progress::finish() {
 
 void Progress::draw(bool final) {
   if (quiet || label_.empty()) return;
-  double elapsed =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   double rate = elapsed > 0 ? static_cast<double>(done_) / elapsed : 0;
   double eta = rate > 0 ? static_cast<double>(total_ - done_) / rate : -1;
   double fraction = total_ > 0 ? static_cast<double>(done_) / static_cast<double>(total_) : 1;
   if (tty_) {
     int width = 28, filled = static_cast<int>(fraction * width);
     std::string bar = std::string(filled, '#') + std::string(width - filled, '.');
-    std::fprintf(stderr, "\r%-28s [%s] %3d%% %lld/%lld %s  %.1f %s/s  ETA %s%s",
-                 label_.c_str(), bar.c_str(), static_cast<int>(fraction * 100),
-                 static_cast<long long>(done_), static_cast<long long>(total_), unit_.c_str(),
-                 rate, unit_.c_str(), final ? format_duration(elapsed).c_str()
-                                            : format_duration(eta).c_str(),
+    std::fprintf(stderr, "\r%-28s [%s] %3d%% %lld/%lld %s  %.1f %s/s  ETA %s%s", label_.c_str(), bar.c_str(),
+                 static_cast<int>(fraction * 100), static_cast<long long>(done_),
+                 static_cast<long long>(total_), unit_.c_str(), rate, unit_.c_str(),
+                 final ? format_duration(elapsed).c_str() : format_duration(eta).c_str(),
                  final ? " (done)\n" : "   ");
   } else {
     std::fprintf(stderr, "[inflab] %s: %lld/%lld %s (%.0f%%), %.1f %s/s, %s\n", label_.c_str(),
-                 static_cast<long long>(done_), static_cast<long long>(total_), unit_.c_str(),
-                 fraction * 100, rate, unit_.c_str(),
+                 static_cast<long long>(done_), static_cast<long long>(total_), unit_.c_str(), fraction * 100,
+                 rate, unit_.c_str(),
                  final ? fmt::format("done in {}", format_duration(elapsed)).c_str()
                        : fmt::format("ETA {}", format_duration(eta)).c_str());
   }

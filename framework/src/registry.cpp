@@ -17,9 +17,12 @@ namespace inflab {
 
 const char* to_string(PluginKind kind) {
   switch (kind) {
-    case PluginKind::Estimator: return "estimator";
-    case PluginKind::Dataset: return "dataset";
-    case PluginKind::Model: return "model";
+    case PluginKind::Estimator:
+      return "estimator";
+    case PluginKind::Dataset:
+      return "dataset";
+    case PluginKind::Model:
+      return "model";
   }
   return "unknown";
 }
@@ -47,16 +50,16 @@ void Registry::load_file(const fs::path& file) {
   const PluginInfo* info = entry();
   if (!info) throw Error(fmt::format("{}: inflab_plugin() returned null", file.string()));
   if (info->abi_version != kAbiVersion)
-    throw Error(fmt::format(
-        "{}: plugin built for inflab plugin ABI version {}, but this inflab uses ABI version {}; "
-        "rebuild the plugin against this inflab's headers",
-        file.string(), info->abi_version, kAbiVersion));
+    throw Error(
+        fmt::format("{}: plugin built for inflab plugin ABI version {}, but this inflab uses ABI version {}; "
+                    "rebuild the plugin against this inflab's headers",
+                    file.string(), info->abi_version, kAbiVersion));
   for (const auto& record : records_)
     if (record.info->kind == info->kind && std::string(record.info->name) == info->name)
-      throw Error(fmt::format("two {} plugins are named '{}': {} and {}; remove one from the "
-                              "plugin path",
-                              to_string(info->kind), info->name, record.file.string(),
-                              file.string()));
+      throw Error(
+          fmt::format("two {} plugins are named '{}': {} and {}; remove one from the "
+                      "plugin path",
+                      to_string(info->kind), info->name, record.file.string(), file.string()));
   records_.push_back({info, fs::absolute(file)});
   libraries_->loaded.push_back(std::move(library));
 }
@@ -99,8 +102,8 @@ const PluginRecord& Registry::find(PluginKind kind, const std::string& name) con
   std::string list;
   for (const auto& n : available) list += (list.empty() ? "" : ", ") + n;
   std::string suggestion = closest_match(name, available);
-  throw Error(fmt::format("unknown {} plugin '{}'{}; available {} plugins: {}", to_string(kind),
-                          name, suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
+  throw Error(fmt::format("unknown {} plugin '{}'{}; available {} plugins: {}", to_string(kind), name,
+                          suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
                           to_string(kind), list.empty() ? "(none found)" : list));
 }
 

@@ -46,7 +46,8 @@ std::map<std::string, at::Tensor> load_safetensors(const fs::path& path) {
   const std::size_t file_size = fs::file_size(path);
   if (file_size < 8) {
     ::close(fd);
-    throw Error(fmt::format("{}: truncated: {} bytes, not even the 8-byte header length", path.string(), file_size));
+    throw Error(
+        fmt::format("{}: truncated: {} bytes, not even the 8-byte header length", path.string(), file_size));
   }
   auto mapping = std::make_shared<Mapping>();
   mapping->address = ::mmap(nullptr, file_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
@@ -64,7 +65,8 @@ std::map<std::string, at::Tensor> load_safetensors(const fs::path& path) {
                             path.string(), header_length, file_size));
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(reinterpret_cast<const char*>(bytes + 8), reinterpret_cast<const char*>(bytes + 8 + header_length));
+    header = nlohmann::json::parse(reinterpret_cast<const char*>(bytes + 8),
+                                   reinterpret_cast<const char*>(bytes + 8 + header_length));
   } catch (const nlohmann::json::exception& e) {
     throw Error(fmt::format("{}: header is not valid JSON ({})", path.string(), e.what()));
   }
@@ -73,8 +75,10 @@ std::map<std::string, at::Tensor> load_safetensors(const fs::path& path) {
   std::map<std::string, at::Tensor> tensors;
   for (auto& [name, entry] : header.items()) {
     if (name == "__metadata__") continue;
-    if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") || !entry.contains("data_offsets"))
-      throw Error(fmt::format("{}: tensor '{}' needs dtype, shape and data_offsets, found {}", path.string(), name, entry.dump()));
+    if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") ||
+        !entry.contains("data_offsets"))
+      throw Error(fmt::format("{}: tensor '{}' needs dtype, shape and data_offsets, found {}", path.string(),
+                              name, entry.dump()));
     c10::ScalarType type = dtype_of(entry["dtype"].get<std::string>(), path, name);
     std::vector<std::int64_t> shape = entry["shape"].get<std::vector<std::int64_t>>();
     auto offsets = entry["data_offsets"].get<std::vector<std::uint64_t>>();
@@ -84,15 +88,18 @@ std::map<std::string, at::Tensor> load_safetensors(const fs::path& path) {
       count *= static_cast<std::uint64_t>(s);
     }
     if (offsets.size() != 2 || offsets[0] > offsets[1] || offsets[1] > data_size)
-      throw Error(fmt::format("{}: tensor '{}' has data_offsets [{}] outside the {} data bytes: truncated or corrupt",
-                              path.string(), name, fmt::format("{}", fmt::join(offsets, ", ")), data_size));
+      throw Error(
+          fmt::format("{}: tensor '{}' has data_offsets [{}] outside the {} data bytes: truncated or corrupt",
+                      path.string(), name, fmt::format("{}", fmt::join(offsets, ", ")), data_size));
     if (offsets[1] - offsets[0] != count * c10::elementSize(type))
-      throw Error(fmt::format("{}: tensor '{}' of shape [{}] and dtype {} needs {} bytes, its range has {}", path.string(),
-                              name, fmt::format("{}", fmt::join(shape, ", ")), entry["dtype"].get<std::string>(),
-                              count * c10::elementSize(type), offsets[1] - offsets[0]));
+      throw Error(fmt::format("{}: tensor '{}' of shape [{}] and dtype {} needs {} bytes, its range has {}",
+                              path.string(), name, fmt::format("{}", fmt::join(shape, ", ")),
+                              entry["dtype"].get<std::string>(), count * c10::elementSize(type),
+                              offsets[1] - offsets[0]));
     void* data = const_cast<unsigned char*>(bytes + data_start + offsets[0]);
     // Each view keeps the whole mapping alive.
-    tensors[name] = at::from_blob(data, shape, [mapping](void*) {}, at::TensorOptions().dtype(type));
+    tensors[name] = at::from_blob(
+        data, shape, [mapping](void*) {}, at::TensorOptions().dtype(type));
   }
   return tensors;
 }

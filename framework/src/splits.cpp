@@ -15,8 +15,10 @@ namespace inflab {
 SplitIndices shuffle_split(const std::string& dataset, std::int64_t total, std::int64_t n_pretrain,
                            std::int64_t n_train, std::int64_t n_validation, std::uint64_t seed) {
   if (n_pretrain < 0 || n_train < 0 || n_validation < 0 || n_pretrain + n_train + n_validation > total)
-    throw Error(fmt::format("dataset {}: n_pretrain + n_train + n_validation = {} + {} + {} must fit in the {} examples available",
-                            dataset, n_pretrain, n_train, n_validation, total));
+    throw Error(
+        fmt::format("dataset {}: n_pretrain + n_train + n_validation = {} + {} + {} must fit in the {} "
+                    "examples available",
+                    dataset, n_pretrain, n_train, n_validation, total));
   std::vector<std::int64_t> order(static_cast<std::size_t>(total));
   for (std::int64_t i = 0; i < total; ++i) order[i] = i;
   std::mt19937_64 rng(seed);
@@ -31,11 +33,13 @@ SplitIndices shuffle_split(const std::string& dataset, std::int64_t total, std::
   return out;
 }
 
-std::vector<OptionSpec> text_split_option_specs(std::int64_t n_train, std::int64_t n_validation, std::int64_t n_pretrain) {
+std::vector<OptionSpec> text_split_option_specs(std::int64_t n_train, std::int64_t n_validation,
+                                                std::int64_t n_pretrain) {
   return {
       {"n_train", OptionType::Int, n_train, "training examples (the ones scored), from the training file"},
       {"n_validation", OptionType::Int, n_validation, "validation examples (queries), from the test file"},
-      {"n_pretrain", OptionType::Int, n_pretrain, "examples that train the classifier head on the frozen encoder, disjoint from train"},
+      {"n_pretrain", OptionType::Int, n_pretrain,
+       "examples that train the classifier head on the frozen encoder, disjoint from train"},
       {"shuffle_seed", OptionType::Int, std::int64_t{0}, "which examples are drawn"},
   };
 }
@@ -53,8 +57,9 @@ Split text_split(const LabeledTexts& source, const std::vector<std::int64_t>& ro
 }
 }  // namespace
 
-DatasetSplits text_splits(const std::string& dataset, const LabeledTexts& train_file, const LabeledTexts& test_file,
-                          const Options& options, std::vector<std::string> class_names) {
+DatasetSplits text_splits(const std::string& dataset, const LabeledTexts& train_file,
+                          const LabeledTexts& test_file, const Options& options,
+                          std::vector<std::string> class_names) {
   const auto seed = static_cast<std::uint64_t>(options.get_int("shuffle_seed"));
   SplitIndices from_train = shuffle_split(dataset, static_cast<std::int64_t>(train_file.texts.size()),
                                           options.get_int("n_pretrain"), options.get_int("n_train"), 0, seed);
@@ -72,7 +77,8 @@ DatasetSplits text_splits(const std::string& dataset, const LabeledTexts& train_
 
 std::string data_cache_root() {
   if (const char* data = std::getenv("INFLAB_DATA"); data && *data) return data;
-  if (const char* home = std::getenv("HOME"); home && *home) return (std::filesystem::path(home) / ".cache" / "inflab" / "data").string();
+  if (const char* home = std::getenv("HOME"); home && *home)
+    return (std::filesystem::path(home) / ".cache" / "inflab" / "data").string();
   return "/tmp/inflab-data";
 }
 

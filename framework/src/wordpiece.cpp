@@ -33,7 +33,8 @@ bool is_control(UChar32 c) {  // Unicode "Other" (C*), except the whitespace con
 }
 
 bool is_punctuation(UChar32 c) {
-  if ((c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) || (c >= 123 && c <= 126)) return true;
+  if ((c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) || (c >= 123 && c <= 126))
+    return true;
   return u_ispunct(c) != 0;
 }
 
@@ -55,7 +56,8 @@ std::size_t code_points(const std::string& text) {
 
 }  // namespace
 
-WordPieceTokenizer::WordPieceTokenizer(const std::filesystem::path& vocab_file, bool lowercase) : lowercase_(lowercase) {
+WordPieceTokenizer::WordPieceTokenizer(const std::filesystem::path& vocab_file, bool lowercase)
+    : lowercase_(lowercase) {
   std::ifstream in(vocab_file);
   if (!in) throw Error(fmt::format("{}: cannot read the WordPiece vocabulary", vocab_file.string()));
   std::string line;
@@ -64,10 +66,12 @@ WordPieceTokenizer::WordPieceTokenizer(const std::filesystem::path& vocab_file, 
     vocab_.emplace(line, static_cast<std::int64_t>(pieces_.size()));
     pieces_.push_back(line);
   }
-  for (auto [token, target] : {std::pair{"[UNK]", &unk_}, {"[CLS]", &cls_}, {"[SEP]", &sep_}, {"[PAD]", &pad_}}) {
+  for (auto [token, target] :
+       {std::pair{"[UNK]", &unk_}, {"[CLS]", &cls_}, {"[SEP]", &sep_}, {"[PAD]", &pad_}}) {
     auto it = vocab_.find(token);
     if (it == vocab_.end())
-      throw Error(fmt::format("{}: the vocabulary has no {} token ({} lines read)", vocab_file.string(), token, pieces_.size()));
+      throw Error(fmt::format("{}: the vocabulary has no {} token ({} lines read)", vocab_file.string(),
+                              token, pieces_.size()));
     *target = it->second;
   }
 }
@@ -155,8 +159,10 @@ std::vector<std::string> WordPieceTokenizer::tokenize(const std::string& text) c
       word_pieces.push_back(found);
       start = end;
     }
-    if (unknown) pieces.push_back("[UNK]");
-    else pieces.insert(pieces.end(), word_pieces.begin(), word_pieces.end());
+    if (unknown)
+      pieces.push_back("[UNK]");
+    else
+      pieces.insert(pieces.end(), word_pieces.begin(), word_pieces.end());
   }
   return pieces;
 }
@@ -166,17 +172,21 @@ std::int64_t WordPieceTokenizer::id(const std::string& piece) const {
   return it == vocab_.end() ? unk_ : it->second;
 }
 
-Encoding WordPieceTokenizer::encode(const std::string& a, const std::string* b, std::size_t max_length, bool pad) const {
+Encoding WordPieceTokenizer::encode(const std::string& a, const std::string* b, std::size_t max_length,
+                                    bool pad) const {
   std::vector<std::int64_t> first, second;
   for (const auto& p : tokenize(a)) first.push_back(id(p));
   if (b)
     for (const auto& p : tokenize(*b)) second.push_back(id(p));
   const std::size_t special = b ? 3 : 2;
-  if (max_length < special) throw Error(fmt::format("max_length {} leaves no room for the special tokens", max_length));
+  if (max_length < special)
+    throw Error(fmt::format("max_length {} leaves no room for the special tokens", max_length));
   // Longest first: drop from the end of the longer sequence until everything fits.
   while (first.size() + second.size() + special > max_length) {
-    if (first.size() >= second.size()) first.pop_back();
-    else second.pop_back();
+    if (first.size() >= second.size())
+      first.pop_back();
+    else
+      second.pop_back();
   }
   Encoding e;
   e.input_ids.push_back(cls_);
@@ -190,7 +200,8 @@ Encoding WordPieceTokenizer::encode(const std::string& a, const std::string* b, 
   }
   e.attention_mask.assign(e.input_ids.size(), 1);
   if (pad)
-    while (e.input_ids.size() < max_length) e.input_ids.push_back(pad_), e.token_type_ids.push_back(0), e.attention_mask.push_back(0);
+    while (e.input_ids.size() < max_length)
+      e.input_ids.push_back(pad_), e.token_type_ids.push_back(0), e.attention_mask.push_back(0);
   return e;
 }
 

@@ -24,7 +24,8 @@ inline void matmul_peak(benchmark::State& state) {
     torch::mm_out(c, a, b);
     benchmark::DoNotOptimize(c.data_ptr());
   }
-  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * n * n * n * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * n * n * n * state.iterations() / 1e9, benchmark::Counter::kIsRate);
 }
 
 }  // namespace bench

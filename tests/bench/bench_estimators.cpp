@@ -23,7 +23,8 @@ BENCHMARK(bench::matmul_peak)->Unit(benchmark::kMillisecond)->UseRealTime();
 void memory_bandwidth(benchmark::State& state) {
   auto x = torch::rand({1 << 28});  // 1 GiB
   for (auto _ : state) benchmark::DoNotOptimize(x.sum().item<float>());
-  state.counters["GB/s"] = benchmark::Counter(x.nbytes() * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+  state.counters["GB/s"] =
+      benchmark::Counter(x.nbytes() * state.iterations() / 1e9, benchmark::Counter::kIsRate);
 }
 BENCHMARK(memory_bandwidth)->Unit(benchmark::kMillisecond)->UseRealTime();
 
@@ -36,8 +37,9 @@ Cost cost(const std::string& name, double n, double d, double q, double lissa_it
   const double read = n * d * 4;  // one pass over the float32 gradients
   if (name == "hessian_free") return {2 * n * d * q, read};
   if (name == "datainf") return {6 * n * d * q + 2 * n * d, 4 * read};  // norms, V G^T, C G, scoring
-  if (name == "cg") return {0, 0};  // iteration count varies: time only
-  if (name == "lissa") return {lissa_iterations * 4 * n * d * q + 2 * n * d * q, (2 * lissa_iterations + 1) * read};
+  if (name == "cg") return {0, 0};                                      // iteration count varies: time only
+  if (name == "lissa")
+    return {lissa_iterations * 4 * n * d * q + 2 * n * d * q, (2 * lissa_iterations + 1) * read};
   // exact: Gram or covariance (2 n d min(n,d)), Cholesky (min^3/3), solves, scoring
   double m = std::min(n, d);
   return {2 * n * d * m + m * m * m / 3 + 4 * m * m * q + 4 * n * d * q, 3 * read};
@@ -47,7 +49,8 @@ void estimator_case(benchmark::State& state, const std::string& name) {
   const int64_t n = state.range(0), d = state.range(1), q = state.range(2);
   torch::manual_seed(0);
   inflab::GradientBlocks train{{"block", torch::randn({n, d})}}, queries{{"block", torch::randn({q, d})}};
-  auto options = inflab::default_options(name, registry().find(inflab::PluginKind::Estimator, name).info->options());
+  auto options =
+      inflab::default_options(name, registry().find(inflab::PluginKind::Estimator, name).info->options());
   const int64_t lissa_iterations = 10;  // the reference code's count; cost grows linearly with it
   if (name == "lissa") options.set("iterations", lissa_iterations);
   if (name == "exact") options.set("memory_budget_mb", 16384.0);
@@ -59,14 +62,17 @@ void estimator_case(benchmark::State& state, const std::string& name) {
   }
   Cost c = cost(name, n, d, q, lissa_iterations);
   if (c.flops > 0) {
-    state.counters["GFLOP/s"] = benchmark::Counter(c.flops * state.iterations() / 1e9, benchmark::Counter::kIsRate);
-    state.counters["GB/s"] = benchmark::Counter(c.bytes * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+    state.counters["GFLOP/s"] =
+        benchmark::Counter(c.flops * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+    state.counters["GB/s"] =
+        benchmark::Counter(c.bytes * state.iterations() / 1e9, benchmark::Counter::kIsRate);
   }
 }
 
 void register_estimators() {
   for (std::string name : {"hessian_free", "datainf", "lissa", "exact", "cg"}) {
-    auto* b = benchmark::RegisterBenchmark(name.c_str(), [name](benchmark::State& s) { estimator_case(s, name); });
+    auto* b =
+        benchmark::RegisterBenchmark(name.c_str(), [name](benchmark::State& s) { estimator_case(s, name); });
     b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
     for (int64_t n : {1024, 4096, 16384})
       for (int64_t d : {1024, 8192, 32768})
@@ -102,7 +108,8 @@ std::vector<BlockShape> lora_shapes() {
 inflab::GradientBlock lora_block(int64_t n, const BlockShape& shape) {
   torch::manual_seed(1);
   auto a = torch::randn({n, shape.in}), delta = torch::randn({n, shape.out}) * torch::rand({n, 1});
-  inflab::GradientBlock block{"block", torch::einsum("no,ni->noi", {delta, a}).reshape({n, -1}).contiguous(), {}, {}};
+  inflab::GradientBlock block{
+      "block", torch::einsum("no,ni->noi", {delta, a}).reshape({n, -1}).contiguous(), {}, {}};
   block.activation_covariance = a.t().mm(a) / n;
   block.gradient_covariance = delta.t().mm(delta) / n;
   return block;
@@ -112,27 +119,44 @@ void register_lora_blocks() {
   const int64_t n = 4096;
   for (std::string name : {"datainf", "exact", "kfac", "ekfac", "cg"})
     for (const auto& shape : lora_shapes()) {
-      std::string fit_name = "fit/" + name + "/" + shape.name, query_name = "query/" + name + "/" + shape.name;
-      benchmark::RegisterBenchmark(fit_name.c_str(), [name, shape, n](benchmark::State& state) {
-        inflab::GradientBlocks train{lora_block(n, shape)};
-        auto options = inflab::default_options(name, registry().find(inflab::PluginKind::Estimator, name).info->options());
-        for (auto _ : state) {
-          auto estimator = registry().create_as<inflab::Estimator>(inflab::PluginKind::Estimator, name, options);
-          estimator->fit(train);
-        }
-        // What K-FAC/EK-FAC keep per block: two eigenbases (float64) and out x in eigenvalues.
-        double factor_bytes = 8.0 * (shape.in * shape.in + shape.out * shape.out + shape.in + shape.out + shape.in * shape.out);
-        if (name == "kfac" || name == "ekfac") state.counters["factor_bytes"] = factor_bytes;
-        state.counters["d"] = static_cast<double>(shape.in * shape.out);
-      })->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.2);
-      benchmark::RegisterBenchmark(query_name.c_str(), [name, shape, n](benchmark::State& state) {
-        inflab::GradientBlocks train{lora_block(n, shape)};
-        inflab::GradientBlocks queries{{"block", torch::randn({1, shape.in * shape.out}), {}, {}}};
-        auto options = inflab::default_options(name, registry().find(inflab::PluginKind::Estimator, name).info->options());
-        auto estimator = registry().create_as<inflab::Estimator>(inflab::PluginKind::Estimator, name, options);
-        estimator->fit(train);
-        for (auto _ : state) benchmark::DoNotOptimize(inflab::score_pairwise(*estimator, train, queries).data_ptr());
-      })->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.2);
+      std::string fit_name = "fit/" + name + "/" + shape.name,
+                  query_name = "query/" + name + "/" + shape.name;
+      benchmark::RegisterBenchmark(
+          fit_name.c_str(),
+          [name, shape, n](benchmark::State& state) {
+            inflab::GradientBlocks train{lora_block(n, shape)};
+            auto options = inflab::default_options(
+                name, registry().find(inflab::PluginKind::Estimator, name).info->options());
+            for (auto _ : state) {
+              auto estimator =
+                  registry().create_as<inflab::Estimator>(inflab::PluginKind::Estimator, name, options);
+              estimator->fit(train);
+            }
+            // What K-FAC/EK-FAC keep per block: two eigenbases (float64) and out x in eigenvalues.
+            double factor_bytes = 8.0 * (shape.in * shape.in + shape.out * shape.out + shape.in + shape.out +
+                                         shape.in * shape.out);
+            if (name == "kfac" || name == "ekfac") state.counters["factor_bytes"] = factor_bytes;
+            state.counters["d"] = static_cast<double>(shape.in * shape.out);
+          })
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime()
+          ->MinTime(0.2);
+      benchmark::RegisterBenchmark(
+          query_name.c_str(),
+          [name, shape, n](benchmark::State& state) {
+            inflab::GradientBlocks train{lora_block(n, shape)};
+            inflab::GradientBlocks queries{{"block", torch::randn({1, shape.in * shape.out}), {}, {}}};
+            auto options = inflab::default_options(
+                name, registry().find(inflab::PluginKind::Estimator, name).info->options());
+            auto estimator =
+                registry().create_as<inflab::Estimator>(inflab::PluginKind::Estimator, name, options);
+            estimator->fit(train);
+            for (auto _ : state)
+              benchmark::DoNotOptimize(inflab::score_pairwise(*estimator, train, queries).data_ptr());
+          })
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime()
+          ->MinTime(0.2);
     }
 }
 

@@ -6,9 +6,9 @@
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include "bench_common.hpp"
 #include "inflab/gradients.hpp"
 #include "inflab/lora.hpp"
-#include "bench_common.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/runtime.hpp"
 
@@ -17,7 +17,8 @@ namespace {
 using bench::registry;
 
 std::unique_ptr<inflab::Model> model(const std::string& name, std::int64_t rank) {
-  auto options = inflab::default_options(name, registry().find(inflab::PluginKind::Model, name).info->options());
+  auto options =
+      inflab::default_options(name, registry().find(inflab::PluginKind::Model, name).info->options());
   auto m = registry().create_as<inflab::Model>(inflab::PluginKind::Model, name, options);
   m->build({{784}, 10}, inflab::LoraConfig{rank, static_cast<double>(rank), 0.0, {"*"}}, 0);
   torch::NoGradGuard no_grad;
@@ -34,7 +35,8 @@ void engine(benchmark::State& state, const std::string& name) {
   torch::manual_seed(0);
   auto x = torch::rand({n, 784}), y = torch::randint(0, 10, {n}, torch::kLong);
   for (auto _ : state) benchmark::DoNotOptimize(inflab::per_example_gradients(*m, x, y, 64));
-  state.counters["examples/s"] = benchmark::Counter(static_cast<double>(n * state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["examples/s"] =
+      benchmark::Counter(static_cast<double>(n * state.iterations()), benchmark::Counter::kIsRate);
 }
 
 void loop(benchmark::State& state, const std::string& name) {
@@ -51,7 +53,8 @@ void loop(benchmark::State& state, const std::string& name) {
       auto loss = torch::nn::functional::cross_entropy(m->forward(x.narrow(0, i, 1)), y.narrow(0, i, 1));
       benchmark::DoNotOptimize(torch::autograd::grad({loss}, params));
     }
-  state.counters["examples/s"] = benchmark::Counter(static_cast<double>(n * state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["examples/s"] =
+      benchmark::Counter(static_cast<double>(n * state.iterations()), benchmark::Counter::kIsRate);
 }
 
 // MiniLM: per-example gradients (engine) and one LoRA fine-tuning step, batch 32, rank 4, on
@@ -65,10 +68,13 @@ double minilm_flops(std::int64_t batch, std::int64_t length) {
 }
 
 std::unique_ptr<inflab::Model> minilm(std::int64_t length) {
-  auto options = inflab::default_options("minilm_lora", registry().find(inflab::PluginKind::Model, "minilm_lora").info->options());
+  auto options = inflab::default_options(
+      "minilm_lora", registry().find(inflab::PluginKind::Model, "minilm_lora").info->options());
   options.set("max_length", length);
   auto m = registry().create_as<inflab::Model>(inflab::PluginKind::Model, "minilm_lora", options);
-  m->build({{3, length}, 2}, inflab::LoraConfig{4, 4.0, 0.0, {"*attention.self.query", "*attention.self.value", "classifier"}}, 0);
+  m->build({{3, length}, 2},
+           inflab::LoraConfig{4, 4.0, 0.0, {"*attention.self.query", "*attention.self.value", "classifier"}},
+           0);
   return m;
 }
 
@@ -86,8 +92,10 @@ void minilm_gradients(benchmark::State& state) {
   auto x = token_batch(batch, length);
   auto y = torch::randint(0, 2, {batch}, torch::kLong);
   for (auto _ : state) benchmark::DoNotOptimize(inflab::per_example_gradients(*m, x, y, batch));
-  state.counters["examples/s"] = benchmark::Counter(static_cast<double>(batch * state.iterations()), benchmark::Counter::kIsRate);
-  state.counters["GFLOP/s"] = benchmark::Counter(minilm_flops(batch, length) * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+  state.counters["examples/s"] =
+      benchmark::Counter(static_cast<double>(batch * state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(minilm_flops(batch, length) * state.iterations() / 1e9, benchmark::Counter::kIsRate);
 }
 
 void minilm_finetune_step(benchmark::State& state) {
@@ -105,8 +113,10 @@ void minilm_finetune_step(benchmark::State& state) {
     torch::nn::functional::cross_entropy(m->forward(x), y).backward();
     optimizer.step();
   }
-  state.counters["examples/s"] = benchmark::Counter(static_cast<double>(batch * state.iterations()), benchmark::Counter::kIsRate);
-  state.counters["GFLOP/s"] = benchmark::Counter(minilm_flops(batch, length) * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+  state.counters["examples/s"] =
+      benchmark::Counter(static_cast<double>(batch * state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(minilm_flops(batch, length) * state.iterations() / 1e9, benchmark::Counter::kIsRate);
 }
 
 }  // namespace
@@ -116,12 +126,28 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("libtorch_threads", std::to_string(threads));
   for (std::string name : {"mlp_lora", "cnn_lora"}) {
     benchmark::RegisterBenchmark(("engine/" + name).c_str(), [name](benchmark::State& s) { engine(s, name); })
-        ->Arg(1)->Arg(4)->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+        ->Arg(1)
+        ->Arg(4)
+        ->Arg(8)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
     benchmark::RegisterBenchmark(("loop/" + name).c_str(), [name](benchmark::State& s) { loop(s, name); })
-        ->Arg(1)->Arg(4)->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+        ->Arg(1)
+        ->Arg(4)
+        ->Arg(8)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
   }
-  benchmark::RegisterBenchmark("minilm/gradients", minilm_gradients)->Arg(64)->Arg(128)->Unit(benchmark::kMillisecond)->UseRealTime();
-  benchmark::RegisterBenchmark("minilm/finetune_step", minilm_finetune_step)->Arg(64)->Arg(128)->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark("minilm/gradients", minilm_gradients)
+      ->Arg(64)
+      ->Arg(128)
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
+  benchmark::RegisterBenchmark("minilm/finetune_step", minilm_finetune_step)
+      ->Arg(64)
+      ->Arg(128)
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

@@ -34,7 +34,7 @@ struct EvaluationConfig {
   std::string reference;                    // estimator label correlations are measured against
   std::string mode = "aggregate";           // aggregate | pairwise
   std::int64_t gradient_batch_size = 64;
-  double gradient_memory_mb = 4096;      // above this, training gradients go straight to mapped files
+  double gradient_memory_mb = 4096;        // above this, training gradients go straight to mapped files
   std::string gradient_dtype = "float32";  // float32 | float16 (on disk; arithmetic stays float32)
 };
 
@@ -60,7 +60,6 @@ struct ExperimentConfig {
 // experiment into `registry`, expands [experiment] repeats and [sweep], validates each run.
 // Errors name file:line:column, the key path, what was expected and what was found.
 std::vector<ExperimentConfig> load_experiment(const std::filesystem::path& file,
-                                              const std::vector<std::string>& overrides,
-                                              Registry& registry);
+                                              const std::vector<std::string>& overrides, Registry& registry);
 
 }  // namespace inflab

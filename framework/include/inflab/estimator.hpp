@@ -37,8 +37,14 @@ class Estimator : public Plugin {
   virtual std::map<std::string, double> diagnostics() const { return {}; }
   // Optional fit cache: estimators whose fit is expensive (K-FAC, EK-FAC) write their fitted
   // state to `dir` and read it back instead of fitting again. Return false when not supported.
-  virtual bool save_fit(const std::string& dir) const { (void)dir; return false; }
-  virtual bool load_fit(const std::string& dir, const GradientBlocks& train) { (void)dir, (void)train; return false; }
+  virtual bool save_fit(const std::string& dir) const {
+    (void)dir;
+    return false;
+  }
+  virtual bool load_fit(const std::string& dir, const GradientBlocks& train) {
+    (void)dir, (void)train;
+    return false;
+  }
 };
 
 // The damping rule shared by every estimator (paper-facts.md):

@@ -29,13 +29,13 @@ struct GradientStore {
 // batched forward/backward per batch (no per-example backward). Dropout is off.
 // Where a block's n x d gradients go: memory by default; the pipeline passes a memory-mapped
 // file when the store exceeds its memory budget (and may choose a 16-bit dtype).
-using BlockAllocator = std::function<at::Tensor(const std::string& block, std::int64_t rows, std::int64_t cols)>;
+using BlockAllocator =
+    std::function<at::Tensor(const std::string& block, std::int64_t rows, std::int64_t cols)>;
 
 // With `factors`, the same pass accumulates each block's Kronecker factors (K-FAC statistics).
-GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs,
-                                     const at::Tensor& labels, std::int64_t batch_size,
-                                     const std::string& progress_label = "", bool factors = false,
-                                     const BlockAllocator& allocate = {});
+GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs, const at::Tensor& labels,
+                                     std::int64_t batch_size, const std::string& progress_label = "",
+                                     bool factors = false, const BlockAllocator& allocate = {});
 
 // `train_values_written`: the train/<block>.npy files already hold the values (memory-mapped).
 void save_gradient_store(const std::filesystem::path& dir, const GradientStore& store,

@@ -19,7 +19,7 @@ std::string read_file(const std::filesystem::path& path);
 
 // NumPy .npy (format 1.0/2.0/3.0, little-endian float32/float64/int64/int32/bool/float16).
 void save_npy(const std::filesystem::path& path, const at::Tensor& tensor);  // atomic
-at::Tensor load_npy(const std::filesystem::path& path);                    // errors name the file
+at::Tensor load_npy(const std::filesystem::path& path);                      // errors name the file
 // The file's data as a tensor without reading it: pages load on demand (copy-on-write).
 at::Tensor map_npy(const std::filesystem::path& path);
 // A new .npy of this shape whose data is the returned tensor: writes go to the file.

@@ -9,8 +9,8 @@
 namespace inflab {
 
 struct KroneckerBasis {
-  at::Tensor q_out, q_in;            // orthonormal eigenvectors (columns) of S and A, float64
-  at::Tensor eigen_out, eigen_in;    // their eigenvalues, clamped at 0
+  at::Tensor q_out, q_in;          // orthonormal eigenvectors (columns) of S and A, float64
+  at::Tensor eigen_out, eigen_in;  // their eigenvalues, clamped at 0
   std::int64_t out = 0, in = 0;
 };
 

@@ -37,7 +37,8 @@ class LoraLayer : public torch::nn::Module {
   torch::Tensor captured_input, captured_hidden, captured_output;
 
  protected:
-  LoraLayer(std::string name, std::int64_t fan_in, std::int64_t out, const LoraConfig& config, bool with_adapter);
+  LoraLayer(std::string name, std::int64_t fan_in, std::int64_t out, const LoraConfig& config,
+            bool with_adapter);
   // The adapter on (batch, positions, fan_in) inputs: returns (batch, positions, out), scaled.
   torch::Tensor adapter(const torch::Tensor& tokens);
 

@@ -19,7 +19,7 @@ struct ClassDetection {
   double recall;
 };
 ClassDetection class_detection(const std::vector<double>& influence,
-                               const std::vector<std::int64_t>& train_labels,
-                               std::int64_t query_label, std::int64_t s);
+                               const std::vector<std::int64_t>& train_labels, std::int64_t query_label,
+                               std::int64_t s);
 
 }  // namespace inflab

@@ -34,7 +34,7 @@ class Model : public Plugin {
   virtual void build(const DataShape& shape, const LoraConfig& lora, std::uint64_t seed) = 0;
   virtual at::Tensor forward(const at::Tensor& inputs) = 0;  // logits, batch x classes
   virtual NamedTensors base_parameters() = 0;                // frozen after pretraining
-  virtual std::vector<LoraLayer*> lora_layers() = 0;        // in a fixed order
+  virtual std::vector<LoraLayer*> lora_layers() = 0;         // in a fixed order
   virtual void set_training(bool training) = 0;
   // True when base_parameters() must be trained on the dataset's pretrain split first (a model
   // without packaged weights, or a new classifier head on a packaged encoder).

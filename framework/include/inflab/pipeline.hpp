@@ -34,9 +34,9 @@ struct RunOutcome {
 };
 
 // Everything up to and including the gradient store (what `inflab gradients` writes).
-GradientStore prepare_gradients(const ExperimentConfig& config, Registry& registry,
-                                const RunPaths& paths, RunOutcome* outcome = nullptr);
-RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry,
-                          const RunPaths& paths, bool resume = true);
+GradientStore prepare_gradients(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
+                                RunOutcome* outcome = nullptr);
+RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
+                          bool resume = true);
 
 }  // namespace inflab

@@ -2,11 +2,10 @@
 // `inflab_plugin`, a function returning a PluginInfo: plain data plus a factory.
 // The loader reads abi_version first and refuses a mismatch before touching anything else.
 #pragma once
+#include <boost/dll/alias.hpp>
 #include <cstdint>
 #include <memory>
 #include <vector>
-
-#include <boost/dll/alias.hpp>
 
 #include "inflab/options.hpp"
 
@@ -43,18 +42,18 @@ struct PluginInfo {
 
 // Declares the plugin's entry point. Use once per plugin library:
 //   INFLAB_PLUGIN(Estimator, "my_method", "0.1.0", "One line.", my_options, MyEstimator)
-#define INFLAB_PLUGIN(KIND, NAME, VERSION, DESCRIPTION, OPTIONS_FN, CLASS)                     \
-  namespace inflab_plugin_entry_ {                                                             \
-  inline std::unique_ptr<::inflab::Plugin> create() { return std::make_unique<CLASS>(); }      \
-  inline const ::inflab::PluginInfo* info() {                                                  \
-    static const ::inflab::PluginInfo value{INFLAB_PLUGIN_ABI_VERSION,                         \
-                                            ::inflab::PluginKind::KIND,                        \
-                                            NAME,                                              \
-                                            VERSION,                                           \
-                                            DESCRIPTION,                                       \
-                                            OPTIONS_FN,                                        \
-                                            &create};                                          \
-    return &value;                                                                             \
-  }                                                                                            \
-  }                                                                                            \
+#define INFLAB_PLUGIN(KIND, NAME, VERSION, DESCRIPTION, OPTIONS_FN, CLASS)                \
+  namespace inflab_plugin_entry_ {                                                        \
+  inline std::unique_ptr<::inflab::Plugin> create() { return std::make_unique<CLASS>(); } \
+  inline const ::inflab::PluginInfo* info() {                                             \
+    static const ::inflab::PluginInfo value{INFLAB_PLUGIN_ABI_VERSION,                    \
+                                            ::inflab::PluginKind::KIND,                   \
+                                            NAME,                                         \
+                                            VERSION,                                      \
+                                            DESCRIPTION,                                  \
+                                            OPTIONS_FN,                                   \
+                                            &create};                                     \
+    return &value;                                                                        \
+  }                                                                                       \
+  }                                                                                       \
   BOOST_DLL_ALIAS(inflab_plugin_entry_::info, inflab_plugin)

@@ -32,11 +32,9 @@ class Registry {
   const PluginRecord& find(PluginKind kind, const std::string& name) const;  // or throws
   std::vector<std::string> names(PluginKind kind) const;
 
-  std::unique_ptr<Plugin> create(PluginKind kind, const std::string& name,
-                                 const Options& options) const;
+  std::unique_ptr<Plugin> create(PluginKind kind, const std::string& name, const Options& options) const;
   template <class T>
-  std::unique_ptr<T> create_as(PluginKind kind, const std::string& name,
-                               const Options& options) const {
+  std::unique_ptr<T> create_as(PluginKind kind, const std::string& name, const Options& options) const {
     auto plugin = create(kind, name, options);
     auto* typed = dynamic_cast<T*>(plugin.get());
     if (!typed) throw_wrong_type(kind, name);

@@ -7,11 +7,9 @@
 namespace inflab {
 
 // n_train x n_query: I(k, q) = - sum_l g_kl . (M_l^{-1} v_ql)
-at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train,
-                          const GradientBlocks& queries);
+at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train, const GradientBlocks& queries);
 // n_train: the query is the mean query gradient (equals the pairwise mean, by linearity).
-at::Tensor score_aggregate(Estimator& estimator, const GradientBlocks& train,
-                           const GradientBlocks& queries);
+at::Tensor score_aggregate(Estimator& estimator, const GradientBlocks& train, const GradientBlocks& queries);
 // Checks that train and query blocks agree in names and widths; throws naming the block.
 void check_blocks(const GradientBlocks& train, const GradientBlocks& queries);
 

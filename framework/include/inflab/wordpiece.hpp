@@ -18,10 +18,10 @@ class WordPieceTokenizer {
   // vocab.txt: one token per line, the line number is the id.
   explicit WordPieceTokenizer(const std::filesystem::path& vocab_file, bool lowercase = true);
 
-  std::string normalize(const std::string& text) const;              // clean, CJK, accents, lowercase
+  std::string normalize(const std::string& text) const;                  // clean, CJK, accents, lowercase
   std::vector<std::string> pre_tokenize(const std::string& text) const;  // whitespace + punctuation
-  std::vector<std::string> tokenize(const std::string& text) const;  // word pieces, "##" continuations
-  std::int64_t id(const std::string& piece) const;                    // [UNK]'s id when unknown
+  std::vector<std::string> tokenize(const std::string& text) const;      // word pieces, "##" continuations
+  std::int64_t id(const std::string& piece) const;                       // [UNK]'s id when unknown
   // [CLS] a [SEP] (b [SEP]), truncated longest-first to max_length, padded to it when `pad`.
   Encoding encode(const std::string& a, const std::string* b, std::size_t max_length, bool pad) const;
   std::size_t vocab_size() const { return pieces_.size(); }

@@ -3,26 +3,29 @@
 // label). `./inflab setup` extracts it into the data cache without installing scikit-learn.
 #include <ATen/ops/empty.h>
 #include <fmt/format.h>
-#include <inflab/dataset.hpp>
-#include <inflab/error.hpp>
-#include <inflab/splits.hpp>
 #include <zlib.h>
 
 #include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <filesystem>
+#include <inflab/dataset.hpp>
+#include <inflab/error.hpp>
+#include <inflab/splits.hpp>
 #include <sstream>
 
 namespace {
 
-std::string default_path() { return (std::filesystem::path(inflab::data_cache_root()) / "sklearn" / "digits.csv.gz").string(); }
+std::string default_path() {
+  return (std::filesystem::path(inflab::data_cache_root()) / "sklearn" / "digits.csv.gz").string();
+}
 
 std::string read_gzip_text(const std::string& path) {
   if (!std::filesystem::exists(path))
-    throw inflab::Error(fmt::format("{}: missing; run `./inflab setup` (it extracts digits.csv.gz from Debian's "
-                                    "python3-sklearn package into the data cache) or set the dataset's path",
-                                    path));
+    throw inflab::Error(
+        fmt::format("{}: missing; run `./inflab setup` (it extracts digits.csv.gz from Debian's "
+                    "python3-sklearn package into the data cache) or set the dataset's path",
+                    path));
   gzFile file = gzopen(path.c_str(), "rb");
   if (!file) throw inflab::Error(fmt::format("{}: cannot open", path));
   std::string text;
@@ -53,10 +56,13 @@ class Digits : public inflab::Dataset {
       while (std::getline(fields, field, ',')) {
         char* end = nullptr;
         values.push_back(std::strtod(field.c_str(), &end));
-        if (end == field.c_str()) throw inflab::Error(fmt::format("{}:{}: expected a number, found '{}'", path, number, field));
+        if (end == field.c_str())
+          throw inflab::Error(fmt::format("{}:{}: expected a number, found '{}'", path, number, field));
       }
       if (values.size() != 65)
-        throw inflab::Error(fmt::format("{}:{}: expected 65 comma-separated values (64 pixels and a label), found {}", path, number, values.size()));
+        throw inflab::Error(
+            fmt::format("{}:{}: expected 65 comma-separated values (64 pixels and a label), found {}", path,
+                        number, values.size()));
       std::array<float, 64> image{};
       for (int p = 0; p < 64; ++p) image[p] = static_cast<float>(values[p] / 16.0);
       images.push_back(image);
@@ -64,8 +70,9 @@ class Digits : public inflab::Dataset {
     }
     if (options_.get_int("n_train") < 1 || options_.get_int("n_validation") < 1)
       throw inflab::Error("dataset digits: n_train and n_validation must be at least 1 (each split >= 1)");
-    auto indices = inflab::shuffle_split("digits", static_cast<std::int64_t>(images.size()), options_.get_int("n_pretrain"),
-                                         options_.get_int("n_train"), options_.get_int("n_validation"),
+    auto indices = inflab::shuffle_split("digits", static_cast<std::int64_t>(images.size()),
+                                         options_.get_int("n_pretrain"), options_.get_int("n_train"),
+                                         options_.get_int("n_validation"),
                                          static_cast<std::uint64_t>(options_.get_int("shuffle_seed")));
     auto make = [&](const std::vector<std::int64_t>& rows) {
       const auto count = static_cast<std::int64_t>(rows.size());
@@ -95,15 +102,18 @@ class Digits : public inflab::Dataset {
 std::vector<inflab::OptionSpec> options() {
   using inflab::OptionType;
   return {
-      {"path", OptionType::String, std::string(), "digits.csv.gz (default: $INFLAB_DATA/sklearn/digits.csv.gz, prepared by ./inflab setup)"},
+      {"path", OptionType::String, std::string(),
+       "digits.csv.gz (default: $INFLAB_DATA/sklearn/digits.csv.gz, prepared by ./inflab setup)"},
       {"n_train", OptionType::Int, std::int64_t{800}, "training examples (the ones scored)"},
       {"n_validation", OptionType::Int, std::int64_t{300}, "validation examples (queries)"},
-      {"n_pretrain", OptionType::Int, std::int64_t{600}, "examples for base pretraining, disjoint from the others"},
+      {"n_pretrain", OptionType::Int, std::int64_t{600},
+       "examples for base pretraining, disjoint from the others"},
       {"shuffle_seed", OptionType::Int, std::int64_t{0}, "which examples go to which split"},
   };
 }
 
 }  // namespace
 
-INFLAB_PLUGIN(Dataset, "digits", "1.0.0", "UCI 8x8 handwritten digits, 10 classes, 1797 images (from Debian python3-sklearn)",
-              options, Digits)
+INFLAB_PLUGIN(Dataset, "digits", "1.0.0",
+              "UCI 8x8 handwritten digits, 10 classes, 1797 images (from Debian python3-sklearn)", options,
+              Digits)

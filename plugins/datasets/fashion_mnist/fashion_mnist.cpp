@@ -2,12 +2,12 @@
 // taken from the training file disjoint from the train split; validation from the test file.
 #include <ATen/ops/empty.h>
 #include <fmt/format.h>
-#include <inflab/dataset.hpp>
-#include <inflab/error.hpp>
 #include <zlib.h>
 
 #include <algorithm>
 #include <filesystem>
+#include <inflab/dataset.hpp>
+#include <inflab/error.hpp>
 #include <numeric>
 #include <random>
 
@@ -18,9 +18,10 @@ const std::vector<std::string> kClassNames{"T-shirt/top", "Trouser", "Pullover",
 
 std::vector<unsigned char> read_gzip(const std::filesystem::path& path) {
   if (!std::filesystem::exists(path))
-    throw inflab::Error(fmt::format("{}: missing; install it with `apt-get install dataset-fashion-mnist` "
-                                    "(./inflab does this on first use) or set the dataset's data_dir",
-                                    path.string()));
+    throw inflab::Error(
+        fmt::format("{}: missing; install it with `apt-get install dataset-fashion-mnist` "
+                    "(./inflab does this on first use) or set the dataset's data_dir",
+                    path.string()));
   gzFile file = gzopen(path.c_str(), "rb");
   if (!file) throw inflab::Error(fmt::format("{}: cannot open", path.string()));
   std::vector<unsigned char> out;
@@ -72,7 +73,8 @@ class FashionMnist : public inflab::Dataset {
     auto classes = options_.get_int_list("classes");
     if (classes.empty()) classes = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
     for (auto c : classes)
-      if (c < 0 || c > 9) throw inflab::Error(fmt::format("dataset fashion_mnist: classes must be in 0..9, found {}", c));
+      if (c < 0 || c > 9)
+        throw inflab::Error(fmt::format("dataset fashion_mnist: classes must be in 0..9, found {}", c));
     std::vector<std::int64_t> remap(10, -1);
     inflab::DatasetSplits splits;
     for (std::size_t k = 0; k < classes.size(); ++k) {
@@ -96,12 +98,16 @@ class FashionMnist : public inflab::Dataset {
     if (n_train < 1 || n_validation < 1 || n_pretrain < 0)
       throw inflab::Error("dataset fashion_mnist: n_train and n_validation must be >= 1, n_pretrain >= 0");
     if (n_train + n_pretrain > static_cast<std::int64_t>(from_train.size()))
-      throw inflab::Error(fmt::format("dataset fashion_mnist: n_train + n_pretrain = {} but the chosen classes have only {} training images",
-                                      n_train + n_pretrain, from_train.size()));
+      throw inflab::Error(
+          fmt::format("dataset fashion_mnist: n_train + n_pretrain = {} but the chosen classes have only {} "
+                      "training images",
+                      n_train + n_pretrain, from_train.size()));
     if (n_validation > static_cast<std::int64_t>(from_test.size()))
-      throw inflab::Error(fmt::format("dataset fashion_mnist: n_validation = {} but the chosen classes have only {} test images",
-                                      n_validation, from_test.size()));
-    auto make = [&](const Idx& idx, const std::vector<std::int64_t>& order, std::int64_t start, std::int64_t count) {
+      throw inflab::Error(fmt::format(
+          "dataset fashion_mnist: n_validation = {} but the chosen classes have only {} test images",
+          n_validation, from_test.size()));
+    auto make = [&](const Idx& idx, const std::vector<std::int64_t>& order, std::int64_t start,
+                    std::int64_t count) {
       inflab::Split split;
       split.inputs = at::empty({count, static_cast<std::int64_t>(idx.pixels)}, c10::kFloat);
       split.labels = at::empty({count}, c10::kLong);
@@ -129,11 +135,15 @@ class FashionMnist : public inflab::Dataset {
 std::vector<inflab::OptionSpec> options() {
   using inflab::OptionType;
   return {
-      {"data_dir", OptionType::String, std::string("/usr/share/datasets/fashion-mnist"), "directory of the gzip IDX files"},
+      {"data_dir", OptionType::String, std::string("/usr/share/datasets/fashion-mnist"),
+       "directory of the gzip IDX files"},
       {"n_train", OptionType::Int, std::int64_t{1000}, "training examples (the ones scored)"},
-      {"n_validation", OptionType::Int, std::int64_t{200}, "validation examples (queries), from the test file"},
-      {"n_pretrain", OptionType::Int, std::int64_t{5000}, "examples for base pretraining, disjoint from train"},
-      {"classes", OptionType::IntList, std::vector<std::int64_t>{}, "class subset, e.g. [0, 6] (default: all 10)"},
+      {"n_validation", OptionType::Int, std::int64_t{200},
+       "validation examples (queries), from the test file"},
+      {"n_pretrain", OptionType::Int, std::int64_t{5000},
+       "examples for base pretraining, disjoint from train"},
+      {"classes", OptionType::IntList, std::vector<std::int64_t>{},
+       "class subset, e.g. [0, 6] (default: all 10)"},
       {"shuffle_seed", OptionType::Int, std::int64_t{0}, "which examples are drawn"},
   };
 }
@@ -141,4 +151,5 @@ std::vector<inflab::OptionSpec> options() {
 }  // namespace
 
 INFLAB_PLUGIN(Dataset, "fashion_mnist", "1.0.0",
-              "Fashion-MNIST 28x28 clothing images, 10 classes (Debian dataset-fashion-mnist)", options, FashionMnist)
+              "Fashion-MNIST 28x28 clothing images, 10 classes (Debian dataset-fashion-mnist)", options,
+              FashionMnist)

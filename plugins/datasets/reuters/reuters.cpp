@@ -3,12 +3,12 @@
 // stories, binary label "is about the topic". `./inflab setup` extracts the files from the .deb
 // (weka itself, a Java program, is not installed).
 #include <fmt/format.h>
-#include <inflab/dataset.hpp>
-#include <inflab/error.hpp>
-#include <inflab/splits.hpp>
 
 #include <filesystem>
 #include <fstream>
+#include <inflab/dataset.hpp>
+#include <inflab/error.hpp>
+#include <inflab/splits.hpp>
 #include <sstream>
 
 namespace {
@@ -37,8 +37,10 @@ bool parse_line(const std::string& line, std::string& text, std::int64_t& label)
 inflab::LabeledTexts read_arff(const std::filesystem::path& path) {
   std::ifstream in(path);
   if (!in)
-    throw inflab::Error(fmt::format("{}: missing; run `./inflab setup` (it extracts the Reuters ARFF files from Debian's "
-                                    "weka package into the data cache)", path.string()));
+    throw inflab::Error(
+        fmt::format("{}: missing; run `./inflab setup` (it extracts the Reuters ARFF files from Debian's "
+                    "weka package into the data cache)",
+                    path.string()));
   inflab::LabeledTexts out;
   std::string line, text;
   bool data = false;
@@ -50,7 +52,8 @@ inflab::LabeledTexts read_arff(const std::filesystem::path& path) {
     if (line.empty()) continue;
     std::int64_t label = 0;
     if (!parse_line(line, text, label))
-      throw inflab::Error(fmt::format("{}:{}: expected 'text',0 or 'text',1, found '{}'", path.string(), number, line.substr(0, 60)));
+      throw inflab::Error(fmt::format("{}:{}: expected 'text',0 or 'text',1, found '{}'", path.string(),
+                                      number, line.substr(0, 60)));
     out.texts.push_back(text);
     out.labels.push_back(label);
   }
@@ -64,15 +67,16 @@ class Reuters : public inflab::Dataset {
     options_ = options;
     topic_ = options.get_string("topic");
     if (topic_ != "grain" && topic_ != "corn")
-      throw inflab::Error(fmt::format("dataset reuters: topic must be \"grain\" or \"corn\", found \"{}\"", topic_));
+      throw inflab::Error(
+          fmt::format("dataset reuters: topic must be \"grain\" or \"corn\", found \"{}\"", topic_));
   }
 
   inflab::DatasetSplits load() override {
     std::filesystem::path dir = options_.get_string("data_dir");
     if (dir.empty()) dir = std::filesystem::path(inflab::data_cache_root()) / "weka";
     std::string stem = topic_ == "grain" ? "ReutersGrain" : "ReutersCorn";
-    return inflab::text_splits("reuters", read_arff(dir / (stem + "-train.arff")), read_arff(dir / (stem + "-test.arff")),
-                               options_, {"other", topic_});
+    return inflab::text_splits("reuters", read_arff(dir / (stem + "-train.arff")),
+                               read_arff(dir / (stem + "-test.arff")), options_, {"other", topic_});
   }
 
  private:
@@ -83,11 +87,13 @@ class Reuters : public inflab::Dataset {
 std::vector<inflab::OptionSpec> options() {
   auto specs = inflab::text_split_option_specs(1000, 300, 300);
   specs.push_back({"topic", inflab::OptionType::String, std::string("grain"), "grain or corn"});
-  specs.push_back({"data_dir", inflab::OptionType::String, std::string(), "directory of the ARFF files (default: the data cache)"});
+  specs.push_back({"data_dir", inflab::OptionType::String, std::string(),
+                   "directory of the ARFF files (default: the data cache)"});
   return specs;
 }
 
 }  // namespace
 
-INFLAB_PLUGIN(Dataset, "reuters", "1.0.0", "Reuters-21578 grain/corn topic detection, news stories (Debian weka examples)",
-              options, Reuters)
+INFLAB_PLUGIN(Dataset, "reuters", "1.0.0",
+              "Reuters-21578 grain/corn topic detection, news stories (Debian weka examples)", options,
+              Reuters)

@@ -4,10 +4,10 @@
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros_like.h>
 #include <fmt/format.h>
-#include <inflab/error.hpp>
-#include <inflab/estimator.hpp>
 
 #include <cstdio>
+#include <inflab/error.hpp>
+#include <inflab/estimator.hpp>
 
 namespace {
 
@@ -17,8 +17,11 @@ class ConjugateGradients : public inflab::Estimator {
     damping_ = inflab::damping_from(options);
     tolerance_ = options.get_double("tolerance");
     max_iterations_ = options.get_int("max_iterations");
-    if (tolerance_ <= 0) throw inflab::Error(fmt::format("{}: tolerance must be > 0, found {}", options.owner(), tolerance_));
-    if (max_iterations_ < 1) throw inflab::Error(fmt::format("{}: max_iterations must be >= 1, found {}", options.owner(), max_iterations_));
+    if (tolerance_ <= 0)
+      throw inflab::Error(fmt::format("{}: tolerance must be > 0, found {}", options.owner(), tolerance_));
+    if (max_iterations_ < 1)
+      throw inflab::Error(
+          fmt::format("{}: max_iterations must be >= 1, found {}", options.owner(), max_iterations_));
   }
 
   void fit(const inflab::GradientBlocks& train) override {
@@ -64,9 +67,11 @@ class ConjugateGradients : public inflab::Estimator {
     diagnostics_[block.name + ".iterations"] = static_cast<double>(iterations);
     diagnostics_[block.name + ".relative_residual"] = worst;
     if (!(worst <= 10 * tolerance_))
-      std::fprintf(stderr, "[inflab] warning: cg on block '%s' stopped after %lld iterations at relative residual %.3g "
-                   "(tolerance %.3g); raise max_iterations or the damping\n",
-                   block.name.c_str(), static_cast<long long>(iterations), worst, tolerance_);
+      std::fprintf(
+          stderr,
+          "[inflab] warning: cg on block '%s' stopped after %lld iterations at relative residual %.3g "
+          "(tolerance %.3g); raise max_iterations or the damping\n",
+          block.name.c_str(), static_cast<long long>(iterations), worst, tolerance_);
     return r;
   }
 
@@ -87,13 +92,15 @@ class ConjugateGradients : public inflab::Estimator {
 
 std::vector<inflab::OptionSpec> options() {
   auto specs = inflab::damping_option_specs();
-  specs.push_back({"tolerance", inflab::OptionType::Double, 1e-6, "stop when ||(G + lambda I) r - v|| <= tolerance ||v|| for every query"});
-  specs.push_back({"max_iterations", inflab::OptionType::Int, std::int64_t{500}, "iteration limit per block"});
+  specs.push_back({"tolerance", inflab::OptionType::Double, 1e-6,
+                   "stop when ||(G + lambda I) r - v|| <= tolerance ||v|| for every query"});
+  specs.push_back(
+      {"max_iterations", inflab::OptionType::Int, std::int64_t{500}, "iteration limit per block"});
   return specs;
 }
 
 }  // namespace
 
 INFLAB_PLUGIN(Estimator, "cg", "1.0.0",
-              "Conjugate gradients on the damped Gauss-Newton block, matrix-free, batched over queries", options,
-              ConjugateGradients)
+              "Conjugate gradients on the damped Gauss-Newton block, matrix-free, batched over queries",
+              options, ConjugateGradients)

@@ -7,7 +7,8 @@ namespace {
 class Ekfac : public inflab::KroneckerEstimator {
  protected:
   const char* method() const override { return "ekfac"; }
-  at::Tensor eigenvalues(const inflab::KroneckerBasis& basis, const inflab::GradientBlock& block) const override {
+  at::Tensor eigenvalues(const inflab::KroneckerBasis& basis,
+                         const inflab::GradientBlock& block) const override {
     return inflab::corrected_eigenvalues(basis, block.values);
   }
 };
@@ -17,4 +18,5 @@ std::vector<inflab::OptionSpec> options() { return inflab::damping_option_specs(
 }  // namespace
 
 INFLAB_PLUGIN(Estimator, "ekfac", "1.0.0",
-              "EK-FAC: K-FAC eigenbasis with eigenvalues corrected from the per-example gradients", options, Ekfac)
+              "EK-FAC: K-FAC eigenbasis with eigenvalues corrected from the per-example gradients", options,
+              Ekfac)

@@ -6,6 +6,7 @@
 #include <ATen/ops/eye.h>
 #include <ATen/ops/linalg_cholesky.h>
 #include <fmt/format.h>
+
 #include <inflab/error.hpp>
 #include <inflab/estimator.hpp>
 
@@ -18,7 +19,8 @@ class Exact : public inflab::Estimator {
     budget_mb_ = options.get_double("memory_budget_mb");
     method_ = options.get_string("method");
     if (method_ != "auto" && method_ != "cholesky" && method_ != "woodbury")
-      throw inflab::Error(fmt::format("{}: method must be auto, cholesky or woodbury, found \"{}\"", options.owner(), method_));
+      throw inflab::Error(fmt::format("{}: method must be auto, cholesky or woodbury, found \"{}\"",
+                                      options.owner(), method_));
   }
 
   void fit(const inflab::GradientBlocks& train) override {
@@ -31,10 +33,11 @@ class Exact : public inflab::Estimator {
       const auto side = woodbury ? n : d;
       const double needed_mb = 2.0 * static_cast<double>(side) * static_cast<double>(side) * 8.0 / 1048576.0;
       if (needed_mb > budget_mb_)
-        throw inflab::Error(fmt::format(
-            "exact: block '{}' ({} examples x {} parameters) needs a {} x {} float64 factorization, about {:.0f} MiB, "
-            "over memory_budget_mb = {:.0f}; raise memory_budget_mb or use datainf, lissa or cg",
-            block.name, n, d, side, side, needed_mb, budget_mb_));
+        throw inflab::Error(
+            fmt::format("exact: block '{}' ({} examples x {} parameters) needs a {} x {} float64 "
+                        "factorization, about {:.0f} MiB, "
+                        "over memory_budget_mb = {:.0f}; raise memory_budget_mb or use datainf, lissa or cg",
+                        block.name, n, d, side, side, needed_mb, budget_mb_));
       at::Tensor matrix = woodbury ? g.mm(g.t()) : g.t().mm(g).div_(static_cast<double>(n));
       matrix.diagonal().add_(woodbury ? static_cast<double>(n) * lambda : lambda);
       blocks_.push_back({g, at::linalg_cholesky(matrix), lambda, woodbury});

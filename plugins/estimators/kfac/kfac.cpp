@@ -2,6 +2,7 @@
 // output-gradient and activation second moments, inverted through both eigendecompositions:
 //   r = Q (Lambda_S (x) Lambda_A + lambda I)^{-1} Q^T v,  Q = Q_S (x) Q_A.
 #include <ATen/ops/outer.h>
+
 #include <inflab/kronecker.hpp>
 
 namespace {

