@@ -184,6 +184,16 @@ TEST_CASE("`inflab score` works on a hand-written gradient directory and checks 
   CHECK_THAT(wrong.output, Contains("train/w.npy") && Contains("expected shape (n, 3)") && Contains("3 x 2"));
   auto bad_option = test::run_command(bin + " --set dampng=1 --out " + (dir.path / "x.npy").string());
   CHECK(bad_option.exit_code == 2);
+
+  // NaN in a gradient file: refused by name and row, no scores written.
+  dir.write("g/blocks.json", R"({"blocks": [{"name": "w", "dim": 2}]})");
+  auto with_nan = train.clone();
+  with_nan[1][0] = std::numeric_limits<double>::quiet_NaN();
+  inflab::save_npy(dir.path / "g" / "train" / "w.npy", with_nan);
+  auto nan_run = test::run_command(bin + " --out " + (dir.path / "nan.npy").string());
+  CHECK(nan_run.exit_code == 2);
+  CHECK_THAT(nan_run.output, Contains("train/w.npy") && Contains("NaN or Inf") && Contains("row 1"));
+  CHECK_FALSE(fs::exists(dir.path / "nan.npy"));
 }
 
 TEST_CASE("a store over its memory budget is memory-mapped and gives identical scores; float16 stays close",

@@ -4,7 +4,9 @@
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/mean.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/isfinite.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "inflab/error.hpp"
 #include "inflab/scoring.hpp"
@@ -74,7 +76,28 @@ at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train, con
   at::Tensor scores = at::zeros({n, q}, train[0].values.options());
   for (std::size_t b = 0; b < train.size(); ++b) {
     at::Tensor preconditioned = estimator.inverse_product(b, queries[b].values);
+    if (preconditioned.dim() != 2 || preconditioned.size(0) != q || preconditioned.size(1) != train[b].values.size(1))
+      throw Error(fmt::format("block '{}': the estimator returned a {}-d tensor of shape [{}], expected {} x {}",
+                              train[b].name, preconditioned.dim(), fmt::join(preconditioned.sizes(), ", "), q,
+                              train[b].values.size(1)));
+    // Never a silent NaN score: say which block went wrong and what usually causes it.
+    if (!preconditioned.isfinite().all().item<bool>())
+      throw Error(fmt::format(
+          "block '{}': the estimator's inverse product has NaN or Inf values ({}); check the gradients for "
+          "NaN/Inf and the damping (a fixed damping of 0 or a divergent iteration)",
+          train[b].name,
+          !train[b].values.isfinite().all().item<bool>() || !queries[b].values.isfinite().all().item<bool>()
+              ? "the gradients themselves are not finite"
+              : "the gradients are finite"));
     scores.addmm_(train[b].values, preconditioned.t());
+  }
+  // The scores are small (n x q): check them all, and only on failure look for the culprit.
+  if (!scores.isfinite().all().item<bool>()) {
+    for (std::size_t b = 0; b < train.size(); ++b)
+      if (!train[b].values.isfinite().all().item<bool>() || !queries[b].values.isfinite().all().item<bool>())
+        throw Error(fmt::format("block '{}': the gradients themselves are not finite (NaN or Inf); scores would be NaN",
+                                train[b].name));
+    throw Error("the influence scores overflowed to Inf or NaN; check the damping and the gradients' scale");
   }
   return scores.neg_();  // I(k, q) = - g_k . M^{-1} v_q
 }
