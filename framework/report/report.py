@@ -137,11 +137,12 @@ def main(root):
             ax.set_xscale("log", base=2)
             ax.set_xticks(ranks, [str(r) for r in ranks])
             ax.set_xlabel("LoRA rank r")
-            ax.set_ylabel(ylabel)
             ax.set_title(experiment)
             ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(ylabel)
         axes[0][-1].legend(fontsize=8, loc="best")
         fig.suptitle(title)
+        fig.tight_layout(rect=(0, 0, 1, 0.94))
         save(fig, out, name)
 
     per_rank_figure("pearson", "Pearson correlation with Exact", "fig1_correlation_vs_rank",
@@ -167,7 +168,7 @@ def main(root):
         ax.set_ylabel("mislabel-detection ROC AUC")
         ax.set_ylim(0.4, 1.0)
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-        ax.legend(fontsize=7, ncol=4, loc="lower center")
+        ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.1))
         ax.set_title("Mislabeled-data detection at LoRA rank 4 (mean, 95% CI over seeds)")
         save(fig, out, "fig2_auc_rank4")
 
@@ -204,6 +205,7 @@ def main(root):
             ax.grid(alpha=0.3, axis="y")
         axes[0].legend(fontsize=8)
         fig.suptitle("LiSSA as the paper writes it (damping added, converged) vs the paper's code")
+        fig.tight_layout(rect=(0, 0, 1, 0.93))
         save(fig, out, "fig4_lissa_variants")
     commits = sorted({r["commit"] for r in runs})
     print(f"{len(runs)} runs from {len(studies)} studies; commits {', '.join(commits)}; "
