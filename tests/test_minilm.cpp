@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "helpers.hpp"
 #include "inflab/dataset.hpp"
@@ -182,6 +183,18 @@ TEST_CASE("the text datasets read the prepared files completely", "[minilm][data
   CHECK(grain.train.texts[0].find('\n') != std::string::npos);  // ARFF escapes decoded
   REQUIRE_THROWS_WITH(text_dataset(registry, "reuters", {{"n_train", std::int64_t{1555}}})->load(),
                       Contains("must fit in the 1554"));
+  // R on the package's data: 4,652 Android and 3,962 iPhone tweets (no retweets among them).
+  auto tweets = text_dataset(registry, "tweets",
+                             {{"n_train", std::int64_t{8000}},
+                              {"n_pretrain", std::int64_t{0}},
+                              {"n_validation", std::int64_t{614}}})
+                    ->load();
+  CHECK(tweets.train.labels.sum().item<std::int64_t>() +
+            tweets.validation.labels.sum().item<std::int64_t>() ==
+        4652);
+  std::set<std::int64_t> ids(tweets.train.ids.begin(), tweets.train.ids.end());
+  ids.insert(tweets.validation.ids.begin(), tweets.validation.ids.end());
+  CHECK(ids.size() == 8614);  // disjoint splits covering every tweet
   REQUIRE_THROWS_WITH(text_dataset(registry, "reuters", {{"topic", std::string("wheat")}}),
                       Contains("grain"));
   REQUIRE_THROWS_WITH(

@@ -36,8 +36,9 @@ SplitIndices shuffle_split(const std::string& dataset, std::int64_t total, std::
 std::vector<OptionSpec> text_split_option_specs(std::int64_t n_train, std::int64_t n_validation,
                                                 std::int64_t n_pretrain) {
   return {
-      {"n_train", OptionType::Int, n_train, "training examples (the ones scored), from the training file"},
-      {"n_validation", OptionType::Int, n_validation, "validation examples (queries), from the test file"},
+      {"n_train", OptionType::Int, n_train, "training examples (the ones scored)"},
+      {"n_validation", OptionType::Int, n_validation,
+       "validation examples (queries; from the test file where there is one)"},
       {"n_pretrain", OptionType::Int, n_pretrain,
        "examples that train the classifier head on the frozen encoder, disjoint from train"},
       {"shuffle_seed", OptionType::Int, std::int64_t{0}, "which examples are drawn"},
@@ -71,6 +72,22 @@ DatasetSplits text_splits(const std::string& dataset, const LabeledTexts& train_
   splits.pretrain = text_split(train_file, from_train.pretrain);
   splits.train = text_split(train_file, from_train.train);
   splits.validation = text_split(test_file, from_test.validation);
+  splits.class_names = std::move(class_names);
+  return splits;
+}
+
+DatasetSplits text_splits(const std::string& dataset, const LabeledTexts& all, const Options& options,
+                          std::vector<std::string> class_names) {
+  if (options.get_int("n_train") < 1 || options.get_int("n_validation") < 1)
+    throw Error(fmt::format("dataset {}: n_train and n_validation must be at least 1", dataset));
+  SplitIndices indices =
+      shuffle_split(dataset, static_cast<std::int64_t>(all.texts.size()), options.get_int("n_pretrain"),
+                    options.get_int("n_train"), options.get_int("n_validation"),
+                    static_cast<std::uint64_t>(options.get_int("shuffle_seed")));
+  DatasetSplits splits;
+  splits.pretrain = text_split(all, indices.pretrain);
+  splits.train = text_split(all, indices.train);
+  splits.validation = text_split(all, indices.validation);
   splits.class_names = std::move(class_names);
   return splits;
 }

@@ -29,6 +29,10 @@ DatasetSplits text_splits(const std::string& dataset, const LabeledTexts& train_
                           const LabeledTexts& test_file, const Options& options,
                           std::vector<std::string> class_names);
 
+// Text classification from a single file: pretrain, train and validation are disjoint draws.
+DatasetSplits text_splits(const std::string& dataset, const LabeledTexts& all, const Options& options,
+                          std::vector<std::string> class_names);
+
 // The data cache: $INFLAB_DATA, else ~/.cache/inflab/data (prepared by `./inflab setup`).
 std::string data_cache_root();
 
