@@ -20,7 +20,7 @@ for delay in 0.5 1.5 0.9 1.2 0.7; do
   wait "$pid" 2>/dev/null || true
   finished=$(find "$work/killed" -name metrics.csv 2>/dev/null | wc -l)
   progress+=("${delay}s:$finished")
-  [ "$finished" -lt 4 ] && inside=$((inside + 1))
+  if [ "$finished" -lt 4 ]; then inside=$((inside + 1)); fi
 done
 # The kills must land inside the sweep, not after it (else the test proves nothing).
 echo "runs finished at each kill: ${progress[*]}"
