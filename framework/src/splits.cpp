@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <random>
 
 #include "inflab/error.hpp"
@@ -58,38 +59,67 @@ Split text_split(const LabeledTexts& source, const std::vector<std::int64_t>& ro
 }
 }  // namespace
 
+namespace {
+void check_text_sizes(const std::string& dataset, const Options& options) {
+  if (options.get_int("n_train") < 1 || options.get_int("n_validation") < 1)
+    throw Error(fmt::format("dataset {}: n_train and n_validation must be at least 1", dataset));
+}
+
+DatasetSplits assemble(const LabeledTexts& train_source, const SplitIndices& from_train,
+                       const LabeledTexts& validation_source, const std::vector<std::int64_t>& validation,
+                       std::vector<std::string> class_names) {
+  DatasetSplits splits;
+  splits.pretrain = text_split(train_source, from_train.pretrain);
+  splits.train = text_split(train_source, from_train.train);
+  splits.validation = text_split(validation_source, validation);
+  splits.class_names = std::move(class_names);
+  return splits;
+}
+}  // namespace
+
 DatasetSplits text_splits(const std::string& dataset, const LabeledTexts& train_file,
                           const LabeledTexts& test_file, const Options& options,
                           std::vector<std::string> class_names) {
+  check_text_sizes(dataset, options);
   const auto seed = static_cast<std::uint64_t>(options.get_int("shuffle_seed"));
   SplitIndices from_train = shuffle_split(dataset, static_cast<std::int64_t>(train_file.texts.size()),
                                           options.get_int("n_pretrain"), options.get_int("n_train"), 0, seed);
   SplitIndices from_test = shuffle_split(dataset, static_cast<std::int64_t>(test_file.texts.size()), 0, 0,
                                          options.get_int("n_validation"), seed + 1);
-  if (options.get_int("n_train") < 1 || options.get_int("n_validation") < 1)
-    throw Error(fmt::format("dataset {}: n_train and n_validation must be at least 1", dataset));
-  DatasetSplits splits;
-  splits.pretrain = text_split(train_file, from_train.pretrain);
-  splits.train = text_split(train_file, from_train.train);
-  splits.validation = text_split(test_file, from_test.validation);
-  splits.class_names = std::move(class_names);
-  return splits;
+  return assemble(train_file, from_train, test_file, from_test.validation, std::move(class_names));
 }
 
 DatasetSplits text_splits(const std::string& dataset, const LabeledTexts& all, const Options& options,
                           std::vector<std::string> class_names) {
-  if (options.get_int("n_train") < 1 || options.get_int("n_validation") < 1)
-    throw Error(fmt::format("dataset {}: n_train and n_validation must be at least 1", dataset));
+  check_text_sizes(dataset, options);
   SplitIndices indices =
       shuffle_split(dataset, static_cast<std::int64_t>(all.texts.size()), options.get_int("n_pretrain"),
                     options.get_int("n_train"), options.get_int("n_validation"),
                     static_cast<std::uint64_t>(options.get_int("shuffle_seed")));
-  DatasetSplits splits;
-  splits.pretrain = text_split(all, indices.pretrain);
-  splits.train = text_split(all, indices.train);
-  splits.validation = text_split(all, indices.validation);
-  splits.class_names = std::move(class_names);
-  return splits;
+  return assemble(all, indices, all, indices.validation, std::move(class_names));
+}
+
+LabeledTexts read_labeled_tsv(const std::string& path, const std::string& label_column,
+                              const std::string& text_column, const std::string& negative,
+                              const std::string& positive, const std::string& restore) {
+  std::ifstream in(path);
+  if (!in) throw Error(fmt::format("{}: missing; run {}", path, restore));
+  LabeledTexts out;
+  std::string line;
+  std::getline(in, line);
+  if (line != label_column + "\t" + text_column)
+    throw Error(fmt::format("{}:1: expected the header '{}<TAB>{}', found '{}'", path, label_column,
+                            text_column, line));
+  for (int number = 2; std::getline(in, line); ++number) {
+    auto tab = line.find('\t');
+    std::string label = line.substr(0, tab);
+    if (tab == std::string::npos || (label != negative && label != positive))
+      throw Error(fmt::format("{}:{}: expected {} or {}, a tab, then the {}", path, number, positive,
+                              negative, text_column));
+    out.labels.push_back(label == positive);
+    out.texts.push_back(line.substr(tab + 1));
+  }
+  return out;
 }
 
 std::string data_cache_root() {

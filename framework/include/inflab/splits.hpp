@@ -33,6 +33,13 @@ DatasetSplits text_splits(const std::string& dataset, const LabeledTexts& train_
 DatasetSplits text_splits(const std::string& dataset, const LabeledTexts& all, const Options& options,
                           std::vector<std::string> class_names);
 
+// A prepared two-column TSV: the header "<label column><TAB><text column>", then one row per
+// example whose label is `negative` (0) or `positive` (1). Errors name the file and the line;
+// a missing file names `restore`, the command that prepares it.
+LabeledTexts read_labeled_tsv(const std::string& path, const std::string& label_column,
+                              const std::string& text_column, const std::string& negative,
+                              const std::string& positive, const std::string& restore);
+
 // The data cache: $INFLAB_DATA, else ~/.cache/inflab/data (prepared by `./inflab setup`).
 std::string data_cache_root();
 

@@ -6,7 +6,6 @@
 #include <fmt/format.h>
 
 #include <filesystem>
-#include <fstream>
 #include <inflab/dataset.hpp>
 #include <inflab/error.hpp>
 #include <inflab/splits.hpp>
@@ -14,28 +13,10 @@
 namespace {
 
 inflab::LabeledTexts read_tsv(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in)
-    throw inflab::Error(
-        fmt::format("{}: missing; run `./inflab setup` (it converts small_fine_foods from Debian's "
-                    "r-cran-modeldata with Rscript into the data cache)",
-                    path.string()));
-  inflab::LabeledTexts out;
-  std::string line;
-  std::getline(in, line);  // header
-  if (line != "score\treview")
-    throw inflab::Error(
-        fmt::format("{}:1: expected the header 'score<TAB>review', found '{}'", path.string(), line));
-  for (int number = 2; std::getline(in, line); ++number) {
-    auto tab = line.find('\t');
-    std::string score = line.substr(0, tab);
-    if (tab == std::string::npos || (score != "great" && score != "other"))
-      throw inflab::Error(
-          fmt::format("{}:{}: expected great or other, a tab, then the review", path.string(), number));
-    out.labels.push_back(score == "great");
-    out.texts.push_back(line.substr(tab + 1));
-  }
-  return out;
+  return inflab::read_labeled_tsv(
+      path.string(), "score", "review", "other", "great",
+      "`./inflab setup` (it converts small_fine_foods from Debian's r-cran-modeldata "
+      "with Rscript into the data cache)");
 }
 
 class FineFoods : public inflab::Dataset {

@@ -4,7 +4,6 @@
 #include <fmt/format.h>
 
 #include <filesystem>
-#include <fstream>
 #include <inflab/dataset.hpp>
 #include <inflab/error.hpp>
 #include <inflab/splits.hpp>
@@ -18,27 +17,10 @@ class Tweets : public inflab::Dataset {
   inflab::DatasetSplits load() override {
     std::filesystem::path path = options_.get_string("path");
     if (path.empty()) path = std::filesystem::path(inflab::data_cache_root()) / "dslabs" / "trump_tweets.tsv";
-    std::ifstream in(path);
-    if (!in)
-      throw inflab::Error(
-          fmt::format("{}: missing; run `./inflab setup` (it converts trump_tweets from Debian's "
-                      "r-cran-dslabs with Rscript into the data cache)",
-                      path.string()));
-    inflab::LabeledTexts all;
-    std::string line;
-    std::getline(in, line);
-    if (line != "source\ttext")
-      throw inflab::Error(
-          fmt::format("{}:1: expected the header 'source<TAB>text', found '{}'", path.string(), line));
-    for (int number = 2; std::getline(in, line); ++number) {
-      auto tab = line.find('\t');
-      std::string source = line.substr(0, tab);
-      if (tab == std::string::npos || (source != "android" && source != "iphone"))
-        throw inflab::Error(
-            fmt::format("{}:{}: expected android or iphone, a tab, then the tweet", path.string(), number));
-      all.labels.push_back(source == "android");
-      all.texts.push_back(line.substr(tab + 1));
-    }
+    inflab::LabeledTexts all =
+        inflab::read_labeled_tsv(path.string(), "source", "text", "iphone", "android",
+                                 "`./inflab setup` (it converts trump_tweets from Debian's r-cran-dslabs "
+                                 "with Rscript into the data cache)");
     return inflab::text_splits("tweets", all, options_, {"iphone", "android"});
   }
 
