@@ -103,17 +103,82 @@ TEST_CASE("engine gradients equal a per-example loop on minilm_lora (real weight
       if (l->has_adapter()) params.push_back(l->lora_a()), params.push_back(l->lora_b());
     model->set_training(false);
     for (std::int64_t i = 0; i < 4; ++i) {
-      auto loss = torch::nn::functional::cross_entropy(model->forward(inputs.narrow(0, i, 1)),
-                                                       labels.narrow(0, i, 1));
+      // Oracle 1, the engine's arithmetic: one backward per example through the same padded
+      // batch the engine saw (batches of 3: {0, 1, 2}, {3}).
+      const std::int64_t start = i < 3 ? 0 : 3, count = i < 3 ? 3 : 1;
+      auto logits = model->forward(inputs.narrow(0, start, count));
+      auto loss =
+          torch::nn::functional::cross_entropy(logits.narrow(0, i - start, 1), labels.narrow(0, i, 1));
       auto grads = torch::autograd::grad({loss}, params);
+      // Oracle 2, padding changes nothing: the example alone (no padding; other matmul shapes,
+      // so float32 rounding differs by more than 1e-5 through six layers).
+      auto alone = torch::nn::functional::cross_entropy(model->forward(inputs.narrow(0, i, 1)),
+                                                        labels.narrow(0, i, 1));
+      auto alone_grads = torch::autograd::grad({alone}, params);
       for (std::size_t b = 0; b < grads.size(); ++b) {
         auto expected = grads[b].reshape({-1});
         INFO("rank " << rank << " example " << i << " block " << engine[b].name);
         CHECK((engine[b].values[i] - expected).norm().item<double>() <=
               1e-5 * expected.norm().item<double>() + 1e-9);
+        CHECK((engine[b].values[i] - alone_grads[b].reshape({-1})).norm().item<double>() <=
+              1e-4 * expected.norm().item<double>() + 1e-9);
       }
     }
   }
+}
+
+TEST_CASE(
+    "K-FAC statistics of a padded batch count real tokens only (oracle: one unpadded example at a time)",
+    "[minilm][gradients][kfac]") {
+  auto options = inflab::default_options(
+      "minilm_lora", test::registry().find(inflab::PluginKind::Model, "minilm_lora").info->options());
+  options.set("max_length", std::int64_t{24});
+  auto model = test::registry().create_as<inflab::Model>(inflab::PluginKind::Model, "minilm_lora", options);
+  std::vector<std::string> texts{
+      "Fine.", "A much longer review than the others, so that padding is most of the batch.",
+      "Not bad at all", "Awful."};
+  auto inputs = model->encode_texts(texts);
+  model->build({{3, 24}, 2}, inflab::LoraConfig{2, 4.0, 0.0, {"encoder.layer.5.attention.self.value"}}, 1);
+  {
+    torch::NoGradGuard g;
+    for (auto* l : model->lora_layers())
+      if (l->has_adapter()) l->lora_b().normal_(0, 0.05);
+  }
+  auto labels = torch::tensor(std::vector<std::int64_t>{0, 1, 1, 0}, torch::kLong);
+  auto blocks = inflab::per_example_gradients(*model, inputs, labels, 4, "", /*factors=*/true);
+  REQUIRE(blocks.size() == 2);
+  REQUIRE(model->token_mask(inputs).sum(1).min().item<std::int64_t>() <
+          model->token_mask(inputs).size(1));  // the batch is padded
+
+  inflab::LoraLayer* layer = nullptr;
+  for (auto* l : model->lora_layers())
+    if (l->has_adapter()) layer = l;
+  // Oracle: each example alone has no padding; sum a a^T over its tokens and delta delta^T of its own loss.
+  auto activation = torch::zeros({384, 384}, torch::kDouble);
+  auto gradient = torch::zeros({2, 2}, torch::kDouble);
+  std::int64_t tokens = 0;
+  model->set_training(false);
+  layer->capture = true;
+  for (std::int64_t i = 0; i < 4; ++i) {
+    auto loss = torch::nn::functional::cross_entropy(
+        model->forward(inputs.narrow(0, i, 1)), labels.narrow(0, i, 1),
+        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+    auto x = layer->captured_input.detach().reshape({-1, 384}).to(torch::kDouble);
+    auto delta =
+        torch::autograd::grad({loss}, {layer->captured_hidden})[0].reshape({-1, 2}).to(torch::kDouble);
+    tokens += x.size(0);
+    activation += x.t().mm(x);
+    gradient += delta.t().mm(delta);
+  }
+  layer->capture = false;
+  activation /= static_cast<double>(tokens);
+  gradient /= 4.0;
+  auto relative = [](const torch::Tensor& a, const torch::Tensor& b) {
+    return ((a.to(torch::kDouble) - b).norm() / b.norm()).item<double>();
+  };
+  CHECK(tokens < 4 * model->token_mask(inputs).size(1));
+  CHECK(relative(blocks[0].activation_covariance, activation) < 1e-5);
+  CHECK(relative(blocks[0].gradient_covariance, gradient) < 1e-4);
 }
 
 TEST_CASE("safetensors: tensors are read by name; damaged files are refused with the reason",

@@ -12,6 +12,8 @@ at::Tensor Model::encode_texts(const std::vector<std::string>&) {
 at::Tensor Model::probe_features(const at::Tensor&) { throw Error("this model has no probe features"); }
 at::Tensor Model::probe_head(const at::Tensor&) { throw Error("this model has no probe head"); }
 
+at::Tensor Model::token_mask(const at::Tensor&) { return {}; }
+
 at::Tensor Model::embed(const std::vector<std::string>&) {
   throw Error("this model does not produce sentence embeddings");
 }

@@ -47,6 +47,10 @@ class Model : public Plugin {
   virtual at::Tensor probe_head(const at::Tensor& features);
   // Text models: token ids etc. for raw texts, as the `inputs` tensor forward() takes.
   virtual at::Tensor encode_texts(const std::vector<std::string>& texts);
+  // Token models: (batch, positions) with 1 for real tokens and 0 for padding, over the same
+  // positions the tracked layers see for this batch in forward(). The gradient engine then leaves
+  // padding out of per-example gradients and K-FAC statistics. Undefined (the default): no padding.
+  virtual at::Tensor token_mask(const at::Tensor& inputs);
   // Sentence-embedding models: one L2-normalised row per text (`inflab embed`).
   virtual at::Tensor embed(const std::vector<std::string>& texts);
 };

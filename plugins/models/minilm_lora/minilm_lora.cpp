@@ -147,13 +147,20 @@ class MiniLmLora : public inflab::Model {
   }
 
   void set_training(bool training) override { net_->train(training); }
+  at::Tensor token_mask(const at::Tensor& inputs) override {
+    return mask_of(inputs).narrow(1, 0, batch_length(inputs));
+  }
 
  private:
   static torch::Tensor mask_of(const torch::Tensor& inputs) { return inputs.select(1, 2); }
+  // forward() trims a batch to its longest real sequence.
+  static std::int64_t batch_length(const torch::Tensor& inputs) {
+    return std::max<std::int64_t>(1, mask_of(inputs).sum(1).max().item<std::int64_t>());
+  }
 
   // Hidden states (batch, tokens, hidden), trimmed to the longest real sequence of the batch.
   torch::Tensor encode(const torch::Tensor& inputs) {
-    const std::int64_t length = std::max<std::int64_t>(1, mask_of(inputs).sum(1).max().item<std::int64_t>());
+    const std::int64_t length = batch_length(inputs);
     torch::Tensor ids = inputs.select(1, 0).narrow(1, 0, length),
                   types = inputs.select(1, 1).narrow(1, 0, length);
     torch::Tensor mask = mask_of(inputs).narrow(1, 0, length).to(torch::kFloat);
