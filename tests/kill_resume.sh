@@ -6,10 +6,12 @@ build="$1"
 source_dir="$2"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+# On any failure, say which command failed and show the last run's log.
+trap 'echo "kill_and_resume: failed at line $LINENO: $BASH_COMMAND"; tail -20 "$work/log" 2>/dev/null' ERR
 run=("$build/bin/inflab" --quiet run "$source_dir/experiments/quickstart.toml"
   --set 'sweep.model.lora.rank=[1, 2]' --set 'sweep.experiment.seed=[0, 1]'
   --set dataset.n_train=1500 --set dataset.n_pretrain=3000 --set training.epochs=12)
-"${run[@]}" --out "$work/reference" --cache "$work/cache-reference" >/dev/null 2>&1
+"${run[@]}" --out "$work/reference" --cache "$work/cache-reference" >"$work/log" 2>&1
 progress=()
 inside=0
 for delay in 0.5 1.5 0.9 1.2 0.7; do
@@ -25,7 +27,7 @@ done
 # The kills must land inside the sweep, not after it (else the test proves nothing).
 echo "runs finished at each kill: ${progress[*]}"
 [ "$inside" -ge 2 ] || { echo "fewer than 2 kills hit an unfinished sweep: make the runs longer"; exit 1; }
-"${run[@]}" --out "$work/killed" --cache "$work/cache-killed" >/dev/null 2>&1
+"${run[@]}" --out "$work/killed" --cache "$work/cache-killed" >"$work/log" 2>&1
 runs=0
 for reference in "$work"/reference/quickstart/*/metrics.csv; do
   name="$(basename "$(dirname "$reference")")"

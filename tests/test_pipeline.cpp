@@ -2,7 +2,9 @@
 #include <torch/torch.h>
 
 #include <catch2/catch.hpp>
+#include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "helpers.hpp"
@@ -121,6 +123,36 @@ TEST_CASE("an experiment runs end to end, caches its stages and resumes", "[pipe
   CHECK_FALSE(resumed.skipped);
   CHECK(resumed.stage_cached["gradients"]);
 
+  SECTION("a damaged cache entry is detected by its checksum and recomputed; stale temporaries go") {
+    // One flipped byte in the middle of a cached gradient file, and in the fine-tuned adapters.
+    auto flip_byte = [](const fs::path& file) {
+      std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekp(static_cast<std::streamoff>(fs::file_size(file) / 2));
+      f.put('\x5a');
+    };
+    fs::path gradients;
+    for (const auto& e : fs::directory_iterator(dir.path / "cache" / "gradients")) gradients = e.path();
+    flip_byte(gradients / "train" / "fc1.lora_A.npy");
+    // A killed run's temporary (no process has this pid: above the kernel's pid limit).
+    fs::create_directories(dir.path / "cache" / "gradients" / "x.tmp-99999999");
+    auto repaired = inflab::run_experiment(config, registry, paths, /*resume=*/false);
+    CHECK_FALSE(repaired.stage_cached["gradients"]);
+    CHECK(repaired.stage_cached["finetune"]);
+    CHECK(inflab::load_npy(run / "scores_datainf.npy").equal(scores));
+    CHECK_FALSE(fs::exists(dir.path / "cache" / "gradients" / "x.tmp-99999999"));
+    CHECK(inflab::verify_directory_checksums(gradients).empty());
+
+    fs::path finetune;
+    for (const auto& e : fs::directory_iterator(dir.path / "cache" / "finetune"))
+      if (e.path().extension() == ".pt") finetune = e.path();
+    flip_byte(finetune);
+    CHECK_THAT(inflab::verify_checksum_sidecar(finetune), Contains("checksum and size"));
+    fs::remove_all(gradients);  // so the damaged adapters would be used
+    auto refit = inflab::run_experiment(config, registry, paths, /*resume=*/false);
+    CHECK_FALSE(refit.stage_cached["finetune"]);
+    CHECK(inflab::load_npy(run / "scores_datainf.npy").equal(scores));
+  }
+
   // Another estimator option reuses the gradients; another LoRA rank does not.
   auto other_damping = inflab::load_experiment(file, {"evaluation.mode=pairwise"}, registry).at(0);
   CHECK(other_damping.gradients_key_text == config.gradients_key_text);
@@ -138,12 +170,31 @@ TEST_CASE("`inflab gradients` then `inflab score` reproduce the run's scores", "
   std::string bin = std::string(INFLAB_BINARY) + " --quiet ";
   std::string cache = " --cache " + (dir.path / "cache").string();
   auto g = test::run_command(bin + "gradients " + file.string() + " --out " + (dir.path / "grads").string() +
-                             cache);
+                             cache + " --safetensors");
   REQUIRE(g.exit_code == 0);
   CHECK(fs::exists(dir.path / "grads" / "blocks.json"));
   CHECK(fs::exists(dir.path / "grads" / "train" / "fc1.lora_A.npy"));
   at::Tensor a = inflab::load_npy(dir.path / "grads" / "train" / "fc1.lora_A.npy");
   CHECK(a.sizes() == at::IntArrayRef({300, 2 * 784}));
+
+  SECTION("the safetensors export holds the same values (parsed by hand, per the format)") {
+    std::string bytes = inflab::read_file(dir.path / "grads" / "gradients.safetensors");
+    REQUIRE(bytes.size() > 8);
+    std::uint64_t length = 0;
+    for (int b = 7; b >= 0; --b) length = (length << 8) | static_cast<unsigned char>(bytes[b]);
+    CHECK(length % 8 == 0);
+    auto header = nlohmann::json::parse(bytes.substr(8, length));
+    CHECK(header["__metadata__"]["format"] == "inflab-gradient-store");
+    auto entry = header["train/fc1.lora_A"];
+    CHECK(entry["dtype"] == "F32");
+    CHECK(entry["shape"] == nlohmann::json::array({300, 2 * 784}));
+    std::size_t begin = entry["data_offsets"][0], end = entry["data_offsets"][1];
+    REQUIRE(end - begin == static_cast<std::size_t>(a.nbytes()));
+    CHECK(std::memcmp(bytes.data() + 8 + length + begin, a.data_ptr(), a.nbytes()) == 0);
+    CHECK(header.contains("query/fc2.lora_B"));
+    CHECK(header.contains("factors/fc1.lora_A.activation"));
+    CHECK(header["train_flipped"]["shape"] == nlohmann::json::array({300}));
+  }
 
   auto r =
       test::run_command(bin + "run " + file.string() + " --out " + (dir.path / "results").string() + cache);
@@ -155,6 +206,20 @@ TEST_CASE("`inflab gradients` then `inflab score` reproduce the run's scores", "
   at::Tensor from_cli = inflab::load_npy(dir.path / "s.npy");
   at::Tensor from_run = inflab::load_npy(dir.path / "results" / "e2e" / "run" / "scores_exact.npy");
   CHECK(torch::allclose(from_cli, from_run, 1e-5, 1e-7));
+
+  // evaluation.blocks in a run selects the same blocks as `score --blocks`.
+  auto rb =
+      test::run_command(bin + "run " + file.string() + " --set 'evaluation.blocks=[\"*.lora_B\"]' --out " +
+                        (dir.path / "results_b").string() + cache);
+  REQUIRE(rb.exit_code == 0);
+  auto sb =
+      test::run_command(bin + "score --gradients " + (dir.path / "grads").string() +
+                        " --estimator exact --blocks '*.lora_B' --out " + (dir.path / "sb.npy").string());
+  REQUIRE(sb.exit_code == 0);
+  at::Tensor b_cli = inflab::load_npy(dir.path / "sb.npy");
+  CHECK(torch::allclose(b_cli, inflab::load_npy(dir.path / "results_b" / "e2e" / "run" / "scores_exact.npy"),
+                        1e-5, 1e-7));
+  CHECK_FALSE(torch::allclose(b_cli, from_cli, 1e-3, 1e-6));
 }
 
 TEST_CASE("`inflab score` works on a hand-written gradient directory and checks shapes", "[pipeline][cli]") {
@@ -177,6 +242,23 @@ TEST_CASE("`inflab score` works on a hand-written gradient directory and checks 
   auto aggregate = test::run_command(bin + " --out " + (dir.path / "a.npy").string());
   REQUIRE(aggregate.exit_code == 0);
   CHECK(torch::allclose(inflab::load_npy(dir.path / "a.npy"), expected.mean(1)));
+
+  // --blocks: only matching blocks count. Oracle by hand with a second block "v" added.
+  inflab::save_npy(dir.path / "g" / "train" / "v.npy",
+                   torch::tensor({{10.0}, {20.0}, {30.0}}, torch::kDouble));
+  inflab::save_npy(dir.path / "g" / "query" / "v.npy", torch::tensor({{1.0}, {-1.0}}, torch::kDouble));
+  dir.write("g/blocks.json", R"({"blocks": [{"name": "w", "dim": 2}, {"name": "v", "dim": 1}]})");
+  auto both = test::run_command(bin + " --mode pairwise --out " + (dir.path / "both.npy").string());
+  REQUIRE(both.exit_code == 0);
+  auto v_only = torch::tensor({{-10.0, 10.0}, {-20.0, 20.0}, {-30.0, 30.0}}, torch::kFloat);
+  CHECK(inflab::load_npy(dir.path / "both.npy").equal(expected + v_only));
+  auto only_w =
+      test::run_command(bin + " --mode pairwise --blocks 'w*' --out " + (dir.path / "w.npy").string());
+  REQUIRE(only_w.exit_code == 0);
+  CHECK(inflab::load_npy(dir.path / "w.npy").equal(expected));
+  auto typo = test::run_command(bin + " --blocks 'x*' --out " + (dir.path / "x.npy").string());
+  CHECK(typo.exit_code == 2);
+  CHECK_THAT(typo.output, Contains("'x*' matches none of the blocks: w, v"));
 
   dir.write("g/blocks.json", R"({"blocks": [{"name": "w", "dim": 3}]})");
   auto wrong = test::run_command(bin + " --out " + (dir.path / "x.npy").string());

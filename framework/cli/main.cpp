@@ -135,7 +135,7 @@ int command_plugins(const std::string& name, const Common& common) {
 }
 
 int command_gradients(const fs::path& file, const std::vector<std::string>& sets, const fs::path& out,
-                      const fs::path& cache, const Common& common) {
+                      const fs::path& cache, bool safetensors, const Common& common) {
   Registry registry;
   load_plugins(registry, common);
   auto runs = load_experiment(file, sets, registry);
@@ -143,6 +143,7 @@ int command_gradients(const fs::path& file, const std::vector<std::string>& sets
     fs::path dir = runs.size() == 1 ? out : out / run.run_name;
     GradientStore store = prepare_gradients(run, registry, RunPaths{"results", cache});
     save_gradient_store(dir, store);
+    if (safetensors) save_gradient_store_safetensors(dir / "gradients.safetensors", store);
     std::cout << fmt::format("{}: {} blocks, {} train x {} query examples\n", dir.string(),
                              store.train.size(), store.train.at(0).values.size(0),
                              store.query.at(0).values.size(0));
@@ -152,7 +153,7 @@ int command_gradients(const fs::path& file, const std::vector<std::string>& sets
 
 int command_score(const fs::path& gradients, const std::string& estimator_name,
                   const std::vector<std::string>& sets, const std::string& mode, const fs::path& out,
-                  const Common& common) {
+                  const std::vector<std::string>& blocks, const Common& common) {
   if (mode != "aggregate" && mode != "pairwise")
     throw Error(fmt::format("--mode: expected aggregate or pairwise, found '{}'", mode));
   Registry registry;
@@ -180,6 +181,7 @@ int command_score(const fs::path& gradients, const std::string& estimator_name,
     if (s.required && !options.has(s.name))
       throw Error(fmt::format("estimator '{}' needs --set {}=...", estimator_name, s.name));
   GradientStore store = load_gradient_store(gradients);
+  if (!blocks.empty()) select_blocks(store, blocks);
   auto estimator = registry.create_as<Estimator>(PluginKind::Estimator, estimator_name, options);
   estimator->fit(store.train);
   at::Tensor scores = mode == "aggregate" ? score_aggregate(*estimator, store.train, store.query)
@@ -257,6 +259,10 @@ int main(int argc, char** argv) {
   gradients->add_option("--out", gradients_dir, "output directory (train/, query/, blocks.json)")->required();
   gradients->add_option("--set", sets, "override a key (repeatable)");
   gradients->add_option("--cache", cache, "stage cache");
+  bool safetensors = false;
+  gradients->add_flag(
+      "--safetensors", safetensors,
+      "also write DIR/gradients.safetensors (tensors train/<block>, query/<block>, factors/...)");
 
   auto* score = app.add_subcommand(
       "score", "score a gradient directory (written by inflab, numpy or PyTorch) with one estimator");
@@ -269,6 +275,9 @@ int main(int argc, char** argv) {
   score->add_option("--set", sets, "estimator option: --set damping_scale=0.1 (repeatable)");
   score->add_option("--mode", mode, "aggregate (mean query gradient, n scores) or pairwise (n x q)");
   score->add_option("--out", score_out, "output .npy (float32; row i = training example i)")->required();
+  std::vector<std::string> blocks;
+  score->add_option("--blocks", blocks,
+                    "only blocks matching these glob patterns, e.g. '*.lora_B' (repeatable)");
 
   std::string model_name = "minilm_lora";
   std::vector<std::string> texts;
@@ -286,8 +295,8 @@ int main(int argc, char** argv) {
     if (*run) return command_run(file, sets, out, cache, no_resume, common);
     if (*validate) return command_validate(file, sets, common);
     if (*plugins) return command_plugins(plugin_name, common);
-    if (*gradients) return command_gradients(file, sets, gradients_dir, cache, common);
-    if (*score) return command_score(gradients_dir, estimator_name, sets, mode, score_out, common);
+    if (*gradients) return command_gradients(file, sets, gradients_dir, cache, safetensors, common);
+    if (*score) return command_score(gradients_dir, estimator_name, sets, mode, score_out, blocks, common);
     if (*embed) return command_embed(model_name, texts, sets, common);
   } catch (const Error& e) {
     std::cerr << "inflab: error: " << e.what() << "\n";

@@ -258,6 +258,8 @@ const std::vector<OptionSpec>& evaluation_specs() {
            "training gradients larger than this are written to memory-mapped files during extraction"),
       spec("gradient_dtype", OptionType::String, d.gradient_dtype,
            "float32 or float16 (stored; arithmetic is float32)"),
+      spec("blocks", OptionType::StringList, d.blocks,
+           "glob patterns over block names taking part in influence, e.g. [\"*.lora_B\"] or [\"fc2.*\"]"),
   };
   return specs;
 }
@@ -558,6 +560,10 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   config.evaluation.gradient_batch_size = evaluation.get_int("gradient_batch_size");
   config.evaluation.gradient_memory_mb = evaluation.get_double("gradient_memory_mb");
   config.evaluation.gradient_dtype = evaluation.get_string("gradient_dtype");
+  config.evaluation.blocks = evaluation.get_string_list("blocks");
+  if (config.evaluation.blocks.empty())
+    v.fail(evaluation_table.get("blocks")->source(),
+           "key 'evaluation.blocks': expected at least one pattern (\"*\" selects every block), found []");
   if (config.evaluation.gradient_dtype != "float32" && config.evaluation.gradient_dtype != "float16")
     v.fail(evaluation_table.get("gradient_dtype")->source(),
            fmt::format("key 'evaluation.gradient_dtype': expected \"float32\" or \"float16\" (bfloat16 has "

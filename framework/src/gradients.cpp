@@ -10,6 +10,7 @@
 #include "inflab/io.hpp"
 #include "inflab/lora.hpp"
 #include "inflab/progress.hpp"
+#include "inflab/safetensors.hpp"
 
 namespace fs = std::filesystem;
 
@@ -50,6 +51,10 @@ GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs, con
     torch::Tensor x = inputs.narrow(0, start, count);
     torch::Tensor y = labels.narrow(0, start, count);
     torch::Tensor logits = model.forward(x);
+    torch::Tensor mask = model.token_mask(x);
+    if (mask.defined() && (mask.dim() != 2 || mask.size(0) != count))
+      throw Error(fmt::format("the model's token mask has shape ({}); expected ({}, positions)",
+                              fmt::join(mask.sizes(), ", "), count));
     // Sum, not mean: each example's gradient is that of its own loss.
     torch::Tensor loss = torch::nn::functional::cross_entropy(
         logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
@@ -67,6 +72,20 @@ GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs, con
       torch::Tensor hidden = flat(layer.captured_hidden.detach());
       torch::Tensor grad_hidden = flat(grads[2 * l]);
       torch::Tensor grad_output = flat(grads[2 * l + 1]);
+      std::int64_t real_tokens = input.size(0) * input.size(1);
+      torch::Tensor token_weight;  // (batch, positions, 1) 0/1 when the layer sees padding
+      // Padding leaves the gradients and the statistics. A layer after pooling has one position.
+      if (mask.defined() && input.size(1) > 1) {
+        if (mask.size(1) != input.size(1))
+          throw Error(
+              fmt::format("layer '{}' sees {} positions but the model's token mask has {}: "
+                          "token_mask() must cover the positions of forward()",
+                          layer.name(), input.size(1), mask.size(1)));
+        // Masking the output gradients suffices for the gradients; the statistics mask inputs too.
+        token_weight = mask.to(torch::kFloat).unsqueeze(2);
+        grad_hidden = grad_hidden * token_weight, grad_output = grad_output * token_weight;
+        real_tokens = mask.sum().item<std::int64_t>();
+      }
       // dL_i/dA = sum_t dL/dh_t x_t^T ; dL_i/dB = sum_t dL/du_t h_t^T (u = B h, scale inside dL/du)
       blocks[2 * l]
           .values.narrow(0, start, count)
@@ -84,10 +103,11 @@ GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs, con
           auto d = t.to(torch::kDouble);
           return torch::einsum("bto,btp->op", {d, d});
         };
-        tokens[l] += input.size(0) * input.size(1);
-        blocks[2 * l].activation_covariance.add_(second_moment(input));
+        tokens[l] += real_tokens;
+        auto real = [&](const torch::Tensor& t) { return token_weight.defined() ? t * token_weight : t; };
+        blocks[2 * l].activation_covariance.add_(second_moment(real(input)));
         blocks[2 * l].gradient_covariance.add_(per_example_token_sum(grad_hidden));
-        blocks[2 * l + 1].activation_covariance.add_(second_moment(hidden));
+        blocks[2 * l + 1].activation_covariance.add_(second_moment(real(hidden)));
         blocks[2 * l + 1].gradient_covariance.add_(per_example_token_sum(grad_output));
       }
     }
@@ -100,9 +120,10 @@ GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs, con
   for (const auto& block : blocks) {
     at::Tensor bad_rows = block.values.isfinite().all(1).logical_not().nonzero();
     if (bad_rows.numel() > 0)
-      throw Error(fmt::format("per-example gradients of block '{}' are NaN or Inf for {} examples (the first is example {} "
-                              "of this split): the model diverged or the inputs are not finite",
-                              block.name, bad_rows.size(0), bad_rows[0][0].item<std::int64_t>()));
+      throw Error(fmt::format(
+          "per-example gradients of block '{}' are NaN or Inf for {} examples (the first is example {} "
+          "of this split): the model diverged or the inputs are not finite",
+          block.name, bad_rows.size(0), bad_rows[0][0].item<std::int64_t>()));
   }
   if (factors)
     for (std::size_t b = 0; b < blocks.size(); ++b) {
@@ -217,8 +238,9 @@ GradientStore load_gradient_store(const fs::path& dir) {
       at::Tensor values = t.scalar_type() == torch::kFloat32 ? t : t.to(torch::kFloat32).contiguous();
       at::Tensor bad_rows = values.isfinite().all(1).logical_not().nonzero();
       if (bad_rows.numel() > 0)
-        throw Error(fmt::format("{}: {} rows contain NaN or Inf, the first is row {}; influence scores would be NaN",
-                                file.string(), bad_rows.size(0), bad_rows[0][0].item<std::int64_t>()));
+        throw Error(
+            fmt::format("{}: {} rows contain NaN or Inf, the first is row {}; influence scores would be NaN",
+                        file.string(), bad_rows.size(0), bad_rows[0][0].item<std::int64_t>()));
       return values;
     };
     store.train.push_back({name, read("train", n_train)});
@@ -252,6 +274,43 @@ GradientStore load_gradient_store(const fs::path& dir) {
   read_meta("train", n_train, store.train_meta);
   read_meta("query", n_query, store.query_meta);
   return store;
+}
+
+void save_gradient_store_safetensors(const fs::path& file, const GradientStore& store) {
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& b : store.train) tensors.emplace_back("train/" + b.name, b.values);
+  for (const auto& b : store.query) tensors.emplace_back("query/" + b.name, b.values);
+  for (const auto& b : store.train)
+    if (b.has_factors()) {
+      tensors.emplace_back("factors/" + b.name + ".activation", b.activation_covariance);
+      tensors.emplace_back("factors/" + b.name + ".gradient", b.gradient_covariance);
+    }
+  auto add_vector = [&](const std::string& name, const auto& values, c10::ScalarType type) {
+    if (!values.empty())
+      tensors.emplace_back(name,
+                           torch::tensor(std::vector<std::int64_t>(values.begin(), values.end())).to(type));
+  };
+  add_vector("train_ids", store.train_meta.ids, torch::kLong);
+  add_vector("train_labels", store.train_meta.labels, torch::kLong);
+  add_vector("train_observed_labels", store.train_meta.observed_labels, torch::kLong);
+  add_vector("train_flipped", store.train_meta.flipped, torch::kByte);
+  add_vector("query_ids", store.query_meta.ids, torch::kLong);
+  add_vector("query_labels", store.query_meta.labels, torch::kLong);
+  save_safetensors(file, tensors, {{"format", "inflab-gradient-store"}, {"version", "1"}});
+}
+
+void select_blocks(GradientStore& store, const std::vector<std::string>& patterns) {
+  std::vector<std::string> names;
+  for (const auto& b : store.train) names.push_back(b.name);
+  for (const auto& pattern : patterns)
+    if (std::none_of(names.begin(), names.end(), [&](const auto& n) { return matches_any(n, {pattern}); }))
+      throw Error(
+          fmt::format("block pattern '{}' matches none of the blocks: {}", pattern, fmt::join(names, ", ")));
+  auto keep = [&](GradientBlocks& blocks) {
+    std::erase_if(blocks, [&](const GradientBlock& b) { return !matches_any(b.name, patterns); });
+  };
+  keep(store.train);
+  keep(store.query);
 }
 
 }  // namespace inflab

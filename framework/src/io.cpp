@@ -4,11 +4,15 @@
 #include <ATen/ops/from_blob.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <regex>
 #include <sstream>
@@ -256,6 +260,86 @@ std::string content_hash(const std::string& text) {
   std::uint64_t hash = 14695981039346656037ULL;  // FNV-1a 64 offset basis
   for (unsigned char c : text) hash = (hash ^ c) * 1099511628211ULL;
   return fmt::format("{:016x}", hash);
+}
+
+std::string file_checksum(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("cannot read {}: {}", path.string(), std::strerror(errno)));
+  std::uint64_t hash = 14695981039346656037ULL, total = 0;
+  std::vector<char> buffer(1 << 20);
+  while (in) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    const auto got = static_cast<std::size_t>(in.gcount());
+    std::size_t i = 0;
+    for (; i + 8 <= got; i += 8) {
+      std::uint64_t word;
+      std::memcpy(&word, buffer.data() + i, 8);
+      hash = (hash ^ word) * 1099511628211ULL;
+    }
+    for (; i < got; ++i) hash = (hash ^ static_cast<unsigned char>(buffer[i])) * 1099511628211ULL;
+    total += got;
+  }
+  return fmt::format("{:016x} {}", hash, total);
+}
+
+void write_checksum_sidecar(const fs::path& data_file, const fs::path& sidecar) {
+  write_file_atomic(sidecar, file_checksum(data_file) + "\n");
+}
+
+std::string verify_checksum_sidecar(const fs::path& data_file) {
+  fs::path sidecar = data_file;
+  sidecar += ".checksum";
+  if (!fs::exists(sidecar)) return sidecar.string() + " is missing";
+  std::string expected = read_file(sidecar);
+  while (!expected.empty() && std::isspace(static_cast<unsigned char>(expected.back()))) expected.pop_back();
+  std::string found = file_checksum(data_file);
+  if (found != expected)
+    return fmt::format("{}: checksum and size {}, expected {}", data_file.string(), found, expected);
+  return "";
+}
+
+void write_directory_checksums(const fs::path& dir) {
+  std::vector<std::string> files;
+  for (const auto& entry : fs::recursive_directory_iterator(dir))
+    if (entry.is_regular_file() && entry.path().filename() != "CHECKSUMS")
+      files.push_back(fs::relative(entry.path(), dir).generic_string());
+  std::sort(files.begin(), files.end());
+  std::string list;
+  for (const auto& file : files) list += file_checksum(dir / file) + " " + file + "\n";
+  write_file_atomic(dir / "CHECKSUMS", list);
+}
+
+std::string verify_directory_checksums(const fs::path& dir) {
+  if (!fs::exists(dir / "CHECKSUMS")) return (dir / "CHECKSUMS").string() + " is missing";
+  std::istringstream lines(read_file(dir / "CHECKSUMS"));
+  std::string hash, size, file;
+  while (lines >> hash >> size && std::getline(lines >> std::ws, file)) {
+    if (!fs::exists(dir / file)) return (dir / file).string() + " is missing";
+    std::string found = file_checksum(dir / file);
+    if (found != hash + " " + size)
+      return fmt::format("{}: checksum and size {}, expected {} {}", (dir / file).string(), found, hash,
+                         size);
+  }
+  return "";
+}
+
+void remove_stale_temporaries(const fs::path& dir) {
+  static const std::regex temporary(R"(.*\.tmp-(\d+)(-\d+)?)");
+  std::error_code error;
+  if (!fs::is_directory(dir, error)) return;
+  std::vector<fs::path> stale;
+  for (const auto& entry : fs::directory_iterator(dir, error)) {
+    std::smatch match;
+    std::string name = entry.path().filename().string();
+    if (!std::regex_match(name, match, temporary)) continue;
+    const long pid = std::stol(match[1].str());
+    // kill(pid, 0) fails with ESRCH when no such process exists.
+    if (pid > 0 && pid <= std::numeric_limits<pid_t>::max() && ::kill(static_cast<pid_t>(pid), 0) == 0)
+      continue;
+    if (pid > 0 && pid <= std::numeric_limits<pid_t>::max() && errno != ESRCH) continue;
+    stale.push_back(entry.path());
+  }
+  for (const auto& path : stale) fs::remove_all(path, error);
 }
 
 }  // namespace inflab

@@ -111,12 +111,19 @@ void save_tensors(const fs::path& path, const std::vector<torch::Tensor>& tensor
   std::vector<torch::Tensor> detached;
   for (const auto& t : tensors) detached.push_back(t.detach().clone());
   torch::save(detached, temporary.string());
+  fs::path sidecar = path;
+  sidecar += ".checksum";
+  write_checksum_sidecar(temporary, sidecar);  // before the rename: a file in place always has one
   fs::rename(temporary, path);
 }
 
 // Loads into `targets` in place; false (a cache miss) when the file does not match.
 bool load_tensors(const fs::path& path, const std::vector<torch::Tensor>& targets) {
   if (!fs::exists(path)) return false;
+  if (std::string problem = verify_checksum_sidecar(path); !problem.empty()) {
+    log(fmt::format("warning: cache entry {} failed its check ({}); recomputing", path.string(), problem));
+    return false;
+  }
   std::vector<torch::Tensor> loaded;
   try {
     torch::load(loaded, path.string());
@@ -140,6 +147,14 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
   RunOutcome& out = outcome ? *outcome : local;
   fs::path cache = paths.cache_root.empty() ? default_cache_root() : paths.cache_root;
   fs::path gradient_dir = cache / "gradients" / content_hash(config.gradients_key_text);
+  for (const char* stage : {"base", "finetune", "gradients", "fits"}) remove_stale_temporaries(cache / stage);
+  if (fs::exists(gradient_dir / "blocks.json")) {
+    if (std::string problem = verify_directory_checksums(gradient_dir); !problem.empty()) {
+      log(fmt::format("warning: cached gradients {} failed their check ({}); recomputing",
+                      gradient_dir.string(), problem));
+      fs::remove_all(gradient_dir);
+    }
+  }
   if (fs::exists(gradient_dir / "blocks.json")) {
     auto start = Clock::now();
     GradientStore store = load_gradient_store(gradient_dir);
@@ -273,6 +288,7 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
   store.train_meta = std::move(train_meta);
   store.query_meta = std::move(query_meta);
   save_gradient_store(temporary, store, /*train_values_written=*/on_disk);
+  write_directory_checksums(temporary);
   fs::create_directories(gradient_dir.parent_path());
   fs::remove_all(gradient_dir);
   fs::rename(temporary, gradient_dir);
@@ -338,6 +354,7 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   write_file_atomic(outcome.directory / "config.toml", config.resolved_toml);
 
   GradientStore store = prepare_gradients(config, registry, paths, &outcome);
+  select_blocks(store, config.evaluation.blocks);
   const bool aggregate = config.evaluation.mode == "aggregate";
   std::vector<int> flipped(store.train_meta.flipped.begin(), store.train_meta.flipped.end());
   std::map<std::string, std::vector<double>> all_scores;
@@ -348,11 +365,19 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
     auto start = Clock::now();
     // Fitted state is cached by the gradients it was fitted on and the estimator's options.
     std::string fit_key = config.gradients_key_text + "\nestimator " + spec.plugin;
+    for (const auto& block : store.train) fit_key += "\nblock " + block.name;
     for (const auto& [name, value] : spec.options.values())
       fit_key += "\n" + name + "=" + format_value(value);
     fs::path fit_dir =
         (paths.cache_root.empty() ? default_cache_root() : paths.cache_root) / "fits" / content_hash(fit_key);
-    bool fit_cached = fs::exists(fit_dir / "complete") && estimator->load_fit(fit_dir.string(), store.train);
+    bool fit_cached = false;
+    if (fs::exists(fit_dir / "complete")) {
+      if (std::string problem = verify_directory_checksums(fit_dir); !problem.empty())
+        log(fmt::format("warning: cached fit {} failed its check ({}); fitting again", fit_dir.string(),
+                        problem));
+      else
+        fit_cached = estimator->load_fit(fit_dir.string(), store.train);
+    }
     if (!fit_cached) {
       estimator->fit(store.train);
       fs::path temporary = fit_dir;
@@ -360,6 +385,7 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
       fs::create_directories(temporary);
       if (estimator->save_fit(temporary.string())) {
         write_file_atomic(temporary / "complete", spec.plugin + "\n");
+        write_directory_checksums(temporary);
         fs::remove_all(fit_dir);
         fs::rename(temporary, fit_dir);
       } else {

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "inflab/error.hpp"
+#include "inflab/io.hpp"
 
 namespace fs = std::filesystem;
 
@@ -102,6 +103,41 @@ std::map<std::string, at::Tensor> load_safetensors(const fs::path& path) {
         data, shape, [mapping](void*) {}, at::TensorOptions().dtype(type));
   }
   return tensors;
+}
+
+void save_safetensors(const fs::path& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  static const std::map<c10::ScalarType, std::string> names{
+      {c10::kFloat, "F32"}, {c10::kHalf, "F16"}, {c10::kBFloat16, "BF16"}, {c10::kDouble, "F64"},
+      {c10::kLong, "I64"},  {c10::kInt, "I32"},  {c10::kByte, "U8"},       {c10::kBool, "BOOL"}};
+  std::vector<at::Tensor> contiguous;
+  nlohmann::ordered_json header;
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::size_t offset = 0;
+  for (const auto& [name, tensor] : tensors) {
+    auto type = names.find(tensor.scalar_type());
+    if (type == names.end())
+      throw Error(fmt::format("{}: tensor '{}' has a dtype safetensors export does not support",
+                              path.string(), name));
+    if (header.contains(name))
+      throw Error(fmt::format("{}: tensor name '{}' given twice", path.string(), name));
+    contiguous.push_back(tensor.contiguous());
+    header[name] = {{"dtype", type->second},
+                    {"shape", tensor.sizes().vec()},
+                    {"data_offsets", {offset, offset + contiguous.back().nbytes()}}};
+    offset += contiguous.back().nbytes();
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // the format pads the header with spaces to 8 bytes
+  write_file_atomic(path, [&](std::ostream& out) {
+    std::uint64_t length = text.size();
+    unsigned char prefix[8];
+    for (int b = 0; b < 8; ++b) prefix[b] = static_cast<unsigned char>(length >> (8 * b));  // little-endian
+    out.write(reinterpret_cast<const char*>(prefix), 8);
+    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+    for (const auto& t : contiguous)
+      out.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.nbytes()));
+  });
 }
 
 }  // namespace inflab

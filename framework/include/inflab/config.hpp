@@ -36,6 +36,7 @@ struct EvaluationConfig {
   std::int64_t gradient_batch_size = 64;
   double gradient_memory_mb = 4096;        // above this, training gradients go straight to mapped files
   std::string gradient_dtype = "float32";  // float32 | float16 (on disk; arithmetic stays float32)
+  std::vector<std::string> blocks{"*"};    // glob patterns: which gradient blocks take part
 };
 
 struct ExperimentConfig {

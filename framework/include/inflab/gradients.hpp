@@ -42,5 +42,12 @@ void save_gradient_store(const std::filesystem::path& dir, const GradientStore& 
                          bool train_values_written = false);
 // Reads a store written by inflab or by anyone following docs/gradient-store.md.
 GradientStore load_gradient_store(const std::filesystem::path& dir);
+// The same store as one safetensors file: tensors "train/<block>", "query/<block>" and, where
+// present, "factors/<block>.activation" and "factors/<block>.gradient"; labels as int64 tensors.
+void save_gradient_store_safetensors(const std::filesystem::path& file, const GradientStore& store);
+
+// Keeps the blocks whose names match any of the glob patterns (`*`, `?`), in both splits.
+// A pattern that matches no block is an error listing the block names (it is most likely a typo).
+void select_blocks(GradientStore& store, const std::vector<std::string>& patterns);
 
 }  // namespace inflab

@@ -30,4 +30,20 @@ std::string npy_bytes(const at::Tensor& tensor);
 // 64-bit FNV-1a as 16 hex digits: cache keys from canonical config text.
 std::string content_hash(const std::string& text);
 
+// Checksums of cache entries, so a damaged entry is recomputed rather than trusted. A checksum
+// is FNV-1a over 8-byte words (fast enough to check a gigabyte store on every load) plus the size.
+std::string file_checksum(const std::filesystem::path& path);  // "<16 hex digits> <bytes>"
+// One file: a sidecar PATH.checksum. Write it before the file is renamed into place.
+void write_checksum_sidecar(const std::filesystem::path& data_file, const std::filesystem::path& sidecar);
+// A directory: DIR/CHECKSUMS lists every regular file below DIR (written last, atomically).
+void write_directory_checksums(const std::filesystem::path& dir);
+// "" when the entry matches its checksums; otherwise what is wrong (missing list, missing or
+// changed file), for a warning.
+std::string verify_checksum_sidecar(const std::filesystem::path& data_file);
+std::string verify_directory_checksums(const std::filesystem::path& dir);
+
+// Removes entries of `dir` named <anything>.tmp-<pid>[-...] whose process no longer runs: the
+// temporaries of a killed run. Those of live processes (a concurrent run) are left alone.
+void remove_stale_temporaries(const std::filesystem::path& dir);
+
 }  // namespace inflab
