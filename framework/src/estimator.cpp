@@ -1,10 +1,10 @@
 // Damping rule and scoring: the parts every estimator shares.
 #include "inflab/estimator.hpp"
 
+#include <ATen/ops/isfinite.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/mean.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/ops/isfinite.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -34,6 +34,34 @@ double Damping::for_norms(const at::Tensor& squared_norms, std::int64_t dim) con
 
 at::Tensor squared_row_norms(const at::Tensor& gradients) {
   return at::linalg_vector_norm(gradients, 2, {1}).square_();
+}
+
+at::Tensor gram_of_columns_float64(const at::Tensor& gradients) {
+  const std::int64_t rows = gradients.size(0), width = gradients.size(1);
+  at::Tensor gram = at::zeros({width, width}, gradients.options().dtype(c10::kDouble));
+  const std::int64_t chunk =
+      std::max<std::int64_t>(1, (std::int64_t{1} << 21) / std::max<std::int64_t>(1, width));
+  for (std::int64_t start = 0; start < rows; start += chunk) {
+    at::Tensor part = gradients.narrow(0, start, std::min(chunk, rows - start)).to(c10::kDouble);
+    gram.addmm_(part.t(), part);
+  }
+  return gram;
+}
+
+NonFiniteRows nonfinite_rows(const at::Tensor& gradients) {
+  NonFiniteRows out;
+  const std::int64_t rows = gradients.size(0),
+                     width = std::max<std::int64_t>(1, gradients.numel() / std::max<std::int64_t>(1, rows));
+  const std::int64_t chunk =
+      std::max<std::int64_t>(1, (std::int64_t{1} << 22) / width);  // ~16 MiB of float32
+  for (std::int64_t start = 0; start < rows; start += chunk) {
+    at::Tensor part = gradients.narrow(0, start, std::min(chunk, rows - start));
+    at::Tensor bad = part.isfinite().reshape({part.size(0), -1}).all(1).logical_not().nonzero();
+    if (bad.numel() == 0) continue;
+    if (out.first < 0) out.first = start + bad[0][0].item<std::int64_t>();
+    out.count += bad.size(0);
+  }
+  return out;
 }
 
 std::vector<OptionSpec> damping_option_specs() {
@@ -76,17 +104,18 @@ at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train, con
   at::Tensor scores = at::zeros({n, q}, train[0].values.options());
   for (std::size_t b = 0; b < train.size(); ++b) {
     at::Tensor preconditioned = estimator.inverse_product(b, queries[b].values);
-    if (preconditioned.dim() != 2 || preconditioned.size(0) != q || preconditioned.size(1) != train[b].values.size(1))
-      throw Error(fmt::format("block '{}': the estimator returned a {}-d tensor of shape [{}], expected {} x {}",
-                              train[b].name, preconditioned.dim(), fmt::join(preconditioned.sizes(), ", "), q,
-                              train[b].values.size(1)));
+    if (preconditioned.dim() != 2 || preconditioned.size(0) != q ||
+        preconditioned.size(1) != train[b].values.size(1))
+      throw Error(fmt::format(
+          "block '{}': the estimator returned a {}-d tensor of shape [{}], expected {} x {}", train[b].name,
+          preconditioned.dim(), fmt::join(preconditioned.sizes(), ", "), q, train[b].values.size(1)));
     // Never a silent NaN score: say which block went wrong and what usually causes it.
     if (!preconditioned.isfinite().all().item<bool>())
       throw Error(fmt::format(
           "block '{}': the estimator's inverse product has NaN or Inf values ({}); check the gradients for "
           "NaN/Inf and the damping (a fixed damping of 0 or a divergent iteration)",
           train[b].name,
-          !train[b].values.isfinite().all().item<bool>() || !queries[b].values.isfinite().all().item<bool>()
+          nonfinite_rows(train[b].values).count > 0 || nonfinite_rows(queries[b].values).count > 0
               ? "the gradients themselves are not finite"
               : "the gradients are finite"));
     scores.addmm_(train[b].values, preconditioned.t());
@@ -94,9 +123,10 @@ at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train, con
   // The scores are small (n x q): check them all, and only on failure look for the culprit.
   if (!scores.isfinite().all().item<bool>()) {
     for (std::size_t b = 0; b < train.size(); ++b)
-      if (!train[b].values.isfinite().all().item<bool>() || !queries[b].values.isfinite().all().item<bool>())
-        throw Error(fmt::format("block '{}': the gradients themselves are not finite (NaN or Inf); scores would be NaN",
-                                train[b].name));
+      if (nonfinite_rows(train[b].values).count > 0 || nonfinite_rows(queries[b].values).count > 0)
+        throw Error(fmt::format(
+            "block '{}': the gradients themselves are not finite (NaN or Inf); scores would be NaN",
+            train[b].name));
     throw Error("the influence scores overflowed to Inf or NaN; check the damping and the gradients' scale");
   }
   return scores.neg_();  // I(k, q) = - g_k . M^{-1} v_q

@@ -118,12 +118,11 @@ GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs, con
   }
   for (auto* layer : layers) layer->capture = false;
   for (const auto& block : blocks) {
-    at::Tensor bad_rows = block.values.isfinite().all(1).logical_not().nonzero();
-    if (bad_rows.numel() > 0)
+    if (auto bad = nonfinite_rows(block.values); bad.count > 0)
       throw Error(fmt::format(
           "per-example gradients of block '{}' are NaN or Inf for {} examples (the first is example {} "
           "of this split): the model diverged or the inputs are not finite",
-          block.name, bad_rows.size(0), bad_rows[0][0].item<std::int64_t>()));
+          block.name, bad.count, bad.first));
   }
   if (factors)
     for (std::size_t b = 0; b < blocks.size(); ++b) {
@@ -236,11 +235,10 @@ GradientStore load_gradient_store(const fs::path& dir) {
         throw Error(fmt::format("{}: expected floating-point gradients, found {}", file.string(),
                                 c10::toString(t.scalar_type())));
       at::Tensor values = t.scalar_type() == torch::kFloat32 ? t : t.to(torch::kFloat32).contiguous();
-      at::Tensor bad_rows = values.isfinite().all(1).logical_not().nonzero();
-      if (bad_rows.numel() > 0)
+      if (auto bad = nonfinite_rows(values); bad.count > 0)
         throw Error(
             fmt::format("{}: {} rows contain NaN or Inf, the first is row {}; influence scores would be NaN",
-                        file.string(), bad_rows.size(0), bad_rows[0][0].item<std::int64_t>()));
+                        file.string(), bad.count, bad.first));
       return values;
     };
     store.train.push_back({name, read("train", n_train)});

@@ -59,6 +59,14 @@ struct Damping {
 std::vector<OptionSpec> damping_option_specs();
 // ||g_i||^2 per row, without an n x d temporary.
 at::Tensor squared_row_norms(const at::Tensor& gradients);
+// Rows holding NaN or Inf: how many, and the first (-1 if none). Checked in chunks of rows, so a
+// memory-mapped store is read once without an n x d temporary.
+struct NonFiniteRows {
+  std::int64_t count = 0, first = -1;
+};
+NonFiniteRows nonfinite_rows(const at::Tensor& gradients);
+// G^T G (d x d) in float64, accumulated over chunks of rows: no n x d float64 copy of G.
+at::Tensor gram_of_columns_float64(const at::Tensor& gradients);
 Damping damping_from(const Options& options);  // validates lambda > 0
 
 }  // namespace inflab

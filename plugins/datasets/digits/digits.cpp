@@ -3,7 +3,6 @@
 // label). `./inflab setup` extracts it into the data cache without installing scikit-learn.
 #include <ATen/ops/empty.h>
 #include <fmt/format.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <array>
@@ -11,6 +10,7 @@
 #include <filesystem>
 #include <inflab/dataset.hpp>
 #include <inflab/error.hpp>
+#include <inflab/readers.hpp>
 #include <inflab/splits.hpp>
 #include <sstream>
 
@@ -20,23 +20,6 @@ std::string default_path() {
   return (std::filesystem::path(inflab::data_cache_root()) / "sklearn" / "digits.csv.gz").string();
 }
 
-std::string read_gzip_text(const std::string& path) {
-  if (!std::filesystem::exists(path))
-    throw inflab::Error(
-        fmt::format("{}: missing; run `./inflab setup` (it extracts digits.csv.gz from Debian's "
-                    "python3-sklearn package into the data cache) or set the dataset's path",
-                    path));
-  gzFile file = gzopen(path.c_str(), "rb");
-  if (!file) throw inflab::Error(fmt::format("{}: cannot open", path));
-  std::string text;
-  char buffer[1 << 16];
-  int got;
-  while ((got = gzread(file, buffer, sizeof buffer)) > 0) text.append(buffer, static_cast<std::size_t>(got));
-  gzclose(file);
-  if (got < 0) throw inflab::Error(fmt::format("{}: corrupt gzip data", path));
-  return text;
-}
-
 class Digits : public inflab::Dataset {
  public:
   void configure(const inflab::Options& options) override { options_ = options; }
@@ -44,30 +27,13 @@ class Digits : public inflab::Dataset {
   inflab::DatasetSplits load() override {
     std::string path = options_.get_string("path");
     if (path.empty()) path = default_path();
-    std::stringstream lines(read_gzip_text(path));
-    std::vector<std::array<float, 64>> images;
-    std::vector<std::int64_t> labels;
-    std::string line;
-    for (int number = 1; std::getline(lines, line); ++number) {
-      if (line.empty()) continue;
-      std::stringstream fields(line);
-      std::string field;
-      std::vector<double> values;
-      while (std::getline(fields, field, ',')) {
-        char* end = nullptr;
-        values.push_back(std::strtod(field.c_str(), &end));
-        if (end == field.c_str())
-          throw inflab::Error(fmt::format("{}:{}: expected a number, found '{}'", path, number, field));
-      }
-      if (values.size() != 65)
-        throw inflab::Error(
-            fmt::format("{}:{}: expected 65 comma-separated values (64 pixels and a label), found {}", path,
-                        number, values.size()));
-      std::array<float, 64> image{};
-      for (int p = 0; p < 64; ++p) image[p] = static_cast<float>(values[p] / 16.0);
-      images.push_back(image);
-      labels.push_back(static_cast<std::int64_t>(values[64]));
-    }
+    inflab::DigitsTable table = inflab::parse_digits_csv(
+        inflab::read_gzip(path,
+                          "run `./inflab setup` (it extracts digits.csv.gz from Debian's python3-sklearn "
+                          "package into the data cache) or set the dataset's path"),
+        path);
+    const auto& images = table.images;
+    const auto& labels = table.labels;
     if (options_.get_int("n_train") < 1 || options_.get_int("n_validation") < 1)
       throw inflab::Error("dataset digits: n_train and n_validation must be at least 1 (each split >= 1)");
     auto indices = inflab::shuffle_split("digits", static_cast<std::int64_t>(images.size()),

@@ -2,12 +2,12 @@
 // taken from the training file disjoint from the train split; validation from the test file.
 #include <ATen/ops/empty.h>
 #include <fmt/format.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <filesystem>
 #include <inflab/dataset.hpp>
 #include <inflab/error.hpp>
+#include <inflab/readers.hpp>
 #include <numeric>
 #include <random>
 
@@ -16,53 +16,9 @@ namespace {
 const std::vector<std::string> kClassNames{"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                            "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
 
-std::vector<unsigned char> read_gzip(const std::filesystem::path& path) {
-  if (!std::filesystem::exists(path))
-    throw inflab::Error(
-        fmt::format("{}: missing; install it with `apt-get install dataset-fashion-mnist` "
-                    "(./inflab does this on first use) or set the dataset's data_dir",
-                    path.string()));
-  gzFile file = gzopen(path.c_str(), "rb");
-  if (!file) throw inflab::Error(fmt::format("{}: cannot open", path.string()));
-  std::vector<unsigned char> out;
-  unsigned char buffer[1 << 16];
-  int got;
-  while ((got = gzread(file, buffer, sizeof buffer)) > 0) out.insert(out.end(), buffer, buffer + got);
-  int error = 0;
-  const char* message = gzerror(file, &error);
-  gzclose(file);
-  if (got < 0 || (error != Z_OK && error != Z_STREAM_END))
-    throw inflab::Error(fmt::format("{}: corrupt gzip data ({})", path.string(), message));
-  return out;
-}
-
-std::uint32_t big_endian(const std::vector<unsigned char>& bytes, std::size_t offset) {
-  return (std::uint32_t(bytes[offset]) << 24) | (std::uint32_t(bytes[offset + 1]) << 16) |
-         (std::uint32_t(bytes[offset + 2]) << 8) | bytes[offset + 3];
-}
-
-struct Idx {
-  std::vector<unsigned char> images, labels;
-  std::size_t count = 0, pixels = 0;
-};
-
-Idx read_idx(const std::filesystem::path& images_file, const std::filesystem::path& labels_file) {
-  Idx idx;
-  idx.images = read_gzip(images_file);
-  idx.labels = read_gzip(labels_file);
-  if (idx.images.size() < 16 || big_endian(idx.images, 0) != 2051)
-    throw inflab::Error(fmt::format("{}: not an IDX image file (magic 2051 expected)", images_file.string()));
-  if (idx.labels.size() < 8 || big_endian(idx.labels, 0) != 2049)
-    throw inflab::Error(fmt::format("{}: not an IDX label file (magic 2049 expected)", labels_file.string()));
-  idx.count = big_endian(idx.images, 4);
-  idx.pixels = std::size_t(big_endian(idx.images, 8)) * big_endian(idx.images, 12);
-  if (big_endian(idx.labels, 4) != idx.count)
-    throw inflab::Error(fmt::format("{} has {} images but {} has {} labels", images_file.string(), idx.count,
-                                    labels_file.string(), big_endian(idx.labels, 4)));
-  if (idx.images.size() != 16 + idx.count * idx.pixels || idx.labels.size() != 8 + idx.count)
-    throw inflab::Error(fmt::format("{}: truncated", images_file.string()));
-  return idx;
-}
+const char* kMissing =
+    "install it with `apt-get install dataset-fashion-mnist` (./inflab does this on first use) or set the "
+    "dataset's data_dir";
 
 class FashionMnist : public inflab::Dataset {
  public:
@@ -81,13 +37,16 @@ class FashionMnist : public inflab::Dataset {
       remap[classes[k]] = static_cast<std::int64_t>(k);
       splits.class_names.push_back(kClassNames[classes[k]]);
     }
-    Idx train_file = read_idx(dir / "train-images-idx3-ubyte.gz", dir / "train-labels-idx1-ubyte.gz");
-    Idx test_file = read_idx(dir / "t10k-images-idx3-ubyte.gz", dir / "t10k-labels-idx1-ubyte.gz");
+    using inflab::IdxImages;
+    IdxImages train_file =
+        inflab::read_idx(dir / "train-images-idx3-ubyte.gz", dir / "train-labels-idx1-ubyte.gz", kMissing, 9);
+    IdxImages test_file =
+        inflab::read_idx(dir / "t10k-images-idx3-ubyte.gz", dir / "t10k-labels-idx1-ubyte.gz", kMissing, 9);
     std::mt19937_64 rng(static_cast<std::uint64_t>(options_.get_int("shuffle_seed")));
-    auto eligible = [&](const Idx& idx) {
+    auto eligible = [&](const IdxImages& idx) {
       std::vector<std::int64_t> out;
       for (std::size_t i = 0; i < idx.count; ++i)
-        if (remap[idx.labels[8 + i]] >= 0) out.push_back(static_cast<std::int64_t>(i));
+        if (remap[idx.labels[i]] >= 0) out.push_back(static_cast<std::int64_t>(i));
       std::shuffle(out.begin(), out.end(), rng);
       return out;
     };
@@ -106,18 +65,19 @@ class FashionMnist : public inflab::Dataset {
       throw inflab::Error(fmt::format(
           "dataset fashion_mnist: n_validation = {} but the chosen classes have only {} test images",
           n_validation, from_test.size()));
-    auto make = [&](const Idx& idx, const std::vector<std::int64_t>& order, std::int64_t start,
+    auto make = [&](const IdxImages& idx, const std::vector<std::int64_t>& order, std::int64_t start,
                     std::int64_t count) {
       inflab::Split split;
-      split.inputs = at::empty({count, static_cast<std::int64_t>(idx.pixels)}, c10::kFloat);
+      const std::size_t pixel_count = idx.rows * idx.cols;
+      split.inputs = at::empty({count, static_cast<std::int64_t>(pixel_count)}, c10::kFloat);
       split.labels = at::empty({count}, c10::kLong);
       float* x = split.inputs.data_ptr<float>();
       std::int64_t* y = split.labels.data_ptr<std::int64_t>();
       for (std::int64_t k = 0; k < count; ++k) {
         std::int64_t i = order[start + k];
-        const unsigned char* pixels = idx.images.data() + 16 + i * idx.pixels;
-        for (std::size_t p = 0; p < idx.pixels; ++p) x[k * idx.pixels + p] = pixels[p] / 255.0f;
-        y[k] = remap[idx.labels[8 + i]];
+        const std::uint8_t* pixels = idx.pixels.data() + i * pixel_count;
+        for (std::size_t p = 0; p < pixel_count; ++p) x[k * pixel_count + p] = pixels[p] / 255.0f;
+        y[k] = remap[idx.labels[i]];
         split.ids.push_back(i);
       }
       return split;

@@ -26,8 +26,7 @@ class Exact : public inflab::Estimator {
   void fit(const inflab::GradientBlocks& train) override {
     blocks_.clear();
     for (const auto& block : train) {
-      at::Tensor g = block.values.to(c10::kDouble);
-      const auto n = g.size(0), d = g.size(1);
+      const auto n = block.values.size(0), d = block.values.size(1);
       const double lambda = damping_.for_block(block.values);
       const bool woodbury = method_ == "woodbury" || (method_ == "auto" && n < d);
       const auto side = woodbury ? n : d;
@@ -38,7 +37,11 @@ class Exact : public inflab::Estimator {
                         "factorization, about {:.0f} MiB, "
                         "over memory_budget_mb = {:.0f}; raise memory_budget_mb or use datainf, lissa or cg",
                         block.name, n, d, side, side, needed_mb, budget_mb_));
-      at::Tensor matrix = woodbury ? g.mm(g.t()) : g.t().mm(g).div_(static_cast<double>(n));
+      // Woodbury keeps G (n < d, in float64) for its solves; Cholesky needs only G^T G, accumulated
+      // in chunks so a memory-mapped store is never copied whole.
+      at::Tensor g = woodbury ? block.values.to(c10::kDouble) : at::Tensor();
+      at::Tensor matrix =
+          woodbury ? g.mm(g.t()) : inflab::gram_of_columns_float64(block.values).div_(static_cast<double>(n));
       matrix.diagonal().add_(woodbury ? static_cast<double>(n) * lambda : lambda);
       blocks_.push_back({g, at::linalg_cholesky(matrix), lambda, woodbury});
       diagnostics_[block.name + ".lambda"] = lambda;
