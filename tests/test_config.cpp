@@ -1,3 +1,5 @@
+#include <fmt/format.h>
+
 #include <catch2/catch.hpp>
 
 #include "helpers.hpp"
@@ -135,6 +137,17 @@ TEST_CASE("repeats sweep the seed; a bad sweep value is located", "[config]") {
   auto message = f.error_of(std::string(kValid) + "\n[sweep]\n\"model.lora.rank\" = [1, \"x\"]\n");
   CHECK_THAT(message,
              Contains(f.file() + ":24:25") && Contains("model.lora.rank") && Contains("expected integer"));
+}
+
+TEST_CASE("a sweep or repeats beyond 10000 runs is refused before anything is expanded", "[config]") {
+  Fixture f;
+  CHECK_THAT(f.error_of(replace(kValid, "seed = 3", "seed = 3\nrepeats = 1000000000000")),
+             Contains("experiment.repeats") && Contains("over the limit of 10000"));
+  std::string sweep = std::string(kValid) + "\n[sweep]\n";
+  for (const char* key :
+       {"training.epochs", "training.batch_size", "training.learning_rate", "experiment.seed"})
+    sweep += fmt::format("\"{}\" = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]\n", key);
+  CHECK_THAT(f.error_of(sweep), Contains("14641 runs (11 x 11 x 11 x 11)"));
 }
 
 TEST_CASE("overrides given with --set reach any key and are validated like the file", "[config]") {

@@ -203,17 +203,20 @@ TEST_CASE("mismatched train and query blocks are refused by name", "[estimators]
   REQUIRE_THROWS_WITH(inflab::score_pairwise(*estimator, p.train, p.queries), Contains("block1"));
 }
 
-TEST_CASE("numerical edge cases give finite answers or clear errors, never silent NaN scores", "[estimators][edge]") {
+TEST_CASE("numerical edge cases give finite answers or clear errors, never silent NaN scores",
+          "[estimators][edge]") {
   for (std::string name : {"datainf", "exact", "lissa", "cg", "hessian_free"}) {
     INFO(name);
     // n = 1 and d = 1.
-    inflab::GradientBlocks one{{"w", torch::tensor({{2.0f}}), {}, {}}}, one_query{{"w", torch::tensor({{1.0f}}), {}, {}}};
+    inflab::GradientBlocks one{{"w", torch::tensor({{2.0f}}), {}, {}}},
+        one_query{{"w", torch::tensor({{1.0f}}), {}, {}}};
     auto e = make(name);
     e->fit(one);
     CHECK(torch::isfinite(inflab::score_pairwise(*e, one, one_query)).all().item<bool>());
     // Duplicate training examples and a near-singular block: finite.
     auto row = torch::randn({1, 6});
-    inflab::GradientBlocks dup{{"w", row.repeat({10, 1}).contiguous(), {}, {}}}, q{{"w", torch::randn({2, 6}), {}, {}}};
+    inflab::GradientBlocks dup{{"w", row.repeat({10, 1}).contiguous(), {}, {}}},
+        q{{"w", torch::randn({2, 6}), {}, {}}};
     auto d = make(name, {{"damping", 1e-8}});
     d->fit(dup);
     CHECK(torch::isfinite(inflab::score_pairwise(*d, dup, q)).all().item<bool>());
@@ -224,7 +227,8 @@ TEST_CASE("numerical edge cases give finite answers or clear errors, never silen
   // NaN in the gradients: scoring stops and names the block instead of writing NaN scores.
   auto bad = torch::randn({6, 3});
   bad[2][1] = std::numeric_limits<float>::quiet_NaN();
-  inflab::GradientBlocks nan_block{{"fc2.lora_A", bad, {}, {}}}, nan_query{{"fc2.lora_A", torch::randn({1, 3}), {}, {}}};
+  inflab::GradientBlocks nan_block{{"fc2.lora_A", bad, {}, {}}},
+      nan_query{{"fc2.lora_A", torch::randn({1, 3}), {}, {}}};
   for (std::string name : {"datainf", "cg", "lissa", "hessian_free"}) {
     auto e = make(name, {{"damping", 0.1}});
     INFO(name);

@@ -66,7 +66,7 @@ struct Validator {
     if (source.path) return where(source, file);
     if (origins) {
       for (std::string p = path; !p.empty();
-           p = p.substr(0, p.find_last_of('.') == std::string::npos ? 0 : p.find_last_of('.'))) {
+           p.resize(p.find_last_of('.') == std::string::npos ? 0 : p.find_last_of('.'))) {
         auto it = origins->find(p);
         if (it != origins->end()) return it->second;
         if (p.find('.') == std::string::npos) break;
@@ -663,6 +663,10 @@ std::vector<ExperimentConfig> load_experiment(const fs::path& file, const std::v
   // [experiment] repeats = k is a sweep over seed, seed+1, ..., seed+k-1.
   std::int64_t repeats = experiment.get("repeats") ? experiment.get("repeats")->value_or<std::int64_t>(1) : 1;
   toml::array seeds;
+  constexpr std::int64_t kMaxRuns = 10000;  // a typo such as repeats = 1e9 must not hang the loader
+  if (repeats > kMaxRuns)
+    v.fail(experiment.get("repeats")->source(),
+           fmt::format("key 'experiment.repeats': {} runs is over the limit of {}", repeats, kMaxRuns));
   if (repeats > 1) {
     for (const auto& d : dims)
       if (d.path == "experiment.seed")
@@ -677,6 +681,15 @@ std::vector<ExperimentConfig> load_experiment(const fs::path& file, const std::v
     v.fail(experiment.get("repeats")->source(),
            fmt::format("key 'experiment.repeats': expected a positive integer, found {}", repeats));
   }
+
+  double total_runs = 1;
+  std::vector<std::string> factors;
+  for (const auto& d : dims)
+    total_runs *= static_cast<double>(d.values.size()), factors.push_back(std::to_string(d.values.size()));
+  if (total_runs > static_cast<double>(kMaxRuns))
+    throw Error(
+        fmt::format("{}: the sweep has {:.0f} runs ({}), over the limit of {}; split it into several files",
+                    file.string(), total_runs, fmt::join(factors, " x "), kMaxRuns));
 
   // Sweep points are substituted into the parsed tree in place (copies would lose every
   // source position); the [sweep] table itself is left alone and skipped by validation.

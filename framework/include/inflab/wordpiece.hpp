@@ -30,7 +30,7 @@ class WordPieceTokenizer {
   std::unordered_map<std::string, std::int64_t> vocab_;
   std::vector<std::string> pieces_;
   bool lowercase_;
-  std::int64_t unk_, cls_, sep_, pad_;
+  std::int64_t unk_ = -1, cls_ = -1, sep_ = -1, pad_ = -1;  // set from the vocabulary
 };
 
 }  // namespace inflab
