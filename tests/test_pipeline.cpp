@@ -164,6 +164,43 @@ TEST_CASE("an experiment runs end to end, caches its stages and resumes", "[pipe
   CHECK_FALSE(rerun.stage_cached["finetune"]);
 }
 
+TEST_CASE("a faulty estimator plugin ends the run with an error naming it; earlier outputs stay",
+          "[pipeline][cli]") {
+  test::TempDir dir;
+  auto file = dir.write("e2e.toml", kExperiment);
+  std::string bin =
+      std::string(INFLAB_BINARY) + " --quiet --plugin-path " + INFLAB_BUILD_DIR + "/test_plugins/faulty ";
+  std::string common =
+      " --out " + (dir.path / "results").string() + " --cache " + (dir.path / "cache").string();
+  fs::path run = dir.path / "results" / "e2e" / "run";
+  struct Case {
+    const char* fault;
+    const char* message;
+  };
+  for (auto [fault, message] : {Case{"throw", "simulated failure in fit"},
+                                Case{"wrong_shape", "the estimator returned a 2-d tensor of shape [1, 1]"},
+                                Case{"nan", "inverse product has NaN or Inf values"}}) {
+    INFO(fault);
+    auto r = test::run_command(bin + "run " + file.string() + common +
+                               " --set 'estimator=[{plugin=\"datainf\"}, "
+                               "{plugin=\"exact\"}, {plugin=\"faulty_estimator\", fault=\"" +
+                               fault + "\"}]'");
+    CHECK(r.exit_code == 2);
+    CHECK_THAT(r.output, Contains("estimator 'faulty_estimator' (estimator plugin 'faulty_estimator' "
+                                  "(faulty_estimator.so)") &&
+                             Contains(message));
+    // The estimators before it wrote their scores; the run is not marked finished.
+    CHECK(fs::exists(run / "scores_datainf.npy"));
+    CHECK(fs::exists(run / "scores_exact.npy"));
+    CHECK_FALSE(fs::exists(run / "metrics.csv"));
+  }
+  // Without the faulty plugin the same command finishes from the caches.
+  auto ok = test::run_command(bin + "run " + file.string() + common +
+                              " --set 'estimator=[{plugin=\"datainf\"}, {plugin=\"exact\"}]'");
+  CHECK(ok.exit_code == 0);
+  CHECK(fs::exists(run / "metrics.csv"));
+}
+
 TEST_CASE("`inflab gradients` then `inflab score` reproduce the run's scores", "[pipeline][cli]") {
   test::TempDir dir;
   auto file = dir.write("e2e.toml", kExperiment);

@@ -2,13 +2,19 @@
 // and score gradient files written by inflab or by anyone else.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <filesystem>
 #include <iostream>
 #include <set>
+#include <thread>
 
 #include "inflab/config.hpp"
+#include "inflab/distributed.hpp"
 #include "inflab/error.hpp"
 #include "inflab/gradients.hpp"
 #include "inflab/io.hpp"
@@ -61,13 +67,18 @@ int command_run(const fs::path& file, const std::vector<std::string>& sets, cons
   load_plugins(registry, common);
   auto runs = load_experiment(file, sets, registry);
   int threads = current_threads();
-  std::cerr << fmt::format("[inflab] {}: {} run(s), {} thread(s)\n", file.string(), runs.size(), threads);
+  const int rank = distributed_rank(), world_size = distributed_world_size();
+  if (world_size > 1)
+    std::cerr << fmt::format("[inflab] rank {} of {}: {}: {} run(s), {} thread(s)\n", rank, world_size,
+                             file.string(), runs.size(), threads);
+  else
+    std::cerr << fmt::format("[inflab] {}: {} run(s), {} thread(s)\n", file.string(), runs.size(), threads);
   RunPaths paths{out, cache};
   std::vector<std::vector<std::string>> rows{{"run", "estimator", "AUC", "seconds"}};
   std::set<std::string> extra_metrics;
   std::vector<RunOutcome> outcomes;
   for (std::size_t k = 0; k < runs.size(); ++k) {
-    std::cerr << fmt::format("[inflab] run {}/{}: {}\n", k + 1, runs.size(), runs[k].run_name);
+    if (rank == 0) std::cerr << fmt::format("[inflab] run {}/{}: {}\n", k + 1, runs.size(), runs[k].run_name);
     outcomes.push_back(run_experiment(runs[k], registry, paths, !no_resume));
     if (outcomes.back().skipped)
       std::cerr << fmt::format("[inflab]   already finished in {} (use --no-resume to redo)\n",
@@ -76,6 +87,7 @@ int command_run(const fs::path& file, const std::vector<std::string>& sets, cons
       for (const auto& [m, v] : e.metrics)
         if (m != "auc") extra_metrics.insert(m);
   }
+  if (rank != 0) return 0;  // rank 0 reports for everyone
   for (const auto& m : extra_metrics) rows[0].push_back(m);
   for (std::size_t k = 0; k < runs.size(); ++k)
     for (const auto& e : outcomes[k].estimators) {
@@ -193,6 +205,71 @@ int command_score(const fs::path& gradients, const std::string& estimator_name,
   return 0;
 }
 
+// `inflab launch -n N FILE.toml [run options]`: N local ranks of `inflab run`, like torchrun on
+// one machine. They meet through a FileStore in a fresh temporary file. When a rank fails, the
+// others get `timeout` seconds to fail on their own (naming it), then are stopped.
+int command_launch(int ranks, const std::vector<std::string>& run_arguments, int threads, double timeout) {
+  if (ranks < 1) throw Error(fmt::format("--ranks: expected at least 1, found {}", ranks));
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  const int per_rank = threads > 0 ? threads : std::max(1, static_cast<int>(cores) / ranks);
+  char store_template[] = "/tmp/inflab-store-XXXXXX";
+  int fd = ::mkstemp(store_template);
+  if (fd < 0) throw Error("launch: cannot create the rendezvous file in /tmp");
+  ::close(fd);
+  ::unlink(store_template);  // FileStore creates it; it must not pre-exist with stale content
+  const std::string self = fs::read_symlink("/proc/self/exe").string();
+  std::vector<pid_t> children;
+  for (int r = 0; r < ranks; ++r) {
+    pid_t pid = ::fork();
+    if (pid < 0) throw Error("launch: fork failed");
+    if (pid == 0) {
+      ::setenv("RANK", std::to_string(r).c_str(), 1);
+      ::setenv("WORLD_SIZE", std::to_string(ranks).c_str(), 1);
+      ::setenv("INFLAB_STORE_FILE", store_template, 1);
+      ::setenv("INFLAB_DISTRIBUTED_TIMEOUT", fmt::format("{}", timeout).c_str(), 1);
+      std::vector<std::string> args{self, "--threads", std::to_string(per_rank)};
+      if (r != 0) args.push_back("--quiet");  // one progress display: rank 0's
+      args.push_back("run");
+      args.insert(args.end(), run_arguments.begin(), run_arguments.end());
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(self.c_str(), argv.data());
+      ::_exit(127);
+    }
+    children.push_back(pid);
+  }
+  std::cerr << fmt::format("[inflab] launched {} ranks ({} thread(s) each, collective timeout {} s)\n", ranks,
+                           per_rank, timeout);
+  std::vector<int> status(ranks, -1);
+  int first_failed = -1, running = ranks;
+  auto failed_at = std::chrono::steady_clock::now();
+  while (running > 0) {
+    int raw = 0;
+    pid_t pid = ::waitpid(-1, &raw, WNOHANG);
+    if (pid > 0) {
+      int r = static_cast<int>(std::find(children.begin(), children.end(), pid) - children.begin());
+      status[r] = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
+      --running;
+      if (status[r] != 0 && first_failed < 0) first_failed = r, failed_at = std::chrono::steady_clock::now();
+      continue;
+    }
+    if (first_failed >= 0 &&
+        std::chrono::steady_clock::now() - failed_at > std::chrono::duration<double>(timeout + 10)) {
+      for (int r = 0; r < ranks; ++r)
+        if (status[r] < 0) ::kill(children[r], SIGKILL);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::error_code ignored;
+  fs::remove(store_template, ignored);
+  if (first_failed < 0) return 0;
+  std::vector<std::string> report;
+  for (int r = 0; r < ranks; ++r) report.push_back(fmt::format("rank {}: exit {}", r, status[r]));
+  throw Error(fmt::format("launch: rank {} failed first (exit status {}); {}", first_failed,
+                          status[first_failed], fmt::join(report, ", ")));
+}
+
 int command_embed(const std::string& model_name, const std::vector<std::string>& texts,
                   const std::vector<std::string>& sets, const Common& common) {
   Registry registry;
@@ -288,11 +365,34 @@ int main(int argc, char** argv) {
       ->required();
   embed->add_option("--set", sets, "model option, e.g. --set max_length=256 (repeatable)");
 
+  int launch_ranks = 0;
+  double launch_timeout = 300;
+  std::vector<std::string> launch_arguments;
+  auto* launch = app.add_subcommand(
+      "launch",
+      "run an experiment on N local ranks (distributed, like torchrun): inflab launch -n 2 FILE.toml");
+  launch->add_option("-n,--ranks", launch_ranks, "number of ranks (processes)")->required();
+  launch->add_option("--timeout", launch_timeout, "seconds a collective may wait for a rank (default 300)");
+  // Everything after the options (FILE.toml and `inflab run` options) goes to each rank's run.
+  launch->prefix_command();
+  launch->footer("Example: inflab --threads 1 launch -n 2 experiments/quickstart.toml --set dataset.n_train=4000");
+
   CLI11_PARSE(app, argc, argv);
   Progress::set_quiet(common.quiet);
   try {
+    if (*launch) {
+      launch_arguments = launch->remaining();
+      if (launch_arguments.empty()) throw Error("launch: expected FILE.toml (and any `inflab run` options)");
+      return command_launch(launch_ranks, launch_arguments, common.threads, launch_timeout);
+    }
     configure_threads(common.threads);  // LibTorch defaults to 1 thread on these machines
-    if (*run) return command_run(file, sets, out, cache, no_resume, common);
+    if (*run) {
+      // torchrun-style environment (set by `inflab launch` or by hand): join the process group.
+      const char* timeout = std::getenv("INFLAB_DISTRIBUTED_TIMEOUT");
+      init_distributed_from_environment(std::chrono::milliseconds(
+          static_cast<long long>(1000 * (timeout && *timeout ? std::stod(timeout) : 300.0))));
+      return command_run(file, sets, out, cache, no_resume, common);
+    }
     if (*validate) return command_validate(file, sets, common);
     if (*plugins) return command_plugins(plugin_name, common);
     if (*gradients) return command_gradients(file, sets, gradients_dir, cache, safetensors, common);

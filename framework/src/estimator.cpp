@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "inflab/distributed.hpp"
 #include "inflab/error.hpp"
 #include "inflab/scoring.hpp"
 
@@ -22,8 +23,10 @@ double Damping::for_block(const at::Tensor& gradients) const {
 double Damping::for_norms(const at::Tensor& squared_norms, std::int64_t dim) const {
   if (fixed > 0) return fixed;
   // scale * (1 / (n d)) * sum_i ||g_i||^2: the mean squared gradient entry, times the scale.
-  double mean_square = squared_norms.to(c10::kDouble).sum().item<double>() /
-                       (static_cast<double>(squared_norms.numel()) * static_cast<double>(dim));
+  // Sums over every rank's training rows in a distributed run.
+  double mean_square =
+      sum_over_ranks(squared_norms.to(c10::kDouble).sum().item<double>()) /
+      (static_cast<double>(rows_over_ranks(squared_norms.numel())) * static_cast<double>(dim));
   double lambda = scale * mean_square;
   if (!(lambda > 0))
     throw Error(fmt::format(
@@ -45,7 +48,13 @@ at::Tensor gram_of_columns_float64(const at::Tensor& gradients) {
     at::Tensor part = gradients.narrow(0, start, std::min(chunk, rows - start)).to(c10::kDouble);
     gram.addmm_(part.t(), part);
   }
-  return gram;
+  return sum_over_ranks(gram);
+}
+
+at::Tensor gauss_newton_product(const at::Tensor& gradients, const at::Tensor& r, double lambda) {
+  at::Tensor product = r.mm(gradients.t()).mm(gradients).contiguous();
+  sum_over_ranks(product);
+  return product.div_(static_cast<double>(rows_over_ranks(gradients.size(0)))).add_(r, lambda);
 }
 
 NonFiniteRows nonfinite_rows(const at::Tensor& gradients) {

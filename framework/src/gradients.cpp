@@ -4,8 +4,10 @@
 #include <fmt/ranges.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "inflab/distributed.hpp"
 #include "inflab/error.hpp"
 #include "inflab/io.hpp"
 #include "inflab/lora.hpp"
@@ -127,6 +129,7 @@ GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs, con
   if (factors)
     for (std::size_t b = 0; b < blocks.size(); ++b) {
       auto& block = blocks[b];
+      block.factor_tokens = tokens[b / 2];
       block.activation_covariance =
           block.activation_covariance.div_(static_cast<double>(tokens[b / 2])).to(torch::kFloat);
       block.gradient_covariance = block.gradient_covariance.div_(static_cast<double>(n)).to(torch::kFloat);
@@ -176,7 +179,8 @@ void save_gradient_store(const fs::path& dir, const GradientStore& store, bool t
       fs::create_directories(dir / "factors");
       save_npy(dir / "factors" / (block.name + ".activation.npy"), block.activation_covariance);
       save_npy(dir / "factors" / (block.name + ".gradient.npy"), block.gradient_covariance);
-      entry["factors"] = {{"in", block.activation_covariance.size(0)},
+      entry["factors"] = {{"tokens", block.factor_tokens},
+                          {"in", block.activation_covariance.size(0)},
                           {"out", block.gradient_covariance.size(0)}};
     }
     blocks.push_back(entry);
@@ -256,6 +260,12 @@ GradientStore load_gradient_store(const fs::path& dir) {
                         fmt::join(g.sizes(), " x ")));
       store.train.back().activation_covariance = a;
       store.train.back().gradient_covariance = g;
+      // Stores written before the count was kept: one token per example.
+      const bool counted = block.contains("factors") && block["factors"].is_object() &&
+                           block["factors"].contains("tokens") &&
+                           block["factors"]["tokens"].is_number_integer();
+      store.train.back().factor_tokens =
+          counted ? block["factors"]["tokens"].get<std::int64_t>() : store.train.back().values.size(0);
     }
   }
   auto read_meta = [&](const char* side, std::int64_t count, ExampleMeta& meta) {
@@ -305,10 +315,38 @@ void select_blocks(GradientStore& store, const std::vector<std::string>& pattern
       throw Error(
           fmt::format("block pattern '{}' matches none of the blocks: {}", pattern, fmt::join(names, ", ")));
   auto keep = [&](GradientBlocks& blocks) {
-    std::erase_if(blocks, [&](const GradientBlock& b) { return !matches_any(b.name, patterns); });
+    blocks.erase(std::remove_if(blocks.begin(), blocks.end(),
+                                [&](const GradientBlock& b) { return !matches_any(b.name, patterns); }),
+                 blocks.end());
   };
   keep(store.train);
   keep(store.query);
+}
+
+void combine_factors_over_ranks(GradientBlocks& train) {
+  for (auto& block : train) {
+    if (!block.has_factors()) continue;
+    // Means over each shard's tokens (A) and examples (S) -> sums -> means over all ranks.
+    const double tokens = sum_over_ranks(static_cast<double>(block.factor_tokens));
+    const double examples = sum_over_ranks(static_cast<double>(block.values.size(0)));
+    torch::Tensor a =
+        block.activation_covariance.to(torch::kDouble).mul(static_cast<double>(block.factor_tokens));
+    torch::Tensor s =
+        block.gradient_covariance.to(torch::kDouble).mul(static_cast<double>(block.values.size(0)));
+    block.activation_covariance = sum_over_ranks(a).div_(tokens).to(torch::kFloat);
+    block.gradient_covariance = sum_over_ranks(s).div_(examples).to(torch::kFloat);
+    block.factor_tokens = static_cast<std::int64_t>(tokens);
+  }
+}
+
+void gather_meta_over_ranks(ExampleMeta& meta) {
+  auto gather = [](auto& values) {
+    std::vector<std::int64_t> wide(values.begin(), values.end());
+    torch::Tensor all = gather_rows_over_ranks(torch::tensor(wide, torch::kLong)).contiguous();
+    const auto* p = all.data_ptr<std::int64_t>();
+    values.assign(p, p + all.numel());
+  };
+  gather(meta.ids), gather(meta.labels), gather(meta.observed_labels), gather(meta.flipped);
 }
 
 }  // namespace inflab

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 
+#include "inflab/distributed.hpp"
 #include "inflab/error.hpp"
 #include "inflab/io.hpp"
 
@@ -55,7 +56,8 @@ at::Tensor corrected_eigenvalues(const KroneckerBasis& basis, const at::Tensor& 
   for (std::int64_t start = 0; start < n; start += chunk)
     sum.add_(
         to_kronecker_basis(basis, gradients.narrow(0, start, std::min(chunk, n - start))).square().sum(0));
-  return sum.div_(static_cast<double>(n));
+  sum_over_ranks(sum);
+  return sum.div_(static_cast<double>(rows_over_ranks(n)));
 }
 
 void KroneckerEstimator::configure(const Options& options) { damping_ = damping_from(options); }

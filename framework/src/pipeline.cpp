@@ -10,6 +10,7 @@
 #include <random>
 #include <sstream>
 
+#include "inflab/distributed.hpp"
 #include "inflab/error.hpp"
 #include "inflab/io.hpp"
 #include "inflab/lora.hpp"
@@ -31,6 +32,24 @@ fs::path default_cache_root() {
 }
 
 namespace {
+
+// Runs a plugin's code: whatever it throws becomes an Error naming the plugin, so a faulty plugin
+// ends the run with a message that says whose fault it was (earlier outputs stay as written).
+template <class Body>
+auto in_plugin(const std::string& who, Body&& body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const Error& e) {
+    throw Error(fmt::format("{}: {}", who, e.what()));
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("{} failed: {}", who, e.what()));
+  }
+}
+
+std::string describe_plugin(Registry& registry, PluginKind kind, const std::string& name) {
+  return fmt::format("{} plugin '{}' ({})", to_string(kind), name,
+                     registry.find(kind, name).file.filename().string());
+}
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point start) {
@@ -146,7 +165,11 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
   RunOutcome local;
   RunOutcome& out = outcome ? *outcome : local;
   fs::path cache = paths.cache_root.empty() ? default_cache_root() : paths.cache_root;
-  fs::path gradient_dir = cache / "gradients" / content_hash(config.gradients_key_text);
+  // Distributed: each rank extracts (and caches) the gradients of its shard of the training rows.
+  const int world_size = distributed_world_size();
+  std::string gradient_key = config.gradients_key_text;
+  if (world_size > 1) gradient_key += fmt::format("\nshard {} of {}", distributed_rank(), world_size);
+  fs::path gradient_dir = cache / "gradients" / content_hash(gradient_key);
   for (const char* stage : {"base", "finetune", "gradients", "fits"}) remove_stale_temporaries(cache / stage);
   if (fs::exists(gradient_dir / "blocks.json")) {
     if (std::string problem = verify_directory_checksums(gradient_dir); !problem.empty()) {
@@ -167,7 +190,8 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
   auto start = Clock::now();
   auto dataset =
       registry.create_as<Dataset>(PluginKind::Dataset, config.dataset.plugin, config.dataset.options);
-  DatasetSplits data = dataset->load();
+  DatasetSplits data = in_plugin(describe_plugin(registry, PluginKind::Dataset, config.dataset.plugin),
+                                 [&] { return dataset->load(); });
   if (data.train.size() == 0 || data.validation.size() == 0)
     throw Error(
         fmt::format("dataset '{}' returned an empty training or validation split", config.dataset.plugin));
@@ -199,7 +223,8 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
   for (std::int64_t d = 1; d < data.train.inputs.dim(); ++d)
     shape.input_shape.push_back(data.train.inputs.size(d));
   shape.num_classes = data.num_classes();
-  model->build(shape, config.lora, static_cast<std::uint64_t>(config.seed));
+  in_plugin(describe_plugin(registry, PluginKind::Model, config.model.plugin),
+            [&] { model->build(shape, config.lora, static_cast<std::uint64_t>(config.seed)); });
   std::vector<torch::Tensor> lora = lora_tensors(*model);
   if (lora.empty())
     throw Error(fmt::format("model '{}': no layer matches model.lora.targets", config.model.plugin));
@@ -267,9 +292,18 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
   temporary += fmt::format(".tmp-{}", ::getpid());
   fs::remove_all(temporary);
   const auto dtype = config.evaluation.gradient_dtype == "float16" ? torch::kHalf : torch::kFloat;
+  const Shard shard = shard_of(data.train.size());
+  torch::Tensor train_inputs = data.train.inputs.narrow(0, shard.begin, shard.size());
+  torch::Tensor train_labels = observed.narrow(0, shard.begin, shard.size());
+  if (world_size > 1) {
+    auto cut = [&](auto& v) {
+      v = std::decay_t<decltype(v)>(v.begin() + shard.begin, v.begin() + shard.end);
+    };
+    cut(train_meta.ids), cut(train_meta.labels), cut(train_meta.observed_labels), cut(train_meta.flipped);
+  }
   std::int64_t width = 0;
   for (const auto& t : lora) width += t.numel();
-  const double train_mb = static_cast<double>(data.train.size()) * static_cast<double>(width) *
+  const double train_mb = static_cast<double>(shard.size()) * static_cast<double>(width) *
                           static_cast<double>(c10::elementSize(dtype)) / 1048576.0;
   // Over the budget (or 16-bit): extraction writes each batch straight into mapped files.
   const bool on_disk = train_mb > config.evaluation.gradient_memory_mb || dtype != torch::kFloat;
@@ -281,7 +315,7 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
                     train_mb, config.evaluation.gradient_dtype, gradient_dir.string()));
   GradientStore store;
   store.train =
-      per_example_gradients(*model, data.train.inputs, observed, config.evaluation.gradient_batch_size,
+      per_example_gradients(*model, train_inputs, train_labels, config.evaluation.gradient_batch_size,
                             "train gradients", /*factors=*/true, on_disk ? to_disk : BlockAllocator{});
   store.query = per_example_gradients(*model, data.validation.inputs, data.validation.labels,
                                       config.evaluation.gradient_batch_size, "validation gradients");
@@ -342,19 +376,40 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   RunOutcome outcome;
   outcome.directory = paths.results_root / config.name / config.run_name;
   fs::path metrics_file = outcome.directory / "metrics.csv";
+  // Distributed: every rank computes, rank 0 alone writes the results (identical to one process).
+  const int world_size = distributed_world_size();
+  const bool writer = distributed_rank() == 0;
   // A run is finished when metrics.csv (written last) exists for the same resolved config.
-  if (resume && fs::exists(metrics_file) && fs::exists(outcome.directory / "config.toml") &&
-      read_file(outcome.directory / "config.toml") == config.resolved_toml) {
+  bool finished = resume && fs::exists(metrics_file) && fs::exists(outcome.directory / "config.toml") &&
+                  read_file(outcome.directory / "config.toml") == config.resolved_toml;
+  if (world_size > 1)  // all ranks must take the same path, or one would wait for the others
+    finished = sum_over_ranks(finished ? 1.0 : 0.0) == world_size;
+  if (finished) {
     outcome.skipped = true;
     outcome.estimators = read_metrics_csv(metrics_file);
     return outcome;
   }
-  fs::create_directories(outcome.directory);
-  fs::remove(metrics_file);
-  write_file_atomic(outcome.directory / "config.toml", config.resolved_toml);
+  if (world_size > 1)
+    for (const auto& spec : config.estimators) {
+      auto probe = registry.create_as<Estimator>(PluginKind::Estimator, spec.plugin, spec.options);
+      if (!probe->supports_distributed())
+        throw Error(fmt::format(
+            "estimator '{}' (plugin '{}') does not support distributed runs{}; run it in "
+            "one process or remove it",
+            spec.label, spec.plugin, spec.plugin == "lissa" ? " with batch_size > 0 (mini-batches)" : ""));
+    }
+  if (writer) {
+    fs::create_directories(outcome.directory);
+    fs::remove(metrics_file);
+    write_file_atomic(outcome.directory / "config.toml", config.resolved_toml);
+  }
 
   GradientStore store = prepare_gradients(config, registry, paths, &outcome);
   select_blocks(store, config.evaluation.blocks);
+  if (world_size > 1) {
+    combine_factors_over_ranks(store.train);
+    gather_meta_over_ranks(store.train_meta);
+  }
   const bool aggregate = config.evaluation.mode == "aggregate";
   std::vector<int> flipped(store.train_meta.flipped.begin(), store.train_meta.flipped.end());
   std::map<std::string, std::vector<double>> all_scores;
@@ -362,9 +417,12 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
 
   for (const auto& spec : config.estimators) {
     auto estimator = registry.create_as<Estimator>(PluginKind::Estimator, spec.plugin, spec.options);
+    const std::string who = fmt::format("estimator '{}' ({})", spec.label,
+                                        describe_plugin(registry, PluginKind::Estimator, spec.plugin));
     auto start = Clock::now();
     // Fitted state is cached by the gradients it was fitted on and the estimator's options.
     std::string fit_key = config.gradients_key_text + "\nestimator " + spec.plugin;
+    if (world_size > 1) fit_key += fmt::format("\nrank {} of {}", distributed_rank(), world_size);
     for (const auto& block : store.train) fit_key += "\nblock " + block.name;
     for (const auto& [name, value] : spec.options.values())
       fit_key += "\n" + name + "=" + format_value(value);
@@ -376,14 +434,16 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
         log(fmt::format("warning: cached fit {} failed its check ({}); fitting again", fit_dir.string(),
                         problem));
       else
-        fit_cached = estimator->load_fit(fit_dir.string(), store.train);
+        fit_cached = in_plugin(who, [&] { return estimator->load_fit(fit_dir.string(), store.train); });
     }
+    // Fitting has collectives: the ranks fit unless every one of them found its cached fit.
+    if (world_size > 1 && sum_over_ranks(fit_cached ? 1.0 : 0.0) != world_size) fit_cached = false;
     if (!fit_cached) {
-      estimator->fit(store.train);
+      in_plugin(who, [&] { estimator->fit(store.train); });
       fs::path temporary = fit_dir;
       temporary += fmt::format(".tmp-{}", ::getpid());
       fs::create_directories(temporary);
-      if (estimator->save_fit(temporary.string())) {
+      if (in_plugin(who, [&] { return estimator->save_fit(temporary.string()); })) {
         write_file_atomic(temporary / "complete", spec.plugin + "\n");
         write_directory_checksums(temporary);
         fs::remove_all(fit_dir);
@@ -393,10 +453,13 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
       }
     }
     outcome.stage_cached["fit:" + spec.label] = fit_cached;
-    torch::Tensor scores = aggregate ? score_aggregate(*estimator, store.train, store.query)
-                                     : score_pairwise(*estimator, store.train, store.query);
+    torch::Tensor scores = in_plugin(who, [&] {
+      return aggregate ? score_aggregate(*estimator, store.train, store.query)
+                       : score_pairwise(*estimator, store.train, store.query);
+    });
+    scores = gather_rows_over_ranks(scores);  // this rank's rows -> all n rows, in order
     EstimatorOutcome result{spec.label, seconds_since(start), {}};
-    save_npy(outcome.directory / fmt::format("scores_{}.npy", spec.label), scores.contiguous());
+    if (writer) save_npy(outcome.directory / fmt::format("scores_{}.npy", spec.label), scores.contiguous());
     all_scores[spec.label] = to_doubles(scores);
     if (!flipped.empty() && std::count(flipped.begin(), flipped.end(), 1) > 0) {
       // Pairwise scores are averaged over queries: by linearity this equals the aggregate score.
@@ -430,7 +493,7 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
       for (const auto& e : outcome.estimators) csv += fmt::format(",{:.8g}", all_scores[e.label][i]);
       csv += "\n";
     }
-    write_file_atomic(outcome.directory / "scores.csv", csv);
+    if (writer) write_file_atomic(outcome.directory / "scores.csv", csv);
   }
 
   nlohmann::json manifest;
@@ -438,6 +501,8 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   manifest["git_commit"] = git_commit();
   manifest["libtorch_version"] = torch_version();
   manifest["threads"] = current_threads();
+  manifest["world_size"] = world_size;
+  manifest["bytes_communicated_by_rank_0"] = distributed_bytes_communicated();
   manifest["seed"] = config.seed;
   manifest["experiment_file"] = fs::absolute(config.source).string();
   manifest["run"] = config.run_name;
@@ -458,8 +523,11 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   if (!diagnostics.is_null()) manifest["diagnostics"] = diagnostics;
   manifest["train_examples"] = store.train_meta.ids.size();
   manifest["query_examples"] = store.query_meta.ids.size();
-  write_file_atomic(outcome.directory / "manifest.json", manifest.dump(2) + "\n");
-  write_file_atomic(metrics_file, metrics_csv(outcome.estimators));  // last: marks the run finished
+  if (writer) {
+    write_file_atomic(outcome.directory / "manifest.json", manifest.dump(2) + "\n");
+    write_file_atomic(metrics_file, metrics_csv(outcome.estimators));  // last: marks the run finished
+  }
+  barrier_over_ranks();  // no rank starts the next run before this one is marked finished
   return outcome;
 }
 

@@ -23,6 +23,9 @@ struct GradientBlock {
   // For one token per example, G_l = gradient_covariance (x) activation_covariance exactly when
   // every example has the same input (docs/estimators.md states the convention).
   at::Tensor activation_covariance, gradient_covariance;
+  // Tokens the activation covariance averages over (rows of `values` are the examples); lets a
+  // distributed run combine the shards' factors exactly.
+  std::int64_t factor_tokens = 0;
   bool has_factors() const { return activation_covariance.defined() && gradient_covariance.defined(); }
 };
 using GradientBlocks = std::vector<GradientBlock>;
@@ -45,6 +48,10 @@ class Estimator : public Plugin {
     (void)dir, (void)train;
     return false;
   }
+  // True when fit and inverse_product are correct with the training rows sharded over ranks:
+  // every sum over training examples goes through inflab/distributed.hpp (sum_over_ranks,
+  // rows_over_ranks, or the helpers below). Distributed runs refuse other estimators.
+  virtual bool supports_distributed() const { return false; }
 };
 
 // The damping rule shared by every estimator (paper-facts.md):
@@ -66,7 +73,11 @@ struct NonFiniteRows {
 };
 NonFiniteRows nonfinite_rows(const at::Tensor& gradients);
 // G^T G (d x d) in float64, accumulated over chunks of rows: no n x d float64 copy of G.
+// Summed over the ranks of a distributed run (each holds a shard of the rows).
 at::Tensor gram_of_columns_float64(const at::Tensor& gradients);
+// (G^T G / n + lambda I) applied to every row of r (Q x d), n and the sum over all ranks' rows:
+// the Gauss-Newton product iterative solvers use; one all-reduce of Q x d per call.
+at::Tensor gauss_newton_product(const at::Tensor& gradients, const at::Tensor& r, double lambda);
 Damping damping_from(const Options& options);  // validates lambda > 0
 
 }  // namespace inflab

@@ -46,6 +46,12 @@ GradientStore load_gradient_store(const std::filesystem::path& dir);
 // present, "factors/<block>.activation" and "factors/<block>.gradient"; labels as int64 tensors.
 void save_gradient_store_safetensors(const std::filesystem::path& file, const GradientStore& store);
 
+// Distributed runs: each rank's store holds a shard of the training rows. These make what is
+// global global: Kronecker factors weighted by each shard's tokens and examples, and the
+// example metadata of all shards in rank order (collectives: every rank must call them).
+void combine_factors_over_ranks(GradientBlocks& train);
+void gather_meta_over_ranks(ExampleMeta& meta);
+
 // Keeps the blocks whose names match any of the glob patterns (`*`, `?`), in both splits.
 // A pattern that matches no block is an error listing the block names (it is most likely a typo).
 void select_blocks(GradientStore& store, const std::vector<std::string>& patterns);

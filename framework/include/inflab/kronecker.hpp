@@ -41,6 +41,8 @@ class KroneckerEstimator : public Estimator {
   // Eigenbases, eigenvalues and damping per block, as .npy files.
   bool save_fit(const std::string& dir) const override;
   bool load_fit(const std::string& dir, const GradientBlocks& train) override;
+  // Factors are combined over ranks by the framework; EK-FAC's eigenvalues sum over ranks.
+  bool supports_distributed() const override { return true; }
 
  protected:
   virtual const char* method() const = 0;

@@ -12,8 +12,8 @@
 namespace inflab {
 
 // Bump whenever PluginInfo or any plugin interface (Estimator, Dataset, Model) changes.
-inline constexpr std::uint32_t kAbiVersion =
-    5;  // 2: Kronecker factors; 3: text; 4: fit cache; 5: token masks
+// 2: Kronecker factors; 3: text; 4: fit cache; 5: token masks; 6: distributed runs.
+inline constexpr std::uint32_t kAbiVersion = 6;
 
 enum class PluginKind : std::uint32_t { Estimator = 1, Dataset = 2, Model = 3 };
 const char* to_string(PluginKind kind);

@@ -36,9 +36,7 @@ class ConjugateGradients : public inflab::Estimator {
   at::Tensor inverse_product(std::size_t b, const at::Tensor& queries) override {
     const Block& block = blocks_.at(b);
     const at::Tensor& g = block.gradients;
-    auto apply = [&](const at::Tensor& p) {
-      return p.mm(g.t()).mm(g).div_(static_cast<double>(g.size(0))).add_(p, block.lambda);
-    };
+    auto apply = [&](const at::Tensor& p) { return inflab::gauss_newton_product(g, p, block.lambda); };
     // Rows are queries; every reduction is per row.
     at::Tensor r = at::zeros_like(queries);
     at::Tensor residual = queries.clone();
@@ -76,6 +74,7 @@ class ConjugateGradients : public inflab::Estimator {
   }
 
   std::map<std::string, double> diagnostics() const override { return diagnostics_; }
+  bool supports_distributed() const override { return true; }
 
  private:
   struct Block {

@@ -2,6 +2,7 @@
 // the average of inverted rank-one-plus-ridge matrices, which Sherman-Morrison makes explicit:
 //   r_l = 1/(n lambda_l) sum_i ( v - (g_il . v) / (lambda_l + ||g_il||^2) g_il )
 // For Q queries at once: C = V G^T scaled per training example, then R = (V - C G) / lambda.
+#include <inflab/distributed.hpp>
 #include <inflab/estimator.hpp>
 
 namespace {
@@ -16,7 +17,7 @@ class DataInf : public inflab::Estimator {
       const at::Tensor& g = block.values;
       at::Tensor squared_norms = inflab::squared_row_norms(g);
       const double lambda = damping_.for_norms(squared_norms, g.size(1));
-      const double n = static_cast<double>(g.size(0));
+      const double n = static_cast<double>(inflab::rows_over_ranks(g.size(0)));  // all ranks' rows
       // 1 / (n (lambda + ||g_i||^2)), one weight per training example.
       at::Tensor weights = squared_norms.add_(lambda).mul_(n).reciprocal_();
       blocks_.push_back({g, weights, lambda});
@@ -27,8 +28,11 @@ class DataInf : public inflab::Estimator {
   at::Tensor inverse_product(std::size_t b, const at::Tensor& queries) override {
     const Block& block = blocks_.at(b);
     at::Tensor coefficients = queries.mm(block.gradients.t()).mul_(block.weights);  // Q x n
-    return queries.sub(coefficients.mm(block.gradients)).div_(block.lambda);
+    at::Tensor correction = coefficients.mm(block.gradients);  // this rank's share of the sum over i
+    return queries.sub(inflab::sum_over_ranks(correction)).div_(block.lambda);
   }
+
+  bool supports_distributed() const override { return true; }
 
   std::map<std::string, double> diagnostics() const override { return diagnostics_; }
 

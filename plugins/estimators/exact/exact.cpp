@@ -7,6 +7,7 @@
 #include <ATen/ops/linalg_cholesky.h>
 #include <fmt/format.h>
 
+#include <inflab/distributed.hpp>
 #include <inflab/error.hpp>
 #include <inflab/estimator.hpp>
 
@@ -26,7 +27,7 @@ class Exact : public inflab::Estimator {
   void fit(const inflab::GradientBlocks& train) override {
     blocks_.clear();
     for (const auto& block : train) {
-      const auto n = block.values.size(0), d = block.values.size(1);
+      const auto n = inflab::rows_over_ranks(block.values.size(0)), d = block.values.size(1);
       const double lambda = damping_.for_block(block.values);
       const bool woodbury = method_ == "woodbury" || (method_ == "auto" && n < d);
       const auto side = woodbury ? n : d;
@@ -39,7 +40,8 @@ class Exact : public inflab::Estimator {
                         block.name, n, d, side, side, needed_mb, budget_mb_));
       // Woodbury keeps G (n < d, in float64) for its solves; Cholesky needs only G^T G, accumulated
       // in chunks so a memory-mapped store is never copied whole.
-      at::Tensor g = woodbury ? block.values.to(c10::kDouble) : at::Tensor();
+      // Distributed, Woodbury gathers every rank's rows (n < d keeps that small).
+      at::Tensor g = woodbury ? inflab::gather_rows_over_ranks(block.values).to(c10::kDouble) : at::Tensor();
       at::Tensor matrix =
           woodbury ? g.mm(g.t()) : inflab::gram_of_columns_float64(block.values).div_(static_cast<double>(n));
       matrix.diagonal().add_(woodbury ? static_cast<double>(n) * lambda : lambda);
@@ -63,6 +65,7 @@ class Exact : public inflab::Estimator {
   }
 
   std::map<std::string, double> diagnostics() const override { return diagnostics_; }
+  bool supports_distributed() const override { return true; }
 
  private:
   struct Block {

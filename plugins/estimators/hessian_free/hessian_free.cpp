@@ -7,6 +7,7 @@ class HessianFree : public inflab::Estimator {
  public:
   void fit(const inflab::GradientBlocks&) override {}
   at::Tensor inverse_product(std::size_t, const at::Tensor& queries) override { return queries; }
+  bool supports_distributed() const override { return true; }
 };
 
 std::vector<inflab::OptionSpec> options() { return {}; }

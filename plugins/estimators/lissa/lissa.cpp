@@ -78,6 +78,8 @@ class Lissa : public inflab::Estimator {
   }
 
   std::map<std::string, double> diagnostics() const override { return diagnostics_; }
+  // Mini-batches sample one rank's rows; full-batch iterations sum over all ranks.
+  bool supports_distributed() const override { return batch_size_ == 0; }
 
  private:
   struct Block {
@@ -87,7 +89,7 @@ class Lissa : public inflab::Estimator {
   };
   // (G^T G / m + lambda I) applied to every row of r.
   static at::Tensor apply(const at::Tensor& g, const at::Tensor& r, double lambda) {
-    return r.mm(g.t()).mm(g).div_(static_cast<double>(g.size(0))).add_(r, lambda);
+    return inflab::gauss_newton_product(g, r, lambda);
   }
   static double largest_eigenvalue(const at::Tensor& g) {
     auto generator = at::detail::createCPUGenerator(12345);
