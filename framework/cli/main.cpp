@@ -375,7 +375,8 @@ int main(int argc, char** argv) {
   launch->add_option("--timeout", launch_timeout, "seconds a collective may wait for a rank (default 300)");
   // Everything after the options (FILE.toml and `inflab run` options) goes to each rank's run.
   launch->prefix_command();
-  launch->footer("Example: inflab --threads 1 launch -n 2 experiments/quickstart.toml --set dataset.n_train=4000");
+  launch->footer(
+      "Example: inflab --threads 1 launch -n 2 experiments/quickstart.toml --set dataset.n_train=4000");
 
   CLI11_PARSE(app, argc, argv);
   Progress::set_quiet(common.quiet);

@@ -71,7 +71,8 @@ void collective(const char* what, Body&& body) {
   ++g.collectives;
   try {
     const std::string count = std::to_string(g.collectives);
-    g.store->set(fmt::format("inflab/entered/{}", g.rank), std::vector<std::uint8_t>(count.begin(), count.end()));
+    g.store->set(fmt::format("inflab/entered/{}", g.rank),
+                 std::vector<std::uint8_t>(count.begin(), count.end()));
     body(*g.group);
   } catch (const std::exception& e) {
     std::vector<std::string> behind;

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "inflab/distributed.hpp"
@@ -152,12 +153,24 @@ template <class T>
 std::vector<T> optional_vector(const nlohmann::json& j, const char* key, std::int64_t count,
                                const fs::path& file, const std::string& side) {
   if (!j.contains(key)) return {};
+  const auto& array = j.at(key);
+  auto refuse = [&](const std::string& found) {
+    return Error(fmt::format("{}: {}.{}: expected an array of integers in [{}, {}], found {}", file.string(),
+                             side, key, std::numeric_limits<T>::min(), std::numeric_limits<T>::max(), found));
+  };
+  if (!array.is_array()) throw refuse(array.dump());
   std::vector<T> out;
-  try {
-    out = j.at(key).get<std::vector<T>>();
-  } catch (const std::exception& e) {
-    throw Error(
-        fmt::format("{}: {}.{}: expected an array of integers ({})", file.string(), side, key, e.what()));
+  for (const auto& item : array) {
+    // Checked before converting: nlohmann's conversion of an out-of-range number is undefined.
+    const bool fits =
+        item.is_number_unsigned()
+            ? item.get<std::uint64_t>() <= static_cast<std::uint64_t>(std::numeric_limits<T>::max())
+            : item.is_number_integer() && item.get<std::int64_t>() >= std::numeric_limits<T>::min() &&
+                  item.get<std::int64_t>() <= std::numeric_limits<T>::max();
+    if (!fits) throw refuse(item.dump());
+    out.push_back(static_cast<T>(item.is_number_unsigned()
+                                     ? static_cast<std::int64_t>(item.get<std::uint64_t>())
+                                     : item.get<std::int64_t>()));
   }
   if (static_cast<std::int64_t>(out.size()) != count)
     throw Error(fmt::format("{}: {}.{} has {} entries but the gradients have {} rows", file.string(), side,
@@ -222,6 +235,14 @@ GradientStore load_gradient_store(const fs::path& dir) {
                       manifest.string(), block.dump()));
     std::string name = block["name"];
     std::int64_t dim = block["dim"];
+    // Names become file names: no directories, so blocks.json cannot point outside DIR.
+    if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos ||
+        name.find('\0') != std::string::npos)
+      throw Error(
+          fmt::format("{}: block name {} is not a plain file name (no '/', not empty, not '.' or '..')",
+                      manifest.string(), nlohmann::json(name).dump()));
+    if (dim < 1)
+      throw Error(fmt::format("{}: block '{}' has dim {}, expected >= 1", manifest.string(), name, dim));
     auto read = [&](const char* side, std::int64_t& rows) {
       fs::path file = dir / side / (name + ".npy");
       if (!fs::exists(file))
@@ -271,9 +292,12 @@ GradientStore load_gradient_store(const fs::path& dir) {
   auto read_meta = [&](const char* side, std::int64_t count, ExampleMeta& meta) {
     if (!j.contains(side)) return;
     const auto& m = j[side];
-    if (m.contains("count") && m["count"].get<std::int64_t>() != count)
+    if (!m.is_object())
+      throw Error(fmt::format("{}: \"{}\": expected an object with count, ids, labels, ..., found {}",
+                              manifest.string(), side, m.type_name()));
+    if (m.contains("count") && (!m["count"].is_number_integer() || m["count"].get<std::int64_t>() != count))
       throw Error(fmt::format("{}: {}.count = {} but the {} gradients have {} rows", manifest.string(), side,
-                              m["count"].get<std::int64_t>(), side, count));
+                              m["count"].dump(), side, count));
     meta.ids = optional_vector<std::int64_t>(m, "ids", count, manifest, side);
     meta.labels = optional_vector<std::int64_t>(m, "labels", count, manifest, side);
     meta.observed_labels = optional_vector<std::int64_t>(m, "observed_labels", count, manifest, side);

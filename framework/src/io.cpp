@@ -137,6 +137,10 @@ NpyHeader read_npy_header(std::ifstream& in, const fs::path& path) {
   } else {
     throw Error(fmt::format("{}: unsupported .npy format version {}", path.string(), int(magic[6])));
   }
+  // numpy writes headers of a few hundred bytes (it refuses to read ones over 10,000 by default).
+  if (header_length > (1u << 20))
+    throw Error(
+        fmt::format("{}: header length {} bytes; expected at most 1 MiB", path.string(), header_length));
   std::string header(header_length, '\0');
   if (!in.read(header.data(), header_length))
     throw Error(fmt::format("{}: truncated .npy header", path.string()));
@@ -171,8 +175,27 @@ NpyHeader read_npy_header(std::ifstream& in, const fs::path& path) {
 
 std::size_t element_count(const std::vector<std::int64_t>& shape) {
   std::size_t count = 1;
-  for (auto s : shape) count *= static_cast<std::size_t>(s);
+  for (auto s : shape) {
+    // Shapes come from files: a product that overflows would pass the size checks below.
+    if (s < 0 || (s > 0 && count > (std::size_t{1} << 60) / static_cast<std::size_t>(s)))
+      throw Error("a .npy shape whose element count is negative or above 2^60");
+    count *= static_cast<std::size_t>(s);
+  }
   return count;
+}
+
+// The data a header promises must be in the file before anything is allocated for it.
+void check_npy_size(const fs::path& path, const NpyHeader& header) {
+  std::size_t bytes = 0;
+  try {
+    bytes = element_count(header.shape) * c10::elementSize(header.type);
+  } catch (const Error& e) {
+    throw Error(fmt::format("{}: {}", path.string(), e.what()));
+  }
+  const std::size_t file_size = fs::file_size(path);
+  if (file_size < header.data_offset + bytes)
+    throw Error(fmt::format("{}: truncated: the header promises {} bytes of data, the file has {}",
+                            path.string(), bytes, file_size - std::min(file_size, header.data_offset)));
 }
 
 }  // namespace
@@ -181,6 +204,7 @@ at::Tensor load_npy(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("{}: cannot open ({})", path.string(), std::strerror(errno)));
   NpyHeader header = read_npy_header(in, path);
+  check_npy_size(path, header);
   at::Tensor tensor = at::empty(header.shape, at::TensorOptions().dtype(header.type));
   auto bytes = static_cast<std::streamsize>(tensor.nbytes());
   if (!in.read(static_cast<char*>(tensor.data_ptr()), bytes))
@@ -209,11 +233,9 @@ at::Tensor map_npy(const fs::path& path) {
   if (!in) throw Error(fmt::format("{}: cannot open ({})", path.string(), std::strerror(errno)));
   NpyHeader header = read_npy_header(in, path);
   in.close();
+  check_npy_size(path, header);
   const std::size_t bytes = element_count(header.shape) * c10::elementSize(header.type);
   const std::size_t file_size = fs::file_size(path);
-  if (file_size < header.data_offset + bytes)
-    throw Error(fmt::format("{}: truncated: the header promises {} bytes of data, the file has {}",
-                            path.string(), bytes, file_size - std::min(file_size, header.data_offset)));
   if (bytes == 0) return load_npy(path);
   int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0) throw Error(fmt::format("{}: cannot open ({})", path.string(), std::strerror(errno)));

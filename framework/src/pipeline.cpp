@@ -420,6 +420,7 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
     const std::string who = fmt::format("estimator '{}' ({})", spec.label,
                                         describe_plugin(registry, PluginKind::Estimator, spec.plugin));
     auto start = Clock::now();
+    const std::uint64_t bytes_before = distributed_bytes_communicated();
     // Fitted state is cached by the gradients it was fitted on and the estimator's options.
     std::string fit_key = config.gradients_key_text + "\nestimator " + spec.plugin;
     if (world_size > 1) fit_key += fmt::format("\nrank {} of {}", distributed_rank(), world_size);
@@ -459,6 +460,9 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
     });
     scores = gather_rows_over_ranks(scores);  // this rank's rows -> all n rows, in order
     EstimatorOutcome result{spec.label, seconds_since(start), {}};
+    if (world_size > 1)  // this rank's all-reduce and all-gather volume for this estimator
+      diagnostics[spec.label]["bytes_communicated"] =
+          static_cast<double>(distributed_bytes_communicated() - bytes_before);
     if (writer) save_npy(outcome.directory / fmt::format("scores_{}.npy", spec.label), scores.contiguous());
     all_scores[spec.label] = to_doubles(scores);
     if (!flipped.empty() && std::count(flipped.begin(), flipped.end(), 1) > 0) {

@@ -80,12 +80,26 @@ std::map<std::string, at::Tensor> load_safetensors(const fs::path& path) {
         !entry.contains("data_offsets"))
       throw Error(fmt::format("{}: tensor '{}' needs dtype, shape and data_offsets, found {}", path.string(),
                               name, entry.dump()));
+    if (!entry["dtype"].is_string() || !entry["shape"].is_array() || !entry["data_offsets"].is_array())
+      throw Error(
+          fmt::format("{}: tensor '{}': dtype must be a string, shape and data_offsets arrays, found {}",
+                      path.string(), name, entry.dump()));
     c10::ScalarType type = dtype_of(entry["dtype"].get<std::string>(), path, name);
-    std::vector<std::int64_t> shape = entry["shape"].get<std::vector<std::int64_t>>();
-    auto offsets = entry["data_offsets"].get<std::vector<std::uint64_t>>();
+    std::vector<std::int64_t> shape;
+    std::vector<std::uint64_t> offsets;
+    try {
+      shape = entry["shape"].get<std::vector<std::int64_t>>();
+      offsets = entry["data_offsets"].get<std::vector<std::uint64_t>>();
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(fmt::format("{}: tensor '{}': shape and data_offsets must hold integers ({})",
+                              path.string(), name, e.what()));
+    }
     std::uint64_t count = 1;
     for (auto s : shape) {
       if (s < 0) throw Error(fmt::format("{}: tensor '{}' has a negative dimension", path.string(), name));
+      // The byte count must not overflow into a small number that matches the range.
+      if (s > 0 && count > (std::uint64_t{1} << 60) / static_cast<std::uint64_t>(s))
+        throw Error(fmt::format("{}: tensor '{}' has more than 2^60 elements", path.string(), name));
       count *= static_cast<std::uint64_t>(s);
     }
     if (offsets.size() != 2 || offsets[0] > offsets[1] || offsets[1] > data_size)

@@ -5,13 +5,14 @@
 # New interesting inputs go to a scratch corpus; a crash leaves crash-* in the current directory:
 # add it to tests/fuzz/corpus/<target>/ as a regression input once fixed.
 set -euo pipefail
-binary="$1"
+binary="$(realpath "$1")"
 limit="$2"
 here="$(cd "$(dirname "$0")" && pwd)"
 target="$(basename "$binary")"
 target="${target#fuzz_}"
 seeds="$here/corpus/$target"
 scratch="$(mktemp -d)"
+artifacts="${FUZZ_ARTIFACTS:-$PWD}"  # crash-*/timeout-*/oom-* inputs land here
 trap 'rm -rf "$scratch"' EXIT
 case "$limit" in
   runs=*) bound=(-runs="${limit#runs=}") ;;
@@ -23,5 +24,5 @@ esac
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:alloc_dealloc_mismatch=0}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 cd "$scratch"
-"$binary" "${bound[@]}" -max_len=4096 -timeout=20 -rss_limit_mb=4096 -seed=1 -print_final_stats=1 \
+"$binary" "${bound[@]}" -artifact_prefix="$artifacts/$target-" -max_len=4096 -timeout=20 -rss_limit_mb=4096 -seed=1 -print_final_stats=1 \
   "$scratch" "$seeds" 2>&1 | tail -25
