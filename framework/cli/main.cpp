@@ -301,7 +301,7 @@ int command_embed(const std::string& model_name, const std::vector<std::string>&
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run_cli(int argc, char** argv) {
   CLI::App app{"inflab: influence of training examples on LoRA-fine-tuned models (DataInf and baselines)"};
   app.require_subcommand(1);
   Common common;
@@ -407,4 +407,16 @@ int main(int argc, char** argv) {
     return 3;
   }
   return 0;
+}
+
+// Nothing escapes main: an exception while setting up the command line is reported too.
+int main(int argc, char** argv) {
+  try {
+    return run_cli(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "inflab: internal error: " << e.what() << "\n";
+  } catch (...) {
+    std::cerr << "inflab: internal error: unknown exception\n";
+  }
+  return 3;
 }

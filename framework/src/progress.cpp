@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdio>
 
 namespace inflab {
@@ -13,7 +14,7 @@ std::atomic<bool> quiet{false};
 
 std::string format_duration(double seconds) {
   if (seconds < 0 || seconds > 1e7) return "?";
-  int s = static_cast<int>(seconds + 0.5);
+  const auto s = static_cast<int>(std::lround(seconds));
   if (s >= 3600) return fmt::format("{}h{:02}m", s / 3600, (s / 60) % 60);
   return fmt::format("{}:{:02}", s / 60, s % 60);
 }

@@ -19,9 +19,8 @@ case "$limit" in
   seconds=*) bound=(-max_total_time="${limit#seconds=}") ;;
   *) echo "run.sh: expected runs=N or seconds=S, found '$limit'" >&2; exit 2 ;;
 esac
-# detect_leaks: LibTorch's one-time allocations at exit are not ours; leaks are checked in the
-# unit tests under LeakSanitizer instead (see docs/reliability.md).
-export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:alloc_dealloc_mismatch=0}"
+# LeakSanitizer is on: libFuzzer reports an input that leaks as a bug.
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 cd "$scratch"
 "$binary" "${bound[@]}" -artifact_prefix="$artifacts/$target-" -max_len=4096 -timeout=20 -rss_limit_mb=4096 -seed=1 -print_final_stats=1 \

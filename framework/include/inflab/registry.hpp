@@ -36,10 +36,8 @@ class Registry {
   template <class T>
   std::unique_ptr<T> create_as(PluginKind kind, const std::string& name, const Options& options) const {
     auto plugin = create(kind, name, options);
-    auto* typed = dynamic_cast<T*>(plugin.get());
-    if (!typed) throw_wrong_type(kind, name);
-    plugin.release();
-    return std::unique_ptr<T>(typed);
+    if (!dynamic_cast<T*>(plugin.get())) throw_wrong_type(kind, name);
+    return std::unique_ptr<T>(static_cast<T*>(plugin.release()));  // ownership moves to the typed pointer
   }
 
  private:
