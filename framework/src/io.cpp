@@ -265,11 +265,16 @@ at::Tensor create_mapped_npy(const fs::path& path, const std::vector<std::int64_
   const std::size_t bytes = element_count(shape) * c10::elementSize(type);
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) throw Error(fmt::format("{}: cannot create ({})", path.string(), std::strerror(errno)));
+  // Reserve the blocks now: a sparse file on a full disk would fail later, inside a write to the
+  // mapping, with SIGBUS instead of an error.
+  int reserved = 0;
   if (::write(fd, prefix.data(), prefix.size()) != static_cast<ssize_t>(prefix.size()) ||
-      ::ftruncate(fd, static_cast<off_t>(prefix.size() + bytes)) != 0) {
+      (reserved = ::posix_fallocate(fd, 0, static_cast<off_t>(prefix.size() + bytes))) != 0) {
+    const int error = reserved != 0 ? reserved : errno;
     ::close(fd);
-    throw Error(fmt::format("{}: cannot size the file to {} bytes ({})", path.string(), prefix.size() + bytes,
-                            std::strerror(errno)));
+    ::unlink(path.c_str());
+    throw Error(fmt::format("{}: cannot reserve {} bytes ({})", path.string(), prefix.size() + bytes,
+                            std::strerror(error)));
   }
   if (bytes == 0) {
     ::close(fd);

@@ -33,6 +33,20 @@ fs::path default_cache_root() {
 
 namespace {
 
+// A cache entry being written under a temporary name: removed unless it was renamed into place,
+// so a failure (a full disk, a faulty plugin) leaves nothing behind.
+struct PendingEntry {
+  fs::path path;
+  bool committed = false;
+  explicit PendingEntry(fs::path p) : path(std::move(p)) {}
+  PendingEntry(const PendingEntry&) = delete;
+  PendingEntry& operator=(const PendingEntry&) = delete;
+  ~PendingEntry() {
+    std::error_code ignored;
+    if (!committed) fs::remove_all(path, ignored);
+  }
+};
+
 // Runs a plugin's code: whatever it throws becomes an Error naming the plugin, so a faulty plugin
 // ends the run with a message that says whose fault it was (earlier outputs stay as written).
 template <class Body>
@@ -129,7 +143,12 @@ void save_tensors(const fs::path& path, const std::vector<torch::Tensor>& tensor
   temporary += fmt::format(".tmp-{}", ::getpid());
   std::vector<torch::Tensor> detached;
   for (const auto& t : tensors) detached.push_back(t.detach().clone());
-  torch::save(detached, temporary.string());
+  try {
+    torch::save(detached, temporary.string());
+  } catch (const std::exception& e) {
+    fs::remove(temporary);
+    throw Error(fmt::format("cannot write the cache file {} (disk full?): {}", temporary.string(), e.what()));
+  }
   fs::path sidecar = path;
   sidecar += ".checksum";
   write_checksum_sidecar(temporary, sidecar);  // before the rename: a file in place always has one
@@ -291,6 +310,7 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
   fs::path temporary = gradient_dir;
   temporary += fmt::format(".tmp-{}", ::getpid());
   fs::remove_all(temporary);
+  PendingEntry pending(temporary);
   const auto dtype = config.evaluation.gradient_dtype == "float16" ? torch::kHalf : torch::kFloat;
   const Shard shard = shard_of(data.train.size());
   torch::Tensor train_inputs = data.train.inputs.narrow(0, shard.begin, shard.size());
@@ -326,6 +346,7 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
   fs::create_directories(gradient_dir.parent_path());
   fs::remove_all(gradient_dir);
   fs::rename(temporary, gradient_dir);
+  pending.committed = true;
   if (dtype != torch::kFloat) store = load_gradient_store(gradient_dir);  // float32 arithmetic
   out.stage_seconds["gradients"] = seconds_since(start);
   out.stage_cached["gradients"] = false;
@@ -443,12 +464,14 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
       in_plugin(who, [&] { estimator->fit(store.train); });
       fs::path temporary = fit_dir;
       temporary += fmt::format(".tmp-{}", ::getpid());
+      PendingEntry pending(temporary);
       fs::create_directories(temporary);
       if (in_plugin(who, [&] { return estimator->save_fit(temporary.string()); })) {
         write_file_atomic(temporary / "complete", spec.plugin + "\n");
         write_directory_checksums(temporary);
         fs::remove_all(fit_dir);
         fs::rename(temporary, fit_dir);
+        pending.committed = true;
       } else {
         fs::remove_all(temporary);
       }
