@@ -84,6 +84,19 @@ for name in ("scores.csv",):
     assert open(os.path.join(single, name)).readline() == open(os.path.join(dist, name)).readline()
 PY
 done
+# The torchrun-style environment by hand, over TCP (rank 0 serves the TCPStore): same scores.
+port=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+for rank in 0 1; do
+  RANK=$rank WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port INFLAB_DISTRIBUTED_TIMEOUT=60 \
+    "$bin" --quiet --threads 1 run "$work/exp.toml" --out "$work/tcp" --cache "$cache" >"$work/log-tcp$rank" 2>&1 &
+  pids[$rank]=$!
+done
+wait "${pids[0]}" && wait "${pids[1]}" || { cat "$work"/log-tcp*; exit 1; }
+for f in "$work"/single/dist/run/scores_*.npy; do
+  /usr/bin/python3 -c 'import sys, numpy as np; a, b = np.load(sys.argv[1]), np.load(sys.argv[2]); e = np.abs(a - b).max() / np.abs(a).max(); print(sys.argv[1].split("/")[-1], "over TCP:", e); assert e < 1e-4' \
+    "$f" "$work/tcp/dist/run/$(basename "$f")"
+done
+
 # A rank that dies before its 5th collective: the other must stop with an error naming it.
 start=$(date +%s)
 if INFLAB_TEST_DIE=1:5 "$bin" --threads 1 launch -n 2 --timeout 15 "$work/exp.toml" --out "$work/dead" \
@@ -96,3 +109,15 @@ grep -q "not reached by rank 1" "$work/log" || grep -q "rank 1" "$work/log"
 grep -E "distributed .* failed on rank 0" "$work/log" | head -1
 [ "$elapsed" -lt 120 ] || { echo "the surviving rank took $elapsed s to stop"; exit 1; }
 echo "killed rank 1: the run stopped in $elapsed s with an error naming it"
+# A rank that hangs (alive, never answering): the other fails when the collective times out.
+start=$(date +%s)
+if INFLAB_TEST_HANG=1:5 "$bin" --threads 1 launch -n 2 --timeout 5 "$work/exp.toml" --out "$work/hung" \
+  --cache "$work/cache" --no-resume >"$work/log" 2>&1; then
+  echo "a run with a hung rank succeeded"; exit 1
+fi
+elapsed=$(($(date +%s) - start))
+grep -E "distributed .* failed on rank 0" "$work/log" | head -1
+grep -q "not reached by rank 1" "$work/log" || { echo "the error does not name the hung rank"; tail "$work/log"; exit 1; }
+[ "$elapsed" -lt 120 ] || { echo "the run with a hung rank took $elapsed s to stop"; exit 1; }
+echo "hung rank 1: the run stopped in $elapsed s (timeout 5 s) with an error naming it"
+

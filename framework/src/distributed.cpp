@@ -48,18 +48,26 @@ int env_int(const char* name, int fallback) {
   return static_cast<int>(parsed);
 }
 
-// Test hook: INFLAB_TEST_DIE="<rank>:<collective>" ends that rank abruptly before it enters that
-// collective, the way a killed or crashed process leaves its peers.
-void maybe_die(const Group& g) {
-  static const std::string spec = [] {
-    const char* v = std::getenv("INFLAB_TEST_DIE");
-    return std::string(v ? v : "");
-  }();
-  if (spec.empty()) return;
-  auto colon = spec.find(':');
-  if (colon == std::string::npos) return;
-  if (std::stoi(spec.substr(0, colon)) == g.rank && std::stoull(spec.substr(colon + 1)) == g.collectives)
-    ::_exit(9);
+// Test hooks: INFLAB_TEST_DIE="<rank>:<collective>" ends that rank abruptly before it enters that
+// collective, the way a killed or crashed process leaves its peers; INFLAB_TEST_HANG (same form)
+// makes it stop responding instead, the way a stuck process does.
+bool hook_matches(const char* variable, const Group& g) {
+  const char* value = std::getenv(variable);
+  if (!value) return false;
+  const std::string spec(value);
+  const auto colon = spec.find(':');
+  if (colon == std::string::npos) return false;
+  try {
+    return std::stoi(spec.substr(0, colon)) == g.rank && std::stoull(spec.substr(colon + 1)) == g.collectives;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+void maybe_fail_for_tests(const Group& g) {
+  if (hook_matches("INFLAB_TEST_DIE", g)) ::_exit(9);
+  if (hook_matches("INFLAB_TEST_HANG", g))
+    for (;;) ::pause();
 }
 
 // Runs one collective. Each rank first records in the store how many collectives it entered, so
@@ -67,7 +75,7 @@ void maybe_die(const Group& g) {
 template <class Body>
 void collective(const char* what, Body&& body) {
   Group& g = state();
-  maybe_die(g);
+  maybe_fail_for_tests(g);
   ++g.collectives;
   try {
     const std::string count = std::to_string(g.collectives);
