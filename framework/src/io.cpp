@@ -283,16 +283,20 @@ at::Tensor create_mapped_npy(const fs::path& path, const std::vector<std::int64_
   return map_region(path, fd, prefix.size() + bytes, prefix.size(), shape, type, true);
 }
 
+namespace {
+constexpr std::uint64_t kFnvOffsetBasis = 14695981039346656037ULL, kFnvPrime = 1099511628211ULL;
+}  // namespace
+
 std::string content_hash(const std::string& text) {
-  std::uint64_t hash = 14695981039346656037ULL;  // FNV-1a 64 offset basis
-  for (unsigned char c : text) hash = (hash ^ c) * 1099511628211ULL;
+  std::uint64_t hash = kFnvOffsetBasis;  // FNV-1a 64
+  for (unsigned char c : text) hash = (hash ^ c) * kFnvPrime;
   return fmt::format("{:016x}", hash);
 }
 
 std::string file_checksum(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("cannot read {}: {}", path.string(), std::strerror(errno)));
-  std::uint64_t hash = 14695981039346656037ULL, total = 0;
+  std::uint64_t hash = kFnvOffsetBasis, total = 0;
   std::vector<char> buffer(1 << 20);
   while (in) {
     in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
@@ -301,9 +305,9 @@ std::string file_checksum(const fs::path& path) {
     for (; i + 8 <= got; i += 8) {
       std::uint64_t word;
       std::memcpy(&word, buffer.data() + i, 8);
-      hash = (hash ^ word) * 1099511628211ULL;
+      hash = (hash ^ word) * kFnvPrime;
     }
-    for (; i < got; ++i) hash = (hash ^ static_cast<unsigned char>(buffer[i])) * 1099511628211ULL;
+    for (; i < got; ++i) hash = (hash ^ static_cast<unsigned char>(buffer[i])) * kFnvPrime;
     total += got;
   }
   return fmt::format("{:016x} {}", hash, total);
@@ -351,7 +355,7 @@ std::string verify_directory_checksums(const fs::path& dir) {
 }
 
 void remove_stale_temporaries(const fs::path& dir) {
-  static const std::regex temporary(R"(.*\.tmp-(\d+)(-\d+)?)");
+  static const std::regex temporary(R"(.*\.tmp-(\d{1,9})(-\d+)?)");  // 9 digits: fits a pid_t
   std::error_code error;
   if (!fs::is_directory(dir, error)) return;
   std::vector<fs::path> stale;
@@ -359,12 +363,10 @@ void remove_stale_temporaries(const fs::path& dir) {
     std::smatch match;
     std::string name = entry.path().filename().string();
     if (!std::regex_match(name, match, temporary)) continue;
-    const long pid = std::stol(match[1].str());
-    // kill(pid, 0) fails with ESRCH when no such process exists.
-    if (pid > 0 && pid <= std::numeric_limits<pid_t>::max() && ::kill(static_cast<pid_t>(pid), 0) == 0)
-      continue;
-    if (pid > 0 && pid <= std::numeric_limits<pid_t>::max() && errno != ESRCH) continue;
-    stale.push_back(entry.path());
+    const auto pid = static_cast<pid_t>(std::stol(match[1].str()));
+    // kill(pid, 0) fails with ESRCH only when no such process exists (EPERM: alive, not ours).
+    const bool alive = pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH);
+    if (!alive) stale.push_back(entry.path());
   }
   for (const auto& path : stale) fs::remove_all(path, error);
 }

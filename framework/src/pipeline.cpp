@@ -33,18 +33,34 @@ fs::path default_cache_root() {
 
 namespace {
 
-// A cache entry being written under a temporary name: removed unless it was renamed into place,
-// so a failure (a full disk, a faulty plugin) leaves nothing behind.
-struct PendingEntry {
-  fs::path path;
-  bool committed = false;
-  explicit PendingEntry(fs::path p) : path(std::move(p)) {}
+// A cache entry (file or directory) is written under `temporary` and renamed into place by
+// commit(): an interrupted write is never mistaken for a hit, and a failure (a full disk, a faulty
+// plugin) leaves nothing behind. A killed process's temporaries go at the next start
+// (remove_stale_temporaries).
+class PendingEntry {
+ public:
+  explicit PendingEntry(fs::path final_path) : final_(std::move(final_path)) {
+    temporary = final_;
+    temporary += fmt::format(".tmp-{}", ::getpid());
+    fs::remove_all(temporary);
+    fs::create_directories(final_.parent_path());
+  }
   PendingEntry(const PendingEntry&) = delete;
   PendingEntry& operator=(const PendingEntry&) = delete;
   ~PendingEntry() {
     std::error_code ignored;
-    if (!committed) fs::remove_all(path, ignored);
+    if (!committed_) fs::remove_all(temporary, ignored);
   }
+  void commit() {
+    fs::remove_all(final_);
+    fs::rename(temporary, final_);
+    committed_ = true;
+  }
+  fs::path temporary;
+
+ private:
+  fs::path final_;
+  bool committed_ = false;
 };
 
 // Runs a plugin's code: whatever it throws becomes an Error naming the plugin, so a faulty plugin
@@ -138,21 +154,19 @@ std::vector<torch::Tensor> lora_tensors(Model& model) {
 }
 
 void save_tensors(const fs::path& path, const std::vector<torch::Tensor>& tensors) {
-  fs::create_directories(path.parent_path());
-  fs::path temporary = path;
-  temporary += fmt::format(".tmp-{}", ::getpid());
+  PendingEntry pending(path);
   std::vector<torch::Tensor> detached;
   for (const auto& t : tensors) detached.push_back(t.detach().clone());
   try {
-    torch::save(detached, temporary.string());
+    torch::save(detached, pending.temporary.string());
   } catch (const std::exception& e) {
-    fs::remove(temporary);
-    throw Error(fmt::format("cannot write the cache file {} (disk full?): {}", temporary.string(), e.what()));
+    throw Error(
+        fmt::format("cannot write the cache file {} (disk full?): {}", pending.temporary.string(), e.what()));
   }
   fs::path sidecar = path;
   sidecar += ".checksum";
-  write_checksum_sidecar(temporary, sidecar);  // before the rename: a file in place always has one
-  fs::rename(temporary, path);
+  write_checksum_sidecar(pending.temporary, sidecar);  // before the rename: a file in place always has one
+  pending.commit();
 }
 
 // Loads into `targets` in place; false (a cache miss) when the file does not match.
@@ -306,11 +320,8 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
   out.stage_seconds["finetune"] = seconds_since(start);
 
   start = Clock::now();
-  // Write into a temporary directory and rename: an interrupted write is never mistaken for a hit.
-  fs::path temporary = gradient_dir;
-  temporary += fmt::format(".tmp-{}", ::getpid());
-  fs::remove_all(temporary);
-  PendingEntry pending(temporary);
+  PendingEntry pending(gradient_dir);
+  const fs::path& temporary = pending.temporary;
   const auto dtype = config.evaluation.gradient_dtype == "float16" ? torch::kHalf : torch::kFloat;
   const Shard shard = shard_of(data.train.size());
   torch::Tensor train_inputs = data.train.inputs.narrow(0, shard.begin, shard.size());
@@ -343,10 +354,7 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
   store.query_meta = std::move(query_meta);
   save_gradient_store(temporary, store, /*train_values_written=*/on_disk);
   write_directory_checksums(temporary);
-  fs::create_directories(gradient_dir.parent_path());
-  fs::remove_all(gradient_dir);
-  fs::rename(temporary, gradient_dir);
-  pending.committed = true;
+  pending.commit();
   if (dtype != torch::kFloat) store = load_gradient_store(gradient_dir);  // float32 arithmetic
   out.stage_seconds["gradients"] = seconds_since(start);
   out.stage_cached["gradients"] = false;
@@ -400,6 +408,7 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   // Distributed: every rank computes, rank 0 alone writes the results (identical to one process).
   const int world_size = distributed_world_size();
   const bool writer = distributed_rank() == 0;
+  const std::uint64_t run_bytes_before = distributed_bytes_communicated();
   // A run is finished when metrics.csv (written last) exists for the same resolved config.
   bool finished = resume && fs::exists(metrics_file) && fs::exists(outcome.directory / "config.toml") &&
                   read_file(outcome.directory / "config.toml") == config.resolved_toml;
@@ -415,9 +424,9 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
       auto probe = registry.create_as<Estimator>(PluginKind::Estimator, spec.plugin, spec.options);
       if (!probe->supports_distributed())
         throw Error(fmt::format(
-            "estimator '{}' (plugin '{}') does not support distributed runs{}; run it in "
-            "one process or remove it",
-            spec.label, spec.plugin, spec.plugin == "lissa" ? " with batch_size > 0 (mini-batches)" : ""));
+            "estimator '{}' (plugin '{}') does not support distributed runs with these options (see "
+            "`inflab plugins {}`); run it in one process or remove it",
+            spec.label, spec.plugin, spec.plugin));
     }
   if (writer) {
     fs::create_directories(outcome.directory);
@@ -462,18 +471,12 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
     if (world_size > 1 && sum_over_ranks(fit_cached ? 1.0 : 0.0) != world_size) fit_cached = false;
     if (!fit_cached) {
       in_plugin(who, [&] { estimator->fit(store.train); });
-      fs::path temporary = fit_dir;
-      temporary += fmt::format(".tmp-{}", ::getpid());
-      PendingEntry pending(temporary);
-      fs::create_directories(temporary);
-      if (in_plugin(who, [&] { return estimator->save_fit(temporary.string()); })) {
-        write_file_atomic(temporary / "complete", spec.plugin + "\n");
-        write_directory_checksums(temporary);
-        fs::remove_all(fit_dir);
-        fs::rename(temporary, fit_dir);
-        pending.committed = true;
-      } else {
-        fs::remove_all(temporary);
+      PendingEntry pending(fit_dir);  // estimators without a fit cache leave it uncommitted
+      fs::create_directories(pending.temporary);
+      if (in_plugin(who, [&] { return estimator->save_fit(pending.temporary.string()); })) {
+        write_file_atomic(pending.temporary / "complete", spec.plugin + "\n");
+        write_directory_checksums(pending.temporary);
+        pending.commit();
       }
     }
     outcome.stage_cached["fit:" + spec.label] = fit_cached;
@@ -529,7 +532,7 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   manifest["libtorch_version"] = torch_version();
   manifest["threads"] = current_threads();
   manifest["world_size"] = world_size;
-  manifest["bytes_communicated_by_rank_0"] = distributed_bytes_communicated();
+  manifest["bytes_communicated_by_rank_0"] = distributed_bytes_communicated() - run_bytes_before;  // this run
   manifest["seed"] = config.seed;
   manifest["experiment_file"] = fs::absolute(config.source).string();
   manifest["run"] = config.run_name;

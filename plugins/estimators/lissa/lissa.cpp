@@ -120,7 +120,7 @@ std::vector<inflab::OptionSpec> options() {
                    "s in r <- v + (I - H/s) r; 0 = automatic (1.1 x power-iteration estimate of H's top "
                    "eigenvalue; reference code: 1)"});
   specs.push_back({"batch_size", inflab::OptionType::Int, std::int64_t{0},
-                   "training examples per iteration; 0 = full batch"});
+                   "training examples per iteration; 0 = full batch (distributed runs need 0)"});
   specs.push_back({"seed", inflab::OptionType::Int, std::int64_t{0}, "mini-batch order"});
   specs.push_back({"variant", inflab::OptionType::String, std::string("paper"),
                    "paper: H = G + lambda I; reference_code: H = G - lambda I, as the paper's code does"});
