@@ -390,8 +390,14 @@ static int run_cli(int argc, char** argv) {
     if (*run) {
       // torchrun-style environment (set by `inflab launch` or by hand): join the process group.
       const char* timeout = std::getenv("INFLAB_DISTRIBUTED_TIMEOUT");
-      init_distributed_from_environment(std::chrono::milliseconds(
-          static_cast<long long>(1000 * (timeout && *timeout ? std::stod(timeout) : 300.0))));
+      double seconds = 300.0;
+      if (timeout && *timeout) {
+        char* end = nullptr;
+        seconds = std::strtod(timeout, &end);
+        if (*end != '\0' || !(seconds > 0) || seconds > 1e7)
+          throw Error(fmt::format("INFLAB_DISTRIBUTED_TIMEOUT: expected seconds > 0, found '{}'", timeout));
+      }
+      init_distributed_from_environment(std::chrono::milliseconds(static_cast<long long>(1000 * seconds)));
       return command_run(file, sets, out, cache, no_resume, common);
     }
     if (*validate) return command_validate(file, sets, common);

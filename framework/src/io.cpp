@@ -158,8 +158,12 @@ NpyHeader read_npy_header(std::ifstream& in, const fs::path& path) {
   NpyHeader result{c10::ScalarType::Undefined, {}, prefix + header_length};
   std::string dims = m[1];
   std::regex number("[0-9]+");
-  for (auto it = std::sregex_iterator(dims.begin(), dims.end(), number); it != std::sregex_iterator(); ++it)
+  for (auto it = std::sregex_iterator(dims.begin(), dims.end(), number); it != std::sregex_iterator(); ++it) {
+    // More than 18 digits does not fit an int64 (std::stoll would throw out_of_range).
+    if (it->length() > 18)
+      throw Error(fmt::format("{}: shape dimension {} is too large", path.string(), it->str()));
     result.shape.push_back(std::stoll(it->str()));
+  }
   if (descr == "=f4") descr = "<f4";
   if (descr == "=f8") descr = "<f8";
   for (const auto& t : kNpyTypes)
