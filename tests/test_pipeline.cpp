@@ -155,10 +155,13 @@ TEST_CASE("an experiment runs end to end, caches its stages and resumes", "[pipe
 
   // Another estimator option reuses the gradients; another LoRA rank does not.
   auto other_damping = inflab::load_experiment(file, {"evaluation.mode=pairwise"}, registry).at(0);
-  CHECK(other_damping.gradients_key_text == config.gradients_key_text);
+  auto key = [&](const char* stage, const inflab::ExperimentConfig& c) {
+    return inflab::stage_key(stage, c, registry);
+  };
+  CHECK(key("gradients", other_damping) == key("gradients", config));
   auto other_rank = inflab::load_experiment(file, {"model.lora.rank=3"}, registry).at(0);
-  CHECK(other_rank.gradients_key_text != config.gradients_key_text);
-  CHECK(other_rank.pretrain_key_text == config.pretrain_key_text);
+  CHECK(key("gradients", other_rank) != key("gradients", config));
+  CHECK(key("base", other_rank) == key("base", config));
   auto rerun = inflab::run_experiment(other_rank, registry, paths);
   CHECK(rerun.stage_cached["pretrain"]);
   CHECK_FALSE(rerun.stage_cached["finetune"]);
@@ -326,8 +329,10 @@ TEST_CASE("a store over its memory budget is memory-mapped and gives identical s
   auto on_disk = inflab::load_experiment(file, {"evaluation.gradient_memory_mb=0.01"}, registry).at(0);
   auto half = inflab::load_experiment(file, {"evaluation.gradient_dtype=\"float16\""}, registry).at(0);
   // The budget does not change the gradients, so it shares their cache entry; the dtype does not.
-  CHECK(on_disk.gradients_key_text == in_memory.gradients_key_text);
-  CHECK(half.gradients_key_text != in_memory.gradients_key_text);
+  CHECK(inflab::stage_key("gradients", on_disk, registry) ==
+        inflab::stage_key("gradients", in_memory, registry));
+  CHECK(inflab::stage_key("gradients", half, registry) !=
+        inflab::stage_key("gradients", in_memory, registry));
 
   auto reference = inflab::prepare_gradients(in_memory, registry, paths);
   inflab::RunPaths fresh{dir.path / "results", dir.path / "cache2"};
@@ -336,7 +341,7 @@ TEST_CASE("a store over its memory budget is memory-mapped and gives identical s
   for (std::size_t b = 0; b < mapped.train.size(); ++b)
     CHECK(mapped.train[b].values.equal(reference.train[b].values));
   // What was written is a plain .npy with the documented shape.
-  auto hash = inflab::content_hash(on_disk.gradients_key_text);
+  auto hash = inflab::stage_key("gradients", on_disk, registry);
   at::Tensor file_a = inflab::load_npy(dir.path / "cache2" / "gradients" / hash / "train" / "fc1.lora_A.npy");
   CHECK(file_a.equal(reference.train[0].values));
 

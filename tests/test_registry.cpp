@@ -36,6 +36,17 @@ TEST_CASE("a plugin built for another ABI version is refused, naming both versio
   CHECK(registry.plugins().empty());
 }
 
+TEST_CASE("a plugin built with another LibTorch is refused, naming both builds", "[registry]") {
+  inflab::Registry registry;
+  REQUIRE_THROWS_WITH(registry.load_directory(std::string(INFLAB_BUILD_DIR) + "/test_plugins/fingerprint"),
+                      Contains("fingerprint_mismatch_plugin.so") && Contains("libtorch 2.1.0") &&
+                          Contains(inflab::core_build_fingerprint()) && Contains("libtorch 1.13"));
+  CHECK(registry.plugins().empty());
+  // The core's own fingerprint names what a plugin must match.
+  CHECK_THAT(inflab::core_build_fingerprint(),
+             Contains("inflab-abi " + std::to_string(inflab::kAbiVersion)) && Contains("cxx11-abi"));
+}
+
 TEST_CASE("plugins are created with their validated options", "[registry]") {
   inflab::Registry registry;
   registry.load_directory(test::plugin_dir());

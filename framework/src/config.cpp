@@ -10,15 +10,13 @@
 
 #include "inflab/error.hpp"
 #include "inflab/registry.hpp"
+#include "inflab/task.hpp"
 
 namespace fs = std::filesystem;
 
 namespace inflab {
 
 namespace {
-
-// Bumped when a stage's semantics change, so stale cache entries are never reused.
-constexpr const char* kStageVersion = "inflab-stages-2";
 
 std::string where(const toml::source_region& source, const std::string& fallback) {
   if (!source.path) return fallback;
@@ -399,14 +397,14 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   config.run_name = run_name;
 
   for (auto&& [key, node] : root) {
-    static const std::vector<std::string> sections{"experiment", "dataset",    "model", "training",
-                                                   "estimator",  "evaluation", "sweep"};
+    static const std::vector<std::string> sections{"experiment", "dataset",   "model",      "training",
+                                                   "task",       "estimator", "evaluation", "sweep"};
     std::string name(key.str());
     if (std::find(sections.begin(), sections.end(), name) == sections.end()) {
       std::string suggestion = closest_match(name, sections);
       v.fail(key.source(),
              fmt::format("unknown section '{}'{}; valid sections: experiment, "
-                         "dataset, model, training, estimator, evaluation, sweep",
+                         "dataset, model, training, task, estimator, evaluation, sweep",
                          name, suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion)));
     }
   }
@@ -550,6 +548,31 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   }
   resolved.insert("estimator", std::move(resolved_estimators));
 
+  // [task]: what an example's loss is (inflab/task.hpp).
+  Options task("[task]");
+  const toml::table& task_table = v.section(root, "task", false);
+  v.validate(task_table, "task", task_option_specs(), {}, task);
+  config.task = task.get_string("name");
+  {
+    auto names = task_names();
+    if (std::find(names.begin(), names.end(), config.task) == names.end()) {
+      std::string suggestion = closest_match(config.task, names);
+      v.fail(task_table.get("name")->source(),
+             fmt::format("key 'task.name': unknown task \"{}\"{}; tasks: {}", config.task,
+                         suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion),
+                         fmt::join(names, ", ")),
+             "task.name");
+    }
+  }
+  if (config.label_noise > 0 && config.task != "classification")
+    v.fail(
+        dataset.get("label_noise")->source(),
+        fmt::format("key 'dataset.label_noise': label noise flips class labels, which task \"{}\" does not "
+                    "train on; set it to 0 or use task.name = \"classification\"",
+                    config.task),
+        "dataset.label_noise");
+  resolved.insert("task", options_table(task));
+
   // [evaluation]
   Options evaluation("[evaluation]");
   const toml::table& evaluation_table = v.section(root, "evaluation", false);
@@ -599,30 +622,7 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
                        config.evaluation.mode));
   resolved.insert("evaluation", options_table(evaluation));
 
-  config.resolved_toml = to_text(resolved);
-  // What each cached stage depends on; nothing else may change its result.
-  toml::table dataset_base = options_table(dataset_all);
-  dataset_base.erase("label_noise");
-  dataset_base.erase("noise_seed");
-  toml::table pretrain;
-  pretrain.insert("stage", kStageVersion);
-  pretrain.insert("dataset", dataset_base);
-  pretrain.insert("model", options_table(model_all));
-  pretrain.insert("epochs", config.training.pretrain_epochs);
-  pretrain.insert("learning_rate", config.training.pretrain_learning_rate);
-  config.pretrain_key_text = to_text(pretrain);
-  toml::table finetune;
-  finetune.insert("pretrain", pretrain);
-  finetune.insert("dataset", options_table(dataset_all));
-  finetune.insert("lora", options_table(lora));
-  finetune.insert("training", options_table(training));
-  finetune.insert("seed", config.seed);
-  config.finetune_key_text = to_text(finetune);
-  toml::table gradients;
-  gradients.insert("finetune", finetune);
-  gradients.insert("what", "per-example LoRA gradients, train and validation");
-  gradients.insert("dtype", config.evaluation.gradient_dtype);
-  config.gradients_key_text = to_text(gradients);
+  config.resolved_toml = to_text(resolved);  // the stages' cache keys are computed from it
   return config;
 }
 

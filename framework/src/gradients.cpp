@@ -22,7 +22,17 @@ namespace inflab {
 GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs, const at::Tensor& labels,
                                      std::int64_t batch_size, const std::string& progress_label, bool factors,
                                      const BlockAllocator& allocate) {
-  const std::int64_t n = inputs.size(0);
+  auto task = make_classification_task();
+  Batch examples{inputs, labels, torch::arange(inputs.size(0), torch::kLong)};
+  return per_example_gradients(model, *task, examples,
+                               {batch_size, progress_label, factors, false, allocate});
+}
+
+GradientBlocks per_example_gradients(Model& model, const Task& task, const Batch& examples,
+                                     const GradientRequest& request) {
+  const std::int64_t n = examples.size(), batch_size = request.batch_size;
+  const bool factors = request.factors;
+  const BlockAllocator& allocate = request.allocate;
   std::vector<LoraLayer*> layers;
   for (auto* layer : model.lora_layers())
     if (layer->has_adapter()) layers.push_back(layer);
@@ -48,19 +58,18 @@ GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs, con
 
   model.set_training(false);  // LoRA dropout off: gradients of the deterministic model
   for (auto* layer : layers) layer->capture = true;
-  Progress progress(progress_label, n, "examples");
+  Progress progress(request.progress_label, n, "examples");
   for (std::int64_t start = 0; start < n; start += batch_size) {
     const std::int64_t count = std::min(batch_size, n - start);
-    torch::Tensor x = inputs.narrow(0, start, count);
-    torch::Tensor y = labels.narrow(0, start, count);
-    torch::Tensor logits = model.forward(x);
-    torch::Tensor mask = model.token_mask(x);
+    const Batch batch = examples.slice(start, count);
+    // Sum, not mean: each example's gradient is that of its own loss. The task runs the model
+    // once; a task feeding several rows per example (denoising timesteps) does so example-major,
+    // and the reshape to (count, positions, features) below folds them into the example.
+    torch::Tensor loss = request.measure ? task.measurement(model, batch) : task.summed_loss(model, batch);
+    torch::Tensor mask = model.token_mask(batch.inputs);
     if (mask.defined() && (mask.dim() != 2 || mask.size(0) != count))
       throw Error(fmt::format("the model's token mask has shape ({}); expected ({}, positions)",
                               fmt::join(mask.sizes(), ", "), count));
-    // Sum, not mean: each example's gradient is that of its own loss.
-    torch::Tensor loss = torch::nn::functional::cross_entropy(
-        logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
     std::vector<torch::Tensor> wrt;
     for (auto* layer : layers) {
       wrt.push_back(layer->captured_hidden);

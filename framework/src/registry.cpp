@@ -27,6 +27,8 @@ const char* to_string(PluginKind kind) {
   return "unknown";
 }
 
+const char* core_build_fingerprint() { return INFLAB_BUILD_FINGERPRINT; }
+
 struct Registry::Libraries {
   std::vector<boost::dll::shared_library> loaded;
 };
@@ -54,6 +56,11 @@ void Registry::load_file(const fs::path& file) {
         fmt::format("{}: plugin built for inflab plugin ABI version {}, but this inflab uses ABI version {}; "
                     "rebuild the plugin against this inflab's headers",
                     file.string(), info->abi_version, kAbiVersion));
+  if (std::string(info->fingerprint ? info->fingerprint : "") != core_build_fingerprint())
+    throw Error(fmt::format(
+        "{}: plugin built with \"{}\", but this inflab was built with \"{}\"; rebuild the plugin with the "
+        "same LibTorch, compiler and C++ library ABI (a mismatch would misread strings and tensors)",
+        file.string(), info->fingerprint ? info->fingerprint : "(none)", core_build_fingerprint()));
   for (const auto& record : records_)
     if (record.info->kind == info->kind && std::string(record.info->name) == info->name)
       throw Error(

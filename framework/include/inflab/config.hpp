@@ -51,10 +51,11 @@ struct ExperimentConfig {
   LoraConfig lora;
   TrainingConfig training;
   std::vector<PluginSpec> estimators;
+  std::string task = "classification";  // [task] name; its options are in resolved_toml
   EvaluationConfig evaluation;
-  std::string resolved_toml;  // the whole config with every default filled in
-  // Canonical text of what each cached stage depends on (keys are hashes of these).
-  std::string pretrain_key_text, finetune_key_text, gradients_key_text;
+  // The whole config with every default filled in: what the stages read (framework/src/stages.hpp),
+  // and so what their cache keys are computed from.
+  std::string resolved_toml;
 };
 
 // Reads FILE, applies `overrides` ("key.path=value"), loads plugin paths named by the

@@ -11,8 +11,11 @@
 namespace inflab {
 
 struct Split {
-  at::Tensor inputs;              // first dimension = examples (float32 images; undefined for text)
-  at::Tensor labels;              // int64, length n
+  at::Tensor inputs;  // first dimension = examples (float32 images; undefined for text)
+  at::Tensor labels;  // int64, length n: the class of each example
+  // What the task's loss compares with when that is not the class (causal_lm: next-token ids per
+  // position, -100 where not scored). Undefined: the labels (after label noise).
+  at::Tensor targets;
   std::vector<std::int64_t> ids;  // stable example ids within the source data
   // Text datasets give raw texts instead of inputs; the model tokenizes them
   // (Model::encode_texts), since the vocabulary belongs to the model.

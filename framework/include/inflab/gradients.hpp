@@ -12,6 +12,7 @@
 #include "inflab/dataset.hpp"
 #include "inflab/estimator.hpp"
 #include "inflab/model.hpp"
+#include "inflab/task.hpp"
 
 namespace inflab {
 
@@ -33,6 +34,18 @@ using BlockAllocator =
     std::function<at::Tensor(const std::string& block, std::int64_t rows, std::int64_t cols)>;
 
 // With `factors`, the same pass accumulates each block's Kronecker factors (K-FAC statistics).
+// Each example's loss is the task's: `measure` takes the gradients of task.measurement (queries)
+// instead of task.summed_loss (training examples).
+struct GradientRequest {
+  std::int64_t batch_size = 64;
+  std::string progress_label;
+  bool factors = false;
+  bool measure = false;
+  BlockAllocator allocate;
+};
+GradientBlocks per_example_gradients(Model& model, const Task& task, const Batch& examples,
+                                     const GradientRequest& request);
+// Classification (cross-entropy of class logits), the examples numbered 0..n-1.
 GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs, const at::Tensor& labels,
                                      std::int64_t batch_size, const std::string& progress_label = "",
                                      bool factors = false, const BlockAllocator& allocate = {});

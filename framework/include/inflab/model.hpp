@@ -32,9 +32,10 @@ class Model : public Plugin {
  public:
   // Creates the architecture with random base weights and LoRA adapters (B = 0).
   virtual void build(const DataShape& shape, const LoraConfig& lora, std::uint64_t seed) = 0;
-  virtual at::Tensor forward(const at::Tensor& inputs) = 0;  // logits, batch x classes
-  virtual NamedTensors base_parameters() = 0;                // frozen after pretraining
-  virtual std::vector<LoraLayer*> lora_layers() = 0;         // in a fixed order
+  // Classification: logits, batch x classes. Causal LMs: logits, batch x positions x vocabulary.
+  virtual at::Tensor forward(const at::Tensor& inputs) = 0;
+  virtual NamedTensors base_parameters() = 0;         // frozen after pretraining
+  virtual std::vector<LoraLayer*> lora_layers() = 0;  // in a fixed order
   virtual void set_training(bool training) = 0;
   // True when base_parameters() must be trained on the dataset's pretrain split first (a model
   // without packaged weights, or a new classifier head on a packaged encoder).
@@ -51,6 +52,14 @@ class Model : public Plugin {
   // positions the tracked layers see for this batch in forward(). The gradient engine then leaves
   // padding out of per-example gradients and K-FAC statistics. Undefined (the default): no padding.
   virtual at::Tensor token_mask(const at::Tensor& inputs);
+  // Causal LMs (task causal_lm): logits at the positions where `scored` (batch x positions, bool)
+  // is true, as rows (scored positions in row-major order) x vocabulary. The default gathers them
+  // from forward(); a large-vocabulary model overrides it to apply its output layer only there.
+  virtual at::Tensor token_logits(const at::Tensor& inputs, const at::Tensor& scored);
+  // Denoisers (task denoising): the predicted noise for noisy images (n x C x H x W) at integer
+  // timesteps (n) under condition ids (n). The default says the model is not a denoiser.
+  virtual at::Tensor denoise(const at::Tensor& noisy, const at::Tensor& timesteps,
+                             const at::Tensor& condition);
   // Sentence-embedding models: one L2-normalised row per text (`inflab embed`).
   virtual at::Tensor embed(const std::vector<std::string>& texts);
 };

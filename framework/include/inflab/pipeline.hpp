@@ -36,6 +36,10 @@ struct RunOutcome {
 // Everything up to and including the gradient store (what `inflab gradients` writes).
 GradientStore prepare_gradients(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
                                 RunOutcome* outcome = nullptr);
+// The cache key of a stage ("base", "finetune", "gradients", "fit") for this configuration: a hash
+// of exactly the inputs the stage declares, the keys of the stages before it, the versions of the
+// plugins it runs and its format version.
+std::string stage_key(const std::string& stage, const ExperimentConfig& config, Registry& registry);
 RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
                           bool resume = true);
 

@@ -1,0 +1,131 @@
+// The stage units (private): framework/src/stages/*.cpp. Each unit declares what its stage reads
+// (StageDeclaration) and runs it from StageInputs only; pipeline.cpp chains them.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "inflab/config.hpp"
+#include "inflab/dataset.hpp"
+#include "inflab/error.hpp"
+#include "inflab/gradients.hpp"
+#include "inflab/model.hpp"
+#include "inflab/pipeline.hpp"
+#include "inflab/registry.hpp"
+#include "inflab/task.hpp"
+#include "stages.hpp"
+
+namespace inflab {
+
+const StageDeclaration& data_stage();
+const StageDeclaration& base_stage();
+const StageDeclaration& finetune_stage();
+const StageDeclaration& gradients_stage();
+const StageDeclaration& fit_stage();
+
+// ---- shared helpers ---------------------------------------------------------------------
+
+// A cache entry (file or directory) is written under `temporary` and renamed into place by
+// commit(): an interrupted write is never mistaken for a hit, and a failure (a full disk, a faulty
+// plugin) leaves nothing behind. A killed process's temporaries go at the next start
+// (remove_stale_temporaries).
+class PendingEntry {
+ public:
+  explicit PendingEntry(std::filesystem::path final_path) : final_(std::move(final_path)) {
+    temporary = final_;
+    temporary += fmt::format(".tmp-{}", ::getpid());
+    std::filesystem::remove_all(temporary);
+    std::filesystem::create_directories(final_.parent_path());
+  }
+  PendingEntry(const PendingEntry&) = delete;
+  PendingEntry& operator=(const PendingEntry&) = delete;
+  ~PendingEntry() {
+    std::error_code ignored;
+    if (!committed_) std::filesystem::remove_all(temporary, ignored);
+  }
+  void commit() {
+    std::filesystem::remove_all(final_);
+    std::filesystem::rename(temporary, final_);
+    committed_ = true;
+  }
+  std::filesystem::path temporary;
+
+ private:
+  std::filesystem::path final_;
+  bool committed_ = false;
+};
+
+// Runs a plugin's code: whatever it throws becomes an Error naming the plugin, so a faulty plugin
+// ends the run with a message that says whose fault it was (earlier outputs stay as written).
+template <class Body>
+auto in_plugin(const std::string& who, Body&& body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const Error& e) {
+    throw Error(fmt::format("{}: {}", who, e.what()));
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("{} failed: {}", who, e.what()));
+  }
+}
+
+std::string describe_plugin(Registry& registry, PluginKind kind, const std::string& name);
+void log(const std::string& message);
+
+using Clock = std::chrono::steady_clock;
+inline double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::filesystem::path cache_root_of(const RunPaths& paths);
+
+// ---- the stages ---------------------------------------------------------------------------
+
+// data: the dataset's splits, label noise applied, texts tokenized by the model.
+struct LoadedData {
+  DatasetSplits splits;
+  ExampleMeta train_meta, query_meta;
+  Batch train, validation, pretrain;  // as the task sees them (train: observed labels)
+};
+LoadedData load_data(const StageInputs& inputs, Registry& registry, RunOutcome& outcome);
+// The model with its LoRA adapters (read by the base, finetune and gradients stages: declared by
+// data_stage() too, whose reads cover model.* and experiment.seed).
+std::unique_ptr<Model> build_model(const StageInputs& inputs, Registry& registry, LoadedData& data,
+                                   RunOutcome& outcome);
+
+// base: pretrains the model's base weights on the pretrain split (cached), when the model needs it.
+void prepare_base(const StageInputs& inputs, Model& model, const LoadedData& data, const RunPaths& paths,
+                  RunOutcome& outcome);
+// finetune: trains the LoRA adapters on the training split (cached).
+void finetune(const StageInputs& inputs, Model& model, const LoadedData& data, const RunPaths& paths,
+              RunOutcome& outcome);
+// gradients: per-example gradients of the training losses and the queries' measurements.
+std::filesystem::path gradients_directory(const StageInputs& inputs, const RunPaths& paths);
+GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedData& data,
+                                const RunPaths& paths, RunOutcome& outcome);
+
+// fit: an estimator fitted on the training gradients, from its fit cache when it has one.
+// `inputs` carries the estimator's plugin, version and options and the blocks taking part
+// (fit_inputs). Returns true when the fit came from the cache.
+StageInputs fit_inputs(const std::string& resolved_toml, const std::map<std::string, std::string>& versions,
+                       const PluginSpec& estimator, const std::string& estimator_version,
+                       const GradientBlocks& train);
+bool fit_estimator(const StageInputs& inputs, Estimator& estimator, const GradientBlocks& train,
+                   const RunPaths& paths, const std::string& who);
+
+// A training loop over `examples` minimising `loss` (batch -> scalar) with Adam or SGD.
+struct TrainingSchedule {
+  std::int64_t epochs = 1, batch_size = 32, seed = 0;
+  double learning_rate = 1e-3, weight_decay = 0;
+  std::string optimizer = "adam", label;
+};
+void train(Model& model, const std::function<at::Tensor(const Batch&)>& loss,
+           const std::vector<at::Tensor>& parameters, const Batch& examples,
+           const TrainingSchedule& schedule);
+
+}  // namespace inflab

@@ -1,0 +1,82 @@
+// The gradients stage: per-example gradients of the training losses and of the queries'
+// measurements, written to a cached gradient store.
+#include <torch/torch.h>
+
+#include "../stage_units.hpp"
+#include "inflab/distributed.hpp"
+#include "inflab/io.hpp"
+#include "inflab/lora.hpp"
+
+namespace fs = std::filesystem;
+
+namespace inflab {
+
+// The batch size of extraction changes no gradient (each example's own loss), nor does the
+// memory budget (where the values live): both are settings, outside the key.
+const StageDeclaration& gradients_stage() {
+  static const StageDeclaration stage{"gradients",
+                                      3,
+                                      {"finetune"},
+                                      {"task", "evaluation.gradient_dtype"},
+                                      {},
+                                      {"dataset", "model"},
+                                      {"evaluation.gradient_batch_size", "evaluation.gradient_memory_mb"}};
+  return stage;
+}
+
+fs::path gradients_directory(const StageInputs& inputs, const RunPaths& paths) {
+  return cache_root_of(paths) / "gradients" / inputs.key();
+}
+
+GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedData& data,
+                                const RunPaths& paths, RunOutcome& outcome) {
+  auto start = Clock::now();
+  const fs::path gradient_dir = gradients_directory(inputs, paths);
+  PendingEntry pending(gradient_dir);
+  const fs::path& temporary = pending.temporary;
+  const std::string dtype_name = inputs.get_string("evaluation.gradient_dtype");
+  const auto dtype = dtype_name == "float16" ? torch::kHalf : torch::kFloat;
+  // Distributed: each rank extracts the gradients of its shard of the training rows.
+  const Shard shard = shard_of(data.train.size());
+  Batch train = data.train.slice(shard.begin, shard.size());
+  ExampleMeta train_meta = data.train_meta;
+  if (distributed_world_size() > 1) {
+    auto cut = [&](auto& v) {
+      v = std::decay_t<decltype(v)>(v.begin() + shard.begin, v.begin() + shard.end);
+    };
+    cut(train_meta.ids), cut(train_meta.labels), cut(train_meta.observed_labels), cut(train_meta.flipped);
+  }
+  std::int64_t width = 0;
+  for (auto* layer : model.lora_layers())
+    if (layer->has_adapter()) width += layer->lora_a().numel() + layer->lora_b().numel();
+  const double train_mb = static_cast<double>(shard.size()) * static_cast<double>(width) *
+                          static_cast<double>(c10::elementSize(dtype)) / 1048576.0;
+  // Over the budget (or 16-bit): extraction writes each batch straight into mapped files.
+  const bool on_disk =
+      train_mb > inputs.get_double("evaluation.gradient_memory_mb") || dtype != torch::kFloat;
+  BlockAllocator to_disk = [&](const std::string& block, std::int64_t rows, std::int64_t cols) {
+    return create_mapped_npy(temporary / "train" / (block + ".npy"), {rows, cols}, dtype);
+  };
+  if (on_disk)
+    log(fmt::format("gradients: {:.0f} MiB of training gradients ({}) go to memory-mapped files in {}",
+                    train_mb, dtype_name, gradient_dir.string()));
+  auto task = make_task(inputs.get_string("task.name"), inputs.section("task"));
+  GradientStore store;
+  const std::int64_t batch_size = inputs.get_int("evaluation.gradient_batch_size");
+  GradientRequest request{batch_size, "train gradients", /*factors=*/true, /*measure=*/false,
+                          on_disk ? to_disk : BlockAllocator{}};
+  store.train = per_example_gradients(model, *task, train, request);
+  store.query = per_example_gradients(model, *task, data.validation,
+                                      {batch_size, "validation gradients", false, true, {}});
+  store.train_meta = std::move(train_meta);
+  store.query_meta = data.query_meta;
+  save_gradient_store(temporary, store, /*train_values_written=*/on_disk);
+  write_directory_checksums(temporary);
+  pending.commit();
+  if (dtype != torch::kFloat) store = load_gradient_store(gradient_dir);  // float32 arithmetic
+  outcome.stage_seconds["gradients"] = seconds_since(start);
+  outcome.stage_cached["gradients"] = false;
+  return store;
+}
+
+}  // namespace inflab

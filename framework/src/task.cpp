@@ -1,0 +1,182 @@
+// The built-in tasks: what one example's loss is (inflab/task.hpp).
+#include "inflab/task.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <torch/torch.h>
+
+#include "inflab/error.hpp"
+#include "inflab/model.hpp"
+
+namespace inflab {
+
+namespace F = torch::nn::functional;
+
+std::int64_t Batch::size() const { return inputs.size(0); }
+
+Batch Batch::slice(std::int64_t start, std::int64_t count) const {
+  return {inputs.narrow(0, start, count), targets.narrow(0, start, count),
+          example_ids.narrow(0, start, count)};
+}
+
+at::Tensor Task::summed_loss(Model& model, const Batch& batch) const {
+  return example_losses(model, batch).sum();
+}
+at::Tensor Task::training_loss(Model& model, const Batch& batch) const {
+  return example_losses(model, batch).mean();
+}
+
+namespace {
+
+// Cross-entropy of class logits. The reductions are LibTorch's own, so fine-tuning and gradients
+// are bit-for-bit what they were before tasks existed.
+class ClassificationTask : public Task {
+ public:
+  std::string name() const override { return "classification"; }
+  at::Tensor example_losses(Model& model, const Batch& batch) const override {
+    return F::cross_entropy(model.forward(batch.inputs), batch.targets,
+                            F::CrossEntropyFuncOptions().reduction(torch::kNone));
+  }
+  at::Tensor summed_loss(Model& model, const Batch& batch) const override {
+    return F::cross_entropy(model.forward(batch.inputs), batch.targets,
+                            F::CrossEntropyFuncOptions().reduction(torch::kSum));
+  }
+  at::Tensor training_loss(Model& model, const Batch& batch) const override {
+    return F::cross_entropy(model.forward(batch.inputs), batch.targets);
+  }
+};
+
+// Next-token cross-entropy summed over each example's scored positions (targets >= 0).
+class CausalLmTask : public Task {
+ public:
+  std::string name() const override { return "causal_lm"; }
+  at::Tensor example_losses(Model& model, const Batch& batch) const override {
+    const auto& targets = batch.targets;
+    if (targets.dim() != 2 || targets.size(0) != batch.size())
+      throw Error(fmt::format(
+          "task causal_lm: targets must be (examples x positions) next-token ids with -100 where not "
+          "scored; found shape ({})",
+          fmt::join(targets.sizes(), ", ")));
+    torch::Tensor scored = targets.ge(0);
+    torch::Tensor logits = model.token_logits(batch.inputs, scored);  // scored positions x vocabulary
+    torch::Tensor flat = scored.reshape({-1}).nonzero().squeeze(1);
+    if (logits.dim() != 2 || logits.size(0) != flat.size(0))
+      throw Error(fmt::format("task causal_lm: the model gave logits of shape ({}) for {} scored positions",
+                              fmt::join(logits.sizes(), ", "), flat.size(0)));
+    torch::Tensor token_loss = F::cross_entropy(logits, targets.reshape({-1}).index_select(0, flat),
+                                                F::CrossEntropyFuncOptions().reduction(torch::kNone));
+    torch::Tensor example_of = flat.div(targets.size(1), "floor");
+    return torch::zeros({batch.size()}, token_loss.options()).index_add(0, example_of, token_loss);
+  }
+};
+
+// DDPM epsilon-prediction loss at fixed timesteps (the paper: 25, 225, ..., 925 of 1000).
+class DenoisingTask : public Task {
+ public:
+  DenoisingTask(std::vector<std::int64_t> timesteps, std::int64_t seed, std::int64_t steps)
+      : timesteps_(std::move(timesteps)), seed_(seed), steps_(steps), alpha_bar_(ddpm_alphas_cumprod(steps)) {
+    if (timesteps_.empty()) throw Error("task denoising: task.timesteps must not be empty");
+    for (auto t : timesteps_)
+      if (t < 0 || t >= steps_)
+        throw Error(fmt::format("task denoising: timestep {} is outside [0, {})", t, steps_));
+  }
+  std::string name() const override { return "denoising"; }
+
+  // Rows (example, timestep) in example-major order: the engine folds them into each example.
+  at::Tensor example_losses(Model& model, const Batch& batch) const override {
+    const std::int64_t n = batch.size(), k = static_cast<std::int64_t>(timesteps_.size());
+    const auto& x0 = batch.inputs;
+    torch::Tensor t = torch::tensor(timesteps_, torch::kLong).repeat({n});
+    std::vector<torch::Tensor> noise;
+    noise.reserve(static_cast<std::size_t>(n * k));
+    auto ids = batch.example_ids.to(torch::kLong).contiguous();
+    for (std::int64_t i = 0; i < n; ++i)
+      for (auto step : timesteps_)
+        noise.push_back(denoising_noise(seed_, ids.data_ptr<std::int64_t>()[i], step, x0[0]));
+    return losses(model, x0.repeat_interleave(k, 0), t, torch::stack(noise),
+                  batch.targets.repeat_interleave(k, 0))
+        .reshape({n, k})
+        .sum(1);
+  }
+
+  // Fine-tuning draws one uniform timestep and fresh noise per example, as DDPM training does.
+  at::Tensor training_loss(Model& model, const Batch& batch) const override {
+    const std::int64_t n = batch.size();
+    torch::Tensor t = torch::randint(0, steps_, {n}, torch::kLong);
+    return losses(model, batch.inputs, t, torch::randn_like(batch.inputs), batch.targets).mean();
+  }
+
+ private:
+  at::Tensor losses(Model& model, const torch::Tensor& x0, const torch::Tensor& t, const torch::Tensor& noise,
+                    const torch::Tensor& condition) const {
+    std::vector<std::int64_t> shape(static_cast<std::size_t>(x0.dim()), 1);
+    shape[0] = x0.size(0);
+    torch::Tensor a = alpha_bar_.index_select(0, t).to(x0.scalar_type()).reshape(shape);
+    torch::Tensor noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise;
+    torch::Tensor predicted = model.denoise(noisy, t, condition);
+    if (predicted.sizes() != noise.sizes())
+      throw Error(fmt::format("task denoising: the model predicted noise of shape ({}), expected ({})",
+                              fmt::join(predicted.sizes(), ", "), fmt::join(noise.sizes(), ", ")));
+    return (predicted - noise).square().reshape({x0.size(0), -1}).mean(1);
+  }
+
+  std::vector<std::int64_t> timesteps_;
+  std::int64_t seed_, steps_;
+  torch::Tensor alpha_bar_;
+};
+
+}  // namespace
+
+at::Tensor ddpm_alphas_cumprod(std::int64_t steps) {
+  torch::Tensor betas = torch::linspace(1e-4, 0.02, steps, torch::kDouble);
+  return (1 - betas).cumprod(0);
+}
+
+at::Tensor denoising_noise(std::int64_t seed, std::int64_t id, std::int64_t timestep,
+                           const at::Tensor& like) {
+  // SplitMix64 of (seed, id, timestep): independent streams per example and timestep, the same
+  // whichever batch the example is in.
+  auto mix = [](std::uint64_t z) {
+    z += 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  };
+  std::uint64_t key = mix(mix(mix(static_cast<std::uint64_t>(seed)) ^ static_cast<std::uint64_t>(id)) ^
+                          static_cast<std::uint64_t>(timestep));
+  auto generator = at::detail::createCPUGenerator(key);
+  return torch::randn(like.sizes(), generator, like.options());
+}
+
+std::vector<std::string> task_names() { return {"classification", "causal_lm", "denoising"}; }
+
+std::vector<OptionSpec> task_option_specs() {
+  return {
+      OptionSpec{"name", OptionType::String, std::string("classification"),
+                 "classification, causal_lm or denoising: what an example's loss is", false},
+      OptionSpec{"timesteps", OptionType::IntList, std::vector<std::int64_t>{25, 225, 425, 525, 725, 925},
+                 "denoising: timesteps whose losses are summed for gradients and queries (the paper's)",
+                 false},
+      OptionSpec{"diffusion_steps", OptionType::Int, std::int64_t{1000},
+                 "denoising: steps of the linear DDPM schedule (betas 1e-4 .. 0.02)", false},
+      OptionSpec{"noise_seed", OptionType::Int, std::int64_t{0},
+                 "denoising: seed of the noise, fixed per example and timestep", false},
+  };
+}
+
+std::unique_ptr<Task> make_classification_task() { return std::make_unique<ClassificationTask>(); }
+
+std::unique_ptr<Task> make_task(const std::string& name, const Options& options) {
+  if (name == "classification") return make_classification_task();
+  if (name == "causal_lm") return std::make_unique<CausalLmTask>();
+  if (name == "denoising")
+    return std::make_unique<DenoisingTask>(options.get_int_list("timesteps"), options.get_int("noise_seed"),
+                                           options.get_int("diffusion_steps"));
+  auto names = task_names();
+  std::string suggestion = closest_match(name, names);
+  throw Error(fmt::format("unknown task '{}'{}; tasks: {}", name,
+                          suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
+                          fmt::join(names, ", ")));
+}
+
+}  // namespace inflab

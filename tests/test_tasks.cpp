@@ -1,0 +1,242 @@
+// Tasks (causal LM, denoising): the engine's per-example gradients of each task's loss against a
+// per-example autograd loop that computes the loss by hand, one example (and timestep) at a time.
+#include <torch/torch.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+
+#include "helpers.hpp"
+#include "inflab/config.hpp"
+#include "inflab/error.hpp"
+#include "inflab/gradients.hpp"
+#include "inflab/lora.hpp"
+#include "inflab/registry.hpp"
+#include "inflab/task.hpp"
+
+using Catch::Matchers::Contains;
+
+namespace {
+
+std::vector<torch::Tensor> adapter_tensors(inflab::Model& model) {
+  std::vector<torch::Tensor> out;
+  for (auto* layer : model.lora_layers()) out.push_back(layer->lora_a()), out.push_back(layer->lora_b());
+  return out;
+}
+
+void perturb(inflab::Model& model) {  // B = 0 after init: make both factors non-trivial
+  torch::NoGradGuard no_grad;
+  for (auto* layer : model.lora_layers()) layer->lora_b().normal_(0, 0.5);
+}
+
+// Per-example gradients of loss(i) by autograd, one example at a time.
+inflab::GradientBlocks loop(inflab::Model& model, std::int64_t n,
+                            const std::function<torch::Tensor(std::int64_t)>& loss) {
+  model.set_training(false);
+  auto params = adapter_tensors(model);
+  inflab::GradientBlocks blocks;
+  for (auto* layer : model.lora_layers()) {
+    blocks.push_back({layer->name() + ".lora_A", torch::empty({n, layer->lora_a().numel()})});
+    blocks.push_back({layer->name() + ".lora_B", torch::empty({n, layer->lora_b().numel()})});
+  }
+  for (std::int64_t i = 0; i < n; ++i) {
+    auto grads = torch::autograd::grad({loss(i)}, params);
+    for (std::size_t b = 0; b < grads.size(); ++b) blocks[b].values[i].copy_(grads[b].reshape({-1}));
+  }
+  return blocks;
+}
+
+void check_equal(const inflab::GradientBlocks& engine, const inflab::GradientBlocks& oracle) {
+  REQUIRE(engine.size() == oracle.size());
+  for (std::size_t b = 0; b < engine.size(); ++b) {
+    INFO("block " << engine[b].name);
+    REQUIRE(engine[b].values.sizes() == oracle[b].values.sizes());
+    double scale = oracle[b].values.norm().item<double>();
+    REQUIRE(scale > 0);
+    CHECK((engine[b].values - oracle[b].values).norm().item<double>() / scale < 1e-5);
+  }
+}
+
+// A tiny causal LM: frozen embedding, a LoRA mixing layer, a LoRA output layer; logits per position.
+class TinyLm : public inflab::Model {
+ public:
+  void build(const inflab::DataShape&, const inflab::LoraConfig& lora, std::uint64_t seed) override {
+    torch::manual_seed(0);
+    embedding_ = torch::randn({kVocab, 6});
+    mix_ = std::make_shared<inflab::LoraLinear>("mix", 6, 6, lora, true);
+    out_ = std::make_shared<inflab::LoraLinear>("out", 6, kVocab, lora, true);
+    mix_->reset_adapter(seed), out_->reset_adapter(seed);
+  }
+  at::Tensor forward(const at::Tensor& ids) override {
+    auto x = embedding_.index_select(0, ids.reshape({-1})).reshape({ids.size(0), ids.size(1), 6});
+    // A causal mixing: each position sees the running mean of the positions before it.
+    auto counts = torch::arange(1, ids.size(1) + 1, torch::kFloat).reshape({1, -1, 1});
+    x = x.cumsum(1) / counts;
+    return out_->forward(torch::tanh(mix_->forward(x)));
+  }
+  inflab::NamedTensors base_parameters() override { return {}; }
+  std::vector<inflab::LoraLayer*> lora_layers() override { return {mix_.get(), out_.get()}; }
+  void set_training(bool t) override { mix_->train(t), out_->train(t); }
+  static constexpr std::int64_t kVocab = 13;
+
+ private:
+  torch::Tensor embedding_;
+  std::shared_ptr<inflab::LoraLinear> mix_, out_;
+};
+
+// A tiny conditional denoiser: LoRA convolutions, timestep and condition added as a channel bias.
+class TinyDenoiser : public inflab::Model {
+ public:
+  void build(const inflab::DataShape&, const inflab::LoraConfig& lora, std::uint64_t seed) override {
+    torch::manual_seed(0);
+    in_ = std::make_shared<inflab::LoraConv2d>("in", 1, 4, 3, 1, 1, lora, true);
+    out_ = std::make_shared<inflab::LoraConv2d>("out", 4, 1, 3, 1, 1, lora, true);
+    condition_ = torch::randn({3, 4});
+    in_->reset_adapter(seed), out_->reset_adapter(seed);
+  }
+  at::Tensor forward(const at::Tensor&) override { throw inflab::Error("a denoiser has no class logits"); }
+  at::Tensor denoise(const at::Tensor& noisy, const at::Tensor& t, const at::Tensor& condition) override {
+    auto bias = condition_.index_select(0, condition) + torch::sin(t.to(torch::kFloat) / 100).unsqueeze(1);
+    auto h = torch::silu(in_->forward(noisy) + bias.unsqueeze(2).unsqueeze(3));
+    return out_->forward(h);
+  }
+  inflab::NamedTensors base_parameters() override { return {}; }
+  std::vector<inflab::LoraLayer*> lora_layers() override { return {in_.get(), out_.get()}; }
+  void set_training(bool t) override { in_->train(t), out_->train(t); }
+
+ private:
+  std::shared_ptr<inflab::LoraConv2d> in_, out_;
+  torch::Tensor condition_;
+};
+
+inflab::Options task_options(std::vector<std::int64_t> timesteps, std::int64_t seed) {
+  auto options = inflab::default_options("[task]", inflab::task_option_specs());
+  options.set("timesteps", timesteps);
+  options.set("noise_seed", seed);
+  return options;
+}
+
+}  // namespace
+
+TEST_CASE("causal_lm: per-example gradients of the response tokens' loss equal a loop", "[task]") {
+  TinyLm model;
+  model.build({}, inflab::LoraConfig{2, 4.0, 0.0, {"*"}}, 1);
+  perturb(model);
+  torch::manual_seed(3);
+  const std::int64_t n = 7, positions = 9;
+  auto ids = torch::randint(0, TinyLm::kVocab, {n, positions}, torch::kLong);
+  // Example i: a prompt of 2 + i % 3 positions, a response, padding after 7 - i % 2 positions.
+  auto targets = torch::full({n, positions}, -100, torch::kLong);
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t t = 2 + i % 3; t < positions - 1 - i % 2; ++t) targets[i][t] = ids[i][t + 1];
+  auto task = inflab::make_task("causal_lm", task_options({25}, 0));
+  inflab::Batch examples{ids, targets, torch::arange(n, torch::kLong)};
+
+  auto by_hand = [&](std::int64_t i) {  // - sum_t log softmax(logits_t)[target_t] over scored t
+    auto logits = model.forward(ids.narrow(0, i, 1))[0];
+    torch::Tensor loss = torch::zeros({});
+    for (std::int64_t t = 0; t < positions; ++t) {
+      std::int64_t target = targets[i][t].item<std::int64_t>();
+      if (target < 0) continue;
+      loss = loss - (logits[t][target] - torch::logsumexp(logits[t], 0));
+    }
+    return loss;
+  };
+  auto losses = task->example_losses(model, examples);
+  for (std::int64_t i = 0; i < n; ++i)
+    CHECK(losses[i].item<double>() == Approx(by_hand(i).item<double>()).epsilon(1e-5));
+  auto engine = inflab::per_example_gradients(model, *task, examples, {3, "", false, false, {}});
+  check_equal(engine, loop(model, n, by_hand));
+  // Queries measure the same loss.
+  check_equal(inflab::per_example_gradients(model, *task, examples, {4, "", false, true, {}}), engine);
+}
+
+TEST_CASE("causal_lm: targets of the wrong shape are an error that says what is expected", "[task]") {
+  TinyLm model;
+  model.build({}, inflab::LoraConfig{1, 1.0, 0.0, {"*"}}, 1);
+  auto task = inflab::make_task("causal_lm", task_options({25}, 0));
+  inflab::Batch flat{torch::zeros({2, 3}, torch::kLong), torch::zeros({2}, torch::kLong), torch::arange(2)};
+  CHECK_THROWS_WITH(task->example_losses(model, flat), Contains("next-token ids"));
+}
+
+TEST_CASE("denoising: noise is fixed per example and timestep, whatever the batch", "[task]") {
+  auto like = torch::zeros({1, 4, 4});
+  CHECK(inflab::denoising_noise(5, 17, 225, like).equal(inflab::denoising_noise(5, 17, 225, like)));
+  CHECK_FALSE(inflab::denoising_noise(5, 17, 225, like).equal(inflab::denoising_noise(5, 18, 225, like)));
+  CHECK_FALSE(inflab::denoising_noise(5, 17, 225, like).equal(inflab::denoising_noise(5, 17, 425, like)));
+  CHECK_FALSE(inflab::denoising_noise(5, 17, 225, like).equal(inflab::denoising_noise(6, 17, 225, like)));
+  auto noise = inflab::denoising_noise(5, 17, 225, torch::zeros({1, 64, 64}));
+  CHECK(std::abs(noise.mean().item<double>()) < 0.05);
+  CHECK(noise.std().item<double>() == Approx(1.0).epsilon(0.05));
+
+  // alpha_bar of the linear schedule, by hand at two steps.
+  auto alpha_bar = inflab::ddpm_alphas_cumprod(1000);
+  double product = 1;
+  for (int s = 0; s <= 25; ++s) product *= 1 - (1e-4 + (0.02 - 1e-4) * s / 999.0);
+  CHECK(alpha_bar[25].item<double>() == Approx(product).epsilon(1e-12));
+  CHECK(alpha_bar[999].item<double>() < 1e-4);
+}
+
+TEST_CASE("denoising: per-example gradients of the summed timestep losses equal a loop", "[task]") {
+  TinyDenoiser model;
+  model.build({}, inflab::LoraConfig{2, 4.0, 0.0, {"*"}}, 2);
+  perturb(model);
+  torch::manual_seed(9);
+  const std::int64_t n = 5;
+  auto images = torch::randn({n, 1, 6, 6});
+  auto condition = torch::randint(0, 3, {n}, torch::kLong);
+  auto ids = torch::tensor({101, 7, 55, 3, 19}, torch::kLong);  // not 0..n-1: noise follows the id
+  const std::vector<std::int64_t> timesteps{25, 425, 925};
+  auto task = inflab::make_task("denoising", task_options(timesteps, 11));
+  inflab::Batch examples{images, condition, ids};
+
+  auto alpha_bar = inflab::ddpm_alphas_cumprod(1000);
+  auto by_hand = [&](std::int64_t i) {  // one denoiser call per timestep
+    torch::Tensor loss = torch::zeros({});
+    for (auto t : timesteps) {
+      auto eps = inflab::denoising_noise(11, ids[i].item<std::int64_t>(), t, images[0]).unsqueeze(0);
+      double a = alpha_bar[t].item<double>();
+      auto noisy = std::sqrt(a) * images.narrow(0, i, 1) + std::sqrt(1 - a) * eps;
+      auto predicted = model.denoise(noisy, torch::tensor({t}, torch::kLong), condition.narrow(0, i, 1));
+      loss = loss + (predicted - eps).square().mean();
+    }
+    return loss;
+  };
+  auto losses = task->example_losses(model, examples);
+  for (std::int64_t i = 0; i < n; ++i)
+    CHECK(losses[i].item<double>() == Approx(by_hand(i).item<double>()).epsilon(1e-5));
+  // Batches of 2 split the examples differently from the loop; the noise must not care.
+  check_equal(inflab::per_example_gradients(model, *task, examples, {2, "", false, false, {}}),
+              loop(model, n, by_hand));
+  // Reordered examples give the same losses (noise bound to ids, not positions).
+  auto order = torch::tensor({4, 3, 2, 1, 0}, torch::kLong);
+  inflab::Batch reversed{images.index_select(0, order), condition.index_select(0, order),
+                         ids.index_select(0, order)};
+  CHECK(task->example_losses(model, reversed).allclose(losses.index_select(0, order), 1e-6, 1e-7));
+}
+
+TEST_CASE("tasks are chosen by name, and a wrong name or label noise without classes is an error", "[task]") {
+  CHECK(inflab::make_task("classification", task_options({1}, 0))->name() == "classification");
+  CHECK_THROWS_WITH(inflab::make_task("causal-lm", task_options({1}, 0)),
+                    Contains("did you mean 'causal_lm'"));
+  CHECK_THROWS_WITH(inflab::make_task("denoising", task_options({1000}, 0)), Contains("outside [0, 1000)"));
+
+  test::TempDir dir;
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  auto file = dir.write("t.toml", R"([experiment]
+name = "t"
+[dataset]
+plugin = "fashion_mnist"
+label_noise = 0.2
+[model]
+plugin = "mlp_lora"
+[task]
+name = "causal_lm"
+[[estimator]]
+plugin = "datainf"
+)");
+  CHECK_THROWS_WITH(inflab::load_experiment(file, {}, registry),
+                    Contains("t.toml:5:") && Contains("label noise"));
+  CHECK_THROWS_WITH(inflab::load_experiment(file, {"task.name=regression"}, registry),
+                    Contains("unknown task \"regression\""));
+}
