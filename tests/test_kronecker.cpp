@@ -6,7 +6,7 @@
 #include "helpers.hpp"
 #include "inflab/error.hpp"
 #include "inflab/gradients.hpp"
-#include "inflab/kronecker.hpp"
+#include "kronecker.hpp"
 #include "inflab/lora.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/scoring.hpp"

@@ -35,6 +35,12 @@ double Damping::for_norms(const at::Tensor& squared_norms, std::int64_t dim) con
   return lambda;
 }
 
+double max_relative_residual(const at::Tensor& gradients, const at::Tensor& r, const at::Tensor& v,
+                             double lambda) {
+  at::Tensor residual = gauss_newton_product(gradients, r, lambda).sub_(v);
+  return residual.norm(2, {1}).div(v.norm(2, {1}).clamp_min(1e-30)).max().item<double>();
+}
+
 at::Tensor squared_row_norms(const at::Tensor& gradients) {
   return at::linalg_vector_norm(gradients, 2, {1}).square_();
 }

@@ -79,5 +79,65 @@ at::Tensor gram_of_columns_float64(const at::Tensor& gradients);
 // the Gauss-Newton product iterative solvers use; one all-reduce of Q x d per call.
 at::Tensor gauss_newton_product(const at::Tensor& gradients, const at::Tensor& r, double lambda);
 Damping damping_from(const Options& options);  // validates lambda > 0
+// max over the rows of ||(G^T G / n + lambda I) r - v|| / ||v||: how far iterative solutions r of
+// the damped system are from v (a rank-summed Gauss-Newton product, like gauss_newton_product).
+double max_relative_residual(const at::Tensor& gradients, const at::Tensor& r, const at::Tensor& v,
+                             double lambda);
+
+// What fit_block sees of one training block.
+struct BlockFit {
+  std::size_t index;  // position of the block
+  const GradientBlock& block;
+  double lambda;             // the shared damping rule's value for this block
+  at::Tensor squared_norms;  // ||g_i||^2 per training row (computed once for the rule)
+};
+
+// The skeleton shared by estimators that fit every block on its own: per block the damping
+// lambda, the subclass's fitted State, and "<block>.lambda" in the diagnostics. A subclass holds
+// only its mathematics: fit_block (one block) and inverse_product (reading state(b)); options
+// beyond the damping go to configure_method.
+template <class State>
+class BlockwiseEstimator : public Estimator {
+ public:
+  void configure(const Options& options) final {
+    damping_ = damping_from(options);
+    configure_method(options);
+  }
+  void fit(const GradientBlocks& train) override {
+    states_.clear(), names_.clear(), diagnostics_.clear();
+    for (std::size_t b = 0; b < train.size(); ++b) {
+      const GradientBlock& block = train[b];
+      at::Tensor norms = squared_row_norms(block.values);
+      const double lambda = damping_.for_norms(norms, block.values.size(1));
+      names_.push_back(block.name);
+      report(b, "lambda", lambda);
+      states_.push_back(fit_block(BlockFit{b, block, lambda, norms}));
+    }
+  }
+  std::map<std::string, double> diagnostics() const override { return diagnostics_; }
+
+ protected:
+  virtual void configure_method(const Options& options) { (void)options; }
+  virtual State fit_block(const BlockFit& fit) = 0;
+  const State& state(std::size_t b) const { return states_.at(b); }
+  std::size_t blocks() const { return states_.size(); }
+  const std::string& block_name(std::size_t b) const { return names_.at(b); }
+  void report(std::size_t b, const std::string& what, double value) {
+    diagnostics_[names_.at(b) + "." + what] = value;
+  }
+  // A fit read back from a cache (load_fit): the blocks' names, states and lambdas.
+  void restore(const GradientBlocks& train, std::vector<State> states, const std::vector<double>& lambdas) {
+    names_.clear(), diagnostics_.clear();
+    for (std::size_t b = 0; b < train.size(); ++b)
+      names_.push_back(train[b].name), report(b, "lambda", lambdas[b]);
+    states_ = std::move(states);
+  }
+
+ private:
+  Damping damping_;
+  std::vector<State> states_;
+  std::vector<std::string> names_;
+  std::map<std::string, double> diagnostics_;
+};
 
 }  // namespace inflab

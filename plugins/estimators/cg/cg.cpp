@@ -11,30 +11,15 @@
 
 namespace {
 
-class ConjugateGradients : public inflab::Estimator {
+struct Fitted {
+  at::Tensor gradients;
+  double lambda;
+};
+
+class ConjugateGradients : public inflab::BlockwiseEstimator<Fitted> {
  public:
-  void configure(const inflab::Options& options) override {
-    damping_ = inflab::damping_from(options);
-    tolerance_ = options.get_double("tolerance");
-    max_iterations_ = options.get_int("max_iterations");
-    if (tolerance_ <= 0)
-      throw inflab::Error(fmt::format("{}: tolerance must be > 0, found {}", options.owner(), tolerance_));
-    if (max_iterations_ < 1)
-      throw inflab::Error(
-          fmt::format("{}: max_iterations must be >= 1, found {}", options.owner(), max_iterations_));
-  }
-
-  void fit(const inflab::GradientBlocks& train) override {
-    blocks_.clear();
-    for (const auto& block : train) {
-      double lambda = damping_.for_block(block.values);
-      blocks_.push_back({block.values, lambda, block.name});
-      diagnostics_[block.name + ".lambda"] = lambda;
-    }
-  }
-
   at::Tensor inverse_product(std::size_t b, const at::Tensor& queries) override {
-    const Block& block = blocks_.at(b);
+    const Fitted& block = state(b);
     const at::Tensor& g = block.gradients;
     auto apply = [&](const at::Tensor& p) { return inflab::gauss_newton_product(g, p, block.lambda); };
     // Rows are queries; every reduction is per row.
@@ -60,33 +45,34 @@ class ConjugateGradients : public inflab::Estimator {
       rs = rs_new;
     }
     // Report the true residual, recomputed, not the recurrence's.
-    at::Tensor true_residual = apply(r).sub_(queries).norm(2, {1}).div(queries.norm(2, {1}).clamp_min(1e-30));
-    double worst = true_residual.max().item().toDouble();
-    diagnostics_[block.name + ".iterations"] = static_cast<double>(iterations);
-    diagnostics_[block.name + ".relative_residual"] = worst;
+    const double worst = inflab::max_relative_residual(g, r, queries, block.lambda);
+    report(b, "iterations", static_cast<double>(iterations));
+    report(b, "relative_residual", worst);
     if (!(worst <= 10 * tolerance_))
       std::fprintf(
           stderr,
           "[inflab] warning: cg on block '%s' stopped after %lld iterations at relative residual %.3g "
           "(tolerance %.3g); raise max_iterations or the damping\n",
-          block.name.c_str(), static_cast<long long>(iterations), worst, tolerance_);
+          block_name(b).c_str(), static_cast<long long>(iterations), worst, tolerance_);
     return r;
   }
-
-  std::map<std::string, double> diagnostics() const override { return diagnostics_; }
   bool supports_distributed() const override { return true; }
 
+ protected:
+  void configure_method(const inflab::Options& options) override {
+    tolerance_ = options.get_double("tolerance");
+    max_iterations_ = options.get_int("max_iterations");
+    if (tolerance_ <= 0)
+      throw inflab::Error(fmt::format("{}: tolerance must be > 0, found {}", options.owner(), tolerance_));
+    if (max_iterations_ < 1)
+      throw inflab::Error(
+          fmt::format("{}: max_iterations must be >= 1, found {}", options.owner(), max_iterations_));
+  }
+  Fitted fit_block(const inflab::BlockFit& fit) override { return {fit.block.values, fit.lambda}; }
+
  private:
-  struct Block {
-    at::Tensor gradients;
-    double lambda;
-    std::string name;
-  };
-  inflab::Damping damping_;
   double tolerance_ = 1e-6;
   std::int64_t max_iterations_ = 500;
-  std::vector<Block> blocks_;
-  std::map<std::string, double> diagnostics_;
 };
 
 std::vector<inflab::OptionSpec> options() {

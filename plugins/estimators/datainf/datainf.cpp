@@ -7,43 +7,28 @@
 
 namespace {
 
-class DataInf : public inflab::Estimator {
+struct Fitted {
+  at::Tensor gradients, weights;  // weights_i = 1 / (n (lambda + ||g_i||^2))
+  double lambda;
+};
+
+class DataInf : public inflab::BlockwiseEstimator<Fitted> {
  public:
-  void configure(const inflab::Options& options) override { damping_ = inflab::damping_from(options); }
-
-  void fit(const inflab::GradientBlocks& train) override {
-    blocks_.clear();
-    for (const auto& block : train) {
-      const at::Tensor& g = block.values;
-      at::Tensor squared_norms = inflab::squared_row_norms(g);
-      const double lambda = damping_.for_norms(squared_norms, g.size(1));
-      const double n = static_cast<double>(inflab::rows_over_ranks(g.size(0)));  // all ranks' rows
-      // 1 / (n (lambda + ||g_i||^2)), one weight per training example.
-      at::Tensor weights = squared_norms.add_(lambda).mul_(n).reciprocal_();
-      blocks_.push_back({g, weights, lambda});
-      diagnostics_[block.name + ".lambda"] = lambda;
-    }
-  }
-
   at::Tensor inverse_product(std::size_t b, const at::Tensor& queries) override {
-    const Block& block = blocks_.at(b);
+    const Fitted& block = state(b);
     at::Tensor coefficients = queries.mm(block.gradients.t()).mul_(block.weights);  // Q x n
     at::Tensor correction = coefficients.mm(block.gradients);  // this rank's share of the sum over i
     return queries.sub(inflab::sum_over_ranks(correction)).div_(block.lambda);
   }
-
   bool supports_distributed() const override { return true; }
 
-  std::map<std::string, double> diagnostics() const override { return diagnostics_; }
-
- private:
-  struct Block {
-    at::Tensor gradients, weights;
-    double lambda;
-  };
-  inflab::Damping damping_;
-  std::vector<Block> blocks_;
-  std::map<std::string, double> diagnostics_;
+ protected:
+  Fitted fit_block(const inflab::BlockFit& fit) override {
+    const double n =
+        static_cast<double>(inflab::rows_over_ranks(fit.block.values.size(0)));  // all ranks' rows
+    at::Tensor weights = fit.squared_norms.add(fit.lambda).mul_(n).reciprocal_();
+    return {fit.block.values, weights, fit.lambda};
+  }
 };
 
 std::vector<inflab::OptionSpec> options() { return inflab::damping_option_specs(); }

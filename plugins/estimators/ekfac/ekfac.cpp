@@ -1,6 +1,6 @@
 // EK-FAC (George et al. 2018): K-FAC's eigenbasis, with the eigenvalues replaced by the second
 // moments of the per-example gradients projected into that basis (the best diagonal there).
-#include <inflab/kronecker.hpp>
+#include "kronecker.hpp"
 
 namespace {
 

@@ -13,46 +13,17 @@
 
 namespace {
 
-class Exact : public inflab::Estimator {
+struct Fitted {
+  at::Tensor gradients,
+      factor;  // Woodbury: G (float64) and chol(G G^T + n lambda I); else chol(G^T G / n + lambda I)
+  double lambda;
+  bool woodbury;
+};
+
+class Exact : public inflab::BlockwiseEstimator<Fitted> {
  public:
-  void configure(const inflab::Options& options) override {
-    damping_ = inflab::damping_from(options);
-    budget_mb_ = options.get_double("memory_budget_mb");
-    method_ = options.get_string("method");
-    if (method_ != "auto" && method_ != "cholesky" && method_ != "woodbury")
-      throw inflab::Error(fmt::format("{}: method must be auto, cholesky or woodbury, found \"{}\"",
-                                      options.owner(), method_));
-  }
-
-  void fit(const inflab::GradientBlocks& train) override {
-    blocks_.clear();
-    for (const auto& block : train) {
-      const auto n = inflab::rows_over_ranks(block.values.size(0)), d = block.values.size(1);
-      const double lambda = damping_.for_block(block.values);
-      const bool woodbury = method_ == "woodbury" || (method_ == "auto" && n < d);
-      const auto side = woodbury ? n : d;
-      const double needed_mb = 2.0 * static_cast<double>(side) * static_cast<double>(side) * 8.0 / 1048576.0;
-      if (needed_mb > budget_mb_)
-        throw inflab::Error(
-            fmt::format("exact: block '{}' ({} examples x {} parameters) needs a {} x {} float64 "
-                        "factorization, about {:.0f} MiB, "
-                        "over memory_budget_mb = {:.0f}; raise memory_budget_mb or use datainf, lissa or cg",
-                        block.name, n, d, side, side, needed_mb, budget_mb_));
-      // Woodbury keeps G (n < d, in float64) for its solves; Cholesky needs only G^T G, accumulated
-      // in chunks so a memory-mapped store is never copied whole.
-      // Distributed, Woodbury gathers every rank's rows (n < d keeps that small).
-      at::Tensor g = woodbury ? inflab::gather_rows_over_ranks(block.values).to(c10::kDouble) : at::Tensor();
-      at::Tensor matrix =
-          woodbury ? g.mm(g.t()) : inflab::gram_of_columns_float64(block.values).div_(static_cast<double>(n));
-      matrix.diagonal().add_(woodbury ? static_cast<double>(n) * lambda : lambda);
-      blocks_.push_back({g, at::linalg_cholesky(matrix), lambda, woodbury});
-      diagnostics_[block.name + ".lambda"] = lambda;
-      diagnostics_[block.name + ".woodbury"] = woodbury ? 1.0 : 0.0;
-    }
-  }
-
   at::Tensor inverse_product(std::size_t b, const at::Tensor& queries) override {
-    const Block& block = blocks_.at(b);
+    const Fitted& block = state(b);
     at::Tensor v = queries.to(c10::kDouble);
     at::Tensor r;
     if (block.woodbury) {
@@ -63,21 +34,43 @@ class Exact : public inflab::Estimator {
     }
     return r.to(queries.scalar_type());
   }
-
-  std::map<std::string, double> diagnostics() const override { return diagnostics_; }
   bool supports_distributed() const override { return true; }
 
+ protected:
+  void configure_method(const inflab::Options& options) override {
+    budget_mb_ = options.get_double("memory_budget_mb");
+    method_ = options.get_string("method");
+    if (method_ != "auto" && method_ != "cholesky" && method_ != "woodbury")
+      throw inflab::Error(fmt::format("{}: method must be auto, cholesky or woodbury, found \"{}\"",
+                                      options.owner(), method_));
+  }
+
+  Fitted fit_block(const inflab::BlockFit& fit) override {
+    const inflab::GradientBlock& block = fit.block;
+    const auto n = inflab::rows_over_ranks(block.values.size(0)), d = block.values.size(1);
+    const bool woodbury = method_ == "woodbury" || (method_ == "auto" && n < d);
+    const auto side = woodbury ? n : d;
+    const double needed_mb = 2.0 * static_cast<double>(side) * static_cast<double>(side) * 8.0 / 1048576.0;
+    if (needed_mb > budget_mb_)
+      throw inflab::Error(
+          fmt::format("exact: block '{}' ({} examples x {} parameters) needs a {} x {} float64 "
+                      "factorization, about {:.0f} MiB, "
+                      "over memory_budget_mb = {:.0f}; raise memory_budget_mb or use datainf, lissa or cg",
+                      block.name, n, d, side, side, needed_mb, budget_mb_));
+    // Woodbury keeps G (n < d, in float64) for its solves; Cholesky needs only G^T G, accumulated
+    // in chunks so a memory-mapped store is never copied whole.
+    // Distributed, Woodbury gathers every rank's rows (n < d keeps that small).
+    at::Tensor g = woodbury ? inflab::gather_rows_over_ranks(block.values).to(c10::kDouble) : at::Tensor();
+    at::Tensor matrix =
+        woodbury ? g.mm(g.t()) : inflab::gram_of_columns_float64(block.values).div_(static_cast<double>(n));
+    matrix.diagonal().add_(woodbury ? static_cast<double>(n) * fit.lambda : fit.lambda);
+    report(fit.index, "woodbury", woodbury ? 1.0 : 0.0);
+    return {g, at::linalg_cholesky(matrix), fit.lambda, woodbury};
+  }
+
  private:
-  struct Block {
-    at::Tensor gradients, factor;
-    double lambda;
-    bool woodbury;
-  };
-  inflab::Damping damping_;
   double budget_mb_ = 4096;
   std::string method_ = "auto";
-  std::vector<Block> blocks_;
-  std::map<std::string, double> diagnostics_;
 };
 
 std::vector<inflab::OptionSpec> options() {

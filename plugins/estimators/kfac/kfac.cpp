@@ -3,7 +3,7 @@
 //   r = Q (Lambda_S (x) Lambda_A + lambda I)^{-1} Q^T v,  Q = Q_S (x) Q_A.
 #include <ATen/ops/outer.h>
 
-#include <inflab/kronecker.hpp>
+#include "kronecker.hpp"
 
 namespace {
 

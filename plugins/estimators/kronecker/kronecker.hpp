@@ -1,10 +1,11 @@
 // Kronecker-factored curvature (K-FAC / EK-FAC) for one block seen as a linear map
 // W (out x in) with G_l ~ S (x) A, S = gradient_covariance, A = activation_covariance.
-// Shared by the kfac and ekfac plugins: the eigenbases and the inverse-vector product.
+// Plugin-side code shared by the kfac and ekfac plugins (a static library, inflab_kronecker):
+// the eigenbases and the inverse-vector product. The framework only captures the factors.
 #pragma once
 #include <ATen/core/Tensor.h>
 
-#include "inflab/estimator.hpp"
+#include <inflab/estimator.hpp>
 
 namespace inflab {
 
@@ -30,14 +31,17 @@ at::Tensor kronecker_inverse_product(const KroneckerBasis& basis, const at::Tens
 at::Tensor corrected_eigenvalues(const KroneckerBasis& basis, const at::Tensor& gradients,
                                  std::int64_t chunk = 1024);
 
+struct KroneckerFit {
+  KroneckerBasis basis;
+  at::Tensor eigenvalues;
+  double lambda;
+};
+
 // Base of the Kronecker-factored estimators: per block, the basis from the factors, the
 // eigenvalues a subclass chooses, the shared damping rule, and the inverse-vector product.
-class KroneckerEstimator : public Estimator {
+class KroneckerEstimator : public BlockwiseEstimator<KroneckerFit> {
  public:
-  void configure(const Options& options) override;
-  void fit(const GradientBlocks& train) override;
   at::Tensor inverse_product(std::size_t block, const at::Tensor& queries) override;
-  std::map<std::string, double> diagnostics() const override { return diagnostics_; }
   // Eigenbases, eigenvalues and damping per block, as .npy files.
   bool save_fit(const std::string& dir) const override;
   bool load_fit(const std::string& dir, const GradientBlocks& train) override;
@@ -47,17 +51,7 @@ class KroneckerEstimator : public Estimator {
  protected:
   virtual const char* method() const = 0;
   virtual at::Tensor eigenvalues(const KroneckerBasis& basis, const GradientBlock& block) const = 0;
-
- private:
-  struct Block {
-    KroneckerBasis basis;
-    at::Tensor eigenvalues;
-    double lambda;
-  };
-  std::vector<std::string> names_;
-  Damping damping_;
-  std::vector<Block> blocks_;
-  std::map<std::string, double> diagnostics_;
+  KroneckerFit fit_block(const BlockFit& fit) override;
 };
 
 }  // namespace inflab

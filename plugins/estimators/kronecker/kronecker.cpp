@@ -1,4 +1,4 @@
-#include "inflab/kronecker.hpp"
+#include "kronecker.hpp"
 
 #include <ATen/ops/full.h>
 #include <ATen/ops/linalg_eigh.h>
@@ -6,10 +6,9 @@
 #include <fmt/format.h>
 
 #include <filesystem>
-
-#include "inflab/distributed.hpp"
-#include "inflab/error.hpp"
-#include "inflab/io.hpp"
+#include <inflab/distributed.hpp>
+#include <inflab/error.hpp>
+#include <inflab/io.hpp>
 
 namespace inflab {
 
@@ -60,26 +59,17 @@ at::Tensor corrected_eigenvalues(const KroneckerBasis& basis, const at::Tensor& 
   return sum.div_(static_cast<double>(rows_over_ranks(n)));
 }
 
-void KroneckerEstimator::configure(const Options& options) { damping_ = damping_from(options); }
-
-void KroneckerEstimator::fit(const GradientBlocks& train) {
-  blocks_.clear();
-  names_.clear();
-  for (const auto& block : train) {
-    KroneckerBasis basis = kronecker_basis(block, method());
-    at::Tensor values = eigenvalues(basis, block);
-    const double lambda = damping_.for_block(block.values);
-    blocks_.push_back({std::move(basis), values, lambda});
-    names_.push_back(block.name);
-    diagnostics_[block.name + ".lambda"] = lambda;
-  }
+KroneckerFit KroneckerEstimator::fit_block(const BlockFit& fit) {
+  KroneckerBasis basis = kronecker_basis(fit.block, method());
+  at::Tensor values = eigenvalues(basis, fit.block);
+  return {std::move(basis), values, fit.lambda};
 }
 
 bool KroneckerEstimator::save_fit(const std::string& dir) const {
   namespace fs = std::filesystem;
-  for (std::size_t b = 0; b < blocks_.size(); ++b) {
-    const Block& block = blocks_[b];
-    fs::path base = fs::path(dir) / names_[b];
+  for (std::size_t b = 0; b < blocks(); ++b) {
+    const KroneckerFit& block = state(b);
+    fs::path base = fs::path(dir) / block_name(b);
     save_npy(base.string() + ".q_out.npy", block.basis.q_out);
     save_npy(base.string() + ".q_in.npy", block.basis.q_in);
     save_npy(base.string() + ".eigen_out.npy", block.basis.eigen_out);
@@ -93,11 +83,12 @@ bool KroneckerEstimator::save_fit(const std::string& dir) const {
 
 bool KroneckerEstimator::load_fit(const std::string& dir, const GradientBlocks& train) {
   namespace fs = std::filesystem;
-  std::vector<Block> blocks;
+  std::vector<KroneckerFit> blocks;
+  std::vector<double> lambdas;
   for (const auto& block : train) {
     fs::path base = fs::path(dir) / block.name;
     if (!fs::exists(base.string() + ".lambda.npy")) return false;
-    Block loaded;
+    KroneckerFit loaded;
     loaded.basis.q_out = load_npy(base.string() + ".q_out.npy");
     loaded.basis.q_in = load_npy(base.string() + ".q_in.npy");
     loaded.basis.eigen_out = load_npy(base.string() + ".eigen_out.npy");
@@ -107,20 +98,15 @@ bool KroneckerEstimator::load_fit(const std::string& dir, const GradientBlocks& 
     loaded.eigenvalues = load_npy(base.string() + ".eigenvalues.npy");
     loaded.lambda = load_npy(base.string() + ".lambda.npy").item<double>();
     if (loaded.basis.out * loaded.basis.in != block.values.size(1)) return false;  // not this store's fit
+    lambdas.push_back(loaded.lambda);
     blocks.push_back(std::move(loaded));
   }
-  blocks_ = std::move(blocks);
-  names_.clear();
-  diagnostics_.clear();
-  for (std::size_t b = 0; b < train.size(); ++b) {
-    names_.push_back(train[b].name);
-    diagnostics_[train[b].name + ".lambda"] = blocks_[b].lambda;
-  }
+  restore(train, std::move(blocks), lambdas);
   return true;
 }
 
 at::Tensor KroneckerEstimator::inverse_product(std::size_t b, const at::Tensor& queries) {
-  const Block& block = blocks_.at(b);
+  const KroneckerFit& block = state(b);
   return kronecker_inverse_product(block.basis, block.eigenvalues, block.lambda, queries);
 }
 
