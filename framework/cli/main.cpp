@@ -2,9 +2,6 @@
 // and score gradient files written by inflab or by anyone else.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
@@ -23,6 +20,7 @@
 #include "inflab/registry.hpp"
 #include "inflab/runtime.hpp"
 #include "inflab/scoring.hpp"
+#include "launch.hpp"
 
 namespace fs = std::filesystem;
 using namespace inflab;
@@ -68,19 +66,20 @@ int command_run(const fs::path& file, const std::vector<std::string>& sets, cons
   auto runs = load_experiment(file, sets, registry);
   int threads = current_threads();
   const int rank = distributed_rank(), world_size = distributed_world_size();
-  if (world_size > 1)
+  if (!common.quiet && world_size > 1)
     std::cerr << fmt::format("[inflab] rank {} of {}: {}: {} run(s), {} thread(s)\n", rank, world_size,
                              file.string(), runs.size(), threads);
-  else
+  else if (!common.quiet)
     std::cerr << fmt::format("[inflab] {}: {} run(s), {} thread(s)\n", file.string(), runs.size(), threads);
   RunPaths paths{out, cache};
   std::vector<std::vector<std::string>> rows{{"run", "estimator", "AUC", "seconds"}};
   std::set<std::string> extra_metrics;
   std::vector<RunOutcome> outcomes;
   for (std::size_t k = 0; k < runs.size(); ++k) {
-    if (rank == 0) std::cerr << fmt::format("[inflab] run {}/{}: {}\n", k + 1, runs.size(), runs[k].run_name);
+    if (rank == 0 && !common.quiet)
+      std::cerr << fmt::format("[inflab] run {}/{}: {}\n", k + 1, runs.size(), runs[k].run_name);
     outcomes.push_back(run_experiment(runs[k], registry, paths, !no_resume));
-    if (outcomes.back().skipped)
+    if (outcomes.back().skipped && !common.quiet)
       std::cerr << fmt::format("[inflab]   already finished in {} (use --no-resume to redo)\n",
                                outcomes.back().directory.string());
     for (const auto& e : outcomes.back().estimators)
@@ -171,27 +170,8 @@ int command_score(const fs::path& gradients, const std::string& estimator_name,
   Registry registry;
   load_plugins(registry, common);
   const PluginRecord& record = registry.find(PluginKind::Estimator, estimator_name);
-  auto specs = record.info->options();
-  Options options = default_options("estimator " + estimator_name, specs);
-  for (const auto& assignment : sets) {
-    auto equals = assignment.find('=');
-    if (equals == std::string::npos) throw Error(fmt::format("--set '{}': expected key=value", assignment));
-    std::string key = assignment.substr(0, equals);
-    auto spec = std::find_if(specs.begin(), specs.end(), [&](const OptionSpec& s) { return s.name == key; });
-    if (spec == specs.end()) {
-      std::vector<std::string> names;
-      for (const auto& s : specs) names.push_back(s.name);
-      std::string suggestion = closest_match(key, names);
-      throw Error(fmt::format("--set {}: estimator '{}' has no option '{}'{}; options: {}", assignment,
-                              estimator_name, key,
-                              suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
-                              fmt::join(names, ", ")));
-    }
-    options.set(key, parse_value(assignment.substr(equals + 1), spec->type, "--set " + assignment));
-  }
-  for (const auto& s : specs)
-    if (s.required && !options.has(s.name))
-      throw Error(fmt::format("estimator '{}' needs --set {}=...", estimator_name, s.name));
+  Options options =
+      options_from_assignments(fmt::format("estimator '{}'", estimator_name), record.info->options(), sets);
   GradientStore store = load_gradient_store(gradients);
   if (!blocks.empty()) select_blocks(store, blocks);
   auto estimator = registry.create_as<Estimator>(PluginKind::Estimator, estimator_name, options);
@@ -199,75 +179,11 @@ int command_score(const fs::path& gradients, const std::string& estimator_name,
   at::Tensor scores = mode == "aggregate" ? score_aggregate(*estimator, store.train, store.query)
                                           : score_pairwise(*estimator, store.train, store.query);
   save_npy(out, scores.contiguous());
+  if (common.quiet) return 0;
   std::cerr << fmt::format("[inflab] wrote {} ({})\n", out.string(), fmt::join(scores.sizes(), " x "));
   for (const auto& [k, v] : estimator->diagnostics())
     std::cerr << fmt::format("[inflab]   {} = {:.6g}\n", k, v);
   return 0;
-}
-
-// `inflab launch -n N FILE.toml [run options]`: N local ranks of `inflab run`, like torchrun on
-// one machine. They meet through a FileStore in a fresh temporary file. When a rank fails, the
-// others get `timeout` seconds to fail on their own (naming it), then are stopped.
-int command_launch(int ranks, const std::vector<std::string>& run_arguments, int threads, double timeout) {
-  if (ranks < 1) throw Error(fmt::format("--ranks: expected at least 1, found {}", ranks));
-  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  const int per_rank = threads > 0 ? threads : std::max(1, static_cast<int>(cores) / ranks);
-  char store_template[] = "/tmp/inflab-store-XXXXXX";
-  int fd = ::mkstemp(store_template);
-  if (fd < 0) throw Error("launch: cannot create the rendezvous file in /tmp");
-  ::close(fd);
-  ::unlink(store_template);  // FileStore creates it; it must not pre-exist with stale content
-  const std::string self = fs::read_symlink("/proc/self/exe").string();
-  std::vector<pid_t> children;
-  for (int r = 0; r < ranks; ++r) {
-    pid_t pid = ::fork();
-    if (pid < 0) throw Error("launch: fork failed");
-    if (pid == 0) {
-      ::setenv("RANK", std::to_string(r).c_str(), 1);
-      ::setenv("WORLD_SIZE", std::to_string(ranks).c_str(), 1);
-      ::setenv("INFLAB_STORE_FILE", store_template, 1);
-      ::setenv("INFLAB_DISTRIBUTED_TIMEOUT", fmt::format("{}", timeout).c_str(), 1);
-      std::vector<std::string> args{self, "--threads", std::to_string(per_rank)};
-      if (r != 0) args.push_back("--quiet");  // one progress display: rank 0's
-      args.push_back("run");
-      args.insert(args.end(), run_arguments.begin(), run_arguments.end());
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(self.c_str(), argv.data());
-      ::_exit(127);
-    }
-    children.push_back(pid);
-  }
-  std::cerr << fmt::format("[inflab] launched {} ranks ({} thread(s) each, collective timeout {} s)\n", ranks,
-                           per_rank, timeout);
-  std::vector<int> status(ranks, -1);
-  int first_failed = -1, running = ranks;
-  auto failed_at = std::chrono::steady_clock::now();
-  while (running > 0) {
-    int raw = 0;
-    pid_t pid = ::waitpid(-1, &raw, WNOHANG);
-    if (pid > 0) {
-      int r = static_cast<int>(std::find(children.begin(), children.end(), pid) - children.begin());
-      status[r] = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
-      --running;
-      if (status[r] != 0 && first_failed < 0) first_failed = r, failed_at = std::chrono::steady_clock::now();
-      continue;
-    }
-    if (first_failed >= 0 &&
-        std::chrono::steady_clock::now() - failed_at > std::chrono::duration<double>(timeout + 10)) {
-      for (int r = 0; r < ranks; ++r)
-        if (status[r] < 0) ::kill(children[r], SIGKILL);
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  std::error_code ignored;
-  fs::remove(store_template, ignored);
-  if (first_failed < 0) return 0;
-  std::vector<std::string> report;
-  for (int r = 0; r < ranks; ++r) report.push_back(fmt::format("rank {}: exit {}", r, status[r]));
-  throw Error(fmt::format("launch: rank {} failed first (exit status {}); {}", first_failed,
-                          status[first_failed], fmt::join(report, ", ")));
 }
 
 int command_embed(const std::string& model_name, const std::vector<std::string>& texts,
@@ -275,17 +191,8 @@ int command_embed(const std::string& model_name, const std::vector<std::string>&
   Registry registry;
   load_plugins(registry, common);
   const PluginRecord& record = registry.find(PluginKind::Model, model_name);
-  Options options = default_options("model " + model_name, record.info->options());
-  for (const auto& assignment : sets) {
-    auto equals = assignment.find('=');
-    if (equals == std::string::npos) throw Error(fmt::format("--set '{}': expected key=value", assignment));
-    std::string key = assignment.substr(0, equals);
-    auto specs = record.info->options();
-    auto spec = std::find_if(specs.begin(), specs.end(), [&](const OptionSpec& s) { return s.name == key; });
-    if (spec == specs.end())
-      throw Error(fmt::format("--set {}: model '{}' has no option '{}'", assignment, model_name, key));
-    options.set(key, parse_value(assignment.substr(equals + 1), spec->type, "--set " + assignment));
-  }
+  Options options =
+      options_from_assignments(fmt::format("model '{}'", model_name), record.info->options(), sets);
   auto model = registry.create_as<Model>(PluginKind::Model, model_name, options);
   at::Tensor embeddings = model->embed(texts).contiguous();
   // One JSON array per text, full float precision.

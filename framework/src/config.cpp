@@ -300,12 +300,16 @@ void set_path(toml::table& root, const std::string& path, const toml::node& node
   table->insert_or_assign(parts.back(), node);
 }
 
-void apply_override(toml::table& root, const std::string& assignment, Origins& origins) {
+// "key=value" -> (key, value); `form` says what was expected.
+std::pair<std::string, std::string> split_assignment(const std::string& assignment, const char* form) {
   auto equals = assignment.find('=');
   if (equals == std::string::npos || equals == 0)
-    throw Error(fmt::format("--set '{}': expected key.path=value", assignment));
-  std::string key = assignment.substr(0, equals);
-  std::string value = assignment.substr(equals + 1);
+    throw Error(fmt::format("--set '{}': expected {}", assignment, form));
+  return {assignment.substr(0, equals), assignment.substr(equals + 1)};
+}
+
+void apply_override(toml::table& root, const std::string& assignment, Origins& origins) {
+  auto [key, value] = split_assignment(assignment, "key.path=value");
   std::string origin = fmt::format("--set {}", assignment);
   toml::table parsed;
   try {
@@ -627,6 +631,27 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
 }
 
 }  // namespace
+
+Options options_from_assignments(const std::string& who, const std::vector<OptionSpec>& specs,
+                                 const std::vector<std::string>& assignments) {
+  Options options = default_options(who, specs);
+  for (const auto& assignment : assignments) {
+    auto [key, value] = split_assignment(assignment, "key=value");
+    auto spec = std::find_if(specs.begin(), specs.end(), [&](const OptionSpec& s) { return s.name == key; });
+    if (spec == specs.end()) {
+      std::vector<std::string> names;
+      for (const auto& s : specs) names.push_back(s.name);
+      std::string suggestion = closest_match(key, names);
+      throw Error(fmt::format("--set {}: {} has no option '{}'{}; options: {}", assignment, who, key,
+                              suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
+                              fmt::join(names, ", ")));
+    }
+    options.set(key, parse_value(value, spec->type, "--set " + assignment));
+  }
+  for (const auto& s : specs)
+    if (s.required && !options.has(s.name)) throw Error(fmt::format("{} needs --set {}=...", who, s.name));
+  return options;
+}
 
 std::vector<ExperimentConfig> load_experiment(const fs::path& file, const std::vector<std::string>& overrides,
                                               Registry& registry) {

@@ -52,8 +52,8 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
     remove_stale_temporaries(cache_root_of(paths) / stage);
   if (fs::exists(gradient_dir / "blocks.json")) {
     if (std::string problem = verify_directory_checksums(gradient_dir); !problem.empty()) {
-      log(fmt::format("warning: cached gradients {} failed their check ({}); recomputing",
-                      gradient_dir.string(), problem));
+      warn(fmt::format("cached gradients {} failed their check ({}); recomputing", gradient_dir.string(),
+                       problem));
       fs::remove_all(gradient_dir);
     }
   }

@@ -10,7 +10,7 @@
 namespace inflab {
 
 namespace {
-std::atomic<bool> quiet{false};
+std::atomic<bool> quiet_flag{false};
 
 std::string format_duration(double seconds) {
   if (seconds < 0 || seconds > 1e7) return "?";
@@ -20,7 +20,8 @@ std::string format_duration(double seconds) {
 }
 }  // namespace
 
-void Progress::set_quiet(bool q) { quiet = q; }
+void Progress::set_quiet(bool q) { quiet_flag = q; }
+bool Progress::quiet() { return quiet_flag; }
 
 Progress::Progress(std::string label, std::int64_t total, std::string unit)
     : label_(std::move(label)),
@@ -50,7 +51,7 @@ void Progress::finish() {
 }
 
 void Progress::draw(bool final) {
-  if (quiet || label_.empty()) return;
+  if (quiet_flag || label_.empty()) return;
   double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   double rate = elapsed > 0 ? static_cast<double>(done_) / elapsed : 0;
   double eta = rate > 0 ? static_cast<double>(total_ - done_) / rate : -1;

@@ -75,7 +75,8 @@ auto in_plugin(const std::string& who, Body&& body) -> decltype(body()) {
 }
 
 std::string describe_plugin(Registry& registry, PluginKind kind, const std::string& name);
-void log(const std::string& message);
+void log(const std::string& message);   // informational: silent under --quiet
+void warn(const std::string& message);  // always shown
 
 using Clock = std::chrono::steady_clock;
 inline double seconds_since(Clock::time_point start) {

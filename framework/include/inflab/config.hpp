@@ -58,6 +58,12 @@ struct ExperimentConfig {
   std::string resolved_toml;
 };
 
+// One plugin's options from its defaults and command-line assignments "key=value" (`inflab score
+// --set`, `inflab embed --set`): unknown keys suggest the closest, values are parsed by the
+// declared type, required options must be given. `who` names the plugin in errors.
+Options options_from_assignments(const std::string& who, const std::vector<OptionSpec>& specs,
+                                 const std::vector<std::string>& assignments);
+
 // Reads FILE, applies `overrides` ("key.path=value"), loads plugin paths named by the
 // experiment into `registry`, expands [experiment] repeats and [sweep], validates each run.
 // Errors name file:line:column, the key path, what was expected and what was found.

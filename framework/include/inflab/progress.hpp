@@ -13,6 +13,7 @@ class Progress {
   void advance(std::int64_t amount = 1);
   void finish();
   static void set_quiet(bool quiet);
+  static bool quiet();  // --quiet: no progress and no informational messages (warnings and errors stay)
 
  private:
   void draw(bool final);

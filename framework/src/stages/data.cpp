@@ -6,6 +6,7 @@
 #include "../stage_units.hpp"
 #include "inflab/config.hpp"
 #include "inflab/lora.hpp"
+#include "inflab/progress.hpp"
 
 namespace fs = std::filesystem;
 
@@ -23,7 +24,10 @@ std::string describe_plugin(Registry& registry, PluginKind kind, const std::stri
                      registry.find(kind, name).file.filename().string());
 }
 
-void log(const std::string& message) { std::fprintf(stderr, "[inflab] %s\n", message.c_str()); }
+void log(const std::string& message) {
+  if (!Progress::quiet()) std::fprintf(stderr, "[inflab] %s\n", message.c_str());
+}
+void warn(const std::string& message) { std::fprintf(stderr, "[inflab] warning: %s\n", message.c_str()); }
 
 fs::path cache_root_of(const RunPaths& paths) {
   return paths.cache_root.empty() ? default_cache_root() : paths.cache_root;

@@ -36,8 +36,7 @@ bool fit_estimator(const StageInputs& inputs, Estimator& estimator, const Gradie
   bool cached = false;
   if (fs::exists(fit_dir / "complete")) {
     if (std::string problem = verify_directory_checksums(fit_dir); !problem.empty())
-      log(fmt::format("warning: cached fit {} failed its check ({}); fitting again", fit_dir.string(),
-                      problem));
+      warn(fmt::format("cached fit {} failed its check ({}); fitting again", fit_dir.string(), problem));
     else
       cached = in_plugin(who, [&] { return estimator.load_fit(fit_dir.string(), train); });
   }

@@ -96,14 +96,14 @@ void save_tensors(const fs::path& path, const std::vector<torch::Tensor>& tensor
 bool load_tensors(const fs::path& path, const std::vector<torch::Tensor>& targets) {
   if (!fs::exists(path)) return false;
   if (std::string problem = verify_checksum_sidecar(path); !problem.empty()) {
-    log(fmt::format("warning: cache entry {} failed its check ({}); recomputing", path.string(), problem));
+    warn(fmt::format("cache entry {} failed its check ({}); recomputing", path.string(), problem));
     return false;
   }
   std::vector<torch::Tensor> loaded;
   try {
     torch::load(loaded, path.string());
   } catch (const std::exception& e) {
-    log(fmt::format("cache file {} is unreadable ({}); recomputing", path.string(), e.what()));
+    warn(fmt::format("cache file {} is unreadable ({}); recomputing", path.string(), e.what()));
     return false;
   }
   if (loaded.size() != targets.size()) return false;
