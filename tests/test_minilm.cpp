@@ -315,3 +315,21 @@ TEST_CASE("minilm's probe path equals its forward pass while the adapters are ze
   CHECK(
       torch::allclose(model->forward(inputs), model->probe_head(model->probe_features(inputs)), 1e-5, 1e-6));
 }
+
+TEST_CASE("minilm's default max_length is the package's own (sentence_bert_config.json)", "[minilm]") {
+  std::ifstream in(minilm_dir() / "sentence_bert_config.json");
+  REQUIRE(in);
+  const auto packaged = nlohmann::json::parse(in).at("max_seq_length").get<std::int64_t>();
+  CHECK(packaged == 256);
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  auto specs = registry.find(inflab::PluginKind::Model, "minilm_lora").info->options();
+  auto model = registry.create_as<inflab::Model>(inflab::PluginKind::Model, "minilm_lora",
+                                                 inflab::default_options("minilm_lora", specs));
+  // A text of 300 words: truncated at the package's length, not at an inflab constant.
+  std::string text;
+  for (int i = 0; i < 300; ++i) text += "word ";
+  auto inputs = model->encode_texts({text});
+  CHECK(inputs.size(2) == packaged);
+  CHECK(inputs[0][2].sum().item<std::int64_t>() == packaged);  // the mask: every position is a token
+}

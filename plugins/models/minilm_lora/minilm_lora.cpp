@@ -41,19 +41,21 @@ class MiniLmLora : public inflab::Model {
     dir_ = options.get_string("model_dir");
     if (dir_.empty()) dir_ = fs::path(inflab::data_cache_root()) / "minilm";
     max_length_ = options.get_int("max_length");
-    if (max_length_ < 3 || max_length_ > 512)
+    if (max_length_ != 0 && (max_length_ < 3 || max_length_ > 512))
       throw inflab::Error(
-          fmt::format("model minilm_lora: max_length must be in 3..512, found {}", max_length_));
+          fmt::format("model minilm_lora: max_length must be in 3..512 (or 0: the package's own), found {}",
+                      max_length_));
   }
 
   at::Tensor encode_texts(const std::vector<std::string>& texts) override {
     load_tokenizer();
     // (n, 3, max_length) int64: token ids, token type ids, attention mask.
-    torch::Tensor out = torch::zeros({static_cast<std::int64_t>(texts.size()), 3, max_length_}, torch::kLong);
+    const std::int64_t max_length = this->max_length();
+    torch::Tensor out = torch::zeros({static_cast<std::int64_t>(texts.size()), 3, max_length}, torch::kLong);
     auto access = out.accessor<std::int64_t, 3>();
     for (std::size_t i = 0; i < texts.size(); ++i) {
-      inflab::Encoding e = tokenizer_->encode(texts[i], nullptr, static_cast<std::size_t>(max_length_), true);
-      for (std::int64_t t = 0; t < max_length_; ++t) {
+      inflab::Encoding e = tokenizer_->encode(texts[i], nullptr, static_cast<std::size_t>(max_length), true);
+      for (std::int64_t t = 0; t < max_length; ++t) {
         access[i][0][t] = e.input_ids[t];
         access[i][1][t] = e.token_type_ids[t];
         access[i][2][t] = e.attention_mask[t];
@@ -125,7 +127,7 @@ class MiniLmLora : public inflab::Model {
   at::Tensor probe_head(const at::Tensor& features) override { return classifier_->forward(features); }
 
   at::Tensor embed(const std::vector<std::string>& texts) override {
-    if (!net_) build({{3, max_length_}, 2}, inflab::LoraConfig{1, 1.0, 0.0, {}}, 0);
+    if (!net_) build({{3, max_length()}, 2}, inflab::LoraConfig{1, 1.0, 0.0, {}}, 0);
     torch::NoGradGuard no_grad;
     torch::Tensor inputs = encode_texts(texts);
     torch::Tensor pooled = pool(encode(inputs), mask_of(inputs));
@@ -202,6 +204,23 @@ class MiniLmLora : public inflab::Model {
     return path;
   }
 
+  // 0 means what the package's sentence-transformers configuration says (max_seq_length, 256 for
+  // all-MiniLM-L6-v2), so embeddings match the reference implementation by default.
+  std::int64_t max_length() {
+    if (max_length_ == 0) {
+      fs::path path = file("sentence_bert_config.json");
+      try {
+        std::ifstream in(path);
+        max_length_ = nlohmann::json::parse(in).at("max_seq_length").get<std::int64_t>();
+      } catch (const nlohmann::json::exception& e) {
+        throw inflab::Error(fmt::format("{}: expected {{\"max_seq_length\": N}}: {}", path.string(), e.what()));
+      }
+      if (max_length_ < 3 || max_length_ > 512)
+        throw inflab::Error(fmt::format("{}: max_seq_length {} is outside 3..512", path.string(), max_length_));
+    }
+    return max_length_;
+  }
+
   void load_tokenizer() {
     if (!tokenizer_) tokenizer_ = std::make_unique<inflab::WordPieceTokenizer>(file("vocab.txt"), true);
   }
@@ -264,7 +283,7 @@ class MiniLmLora : public inflab::Model {
   }
 
   fs::path dir_;
-  std::int64_t max_length_ = 128;
+  std::int64_t max_length_ = 0;
   Config config_;
   std::unique_ptr<inflab::WordPieceTokenizer> tokenizer_;
   std::shared_ptr<torch::nn::Module> net_;
@@ -278,8 +297,9 @@ std::vector<inflab::OptionSpec> options() {
   return {
       {"model_dir", inflab::OptionType::String, std::string(),
        "directory with config.json, model.safetensors, vocab.txt (default: the data cache)"},
-      {"max_length", inflab::OptionType::Int, std::int64_t{128},
-       "tokens per text, [CLS] and [SEP] included (longer texts are truncated)"},
+      {"max_length", inflab::OptionType::Int, std::int64_t{0},
+       "tokens per text, [CLS] and [SEP] included (longer texts are truncated); 0 = the package's "
+       "sentence_bert_config.json (256)"},
   };
 }
 
