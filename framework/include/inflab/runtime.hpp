@@ -9,6 +9,7 @@ int configure_threads(int requested);
 int current_threads();
 std::string torch_version();
 std::string inflab_version();
-std::string git_commit();  // of the source tree inflab was built from, or "unknown"
+// The commit this build was made from ("-dirty" when tracked files differed), or "unknown".
+std::string git_commit();
 
 }  // namespace inflab
