@@ -7,6 +7,7 @@
 #include <chrono>
 #include <filesystem>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
 
@@ -15,6 +16,7 @@
 #include "inflab/error.hpp"
 #include "inflab/gradients.hpp"
 #include "inflab/io.hpp"
+#include "inflab/language_model.hpp"
 #include "inflab/pipeline.hpp"
 #include "inflab/progress.hpp"
 #include "inflab/registry.hpp"
@@ -206,6 +208,54 @@ int command_embed(const std::string& model_name, const std::vector<std::string>&
   return 0;
 }
 
+// A model plugin that generates text (inflab/language_model.hpp), with its options from --set.
+struct LoadedLanguageModel {
+  Registry registry;
+  std::unique_ptr<Model> model;
+  LanguageModel* language = nullptr;
+};
+std::unique_ptr<LoadedLanguageModel> load_language_model(const std::string& name,
+                                                         const std::vector<std::string>& sets,
+                                                         const Common& common) {
+  auto loaded = std::make_unique<LoadedLanguageModel>();
+  load_plugins(loaded->registry, common);
+  const PluginRecord& record = loaded->registry.find(PluginKind::Model, name);
+  Options options = options_from_assignments(fmt::format("model '{}'", name), record.info->options(), sets);
+  loaded->model = loaded->registry.create_as<Model>(PluginKind::Model, name, options);
+  loaded->language = dynamic_cast<LanguageModel*>(loaded->model.get());
+  if (!loaded->language)
+    throw Error(
+        fmt::format("model '{}' does not generate text; choose a language model such as smollm2_lora", name));
+  return loaded;
+}
+
+std::string json_ids(const std::vector<std::int64_t>& ids) {
+  return fmt::format("[{}]", fmt::join(ids, ", "));
+}
+
+int command_tokenize(const std::string& model_name, const std::string& text, bool special,
+                     const std::vector<std::string>& sets, const Common& common) {
+  auto loaded = load_language_model(model_name, sets, common);
+  std::cout << json_ids(loaded->language->tokenize(text, special)) << "\n";
+  return 0;
+}
+
+int command_generate(const std::string& model_name, const std::string& prompt, bool raw, bool json,
+                     const fs::path& logits_file, const GenerationOptions& options,
+                     const std::vector<std::string>& sets, const Common& common) {
+  auto loaded = load_language_model(model_name, sets, common);
+  LanguageModel& lm = *loaded->language;
+  const auto ids = raw ? lm.tokenize(prompt, false) : lm.tokenize(lm.chat_prompt(prompt), true);
+  if (!logits_file.empty()) save_npy(logits_file, lm.last_logits(ids).contiguous());
+  const auto continuation = lm.generate(ids, options);
+  const std::string text = lm.detokenize(continuation);
+  if (json)
+    std::cout << nlohmann::json{{"ids", continuation}, {"text", text}}.dump() << "\n";
+  else
+    std::cout << text << "\n";
+  return 0;
+}
+
 }  // namespace
 
 static int run_cli(int argc, char** argv) {
@@ -272,6 +322,30 @@ static int run_cli(int argc, char** argv) {
       ->required();
   embed->add_option("--set", sets, "model option, e.g. --set max_length=256 (repeatable)");
 
+  std::string lm_name = "smollm2_lora", prompt, lm_text;
+  bool raw = false, json = false, special = false;
+  fs::path logits_file;
+  GenerationOptions generation;
+  auto* generate =
+      app.add_subcommand("generate", "continue a prompt with a language model (greedy by default)");
+  generate->add_option("--model", lm_name, "language model plugin (default: smollm2_lora)");
+  generate->add_option("--prompt", prompt, "the user's message (or, with --raw, the whole prompt)")
+      ->required();
+  generate->add_option("--max-tokens", generation.max_tokens, "most tokens to generate (default 64)");
+  generate->add_option("--temperature", generation.temperature, "sampling temperature; 0 = greedy (default)");
+  generate->add_option("--seed", generation.seed, "seed of sampling");
+  generate->add_flag("--raw", raw, "feed the prompt as is, without the chat template");
+  generate->add_flag("--json", json, "print {\"ids\": [...], \"text\": \"...\"} of the continuation");
+  generate->add_option("--logits", logits_file,
+                       "also write the float32 logits at the prompt's last position (.npy)");
+  generate->add_option("--set", sets, "model option, e.g. --set system_prompt=... (repeatable)");
+  auto* tokenize =
+      app.add_subcommand("tokenize", "print a language model's token ids of a text as a JSON array");
+  tokenize->add_option("--model", lm_name, "language model plugin (default: smollm2_lora)");
+  tokenize->add_option("--text", lm_text, "the text")->required();
+  tokenize->add_flag("--special", special, "parse control tokens written in the text (<|im_start|>, ...)");
+  tokenize->add_option("--set", sets, "model option (repeatable)");
+
   int launch_ranks = 0;
   double launch_timeout = 300;
   std::vector<std::string> launch_arguments;
@@ -312,6 +386,8 @@ static int run_cli(int argc, char** argv) {
     if (*gradients) return command_gradients(file, sets, gradients_dir, cache, safetensors, common);
     if (*score) return command_score(gradients_dir, estimator_name, sets, mode, score_out, blocks, common);
     if (*embed) return command_embed(model_name, texts, sets, common);
+    if (*generate) return command_generate(lm_name, prompt, raw, json, logits_file, generation, sets, common);
+    if (*tokenize) return command_tokenize(lm_name, lm_text, special, sets, common);
   } catch (const Error& e) {
     std::cerr << "inflab: error: " << e.what() << "\n";
     return 2;

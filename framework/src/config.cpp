@@ -636,7 +636,9 @@ Options options_from_assignments(const std::string& who, const std::vector<Optio
                                  const std::vector<std::string>& assignments) {
   Options options = default_options(who, specs);
   for (const auto& assignment : assignments) {
-    auto [key, value] = split_assignment(assignment, "key=value");
+    // Named copies, not structured bindings: C++17 lambdas (the sanitizer build) cannot capture those.
+    const auto parts = split_assignment(assignment, "key=value");
+    const std::string key = parts.first, value = parts.second;
     auto spec = std::find_if(specs.begin(), specs.end(), [&](const OptionSpec& s) { return s.name == key; });
     if (spec == specs.end()) {
       std::vector<std::string> names;
