@@ -598,18 +598,25 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
                        config.evaluation.gradient_dtype),
            "evaluation.gradient_dtype");
   for (const auto& metric : config.evaluation.metrics) {
-    static const std::vector<std::string> known{"auc", "pearson", "spearman"};
+    static const std::vector<std::string> known{"auc", "pearson", "spearman", "class_detection"};
     if (std::find(known.begin(), known.end(), metric) == known.end()) {
       std::string suggestion = closest_match(metric, known);
       v.fail(
           evaluation_table.get("metrics")->source(),
-          fmt::format("key 'evaluation.metrics': unknown metric \"{}\"{}; known: auc, pearson, spearman",
+          fmt::format("key 'evaluation.metrics': unknown metric \"{}\"{}; known: auc, pearson, spearman, "
+                      "class_detection",
                       metric, suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion)));
     }
     if ((metric == "pearson" || metric == "spearman") && config.evaluation.reference.empty())
       v.fail(evaluation_table.source(),
              fmt::format("metric \"{}\" needs evaluation.reference = \"<estimator name>\"", metric));
   }
+  if (std::find(config.evaluation.metrics.begin(), config.evaluation.metrics.end(), "class_detection") !=
+          config.evaluation.metrics.end() &&
+      config.evaluation.mode != "pairwise")
+    v.fail(
+        evaluation_table.get("metrics")->source(),
+        "metric \"class_detection\" scores each query on its own: it needs evaluation.mode = \"pairwise\"");
   if (!config.evaluation.reference.empty()) {
     bool found = false;
     std::vector<std::string> labels;

@@ -80,6 +80,28 @@ std::vector<double> to_doubles(const torch::Tensor& t) {
   return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
 }
 
+// Paper Table 2: per query (a column of the n x q pairwise scores), the AUC of "same class as the
+// query" against the influence ranking and the recall among the top s, s = training examples of
+// the query's class; both averaged over queries (class_detection ranks the most helpful, i.e.
+// most negative, scores first).
+std::pair<double, double> mean_class_detection(const torch::Tensor& scores,
+                                               const std::vector<std::int64_t>& train_labels,
+                                               const std::vector<std::int64_t>& query_labels) {
+  if (train_labels.empty() || query_labels.size() != static_cast<std::size_t>(scores.size(1)))
+    throw Error("metric class_detection needs the class labels of the training and query examples");
+  torch::Tensor columns = scores.to(torch::kDouble).contiguous();
+  double auc = 0, recall = 0;
+  for (std::int64_t q = 0; q < scores.size(1); ++q) {
+    const auto label = query_labels[static_cast<std::size_t>(q)];
+    const auto s = std::count(train_labels.begin(), train_labels.end(), label);
+    auto column = to_doubles(columns.select(1, q));
+    const ClassDetection d = class_detection(column, train_labels, label, s);
+    auc += d.auc, recall += d.recall;
+  }
+  const double queries = static_cast<double>(scores.size(1));
+  return {auc / queries, recall / queries};
+}
+
 std::string metrics_csv(const std::vector<EstimatorOutcome>& estimators) {
   std::string csv = "estimator,metric,value\n";
   for (const auto& e : estimators) {
@@ -183,6 +205,13 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
       // Pairwise scores are averaged over queries: by linearity this equals the aggregate score.
       auto per_example = to_doubles(aggregate ? scores : scores.mean(1));
       result.metrics["auc"] = roc_auc(per_example, flipped);
+    }
+    if (!aggregate && std::find(config.evaluation.metrics.begin(), config.evaluation.metrics.end(),
+                                "class_detection") != config.evaluation.metrics.end()) {
+      const auto [auc, recall] =
+          mean_class_detection(scores, store.train_meta.labels, store.query_meta.labels);
+      result.metrics["class_auc"] = auc;
+      result.metrics["class_recall"] = recall;
     }
     for (const auto& [key, value] : estimator->diagnostics()) diagnostics[spec.label][key] = value;
     log(fmt::format(

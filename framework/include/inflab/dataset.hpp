@@ -20,6 +20,9 @@ struct Split {
   // Text datasets give raw texts instead of inputs; the model tokenizes them
   // (Model::encode_texts), since the vocabulary belongs to the model.
   std::vector<std::string> texts;
+  // Instruction datasets: the response to each text (the prompt). A language model encodes both
+  // (LanguageModel::encode_instructions) and the causal-LM loss covers the response.
+  std::vector<std::string> responses;
   std::int64_t size() const { return static_cast<std::int64_t>(ids.size()); }
 };
 

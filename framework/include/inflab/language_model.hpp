@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace inflab {
@@ -25,6 +26,10 @@ class LanguageModel {
   // The text of a one-turn conversation in the model's chat template, up to where the assistant's
   // answer starts (to be tokenized with special = true).
   virtual std::string chat_prompt(const std::string& user_message) = 0;
+  // Instruction examples as token ids (examples x positions, right-padded with -1) and causal-LM
+  // targets (-100 except where the next token belongs to the response or the end of turn).
+  virtual std::pair<at::Tensor, at::Tensor> encode_instructions(
+      const std::vector<std::string>& prompts, const std::vector<std::string>& responses) = 0;
   // Logits (vocabulary) at the last position of the prompt.
   virtual at::Tensor last_logits(const std::vector<std::int64_t>& prompt) = 0;
   // The continuation of the prompt: up to max_tokens ids, stopping after an end-of-turn token.

@@ -5,6 +5,7 @@
 
 #include "../stage_units.hpp"
 #include "inflab/config.hpp"
+#include "inflab/language_model.hpp"
 #include "inflab/lora.hpp"
 #include "inflab/progress.hpp"
 
@@ -119,6 +120,18 @@ std::unique_ptr<Model> build_model(const StageInputs& inputs, Registry& registry
   Options options = plugin_options(inputs, "model", PluginKind::Model, plugin, registry);
   auto model = registry.create_as<Model>(PluginKind::Model, plugin, options);
   DatasetSplits& data = out.splits;
+  // Instruction datasets: a language model encodes prompt and response, with targets on the response.
+  for (Split* split : {&data.train, &data.validation, &data.pretrain})
+    if (!split->responses.empty() && !split->inputs.defined()) {
+      auto* language = dynamic_cast<LanguageModel*>(model.get());
+      if (!language)
+        throw Error(
+            fmt::format("dataset '{}' gives instructions and responses; model '{}' is not a language model",
+                        inputs.get_string("dataset.plugin"), plugin));
+      auto start = Clock::now();
+      std::tie(split->inputs, split->targets) = language->encode_instructions(split->texts, split->responses);
+      outcome.stage_seconds["tokenize"] += seconds_since(start);
+    }
   // Text datasets: the model's tokenizer turns texts into its input tensor.
   for (Split* split : {&data.train, &data.validation, &data.pretrain})
     if (!split->texts.empty() && !split->inputs.defined()) {

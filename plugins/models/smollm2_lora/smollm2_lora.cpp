@@ -104,13 +104,18 @@ class SmolLm2Lora : public inflab::Model, public inflab::LanguageModel {
   at::Tensor forward(const at::Tensor& ids) override { return hidden(ids, 0, nullptr).matmul(output_.t()); }
 
   // The output layer (vocabulary x width) only where the loss is: most positions are prompt.
-  at::Tensor token_logits(const at::Tensor& ids, const at::Tensor& scored) override {
+  // Batches are trimmed to their longest real sequence (right padding beyond it changes nothing).
+  at::Tensor token_logits(const at::Tensor& all_ids, const at::Tensor& all_scored) override {
+    const std::int64_t width = trimmed_width(all_ids);
+    torch::Tensor ids = all_ids.narrow(1, 0, width), scored = all_scored.narrow(1, 0, width);
     torch::Tensor h = hidden(ids, 0, nullptr);
     torch::Tensor rows = scored.reshape({-1}).nonzero().squeeze(1);
     return h.reshape({-1, config_.width}).index_select(0, rows).matmul(output_.t());
   }
 
-  at::Tensor token_mask(const at::Tensor& ids) override { return ids.ge(0).to(torch::kLong); }
+  at::Tensor token_mask(const at::Tensor& ids) override {
+    return ids.narrow(1, 0, trimmed_width(ids)).ge(0).to(torch::kLong);
+  }
 
   inflab::NamedTensors base_parameters() override { return {}; }  // packaged, frozen
   std::vector<inflab::LoraLayer*> lora_layers() override { return layers_; }
@@ -145,6 +150,43 @@ class SmolLm2Lora : public inflab::Model, public inflab::LanguageModel {
     // ChatML, as the file's template writes it (a system turn first when none is given).
     return "<|im_start|>system\n" + system_prompt_ + "<|im_end|>\n<|im_start|>user\n" + user +
            "<|im_end|>\n<|im_start|>assistant\n";
+  }
+  std::pair<at::Tensor, at::Tensor> encode_instructions(const std::vector<std::string>& prompts,
+                                                        const std::vector<std::string>& responses) override {
+    if (prompts.size() != responses.size())
+      throw inflab::Error(
+          fmt::format("smollm2_lora: {} prompts but {} responses", prompts.size(), responses.size()));
+    const std::int64_t end_of_turn = tokenizer().id_of("<|im_end|>");
+    std::vector<std::vector<std::int64_t>> all;
+    std::vector<std::size_t> prompt_lengths;
+    std::int64_t longest = 2;
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+      auto ids = tokenizer().encode(chat_prompt(prompts[i]), true);
+      prompt_lengths.push_back(ids.size());
+      auto answer = tokenizer().encode(responses[i], false);
+      ids.insert(ids.end(), answer.begin(), answer.end());
+      ids.push_back(end_of_turn);  // the model learns to stop
+      if (static_cast<std::int64_t>(ids.size()) > max_length_)
+        throw inflab::Error(fmt::format(
+            "smollm2_lora: example {} has {} tokens with the chat template, over max_length = {}; raise "
+            "model.max_length or shorten the system_prompt",
+            i, ids.size(), max_length_));
+      longest = std::max<std::int64_t>(longest, static_cast<std::int64_t>(ids.size()));
+      all.push_back(std::move(ids));
+    }
+    const auto n = static_cast<std::int64_t>(all.size());
+    torch::Tensor ids = torch::full({n, longest}, -1, torch::kLong),
+                  targets = torch::full({n, longest}, -100, torch::kLong);
+    for (std::int64_t i = 0; i < n; ++i) {
+      const auto& e = all[static_cast<std::size_t>(i)];
+      auto* row = ids[i].data_ptr<std::int64_t>();
+      auto* target = targets[i].data_ptr<std::int64_t>();
+      for (std::size_t t = 0; t < e.size(); ++t) row[t] = e[t];
+      // Position t predicts token t + 1: scored from the last prompt token to the one before the end.
+      for (std::size_t t = prompt_lengths[static_cast<std::size_t>(i)] - 1; t + 1 < e.size(); ++t)
+        target[t] = e[t + 1];
+    }
+    return {ids, targets};
   }
   at::Tensor last_logits(const std::vector<std::int64_t>& prompt) override {
     ensure_built();
@@ -202,6 +244,10 @@ class SmolLm2Lora : public inflab::Model, public inflab::LanguageModel {
   }
   void ensure_built() {
     if (!built_) build({}, inflab::LoraConfig{1, 1.0, 0.0, {}}, 0);
+  }
+
+  static std::int64_t trimmed_width(const at::Tensor& ids) {
+    return std::max<std::int64_t>(1, ids.ge(0).sum(1).max().item<std::int64_t>());
   }
 
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w) const {

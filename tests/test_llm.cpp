@@ -1,0 +1,133 @@
+// smollm2_lora on the real SmolLM2-135M-Instruct weights against references produced once by
+// tests/golden/make_smollm2_golden.py: llama.cpp's tokenizer, a NumPy float32 forward on weights
+// dequantized by PyPI gguf, and its greedy continuations. Then the causal-LM task's per-example
+// gradients on this model against a per-example autograd loop.
+#include <torch/torch.h>
+
+// clang-format off
+#include <catch2/catch.hpp>
+// clang-format on
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "helpers.hpp"
+#include "inflab/gradients.hpp"
+#include "inflab/language_model.hpp"
+#include "inflab/lora.hpp"
+#include "inflab/registry.hpp"
+#include "inflab/task.hpp"
+
+namespace {
+
+nlohmann::json golden() {
+  std::ifstream in(std::string(INFLAB_SOURCE_DIR) + "/tests/golden/smollm2.json");
+  REQUIRE(in);
+  return nlohmann::json::parse(in);
+}
+
+struct Loaded {
+  inflab::Registry registry;
+  std::unique_ptr<inflab::Model> model;
+  inflab::LanguageModel* lm = nullptr;
+};
+
+std::unique_ptr<Loaded> load(const inflab::LoraConfig& lora) {
+  auto out = std::make_unique<Loaded>();
+  out->registry.load_directory(test::plugin_dir());
+  auto specs = out->registry.find(inflab::PluginKind::Model, "smollm2_lora").info->options();
+  out->model = out->registry.create_as<inflab::Model>(inflab::PluginKind::Model, "smollm2_lora",
+                                                      inflab::default_options("smollm2_lora", specs));
+  out->model->build({}, lora, 7);
+  out->lm = dynamic_cast<inflab::LanguageModel*>(out->model.get());
+  REQUIRE(out->lm);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("smollm2 token ids equal llama.cpp's on every golden text", "[llm][tokenizer]") {
+  auto m = load({1, 1.0, 0.0, {}});
+  const auto g = golden();
+  REQUIRE(g["tokens"].size() >= 30);
+  for (const auto& c : g["tokens"]) {
+    INFO(c["text"].get<std::string>() << (c["special"].get<bool>() ? " (special)" : ""));
+    const auto ids = m->lm->tokenize(c["text"], c["special"]);
+    CHECK(ids == c["ids"].get<std::vector<std::int64_t>>());
+    if (!c["special"].get<bool>()) CHECK(m->lm->detokenize(ids) == c["text"].get<std::string>());
+  }
+}
+
+TEST_CASE("smollm2 last-position logits equal a float32 reference within 1e-3; greedy continuations agree",
+          "[llm]") {
+  auto m = load({1, 1.0, 0.0, {}});
+  const auto g = golden();
+  for (const auto& p : g["prompts"]) {
+    INFO(p["text"].get<std::string>());
+    const auto ids = p["ids"].get<std::vector<std::int64_t>>();
+    at::Tensor logits = m->lm->last_logits(ids);
+    const auto indices = p["logit_indices"].get<std::vector<std::int64_t>>();
+    const auto expected = p["logits"].get<std::vector<double>>();
+    double worst = 0;
+    for (std::size_t i = 0; i < indices.size(); ++i)
+      worst = std::max(worst, std::abs(logits[indices[i]].item<double>() - expected[i]));
+    CHECK(worst < 1e-3);
+    // The KV-cache path against the reference's whole-sequence recomputation.
+    const auto greedy = p["greedy"].get<std::vector<std::int64_t>>();
+    inflab::GenerationOptions options;
+    options.max_tokens = static_cast<std::int64_t>(greedy.size());
+    CHECK(m->lm->generate(ids, options) == greedy);
+  }
+}
+
+TEST_CASE("causal_lm gradients of LoRA on SmolLM2 (q and v) equal a per-example loop", "[llm][gradients]") {
+  auto m = load({2, 8.0, 0.0, {"blk.0.attn_q", "blk.0.attn_v", "blk.29.attn_v"}});
+  inflab::Model& model = *m->model;
+  {
+    torch::NoGradGuard no_grad;  // B = 0 after init: make both factors count
+    for (auto* layer : model.lora_layers())
+      if (layer->has_adapter()) layer->lora_b().normal_(0, 0.02);
+  }
+  // Three prompts with answers of different lengths, right-padded with -1; loss on the answers.
+  const std::vector<std::pair<std::string, std::string>> examples{
+      {"Reverse: a b c", " c b a"}, {"Upper: hello", " HELLO there"}, {"2+2=", " 4"}};
+  const std::int64_t n = 3, length = 12;
+  torch::Tensor ids = torch::full({n, length}, -1, torch::kLong),
+                targets = torch::full({n, length}, -100, torch::kLong);
+  for (std::int64_t i = 0; i < n; ++i) {
+    auto prompt = m->lm->tokenize(examples[i].first, false),
+         answer = m->lm->tokenize(examples[i].second, false);
+    std::vector<std::int64_t> all(prompt);
+    all.insert(all.end(), answer.begin(), answer.end());
+    REQUIRE(static_cast<std::int64_t>(all.size()) <= length);
+    for (std::size_t t = 0; t < all.size(); ++t) ids[i][static_cast<std::int64_t>(t)] = all[t];
+    for (std::size_t t = prompt.size() - 1; t + 1 < all.size(); ++t)
+      targets[i][static_cast<std::int64_t>(t)] = all[t + 1];
+  }
+  auto task = inflab::make_task("causal_lm", inflab::default_options("[task]", inflab::task_option_specs()));
+  inflab::Batch batch{ids, targets, torch::arange(n)};
+  auto engine = inflab::per_example_gradients(model, *task, batch, {2, "", true, false, {}});
+
+  // Oracle: each example alone (no padding), loss by hand over its answer tokens.
+  std::vector<torch::Tensor> params;
+  for (auto* layer : model.lora_layers())
+    if (layer->has_adapter()) params.push_back(layer->lora_a()), params.push_back(layer->lora_b());
+  REQUIRE(engine.size() == params.size());
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::int64_t real = ids[i].ge(0).sum().item<std::int64_t>();
+    torch::Tensor logits = model.forward(ids[i].narrow(0, 0, real).unsqueeze(0))[0];
+    torch::Tensor loss = torch::zeros({});
+    for (std::int64_t t = 0; t < real; ++t) {
+      const auto target = targets[i][t].item<std::int64_t>();
+      if (target >= 0) loss = loss - torch::log_softmax(logits[t], 0)[target];
+    }
+    auto grads = torch::autograd::grad({loss}, params);
+    for (std::size_t b = 0; b < grads.size(); ++b) {
+      INFO("example " << i << ", block " << engine[b].name);
+      const double scale = grads[b].norm().item<double>();
+      REQUIRE(scale > 0);
+      CHECK((engine[b].values[i] - grads[b].reshape({-1})).norm().item<double>() / scale < 1e-4);
+    }
+  }
+  // Padding leaves K-FAC statistics alone: the activation statistics count real tokens only.
+  CHECK(engine[0].factor_tokens == ids.ge(0).sum().item<std::int64_t>());
+}
