@@ -99,7 +99,8 @@ done
 
 # A rank that dies before its 5th collective: the other must stop with an error naming it.
 start=$(date +%s)
-if INFLAB_TEST_DIE=1:5 "$bin" --threads 1 launch -n 2 --timeout 15 "$work/exp.toml" --out "$work/dead" \
+faults=(env INFLAB_PLUGIN_PATH="$build/test_plugins/faults")  # tests/plugins/fault_injection.cpp
+if "${faults[@]}" INFLAB_FAULT=die@1:5 "$bin" --threads 1 launch -n 2 --timeout 15 "$work/exp.toml" --out "$work/dead" \
   --cache "$work/cache" --no-resume >"$work/log" 2>&1; then
   echo "a run with a dead rank succeeded"; exit 1
 fi
@@ -111,7 +112,7 @@ grep -E "distributed .* failed on rank 0" "$work/log" | head -1
 echo "killed rank 1: the run stopped in $elapsed s with an error naming it"
 # A rank that hangs (alive, never answering): the other fails when the collective times out.
 start=$(date +%s)
-if INFLAB_TEST_HANG=1:5 "$bin" --threads 1 launch -n 2 --timeout 5 "$work/exp.toml" --out "$work/hung" \
+if "${faults[@]}" INFLAB_FAULT=hang@1:5 "$bin" --threads 1 launch -n 2 --timeout 5 "$work/exp.toml" --out "$work/hung" \
   --cache "$work/cache" --no-resume >"$work/log" 2>&1; then
   echo "a run with a hung rank succeeded"; exit 1
 fi

@@ -8,12 +8,17 @@ source_dir="$2"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 for file in "$source_dir"/experiments/paper/*.toml; do
-  extra=()
-  grep -q 'plugin = "minilm_lora"' "$file" && extra=(--set model.max_length=24)
+  if grep -q 'plugin = "generation_tasks"' "$file"; then
+    # The LLM studies: 2 training and 1 test instruction per class, adapters on two layers only.
+    sizes=(--set dataset.train_per_class=2 --set dataset.test_per_class=1
+      --set 'model.lora.targets=["blk.0.attn_q", "blk.29.attn_v"]')
+  else
+    sizes=(--set 'sweep.model.lora.rank=[2, 4]' --set dataset.n_train=40 --set dataset.n_validation=12
+      --set dataset.n_pretrain=48 --set training.pretrain_epochs=1)
+    grep -q 'plugin = "minilm_lora"' "$file" && sizes+=(--set model.max_length=24)
+  fi
   "$build/bin/inflab" --quiet run "$file" --out "$work/results" --cache "$work/cache" \
-    --set 'sweep={}' --set 'sweep.model.lora.rank=[2, 4]' \
-    --set dataset.n_train=40 --set dataset.n_validation=12 --set dataset.n_pretrain=48 \
-    --set training.epochs=1 --set training.pretrain_epochs=1 "${extra[@]}" >"$work/out.txt" 2>&1 ||
+    --set 'sweep={}' --set training.epochs=1 "${sizes[@]}" >"$work/out.txt" 2>&1 ||
     { echo "FAILED: $file"; cat "$work/out.txt"; exit 1; }
   echo "ok: $(basename "$file")"
 done
@@ -22,4 +27,6 @@ for figure in fig1_correlation_vs_rank fig2_auc_rank4 fig2b_auc_vs_rank fig4_lis
   [ -s "$work/results/figures/$figure.png" ] || { echo "missing figure $figure"; exit 1; }
 done
 grep -q "^fashion_mlp,4,40,datainf,auc," "$work/results/summary.csv" || { echo "summary.csv lacks a row"; head "$work/results/summary.csv"; exit 1; }
+grep -q "^class_detection_llm_transformations,8,20,datainf,class_auc," "$work/results/summary.csv" ||
+  { echo "summary.csv lacks the LLM class-detection row"; grep class_detection "$work/results/summary.csv"; exit 1; }
 echo "paper studies smoke: ok"

@@ -48,26 +48,9 @@ int env_int(const char* name, int fallback) {
   return static_cast<int>(parsed);
 }
 
-// Test hooks: INFLAB_TEST_DIE="<rank>:<collective>" ends that rank abruptly before it enters that
-// collective, the way a killed or crashed process leaves its peers; INFLAB_TEST_HANG (same form)
-// makes it stop responding instead, the way a stuck process does.
-bool hook_matches(const char* variable, const Group& g) {
-  const char* value = std::getenv(variable);
-  if (!value) return false;
-  const std::string spec(value);
-  const auto colon = spec.find(':');
-  if (colon == std::string::npos) return false;
-  try {
-    return std::stoi(spec.substr(0, colon)) == g.rank && std::stoull(spec.substr(colon + 1)) == g.collectives;
-  } catch (const std::exception&) {
-    return false;
-  }
-}
-
-void maybe_fail_for_tests(const Group& g) {
-  if (hook_matches("INFLAB_TEST_DIE", g)) ::_exit(9);
-  if (hook_matches("INFLAB_TEST_HANG", g))
-    for (;;) ::pause();
+CollectiveObserver& observer() {
+  static CollectiveObserver value = nullptr;
+  return value;
 }
 
 // Runs one collective. Each rank first records in the store how many collectives it entered, so
@@ -75,7 +58,7 @@ void maybe_fail_for_tests(const Group& g) {
 template <class Body>
 void collective(const char* what, Body&& body) {
   Group& g = state();
-  maybe_fail_for_tests(g);
+  if (CollectiveObserver o = observer()) o(g.rank, g.collectives);
   ++g.collectives;
   try {
     const std::string count = std::to_string(g.collectives);
@@ -108,6 +91,8 @@ void collective(const char* what, Body&& body) {
 }
 
 }  // namespace
+
+void set_collective_observer(CollectiveObserver o) { observer() = o; }
 
 void init_distributed_from_environment(std::chrono::milliseconds timeout) {
   Group& g = state();

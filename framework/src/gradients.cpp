@@ -215,6 +215,7 @@ void save_gradient_store(const fs::path& dir, const GradientStore& store, bool t
   j["blocks"] = blocks;
   j["train"] = meta_json(store.train_meta, store.train.empty() ? 0 : store.train[0].values.size(0));
   j["query"] = meta_json(store.query_meta, store.query.empty() ? 0 : store.query[0].values.size(0));
+  if (!store.model_metrics.empty()) j["model_metrics"] = store.model_metrics;
   write_file_atomic(dir / "blocks.json", j.dump(1) + "\n");
 }
 
@@ -314,6 +315,9 @@ GradientStore load_gradient_store(const fs::path& dir) {
   };
   read_meta("train", n_train, store.train_meta);
   read_meta("query", n_query, store.query_meta);
+  if (j.contains("model_metrics") && j["model_metrics"].is_object())
+    for (const auto& [name, value] : j["model_metrics"].items())
+      if (value.is_number()) store.model_metrics[name] = value.get<double>();
   return store;
 }
 

@@ -32,6 +32,16 @@ fs::path default_cache_root() {
   return fs::temp_directory_path() / "inflab-cache";
 }
 
+namespace {
+// Distributed: each rank extracts (and caches) the gradients of its shard of the training rows.
+StageInputs gradients_stage_inputs(const ExperimentConfig& config, Registry& registry) {
+  StageInputs inputs = stage_inputs("gradients", config, registry);
+  if (distributed_world_size() > 1)
+    inputs.add("shard", fmt::format("{} of {}", distributed_rank(), distributed_world_size()));
+  return inputs;
+}
+}  // namespace
+
 std::string stage_key(const std::string& stage, const ExperimentConfig& config, Registry& registry) {
   return stage_inputs(stage, config, registry).key();
 }
@@ -43,10 +53,7 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
   RunOutcome local;
   RunOutcome& out = outcome ? *outcome : local;
   const auto versions = plugin_versions(config, registry);
-  StageInputs gradients_in = stage_inputs("gradients", config.resolved_toml, versions);
-  // Distributed: each rank extracts (and caches) the gradients of its shard of the training rows.
-  if (distributed_world_size() > 1)
-    gradients_in.add("shard", fmt::format("{} of {}", distributed_rank(), distributed_world_size()));
+  const StageInputs gradients_in = gradients_stage_inputs(config, registry);
   const fs::path gradient_dir = gradients_directory(gradients_in, paths);
   for (const char* stage : {"base", "finetune", "gradients", "fits"})
     remove_stale_temporaries(cache_root_of(paths) / stage);
@@ -242,6 +249,15 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
     }
     if (writer) write_file_atomic(outcome.directory / "scores.csv", csv);
   }
+  // Text datasets: the examples' texts beside the scores (rows in the order of the score files).
+  const fs::path examples =
+      gradients_directory(gradients_stage_inputs(config, registry), paths) / "examples.jsonl";
+  if (writer && fs::exists(examples))
+    write_file_atomic(outcome.directory / "examples.jsonl", read_file(examples));
+
+  // What was measured of the fine-tuned model itself (language models: exact-match test answers):
+  // a "model" row of metrics.csv, after every estimator's.
+  if (!store.model_metrics.empty()) outcome.estimators.push_back({"model", 0.0, store.model_metrics});
 
   nlohmann::json manifest;
   manifest["inflab_version"] = inflab_version();
@@ -265,7 +281,8 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
     plugins["estimator"][e.plugin] = version_of(PluginKind::Estimator, e.plugin);
   manifest["plugins"] = plugins;
   nlohmann::json estimator_seconds;
-  for (const auto& e : outcome.estimators) estimator_seconds[e.label] = e.seconds;
+  for (const auto& e : outcome.estimators)
+    if (e.label != "model") estimator_seconds[e.label] = e.seconds;
   manifest["estimator_seconds"] = estimator_seconds;
   if (!diagnostics.is_null()) manifest["diagnostics"] = diagnostics;
   manifest["train_examples"] = store.train_meta.ids.size();

@@ -38,4 +38,10 @@ void barrier_over_ranks();
 // Bytes this process has sent into all_reduce and all_gather (communication volume).
 std::uint64_t distributed_bytes_communicated();
 
+// Called with (rank, number of collectives entered so far) before each collective. Production
+// code installs none; the fault-injection tests load a plugin that installs one
+// (tests/plugins/fault_injection.cpp: a rank that dies or hangs at a chosen collective).
+using CollectiveObserver = void (*)(int rank, std::uint64_t collective);
+void set_collective_observer(CollectiveObserver observer);
+
 }  // namespace inflab

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,9 @@ struct ExampleMeta {
 struct GradientStore {
   GradientBlocks train, query;
   ExampleMeta train_meta, query_meta;
+  // What was measured of the fine-tuned model the gradients come from (e.g. test_accuracy of a
+  // language model's greedy answers); kept in blocks.json and reported in metrics.csv as "model".
+  std::map<std::string, double> model_metrics;
 };
 
 // Gradients of each example's own loss with respect to every LoRA A and B tensor, from one

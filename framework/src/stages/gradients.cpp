@@ -2,10 +2,14 @@
 // measurements, written to a cached gradient store.
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
+
 #include "../stage_units.hpp"
 #include "inflab/distributed.hpp"
 #include "inflab/io.hpp"
+#include "inflab/language_model.hpp"
 #include "inflab/lora.hpp"
+#include "inflab/progress.hpp"
 
 namespace fs = std::filesystem;
 
@@ -23,6 +27,57 @@ const StageDeclaration& gradients_stage() {
                                       {"evaluation.gradient_batch_size", "evaluation.gradient_memory_mb"}};
   return stage;
 }
+
+namespace {
+
+// A language model answering instructions: the share of test prompts whose greedy answer is
+// exactly the expected response (the paper's "did the model learn the tasks").
+std::map<std::string, double> measure_model(Model& model, const LoadedData& data) {
+  auto* language = dynamic_cast<LanguageModel*>(&model);
+  const Split& test = data.splits.validation;
+  if (!language || test.responses.empty()) return {};
+  auto start = Clock::now();
+  Progress progress("test answers", test.size(), "prompts");
+  std::int64_t correct = 0;
+  for (std::size_t i = 0; i < test.responses.size(); ++i) {
+    const auto expected = language->tokenize(test.responses[i], false);
+    GenerationOptions options;
+    options.max_tokens = 2 * static_cast<std::int64_t>(expected.size()) + 8;
+    const auto answer =
+        language->generate(language->tokenize(language->chat_prompt(test.texts[i]), true), options);
+    correct += language->detokenize(answer) == test.responses[i];
+    progress.advance();
+  }
+  progress.finish();
+  const double accuracy = static_cast<double>(correct) / static_cast<double>(test.responses.size());
+  log(fmt::format("test answers: {} of {} exact ({:.1f} s)", correct, test.responses.size(),
+                  seconds_since(start)));
+  return {{"test_accuracy", accuracy}};
+}
+
+// Text datasets: every example's text (and response), so results can show the most influential
+// training examples of a query as text. One JSON object per line: split, row, id, label, text
+// and, for instructions, response.
+void write_examples(const fs::path& file, const LoadedData& data) {
+  if (data.splits.train.texts.empty()) return;
+  write_file_atomic(file, [&](std::ostream& out) {
+    for (const auto& [name, split] :
+         {std::pair<const char*, const Split*>{"train", &data.splits.train},
+          std::pair<const char*, const Split*>{"query", &data.splits.validation}}) {
+      for (std::size_t i = 0; i < split->texts.size(); ++i) {
+        nlohmann::json line{{"split", name},
+                            {"row", i},
+                            {"id", split->ids[i]},
+                            {"label", split->labels[static_cast<std::int64_t>(i)].item<std::int64_t>()},
+                            {"text", split->texts[i]}};
+        if (i < split->responses.size()) line["response"] = split->responses[i];
+        out << line.dump() << "\n";
+      }
+    }
+  });
+}
+
+}  // namespace
 
 fs::path gradients_directory(const StageInputs& inputs, const RunPaths& paths) {
   return cache_root_of(paths) / "gradients" / inputs.key();
@@ -68,9 +123,11 @@ GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedD
   store.train = per_example_gradients(model, *task, train, request);
   store.query = per_example_gradients(model, *task, data.validation,
                                       {batch_size, "validation gradients", false, true, {}});
+  store.model_metrics = measure_model(model, data);
   store.train_meta = std::move(train_meta);
   store.query_meta = data.query_meta;
   save_gradient_store(temporary, store, /*train_values_written=*/on_disk);
+  write_examples(temporary / "examples.jsonl", data);
   write_directory_checksums(temporary);
   pending.commit();
   if (dtype != torch::kFloat) store = load_gradient_store(gradient_dir);  // float32 arithmetic
