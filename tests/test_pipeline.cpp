@@ -12,6 +12,7 @@
 #include "inflab/error.hpp"
 #include "inflab/io.hpp"
 #include "inflab/pipeline.hpp"
+#include "inflab/runtime.hpp"
 #include "inflab/registry.hpp"
 
 using Catch::Matchers::Contains;
@@ -88,11 +89,14 @@ TEST_CASE("an experiment runs end to end, caches its stages and resumes", "[pipe
   for (const char* f : {"config.toml", "manifest.json", "metrics.csv", "scores.csv", "scores_datainf.npy",
                         "scores_exact.npy"})
     CHECK(fs::exists(run / f));
-  // The manifest names the commit that was built (./inflab test builds before it tests).
-  auto head = test::run_command(std::string("git -C ") + INFLAB_SOURCE_DIR + " rev-parse --short=12 HEAD");
-  if (head.exit_code == 0)
-    CHECK_THAT(inflab::read_file(run / "manifest.json"),
-               Contains("\"git_commit\": \"" + head.output.substr(0, 12)));
+  // The manifest names the commit the library was built from: a real commit of this repository
+  // (HEAD may have moved on since the build, so it is not compared with HEAD).
+  const std::string built = inflab::git_commit();
+  CHECK_THAT(inflab::read_file(run / "manifest.json"), Contains("\"git_commit\": \"" + built + "\""));
+  if (test::run_command(std::string("git -C ") + INFLAB_SOURCE_DIR + " rev-parse HEAD").exit_code == 0)
+    CHECK(test::run_command(std::string("git -C ") + INFLAB_SOURCE_DIR + " cat-file -e " + built.substr(0, 12) +
+                            "^{commit}")
+              .exit_code == 0);
 
   // The reported AUC equals a pair count over the written scores and flip flags.
   at::Tensor scores = inflab::load_npy(run / "scores_datainf.npy");
