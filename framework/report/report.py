@@ -17,6 +17,7 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 import tomllib
 from collections import defaultdict
@@ -51,6 +52,14 @@ def mean_ci(values):
     return mean, t * sd / math.sqrt(n), n
 
 
+def sweep_label(run):
+    """What a run's name says beyond seed, rank and n (the axes summary.csv has columns for):
+    runs of one experiment that differ in anything else are summarised apart, as
+    "<experiment>@<rest>" (e.g. class_detection_llm_transformations@learning_rate0.002)."""
+    rest = re.sub(r"(?:^|_)(?:seed|rank|n_train)-?[0-9.e+-]+(?=_|$)", "", run).strip("_")
+    return "" if rest in ("", "run") else "@" + rest
+
+
 def load_runs(root):
     runs = []
     for experiment in sorted(os.listdir(root)):
@@ -68,7 +77,7 @@ def load_runs(root):
             for row in csv.DictReader(open(metrics_file)):
                 metrics[row["estimator"]][row["metric"]] = float(row["value"])
             runs.append({
-                "experiment": experiment, "run": run, "rank": config["model"]["lora"]["rank"],
+                "experiment": experiment + sweep_label(run), "run": run, "rank": config["model"]["lora"]["rank"],
                 "seed": config["experiment"]["seed"], "n_train": manifest["train_examples"],
                 "metrics": metrics, "stages": manifest.get("stage_seconds", {}),
                 "stages_cached": manifest.get("stage_cached", {}), "commit": manifest.get("git_commit"),
