@@ -11,10 +11,30 @@
 #include "inflab/config.hpp"
 #include "inflab/error.hpp"
 #include "inflab/io.hpp"
+#include "inflab/pipeline.hpp"
+#include "inflab/progress.hpp"
 #include "inflab/registry.hpp"
 #include "stage_units.hpp"
 
+namespace fs = std::filesystem;
+
 namespace inflab {
+
+// ---- helpers the stage units share (stage_units.hpp) ----------------------------------------
+
+std::string describe_plugin(Registry& registry, PluginKind kind, const std::string& name) {
+  return fmt::format("{} plugin '{}' ({})", to_string(kind), name,
+                     registry.find(kind, name).file.filename().string());
+}
+
+void log(const std::string& message) {
+  if (!Progress::quiet()) std::fprintf(stderr, "[inflab] %s\n", message.c_str());
+}
+void warn(const std::string& message) { std::fprintf(stderr, "[inflab] warning: %s\n", message.c_str()); }
+
+fs::path cache_root_of(const RunPaths& paths) {
+  return paths.cache_root.empty() ? default_cache_root() : paths.cache_root;
+}
 
 const std::vector<StageDeclaration>& cached_stages() {
   static const std::vector<StageDeclaration> stages{base_stage(), finetune_stage(), gradients_stage(),

@@ -7,7 +7,6 @@
 #include "inflab/config.hpp"
 #include "inflab/language_model.hpp"
 #include "inflab/lora.hpp"
-#include "inflab/progress.hpp"
 
 namespace fs = std::filesystem;
 
@@ -18,20 +17,6 @@ const StageDeclaration& data_stage() {
   static const StageDeclaration stage{
       "data", 1, {}, {"dataset", "model", "experiment.seed", "task"}, {}, {"dataset", "model"}};
   return stage;
-}
-
-std::string describe_plugin(Registry& registry, PluginKind kind, const std::string& name) {
-  return fmt::format("{} plugin '{}' ({})", to_string(kind), name,
-                     registry.find(kind, name).file.filename().string());
-}
-
-void log(const std::string& message) {
-  if (!Progress::quiet()) std::fprintf(stderr, "[inflab] %s\n", message.c_str());
-}
-void warn(const std::string& message) { std::fprintf(stderr, "[inflab] warning: %s\n", message.c_str()); }
-
-fs::path cache_root_of(const RunPaths& paths) {
-  return paths.cache_root.empty() ? default_cache_root() : paths.cache_root;
 }
 
 namespace {
