@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <stdexcept>
 #include <string>
 
 #include "inflab/registry.hpp"
@@ -26,6 +27,13 @@ struct TempDir {
     return path / name;
   }
 };
+
+// `text` with the first `from` replaced by `to`; a test's own text must contain `from`.
+inline std::string replace(std::string text, const std::string& from, const std::string& to) {
+  const auto at = text.find(from);
+  if (at == std::string::npos) throw std::logic_error("test text lacks '" + from + "'");
+  return text.replace(at, from.size(), to);
+}
 
 struct CommandResult {
   int exit_code;

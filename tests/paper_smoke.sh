@@ -22,11 +22,31 @@ for file in "$source_dir"/experiments/paper/*.toml; do
     { echo "FAILED: $file"; cat "$work/out.txt"; exit 1; }
   echo "ok: $(basename "$file")"
 done
+# `generate --lora RUN_DIR` rebuilds the run's fine-tuned model from the cache: its greedy answer to
+# a test prompt must be the one the run recorded (which may stop earlier: a prefix).
+run_dir="$work/results/class_detection_llm_math/run"
+prompt=$(/usr/bin/python3 -c 'import json, sys
+print([r for r in map(json.loads, open(sys.argv[1])) if "answer" in r][0]["text"])' "$run_dir/examples.jsonl")
+"$build/bin/inflab" --quiet generate --lora "$run_dir" --cache "$work/cache" --prompt "$prompt" --json \
+  --logits "$work/tuned.npy" >"$work/answer.json"
+"$build/bin/inflab" --quiet generate --prompt "$prompt" --max-tokens 1 --logits "$work/base.npy" >/dev/null
+/usr/bin/python3 - "$run_dir/examples.jsonl" "$work/answer.json" "$work/tuned.npy" "$work/base.npy" <<'PY'
+import json, sys
+import numpy as np
+change = np.abs(np.load(sys.argv[3]) - np.load(sys.argv[4])).max()
+assert change > 1e-3, f"--lora left the logits as the base model's (largest change {change})"
+recorded = [r for r in map(json.loads, open(sys.argv[1])) if "answer" in r][0]["answer"]
+generated = json.load(open(sys.argv[2]))["text"]
+assert generated.startswith(recorded), f"generate --lora answered {generated!r}; the run recorded {recorded!r}"
+print(f"ok: generate --lora reproduces the run's answer {recorded!r}")
+PY
 /usr/bin/python3 "$source_dir/framework/report/report.py" "$work/results"
-for figure in fig1_correlation_vs_rank fig2_auc_rank4 fig2b_auc_vs_rank fig4_lissa_variants; do
+for figure in fig1_correlation_vs_rank fig2_auc_rank4 fig2b_auc_vs_rank fig4_lissa_variants fig5_class_detection; do
   [ -s "$work/results/figures/$figure.png" ] || { echo "missing figure $figure"; exit 1; }
 done
 grep -q "^fashion_mlp,4,40,datainf,auc," "$work/results/summary.csv" || { echo "summary.csv lacks a row"; head "$work/results/summary.csv"; exit 1; }
 grep -q "^class_detection_llm_transformations,8,20,datainf,class_auc," "$work/results/summary.csv" ||
   { echo "summary.csv lacks the LLM class-detection row"; grep class_detection "$work/results/summary.csv"; exit 1; }
+grep -q "^class_detection_llm_math,datainf,1,10," "$work/results/class_detection.csv" ||
+  { echo "class_detection.csv lacks the math row"; cat "$work/results/class_detection.csv"; exit 1; }
 echo "paper studies smoke: ok"

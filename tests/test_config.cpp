@@ -57,11 +57,7 @@ struct Fixture {
   std::string file() const { return (dir.path / "exp.toml").string(); }
 };
 
-std::string replace(std::string text, const std::string& from, const std::string& to) {
-  auto at = text.find(from);
-  REQUIRE(at != std::string::npos);
-  return text.replace(at, from.size(), to);
-}
+using test::replace;
 
 }  // namespace
 
@@ -142,6 +138,36 @@ TEST_CASE("repeats sweep the seed; a bad sweep value is located", "[config]") {
   auto message = f.error_of(std::string(kValid) + "\n[sweep]\n\"model.lora.rank\" = [1, \"x\"]\n");
   CHECK_THAT(message,
              Contains(f.file() + ":24:25") && Contains("model.lora.rank") && Contains("expected integer"));
+}
+
+TEST_CASE("[sweep.zip] steps its keys together, crossed with the other axes", "[config]") {
+  Fixture f;
+  auto runs = f.load(std::string(kValid) +
+                     "\n[sweep]\n\"model.lora.rank\" = [1, 2]\n[sweep.zip]\nexperiment.seed = [0, 1, 2]\n"
+                     "\"dataset.noise_seed\" = [10, 11, 12]\n");
+  REQUIRE(runs.size() == 6);
+  std::set<std::string> names;
+  for (const auto& r : runs) {
+    CHECK(r.noise_seed == 10 + r.seed);  // stepped together, never crossed
+    names.insert(r.run_name);
+  }
+  CHECK(names.size() == 6);
+  std::string all_names;
+  for (const auto& n : names) all_names += n + " ";
+  INFO(all_names);
+  CHECK(names.count("rank2_seed1") == 1);  // a zipped axis is named by its first key
+
+  auto unequal = f.error_of(std::string(kValid) +
+                            "\n[sweep.zip]\nexperiment.seed = [0, 1, 2]\n\"dataset.noise_seed\" = [1, 2]\n");
+  CHECK_THAT(unequal, Contains("one length") && Contains("'experiment.seed' has 3") &&
+                          Contains("'dataset.noise_seed' has 2") && Contains(f.file() + ":"));
+  CHECK_THAT(f.error_of(replace(kValid, "seed = 3", "seed = 3\nrepeats = 2") +
+                        "\n[sweep.zip]\n\"dataset.noise_seed\" = [1, 2]\nexperiment.seed = [0, 1]\n"),
+             Contains("repeats") && Contains("not both"));
+  CHECK_THAT(f.error_of(std::string(kValid) + "\n[sweep]\nzip = [1, 2]\n"), Contains("[sweep.zip]"));
+  CHECK_THAT(
+      f.error_of(std::string(kValid) + "\n[sweep]\n\"model.lora.rank\" = [1, 2]\nmodel.lora.rank = [4]\n"),
+      Contains("'model.lora.rank' is swept twice"));
 }
 
 TEST_CASE("a sweep or repeats beyond 10000 runs is refused before anything is expanded", "[config]") {

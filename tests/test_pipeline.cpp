@@ -1,4 +1,5 @@
 // End to end on real Fashion-MNIST data: experiment -> results, caching, resume, CLI.
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include <catch2/catch.hpp>
@@ -12,8 +13,8 @@
 #include "inflab/error.hpp"
 #include "inflab/io.hpp"
 #include "inflab/pipeline.hpp"
-#include "inflab/runtime.hpp"
 #include "inflab/registry.hpp"
+#include "inflab/runtime.hpp"
 
 using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
@@ -94,8 +95,8 @@ TEST_CASE("an experiment runs end to end, caches its stages and resumes", "[pipe
   const std::string built = inflab::git_commit();
   CHECK_THAT(inflab::read_file(run / "manifest.json"), Contains("\"git_commit\": \"" + built + "\""));
   if (test::run_command(std::string("git -C ") + INFLAB_SOURCE_DIR + " rev-parse HEAD").exit_code == 0)
-    CHECK(test::run_command(std::string("git -C ") + INFLAB_SOURCE_DIR + " cat-file -e " + built.substr(0, 12) +
-                            "^{commit}")
+    CHECK(test::run_command(std::string("git -C ") + INFLAB_SOURCE_DIR + " cat-file -e " +
+                            built.substr(0, 12) + "^{commit}")
               .exit_code == 0);
 
   // The reported AUC equals a pair count over the written scores and flip flags.
@@ -174,6 +175,101 @@ TEST_CASE("an experiment runs end to end, caches its stages and resumes", "[pipe
   auto rerun = inflab::run_experiment(other_rank, registry, paths);
   CHECK(rerun.stage_cached["pretrain"]);
   CHECK_FALSE(rerun.stage_cached["finetune"]);
+}
+
+// Spearman correlation by sorting with mid-ranks for ties: an oracle independent of inflab::spearman.
+double rank_correlation(const std::vector<double>& x, const std::vector<double>& y) {
+  auto ranks = [](const std::vector<double>& v) {
+    std::vector<double> r(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      double below = 0, equal = 0;
+      for (double w : v) below += w < v[i], equal += w == v[i];
+      r[i] = below + (equal + 1) / 2;
+    }
+    return r;
+  };
+  auto rx = ranks(x), ry = ranks(y);
+  const double n = static_cast<double>(x.size()), mean = (n + 1) / 2;
+  double sxy = 0, sxx = 0, syy = 0;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    sxy += (rx[i] - mean) * (ry[i] - mean), sxx += (rx[i] - mean) * (rx[i] - mean),
+        syy += (ry[i] - mean) * (ry[i] - mean);
+  return sxy / std::sqrt(sxx * syy);
+}
+
+TEST_CASE("ground truth retrains on subsets and resumes; LDS equals a hand-computed rank correlation",
+          "[pipeline][lds]") {
+  test::TempDir dir;
+  const std::string text =
+      std::string(kExperiment) +
+      "\n[evaluation]\nmode = \"pairwise\"\nmetrics = [\"lds\"]\n\n[ground_truth]\nsubsets = 6\n";
+  auto file = dir.write("lds.toml", test::replace(text, "n_validation = 100", "n_validation = 20"));
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  inflab::RunPaths paths{dir.path / "results", dir.path / "cache"};
+  auto config = inflab::load_experiment(file, {}, registry).at(0);
+  auto first = inflab::run_experiment(config, registry, paths);
+  CHECK_FALSE(first.stage_cached["ground_truth"]);
+  const fs::path run = dir.path / "results" / "e2e" / "run";
+  const fs::path truth_dir =
+      dir.path / "cache" / "ground_truth" / inflab::stage_key("ground_truth", config, registry);
+
+  // The subsets as the stage stored them: a mask of 150 of the 300 examples and 20 query losses each.
+  std::vector<at::Tensor> masks, losses;
+  for (int m = 0; m < 6; ++m) {
+    std::vector<at::Tensor> entry;
+    torch::load(entry, (truth_dir / fmt::format("subset_{:05d}.pt", m)).string());
+    REQUIRE(entry.size() == 2);
+    CHECK(entry[0].sum().item<std::int64_t>() == 150);
+    masks.push_back(entry[0].to(torch::kDouble)), losses.push_back(entry[1]);
+  }
+  CHECK_FALSE(masks[0].equal(masks[1]));  // other subsets, other losses
+  CHECK_FALSE(losses[0].equal(losses[1]));
+
+  // LDS: per query, rank correlation over subsets of (sum of the subset's scores, query loss); mean.
+  auto lds = read_metric(run / "metrics.csv", "lds");
+  for (const char* estimator : {"datainf", "exact"}) {
+    at::Tensor scores = inflab::load_npy(run / fmt::format("scores_{}.npy", estimator)).to(torch::kDouble);
+    REQUIRE(scores.sizes() == at::IntArrayRef({300, 20}));
+    double total = 0;
+    for (std::int64_t q = 0; q < 20; ++q) {
+      std::vector<double> predicted, measured;
+      for (int m = 0; m < 6; ++m) {
+        predicted.push_back((masks[m] * scores.select(1, q)).sum().item<double>());
+        measured.push_back(losses[m][q].item<double>());
+      }
+      total += rank_correlation(predicted, measured);
+    }
+    INFO(estimator);
+    CHECK(lds[estimator] == Approx(total / 20).margin(1e-9));
+  }
+  // The fine-tuned classifier's accuracies are recorded beside the estimators.
+  const auto model = read_metric(run / "metrics.csv", "validation_accuracy");
+  REQUIRE(model.count("model"));
+  CHECK(model.at("model") > 0.5);  // 4 classes: well above chance
+
+  // An interrupted stage resumes: the subsets still on disk are reused, the rest recomputed alike.
+  fs::remove(truth_dir / "subset_00002.pt");
+  fs::remove(truth_dir / "subset_00004.pt");
+  auto resumed = inflab::run_experiment(config, registry, paths, /*resume=*/false);
+  CHECK_FALSE(resumed.stage_cached["ground_truth"]);
+  CHECK(read_metric(run / "metrics.csv", "lds") == lds);
+  CHECK(inflab::run_experiment(config, registry, paths, /*resume=*/false).stage_cached["ground_truth"]);
+
+  // With every example in every subset, each retraining is the fine-tuning itself: the query losses
+  // equal the fine-tuned model's (its mean validation loss, measured by the gradients stage).
+  auto whole =
+      inflab::load_experiment(file, {"ground_truth.fraction=1.0", "ground_truth.subsets=5"}, registry).at(0);
+  auto outcome = inflab::run_experiment(whole, registry, paths);
+  const fs::path whole_dir =
+      dir.path / "cache" / "ground_truth" / inflab::stage_key("ground_truth", whole, registry);
+  for (int m = 0; m < 5; ++m) {
+    std::vector<at::Tensor> entry;
+    torch::load(entry, (whole_dir / fmt::format("subset_{:05d}.pt", m)).string());
+    INFO("subset " << m);
+    CHECK(entry[1].mean().item<double>() ==
+          Approx(read_metric(run / "metrics.csv", "validation_loss").at("model")).epsilon(1e-6));
+  }
 }
 
 TEST_CASE("a faulty estimator plugin ends the run with an error naming it; earlier outputs stay",

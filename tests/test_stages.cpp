@@ -44,7 +44,7 @@ epochs = 2
 plugin = "datainf"
 
 [evaluation]
-metrics = ["auc", "pearson"]
+metrics = ["auc", "pearson", "lds"]
 reference = "datainf"
 )";
 
@@ -139,6 +139,15 @@ TEST_CASE("a stage's key changes with each input it declares and with nothing el
   CHECK(changes["finetune"].count("experiment.seed"));
   CHECK(changes["gradients"].count("evaluation.gradient_dtype"));
   CHECK(changes["gradients"].count("task.timesteps"));
+  CHECK(changes["ground_truth"].count("ground_truth.subsets"));
+  CHECK(changes["ground_truth"].count("ground_truth.seed"));
+  CHECK(changes["ground_truth"].count("experiment.seed"));  // the fine-tuning it repeats
+  CHECK(changes["ground_truth"].count("training.learning_rate"));
+  CHECK_FALSE(changes["ground_truth"].count("evaluation.gradient_batch_size"));
+  for (const char* stage : {"base", "finetune", "gradients"}) {
+    INFO("stage " << stage);
+    CHECK_FALSE(changes[stage].count("ground_truth.fraction"));
+  }
   for (const char* unrelated :
        {"experiment.description", "experiment.name", "evaluation.metrics", "evaluation.mode",
         "evaluation.gradient_batch_size", "evaluation.gradient_memory_mb", "experiment.repeats"})

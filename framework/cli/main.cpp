@@ -97,7 +97,7 @@ int command_run(const fs::path& file, const std::vector<std::string>& sets, cons
         return it == e.metrics.end() ? std::string("-") : fmt::format("{:.4f}", it->second);
       };
       std::vector<std::string> row{runs[k].run_name, e.label, metric("auc"),
-                                   fmt::format("{:.3f}", e.seconds)};
+                                   e.label == "model" ? "-" : fmt::format("{:.3f}", e.seconds)};
       for (const auto& m : extra_metrics) row.push_back(metric(m));
       rows.push_back(row);
     }
@@ -240,10 +240,52 @@ int command_tokenize(const std::string& model_name, const std::string& text, boo
   return 0;
 }
 
+// The model of a finished run with its fine-tuned adapters (`generate --lora RUN_DIR`): the run's
+// resolved config.toml names the model, its options and the LoRA; the adapters come from the
+// stage cache (recomputed when evicted).
+std::unique_ptr<LoadedLanguageModel> load_finetuned_language_model(const fs::path& run_directory,
+                                                                   const std::string& requested_model,
+                                                                   const fs::path& cache,
+                                                                   const Common& common) {
+  const fs::path config_file = run_directory / "config.toml";
+  if (!fs::is_regular_file(config_file))
+    throw Error(
+        fmt::format("--lora {}: not a run directory (expected {}, written by `inflab run`; e.g. "
+                    "results/<experiment>/<run>)",
+                    run_directory.string(), config_file.string()));
+  auto loaded = std::make_unique<LoadedLanguageModel>();
+  load_plugins(loaded->registry, common);
+  auto runs = load_experiment(config_file, {}, loaded->registry);
+  if (runs.size() != 1)
+    throw Error(fmt::format("--lora {}: {} describes {} runs; expected one run's resolved configuration",
+                            run_directory.string(), config_file.string(), runs.size()));
+  const std::string& run_model = runs[0].model.plugin;
+  if (!requested_model.empty() && requested_model != run_model)
+    throw Error(fmt::format("--model {} disagrees with the run in {}, whose model is '{}'", requested_model,
+                            run_directory.string(), run_model));
+  if (!Progress::quiet())
+    std::cerr << fmt::format("[inflab] {}: model '{}' with the run's fine-tuned LoRA adapters\n",
+                             run_directory.string(), run_model);
+  loaded->model = finetuned_model(runs[0], loaded->registry, RunPaths{"results", cache});
+  loaded->language = dynamic_cast<LanguageModel*>(loaded->model.get());
+  if (!loaded->language)
+    throw Error(fmt::format("--lora {}: the run's model '{}' does not generate text", run_directory.string(),
+                            run_model));
+  return loaded;
+}
+
 int command_generate(const std::string& model_name, const std::string& prompt, bool raw, bool json,
                      const fs::path& logits_file, const GenerationOptions& options,
-                     const std::vector<std::string>& sets, const Common& common) {
-  auto loaded = load_language_model(model_name, sets, common);
+                     const std::vector<std::string>& sets, const fs::path& lora_run, const fs::path& cache,
+                     const Common& common) {
+  if (!lora_run.empty() && !sets.empty())
+    throw Error(
+        fmt::format("--set cannot be combined with --lora: the model's options are those of the run "
+                    "({}); found --set {}",
+                    (lora_run / "config.toml").string(), sets.front()));
+  auto loaded = lora_run.empty()
+                    ? load_language_model(model_name.empty() ? "smollm2_lora" : model_name, sets, common)
+                    : load_finetuned_language_model(lora_run, model_name, cache, common);
   LanguageModel& lm = *loaded->language;
   const auto ids = raw ? lm.tokenize(prompt, false) : lm.tokenize(lm.chat_prompt(prompt), true);
   if (!logits_file.empty()) save_npy(logits_file, lm.last_logits(ids).contiguous());
@@ -322,7 +364,8 @@ static int run_cli(int argc, char** argv) {
       ->required();
   embed->add_option("--set", sets, "model option, e.g. --set max_length=256 (repeatable)");
 
-  std::string lm_name = "smollm2_lora", prompt, lm_text;
+  std::string lm_name, prompt, lm_text;  // lm_name empty: smollm2_lora, or the --lora run's model
+  fs::path lora_run;
   bool raw = false, json = false, special = false;
   fs::path logits_file;
   GenerationOptions generation;
@@ -339,6 +382,11 @@ static int run_cli(int argc, char** argv) {
   generate->add_option("--logits", logits_file,
                        "also write the float32 logits at the prompt's last position (.npy)");
   generate->add_option("--set", sets, "model option, e.g. --set system_prompt=... (repeatable)");
+  generate->add_option("--lora", lora_run,
+                       "a run directory of `inflab run` (results/<experiment>/<run>): its model with its "
+                       "fine-tuned LoRA adapters (from the stage cache; retrained if evicted)");
+  generate->add_option("--cache", cache,
+                       "stage cache, with --lora (default: $INFLAB_CACHE or ~/.cache/inflab)");
   auto* tokenize =
       app.add_subcommand("tokenize", "print a language model's token ids of a text as a JSON array");
   tokenize->add_option("--model", lm_name, "language model plugin (default: smollm2_lora)");
@@ -386,8 +434,11 @@ static int run_cli(int argc, char** argv) {
     if (*gradients) return command_gradients(file, sets, gradients_dir, cache, safetensors, common);
     if (*score) return command_score(gradients_dir, estimator_name, sets, mode, score_out, blocks, common);
     if (*embed) return command_embed(model_name, texts, sets, common);
-    if (*generate) return command_generate(lm_name, prompt, raw, json, logits_file, generation, sets, common);
-    if (*tokenize) return command_tokenize(lm_name, lm_text, special, sets, common);
+    if (*generate)
+      return command_generate(lm_name, prompt, raw, json, logits_file, generation, sets, lora_run, cache,
+                              common);
+    if (*tokenize)
+      return command_tokenize(lm_name.empty() ? "smollm2_lora" : lm_name, lm_text, special, sets, common);
   } catch (const Error& e) {
     std::cerr << "inflab: error: " << e.what() << "\n";
     return 2;

@@ -11,6 +11,8 @@ over seeds, per experiment, rank, n and estimator) and draws:
   fig2b_auc_vs_rank          AUC against rank
   fig3_runtime_vs_n          influence-stage seconds against n, and gradient extraction (log axes)
   fig4_lissa_variants        LiSSA as the paper writes it against the paper's code
+  fig5_class_detection       LLM class detection per task (class_detection.py, which also writes
+                             <dir>/class_detection.csv: intervals over test examples and seeds)
 as PNG and PDF. Colours are fixed per estimator across figures.
 """
 import csv
@@ -26,6 +28,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import scipy.stats  # noqa: E402
+
+import class_detection  # noqa: E402
 
 COLOURS = {
     "exact": "#000000", "datainf": "#d62728", "hessian_free": "#1f77b4", "lissa": "#2ca02c",
@@ -36,7 +41,6 @@ LABELS = {
     "lissa_reference_code": "LiSSA (paper's code)", "kfac": "K-FAC", "ekfac": "EK-FAC", "cg": "CG",
 }
 ORDER = ["exact", "cg", "datainf", "ekfac", "kfac", "lissa", "lissa_reference_code", "hessian_free"]
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 19: 2.093}
 
 
 def mean_ci(values):
@@ -48,7 +52,7 @@ def mean_ci(values):
     if n == 1:
         return mean, float("nan"), 1
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    t = T95.get(n - 1, 1.96)
+    t = scipy.stats.t.ppf(0.975, n - 1)  # Student's t for any number of runs
     return mean, t * sd / math.sqrt(n), n
 
 
@@ -216,6 +220,7 @@ def main(root):
         fig.suptitle("LiSSA as the paper writes it (damping added, converged) vs the paper's code")
         fig.tight_layout(rect=(0, 0, 1, 0.93))
         save(fig, out, "fig4_lissa_variants")
+    class_detection.main(root)
     commits = sorted({r["commit"] for r in runs})
     print(f"{len(runs)} runs from {len(studies)} studies; commits {', '.join(commits)}; "
           f"summary in {os.path.join(root, 'summary.csv')}, figures in {out}/")

@@ -243,6 +243,15 @@ const std::vector<OptionSpec>& training_specs() {
   };
   return specs;
 }
+const std::vector<OptionSpec>& ground_truth_specs() {
+  static const std::vector<OptionSpec> specs{
+      spec("subsets", OptionType::Int, std::int64_t{100},
+           "fine-tunings on random subsets of the training set (metric lds)"),
+      spec("fraction", OptionType::Double, 0.5, "share of the training examples in each subset"),
+      spec("seed", OptionType::Int, std::int64_t{0}, "seed drawing the subsets"),
+  };
+  return specs;
+}
 const std::vector<OptionSpec>& evaluation_specs() {
   static const EvaluationConfig d;
   static const std::vector<OptionSpec> specs{
@@ -322,19 +331,51 @@ void apply_override(toml::table& root, const std::string& assignment, Origins& o
   origins[key] = origin;
 }
 
+// One axis of a sweep: the values of `path` and, for a [sweep.zip] axis, the keys swept in step
+// with it (their k-th values go with its k-th value).
 struct SweepDimension {
   std::string path;
   std::vector<const toml::node*> values;
+  std::vector<SweepDimension> tied;
 };
 
 void collect_sweep(const toml::table& table, const std::string& prefix, std::vector<SweepDimension>& out,
                    const std::string& file) {
   for (auto&& [key, node] : table) {
     std::string path = prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str());
-    if (node.is_table()) {
+    if (prefix.empty() && key.str() == "zip") {
+      // [sweep.zip]: its keys form one axis, stepping together (e.g. a seed and the data's seed).
+      if (!node.is_table())
+        throw Error(
+            fmt::format("{}: sweep key 'zip': expected a table of equally long arrays ([sweep.zip]), "
+                        "found {}",
+                        where(node.source(), file), describe(node)));
+      std::vector<SweepDimension> zipped;
+      collect_sweep(*node.as_table(), "", zipped, file);
+      if (zipped.empty())
+        throw Error(fmt::format("{}: [sweep.zip] is empty; expected keys with arrays of values",
+                                where(node.source(), file)));
+      for (const auto& dim : zipped)
+        if (dim.values.size() != zipped[0].values.size())
+          throw Error(fmt::format(
+              "{}: [sweep.zip] steps its keys together, so their arrays need one length: '{}' has {} values, "
+              "'{}' has {}",
+              where(dim.values[0]->source(), file), zipped[0].path, zipped[0].values.size(), dim.path,
+              dim.values.size()));
+      // toml++ orders keys by name; the axis is named by the key written first in the file.
+      auto position = [](const SweepDimension& dim) {
+        const auto begin = dim.values[0]->source().begin;
+        return std::pair(begin.line, begin.column);
+      };
+      std::sort(zipped.begin(), zipped.end(),
+                [&](const auto& a, const auto& b) { return position(a) < position(b); });
+      SweepDimension axis = std::move(zipped[0]);
+      axis.tied.assign(std::make_move_iterator(zipped.begin() + 1), std::make_move_iterator(zipped.end()));
+      out.push_back(std::move(axis));
+    } else if (node.is_table()) {
       collect_sweep(*node.as_table(), path, out, file);
     } else if (const toml::array* array = node.as_array(); array && !array->empty()) {
-      SweepDimension dim{path, {}};
+      SweepDimension dim{path, {}, {}};
       for (const auto& item : *array) dim.values.push_back(&item);
       out.push_back(std::move(dim));
     } else {
@@ -401,14 +442,15 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   config.run_name = run_name;
 
   for (auto&& [key, node] : root) {
-    static const std::vector<std::string> sections{"experiment", "dataset",   "model",      "training",
-                                                   "task",       "estimator", "evaluation", "sweep"};
+    static const std::vector<std::string> sections{"experiment", "dataset",      "model",
+                                                   "training",   "task",         "estimator",
+                                                   "evaluation", "ground_truth", "sweep"};
     std::string name(key.str());
     if (std::find(sections.begin(), sections.end(), name) == sections.end()) {
       std::string suggestion = closest_match(name, sections);
       v.fail(key.source(),
              fmt::format("unknown section '{}'{}; valid sections: experiment, "
-                         "dataset, model, training, task, estimator, evaluation, sweep",
+                         "dataset, model, training, task, estimator, evaluation, ground_truth, sweep",
                          name, suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion)));
     }
   }
@@ -598,13 +640,13 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
                        config.evaluation.gradient_dtype),
            "evaluation.gradient_dtype");
   for (const auto& metric : config.evaluation.metrics) {
-    static const std::vector<std::string> known{"auc", "pearson", "spearman", "class_detection"};
+    static const std::vector<std::string> known{"auc", "pearson", "spearman", "class_detection", "lds"};
     if (std::find(known.begin(), known.end(), metric) == known.end()) {
       std::string suggestion = closest_match(metric, known);
       v.fail(
           evaluation_table.get("metrics")->source(),
           fmt::format("key 'evaluation.metrics': unknown metric \"{}\"{}; known: auc, pearson, spearman, "
-                      "class_detection",
+                      "class_detection, lds",
                       metric, suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion)));
     }
     if ((metric == "pearson" || metric == "spearman") && config.evaluation.reference.empty())
@@ -632,6 +674,29 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
            fmt::format("key 'evaluation.mode': expected \"aggregate\" or \"pairwise\", found \"{}\"",
                        config.evaluation.mode));
   resolved.insert("evaluation", options_table(evaluation));
+
+  // [ground_truth]: retraining on random subsets, for metric "lds". Resolved only when used, so
+  // the configurations (and finished runs) of experiments without it stay as they were.
+  const bool wants_lds = std::find(config.evaluation.metrics.begin(), config.evaluation.metrics.end(),
+                                   "lds") != config.evaluation.metrics.end();
+  if (const toml::node* ground_truth_node = root.get("ground_truth"); ground_truth_node || wants_lds) {
+    Options ground_truth("[ground_truth]");
+    const toml::table& table = v.section(root, "ground_truth", false);
+    v.validate(table, "ground_truth", ground_truth_specs(), {}, ground_truth);
+    if (!wants_lds)
+      v.fail(ground_truth_node->source(),
+             "[ground_truth] is only used by metric \"lds\": add \"lds\" to evaluation.metrics or remove it");
+    if (ground_truth.get_int("subsets") < 5)
+      v.fail(table.get("subsets") ? table.get("subsets")->source() : table.source(),
+             fmt::format("key 'ground_truth.subsets': expected at least 5 subsets (a rank correlation over "
+                         "them), found {}",
+                         ground_truth.get_int("subsets")));
+    const double fraction = ground_truth.get_double("fraction");
+    if (!(fraction > 0 && fraction <= 1))  // 1: every subset is the whole set (a check of the retraining)
+      v.fail(table.get("fraction") ? table.get("fraction")->source() : table.source(),
+             fmt::format("key 'ground_truth.fraction': expected a share in (0, 1], found {}", fraction));
+    resolved.insert("ground_truth", options_table(ground_truth));
+  }
 
   config.resolved_toml = to_text(resolved);  // the stages' cache keys are computed from it
   return config;
@@ -693,6 +758,19 @@ std::vector<ExperimentConfig> load_experiment(const fs::path& file, const std::v
   if (const toml::node* sweep = root.get("sweep")) {
     if (!sweep->is_table()) v.fail(sweep->source(), "key 'sweep': expected a table ([sweep])");
     collect_sweep(*sweep->as_table(), "", dims, file.string());
+    // "a.b" = [...] and a.b = [...] (or a --set of the other spelling) name one key: swept twice.
+    std::map<std::string, const toml::node*> seen;
+    for (const auto& d : dims) {
+      std::vector<const SweepDimension*> keys{&d};
+      for (const auto& t : d.tied) keys.push_back(&t);
+      for (const auto* key : keys)
+        if (auto [it, fresh] = seen.emplace(key->path, key->values[0]); !fresh)
+          v.fail(
+              key->values[0]->source(),
+              fmt::format("sweep key '{}' is swept twice (also at {}); a quoted \"{}\" and a dotted {} are "
+                          "one key: keep one",
+                          key->path, where(it->second->source(), file.string()), key->path, key->path));
+    }
   }
   // [experiment] repeats = k is a sweep over seed, seed+1, ..., seed+k-1.
   std::int64_t repeats = experiment.get("repeats") ? experiment.get("repeats")->value_or<std::int64_t>(1) : 1;
@@ -703,12 +781,14 @@ std::vector<ExperimentConfig> load_experiment(const fs::path& file, const std::v
            fmt::format("key 'experiment.repeats': {} runs is over the limit of {}", repeats, kMaxRuns));
   if (repeats > 1) {
     for (const auto& d : dims)
-      if (d.path == "experiment.seed")
+      if (d.path == "experiment.seed" || std::any_of(d.tied.begin(), d.tied.end(), [](const auto& t) {
+            return t.path == "experiment.seed";
+          }))
         v.fail(experiment.source(),
                "use either [experiment] repeats or a [sweep] over experiment.seed, not both");
     std::int64_t seed = experiment.get("seed") ? experiment.get("seed")->value_or<std::int64_t>(0) : 0;
     for (std::int64_t k = 0; k < repeats; ++k) seeds.push_back(seed + k);
-    SweepDimension dim{"experiment.seed", {}};
+    SweepDimension dim{"experiment.seed", {}, {}};
     for (const auto& item : seeds) dim.values.push_back(&item);
     dims.push_back(std::move(dim));
   } else if (repeats < 1) {
@@ -733,17 +813,22 @@ std::vector<ExperimentConfig> load_experiment(const fs::path& file, const std::v
   while (true) {
     std::string run_name;
     for (std::size_t d = 0; d < dims.size(); ++d) {
-      const toml::node* value = dims[d].values[index[d]];
-      if (!lookup(root, dims[d].path) && dims[d].path.rfind("estimator", 0) == 0)
-        v.fail(
-            value->source(),
-            fmt::format(
-                "sweep key '{}': [[estimator]] options cannot be swept; list one [[estimator]] per variant",
-                dims[d].path));
-      set_path(point, dims[d].path, *value, where(value->source(), file.string()));
-      origins[dims[d].path] = where(value->source(), file.string());
+      std::vector<const SweepDimension*> keys{&dims[d]};  // the axis's key and those zipped with it
+      for (const auto& tied : dims[d].tied) keys.push_back(&tied);
+      for (const SweepDimension* key : keys) {
+        const toml::node* value = key->values[index[d]];
+        if (!lookup(root, key->path) && key->path.rfind("estimator", 0) == 0)
+          v.fail(
+              value->source(),
+              fmt::format("sweep key '{}': [[estimator]] options cannot be swept; list one [[estimator]] per "
+                          "variant",
+                          key->path));
+        set_path(point, key->path, *value, where(value->source(), file.string()));
+        origins[key->path] = where(value->source(), file.string());
+      }
+      // A zipped axis is named by its first key alone: the others follow it.
       auto parts = split_path(dims[d].path);
-      run_name += (run_name.empty() ? "" : "_") + parts.back() + label_of(*value);
+      run_name += (run_name.empty() ? "" : "_") + parts.back() + label_of(*dims[d].values[index[d]]);
     }
     runs.push_back(validate_run(point, file, registry, run_name.empty() ? "run" : run_name, origins));
     std::size_t d = 0;

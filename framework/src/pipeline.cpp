@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <sstream>
 
@@ -41,6 +42,19 @@ StageInputs gradients_stage_inputs(const ExperimentConfig& config, Registry& reg
   return inputs;
 }
 }  // namespace
+
+std::unique_ptr<Model> finetuned_model(const ExperimentConfig& config, Registry& registry,
+                                       const RunPaths& paths) {
+  RunOutcome outcome;
+  const auto versions = plugin_versions(config, registry);
+  const StageInputs data_in = stage_inputs("data", config.resolved_toml, versions);
+  LoadedData data = load_data(data_in, registry, outcome);
+  auto model = build_model(data_in, registry, data, outcome);
+  prepare_base(stage_inputs("base", config.resolved_toml, versions), *model, data, paths, outcome);
+  finetune(stage_inputs("finetune", config.resolved_toml, versions), *model, data, paths, outcome);
+  model->set_training(false);
+  return model;
+}
 
 std::string stage_key(const std::string& stage, const ExperimentConfig& config, Registry& registry) {
   return stage_inputs(stage, config, registry).key();
@@ -112,7 +126,8 @@ std::pair<double, double> mean_class_detection(const torch::Tensor& scores,
 std::string metrics_csv(const std::vector<EstimatorOutcome>& estimators) {
   std::string csv = "estimator,metric,value\n";
   for (const auto& e : estimators) {
-    csv += fmt::format("{},seconds,{:.6f}\n", e.label, e.seconds);
+    if (e.label != "model")  // the fine-tuned model's own row has measurements, not an estimator's time
+      csv += fmt::format("{},seconds,{:.6f}\n", e.label, e.seconds);
     for (const auto& [metric, value] : e.metrics)
       csv += fmt::format("{},{},{:.8g}\n", e.label, metric, value);
   }
@@ -139,6 +154,40 @@ std::vector<EstimatorOutcome> read_metrics_csv(const fs::path& file) {
   return out;
 }
 
+}  // namespace
+
+namespace {
+// The ground-truth stage needs the model at its initialisation on the (cached) base: it runs its
+// own chain data -> base -> ground_truth, so it is independent of whether gradients were cached.
+GroundTruth ground_truth_of(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
+                            RunOutcome& outcome) {
+  const auto versions = plugin_versions(config, registry);
+  const StageInputs truth_in = stage_inputs("ground_truth", config.resolved_toml, versions);
+  const StageInputs data_in = stage_inputs("data", config.resolved_toml, versions);
+  LoadedData data = load_data(data_in, registry, outcome);
+  auto model = build_model(data_in, registry, data, outcome);
+  prepare_base(stage_inputs("base", config.resolved_toml, versions), *model, data, paths, outcome);
+  return ground_truth(truth_in, *model, data, paths, outcome);
+}
+
+// Linear datamodeling score (Park et al., TRAK, 2023). Per query, the Spearman correlation over the
+// subsets between a subset's predicted effect, the sum of its examples' scores (a positive score
+// means up-weighting the example raises the query's loss, so a subset's predicted loss grows with
+// it), and the query's loss after fine-tuning on that subset; the mean over queries. Aggregate
+// scores (against the mean query gradient) are correlated with the mean query loss instead.
+double linear_datamodeling_score(const torch::Tensor& scores, const GroundTruth& truth, bool aggregate) {
+  torch::Tensor effects = scores.to(torch::kDouble);
+  if (aggregate) effects = effects.reshape({-1, 1});
+  const torch::Tensor predicted = truth.subsets.to(torch::kDouble).matmul(effects).contiguous();
+  const torch::Tensor measured = (aggregate ? truth.losses.mean(1, true) : truth.losses).contiguous();
+  double total = 0;
+  std::int64_t counted = 0;
+  for (std::int64_t q = 0; q < predicted.size(1); ++q) {
+    const double r = spearman(to_doubles(predicted.select(1, q)), to_doubles(measured.select(1, q)));
+    if (!std::isnan(r)) total += r, ++counted;  // a query whose loss never changed has no ranking
+  }
+  return counted ? total / static_cast<double>(counted) : std::nan("");
+}
 }  // namespace
 
 RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
@@ -183,6 +232,13 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
     gather_meta_over_ranks(store.train_meta);
   }
   const bool aggregate = config.evaluation.mode == "aggregate";
+  const auto& wanted = config.evaluation.metrics;
+  std::optional<GroundTruth> truth;
+  if (std::find(wanted.begin(), wanted.end(), "lds") != wanted.end()) {
+    if (world_size > 1)
+      throw Error("metric \"lds\" retrains on one process; run the experiment without `inflab launch`");
+    truth = ground_truth_of(config, registry, paths, outcome);
+  }
   std::vector<int> flipped(store.train_meta.flipped.begin(), store.train_meta.flipped.end());
   std::map<std::string, std::vector<double>> all_scores;
   nlohmann::json diagnostics;
@@ -220,6 +276,7 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
       result.metrics["class_auc"] = auc;
       result.metrics["class_recall"] = recall;
     }
+    if (truth) result.metrics["lds"] = linear_datamodeling_score(scores, *truth, aggregate);
     for (const auto& [key, value] : estimator->diagnostics()) diagnostics[spec.label][key] = value;
     log(fmt::format(
         "{}: {:.3f} s{}", spec.label, result.seconds,

@@ -26,6 +26,7 @@ namespace inflab {
 const StageDeclaration& data_stage();
 const StageDeclaration& base_stage();
 const StageDeclaration& finetune_stage();
+const StageDeclaration& ground_truth_stage();
 const StageDeclaration& gradients_stage();
 const StageDeclaration& fit_stage();
 
@@ -105,6 +106,15 @@ void prepare_base(const StageInputs& inputs, Model& model, const LoadedData& dat
 // finetune: trains the LoRA adapters on the training split (cached).
 void finetune(const StageInputs& inputs, Model& model, const LoadedData& data, const RunPaths& paths,
               RunOutcome& outcome);
+// ground_truth: the fine-tuning repeated on random subsets of the training set (same base, same
+// initialisation, same schedule), each query's loss recorded after each; one cache file per
+// subset, so an interrupted stage resumes. The model's adapters are left at their initialisation.
+struct GroundTruth {
+  at::Tensor subsets;  // bool (subsets x n_train): which examples each fine-tuning saw
+  at::Tensor losses;   // float64 (subsets x n_query): each query's loss after it
+};
+GroundTruth ground_truth(const StageInputs& inputs, Model& model, const LoadedData& data,
+                         const RunPaths& paths, RunOutcome& outcome);
 // gradients: per-example gradients of the training losses and the queries' measurements.
 std::filesystem::path gradients_directory(const StageInputs& inputs, const RunPaths& paths);
 GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedData& data,
@@ -124,6 +134,7 @@ struct TrainingSchedule {
   std::int64_t epochs = 1, batch_size = 32, seed = 0;
   double learning_rate = 1e-3, weight_decay = 0;
   std::string optimizer = "adam", label;
+  bool show_progress = true;
 };
 void train(Model& model, const std::function<at::Tensor(const Batch&)>& loss,
            const std::vector<at::Tensor>& parameters, const Batch& examples,

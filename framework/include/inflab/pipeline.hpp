@@ -3,6 +3,7 @@
 #pragma once
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,12 @@ struct RunOutcome {
 // Everything up to and including the gradient store (what `inflab gradients` writes).
 GradientStore prepare_gradients(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
                                 RunOutcome* outcome = nullptr);
+// The run's model with its fine-tuned LoRA adapters: data -> base -> finetune, each from the
+// stage cache when it is there (recomputed, with progress, when it was evicted). `inflab generate
+// --lora RUN_DIR` uses it. The model lives in a plugin of `registry`: destroy it first.
+std::unique_ptr<Model> finetuned_model(const ExperimentConfig& config, Registry& registry,
+                                       const RunPaths& paths);
+
 // The cache key of a stage ("base", "finetune", "gradients", "fit") for this configuration: a hash
 // of exactly the inputs the stage declares, the keys of the stages before it, the versions of the
 // plugins it runs and its format version.

@@ -19,7 +19,7 @@ namespace inflab {
 // memory budget (where the values live): both are settings, outside the key.
 const StageDeclaration& gradients_stage() {
   static const StageDeclaration stage{"gradients",
-                                      3,
+                                      4,  // 4: the model's test answers and accuracies
                                       {"finetune"},
                                       {"task", "evaluation.gradient_dtype"},
                                       {},
@@ -30,14 +30,46 @@ const StageDeclaration& gradients_stage() {
 
 namespace {
 
-// A language model answering instructions: the share of test prompts whose greedy answer is
-// exactly the expected response (the paper's "did the model learn the tasks").
-std::map<std::string, double> measure_model(Model& model, const LoadedData& data) {
+// A language model answering instructions: its greedy answer to every test prompt, and the share
+// exactly equal to the expected response (the paper's "did the model learn the tasks").
+struct ModelMeasurements {
+  std::map<std::string, double> metrics;
+  std::vector<std::string> answers;  // per test example; empty for other models
+};
+// A classifier: accuracy on the training labels it was fine-tuned on (observed, noisy) and on the
+// validation set, and the validation set's mean loss (what ground truth retrains against).
+std::map<std::string, double> measure_classifier(Model& model, const Task& task, const LoadedData& data,
+                                                 std::int64_t batch_size) {
+  torch::NoGradGuard no_grad;
+  model.set_training(false);
+  auto accuracy = [&](const Batch& examples) {
+    std::int64_t correct = 0;
+    for (std::int64_t s = 0; s < examples.size(); s += batch_size) {
+      const Batch part = examples.slice(s, std::min(batch_size, examples.size() - s));
+      correct += model.forward(part.inputs).argmax(1).eq(part.targets).sum().item<std::int64_t>();
+    }
+    return static_cast<double>(correct) / static_cast<double>(std::max<std::int64_t>(1, examples.size()));
+  };
+  double loss = 0;
+  for (std::int64_t s = 0; s < data.validation.size(); s += batch_size)
+    loss +=
+        task.example_losses(model, data.validation.slice(s, std::min(batch_size, data.validation.size() - s)))
+            .sum()
+            .item<double>();
+  return {{"train_accuracy", accuracy(data.train)},
+          {"validation_accuracy", accuracy(data.validation)},
+          {"validation_loss", loss / static_cast<double>(std::max<std::int64_t>(1, data.validation.size()))}};
+}
+
+ModelMeasurements measure_model(Model& model, const Task& task, const LoadedData& data,
+                                std::int64_t batch_size) {
+  if (task.name() == "classification") return {measure_classifier(model, task, data, batch_size), {}};
   auto* language = dynamic_cast<LanguageModel*>(&model);
   const Split& test = data.splits.validation;
   if (!language || test.responses.empty()) return {};
   auto start = Clock::now();
   Progress progress("test answers", test.size(), "prompts");
+  ModelMeasurements measured;
   std::int64_t correct = 0;
   for (std::size_t i = 0; i < test.responses.size(); ++i) {
     const auto expected = language->tokenize(test.responses[i], false);
@@ -45,20 +77,22 @@ std::map<std::string, double> measure_model(Model& model, const LoadedData& data
     options.max_tokens = 2 * static_cast<std::int64_t>(expected.size()) + 8;
     const auto answer =
         language->generate(language->tokenize(language->chat_prompt(test.texts[i]), true), options);
-    correct += language->detokenize(answer) == test.responses[i];
+    measured.answers.push_back(language->detokenize(answer));
+    correct += measured.answers.back() == test.responses[i];
     progress.advance();
   }
   progress.finish();
   const double accuracy = static_cast<double>(correct) / static_cast<double>(test.responses.size());
   log(fmt::format("test answers: {} of {} exact ({:.1f} s)", correct, test.responses.size(),
                   seconds_since(start)));
-  return {{"test_accuracy", accuracy}};
+  measured.metrics["test_accuracy"] = accuracy;
+  return measured;
 }
 
 // Text datasets: every example's text (and response), so results can show the most influential
 // training examples of a query as text. One JSON object per line: split, row, id, label, text
-// and, for instructions, response.
-void write_examples(const fs::path& file, const LoadedData& data) {
+// and, for instructions, response (and, on query rows, the fine-tuned model's greedy answer).
+void write_examples(const fs::path& file, const LoadedData& data, const std::vector<std::string>& answers) {
   if (data.splits.train.texts.empty()) return;
   write_file_atomic(file, [&](std::ostream& out) {
     for (const auto& [name, split] :
@@ -71,6 +105,7 @@ void write_examples(const fs::path& file, const LoadedData& data) {
                             {"label", split->labels[static_cast<std::int64_t>(i)].item<std::int64_t>()},
                             {"text", split->texts[i]}};
         if (i < split->responses.size()) line["response"] = split->responses[i];
+        if (split == &data.splits.validation && i < answers.size()) line["answer"] = answers[i];
         out << line.dump() << "\n";
       }
     }
@@ -123,11 +158,12 @@ GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedD
   store.train = per_example_gradients(model, *task, train, request);
   store.query = per_example_gradients(model, *task, data.validation,
                                       {batch_size, "validation gradients", false, true, {}});
-  store.model_metrics = measure_model(model, data);
+  ModelMeasurements measured = measure_model(model, *task, data, batch_size);
+  store.model_metrics = measured.metrics;
   store.train_meta = std::move(train_meta);
   store.query_meta = data.query_meta;
   save_gradient_store(temporary, store, /*train_values_written=*/on_disk);
-  write_examples(temporary / "examples.jsonl", data);
+  write_examples(temporary / "examples.jsonl", data, measured.answers);
   write_directory_checksums(temporary);
   pending.commit();
   if (dtype != torch::kFloat) store = load_gradient_store(gradient_dir);  // float32 arithmetic

@@ -1,6 +1,8 @@
 // The base and finetune stages: training loops whose results are cached by their inputs.
 #include <torch/torch.h>
 
+#include <optional>
+
 #include "../stage_units.hpp"
 #include "inflab/io.hpp"
 #include "inflab/lora.hpp"
@@ -35,6 +37,21 @@ const StageDeclaration& finetune_stage() {
   return stage;
 }
 
+// The fine-tuning, repeated on random subsets of the training set: what finetune reads, and how
+// the subsets are drawn. How many queries are scored at once is a setting.
+const StageDeclaration& ground_truth_stage() {
+  static const StageDeclaration stage{
+      "ground_truth",
+      1,
+      {"base"},
+      {"dataset", "model", "task", "experiment.seed", "training.epochs", "training.learning_rate",
+       "training.batch_size", "training.optimizer", "training.weight_decay", "ground_truth"},
+      {},
+      {"dataset", "model"},
+      {"evaluation.gradient_batch_size"}};
+  return stage;
+}
+
 void train(Model& model, const std::function<at::Tensor(const Batch&)>& loss,
            const std::vector<at::Tensor>& parameters, const Batch& examples,
            const TrainingSchedule& schedule) {
@@ -50,7 +67,8 @@ void train(Model& model, const std::function<at::Tensor(const Batch&)>& loss,
   const std::int64_t batches = (n + batch_size - 1) / batch_size;
   auto generator = at::detail::createCPUGenerator(static_cast<std::uint64_t>(schedule.seed));
   model.set_training(true);
-  Progress progress(schedule.label, schedule.epochs * batches, "batches");
+  std::optional<Progress> progress;
+  if (schedule.show_progress) progress.emplace(schedule.label, schedule.epochs * batches, "batches");
   for (std::int64_t epoch = 0; epoch < schedule.epochs; ++epoch) {
     torch::Tensor order = torch::randperm(n, generator, torch::kLong);
     for (std::int64_t b = 0; b < batches; ++b) {
@@ -60,10 +78,10 @@ void train(Model& model, const std::function<at::Tensor(const Batch&)>& loss,
                   examples.example_ids.index_select(0, index)};
       loss(batch).backward();
       optimizer->step();
-      progress.advance();
+      if (progress) progress->advance();
     }
   }
-  progress.finish();
+  if (progress) progress->finish();
   model.set_training(false);
 }
 
@@ -139,6 +157,26 @@ void train_probe_head(const StageInputs& inputs, Model& model, const Batch& pret
       base, Batch{features, pretrain.targets, pretrain.example_ids}, schedule);
 }
 
+// The fine-tuning of the adapters on `examples` as the finetune stage runs it (the ground-truth
+// stage repeats it on subsets): the experiment's seed draws dropout, batch order and a task's noise.
+void fine_tune_adapters(const StageInputs& inputs, Model& model, const std::vector<torch::Tensor>& lora,
+                        const Batch& examples, const std::string& label, bool show_progress = true) {
+  const std::int64_t seed = inputs.get_int("experiment.seed");
+  torch::manual_seed(static_cast<std::uint64_t>(seed));  // dropout masks (and a task's own draws)
+  auto task = make_task(inputs.get_string("task.name"), inputs.section("task"));
+  TrainingSchedule schedule;
+  schedule.epochs = inputs.get_int("training.epochs");
+  schedule.learning_rate = inputs.get_double("training.learning_rate");
+  schedule.batch_size = inputs.get_int("training.batch_size");
+  schedule.optimizer = inputs.get_string("training.optimizer");
+  schedule.weight_decay = inputs.get_double("training.weight_decay");
+  schedule.seed = seed;
+  schedule.label = label;
+  schedule.show_progress = show_progress;
+  train(
+      model, [&](const Batch& b) { return task->training_loss(model, b); }, lora, examples, schedule);
+}
+
 }  // namespace
 
 void prepare_base(const StageInputs& inputs, Model& model, const LoadedData& data, const RunPaths& paths,
@@ -184,22 +222,75 @@ void finetune(const StageInputs& inputs, Model& model, const LoadedData& data, c
   fs::path file = cache_root_of(paths) / "finetune" / (inputs.key() + ".pt");
   outcome.stage_cached["finetune"] = load_tensors(file, lora);
   if (!outcome.stage_cached["finetune"]) {
-    const std::int64_t seed = inputs.get_int("experiment.seed");
-    torch::manual_seed(static_cast<std::uint64_t>(seed));  // dropout masks (and a task's own draws)
-    auto task = make_task(inputs.get_string("task.name"), inputs.section("task"));
-    TrainingSchedule schedule;
-    schedule.epochs = inputs.get_int("training.epochs");
-    schedule.learning_rate = inputs.get_double("training.learning_rate");
-    schedule.batch_size = inputs.get_int("training.batch_size");
-    schedule.optimizer = inputs.get_string("training.optimizer");
-    schedule.weight_decay = inputs.get_double("training.weight_decay");
-    schedule.seed = seed;
-    schedule.label = "fine-tuning LoRA";
-    train(
-        model, [&](const Batch& b) { return task->training_loss(model, b); }, lora, data.train, schedule);
+    fine_tune_adapters(inputs, model, lora, data.train, "fine-tuning LoRA");
     save_tensors(file, lora);
   }
   outcome.stage_seconds["finetune"] = seconds_since(start);
+}
+
+GroundTruth ground_truth(const StageInputs& inputs, Model& model, const LoadedData& data,
+                         const RunPaths& paths, RunOutcome& outcome) {
+  auto start = Clock::now();
+  const std::int64_t subsets = inputs.get_int("ground_truth.subsets");
+  const std::int64_t n = data.train.size();
+  const auto size = std::max<std::int64_t>(
+      1, static_cast<std::int64_t>(std::llround(inputs.get_double("ground_truth.fraction") * double(n))));
+  const fs::path directory = cache_root_of(paths) / "ground_truth" / inputs.key();
+  fs::create_directories(directory);
+  remove_stale_temporaries(directory);
+  auto task = make_task(inputs.get_string("task.name"), inputs.section("task"));
+  const std::int64_t batch_size = inputs.get_int("evaluation.gradient_batch_size");
+
+  std::vector<torch::Tensor> lora = lora_tensors(model), initial;
+  for (const auto& t : lora) initial.push_back(t.detach().clone());
+  auto reset_adapters = [&] {
+    torch::NoGradGuard no_grad;
+    for (std::size_t i = 0; i < lora.size(); ++i) lora[i].copy_(initial[i]);
+  };
+  GroundTruth truth;
+  truth.subsets = torch::zeros({subsets, n}, torch::kBool);
+  truth.losses = torch::zeros({subsets, data.validation.size()}, torch::kDouble);
+  std::int64_t reused = 0;
+  Progress progress("ground truth: fine-tuning on subsets", subsets, "subsets");
+  for (std::int64_t m = 0; m < subsets; ++m) {
+    // Subset m: `size` examples drawn by (seed, m) alone, so any subset can be recomputed alone.
+    auto generator = at::detail::createCPUGenerator(
+        static_cast<std::uint64_t>(inputs.get_int("ground_truth.seed")) * 1000003u +
+        static_cast<std::uint64_t>(m));
+    torch::Tensor chosen = std::get<0>(torch::randperm(n, generator, torch::kLong).narrow(0, 0, size).sort());
+    truth.subsets[m].index_fill_(0, chosen, true);
+    // Each subset's file: its examples (a mask) and the queries' losses after fine-tuning on it.
+    std::vector<torch::Tensor> result{torch::zeros({n}, torch::kBool), truth.losses[m].clone()};
+    const fs::path file = directory / fmt::format("subset_{:05d}.pt", m);
+    if (load_tensors(file, result) && result[0].equal(truth.subsets[m])) {  // from an interrupted run
+      truth.losses[m].copy_(result[1]);
+      ++reused, progress.advance();
+      continue;
+    }
+    reset_adapters();
+    Batch subset{data.train.inputs.index_select(0, chosen), data.train.targets.index_select(0, chosen),
+                 data.train.example_ids.index_select(0, chosen)};
+    fine_tune_adapters(inputs, model, lora, subset, "", /*show_progress=*/false);
+    {
+      torch::NoGradGuard no_grad;
+      model.set_training(false);
+      for (std::int64_t s = 0; s < data.validation.size(); s += batch_size) {
+        const auto count = std::min(batch_size, data.validation.size() - s);
+        truth.losses[m]
+            .narrow(0, s, count)
+            .copy_(task->example_losses(model, data.validation.slice(s, count)));
+      }
+    }
+    save_tensors(file, {truth.subsets[m], truth.losses[m]});
+    progress.advance();
+  }
+  progress.finish();
+  reset_adapters();  // the model leaves as it came: adapters at their initialisation
+  if (reused)
+    log(fmt::format("ground truth: {} of {} subsets from an earlier, interrupted run", reused, subsets));
+  outcome.stage_seconds["ground_truth"] = seconds_since(start);
+  outcome.stage_cached["ground_truth"] = reused == subsets;
+  return truth;
 }
 
 }  // namespace inflab

@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Class detection (paper Table 2) per test example, pooled over seeds, with intervals.
+
+    /usr/bin/python3 framework/report/class_detection.py results/paper   (also run by `inflab report`)
+
+For every finished pairwise run with examples.jsonl and scores_<estimator>.npy (n_train x
+n_query), recomputes each query's class-detection AUC and recall at s (s = training examples of
+the query's class; the most helpful, i.e. most negative, scores ranked first) independently of
+the C++ metric, and checks that their means equal the run's metrics.csv. Runs of one experiment
+that differ only in the seed are pooled: every (seed, test example) pair is one unit. Writes
+<root>/class_detection.csv: per experiment group and estimator the mean AUC and recall with 95%
+bootstrap percentile intervals over those units (2000 resamples, fixed seed), the paired
+difference to Hessian-free and to DataInf over the same units with its interval, the runs, the
+units and the mean exact-match test accuracy of the fine-tuned models; and the figure
+figures/fig5_class_detection (AUC and recall per estimator and task, the paper's values marked).
+"""
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+
+# The paper's Table 2 (Llama-2-13B-chat): (Hessian-free, DataInf) AUC and recall per task.
+PAPER = {
+    "transformations": {"auc": (0.999, 1.000), "recall": (0.985, 0.997)},
+    "math": {"auc": (0.770, 1.000), "recall": (0.258, 0.999)},
+    "math_reasoning": {"auc": (0.772, 1.000), "recall": (0.258, 0.996)},
+}
+RESAMPLES = 2000
+
+
+def mid_ranks(values):
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values))
+    sorted_values = values[order]
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and sorted_values[j + 1] == sorted_values[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def detection(column, same):
+    """AUC (Mann-Whitney, ties one half) of `same` when helpfulness (-score) ranks, and recall at s."""
+    helpfulness = -np.asarray(column, dtype=np.float64)
+    positives, negatives = same.sum(), (~same).sum()
+    ranks = mid_ranks(helpfulness)
+    auc = (ranks[same].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    top = np.argsort(-helpfulness, kind="mergesort")[:positives]
+    return auc, same[top].mean()
+
+
+def interval(values, rng):
+    values = np.asarray(values)
+    means = values[rng.integers(0, len(values), (RESAMPLES, len(values)))].mean(axis=1)
+    return np.percentile(means, 2.5), np.percentile(means, 97.5)
+
+
+def run_units(run_dir):
+    """{estimator: (auc per query, recall per query)}, the run's metrics and its test accuracy."""
+    examples = [json.loads(line) for line in open(os.path.join(run_dir, "examples.jsonl"))]
+    train = np.array([e["label"] for e in examples if e["split"] == "train"])
+    query = np.array([e["label"] for e in examples if e["split"] == "query"])
+    metrics = {}
+    for row in csv.DictReader(open(os.path.join(run_dir, "metrics.csv"))):
+        metrics.setdefault(row["estimator"], {})[row["metric"]] = float(row["value"])
+    units = {}
+    for estimator, values in metrics.items():
+        if "class_auc" not in values:
+            continue
+        scores = np.load(os.path.join(run_dir, f"scores_{estimator}.npy"))
+        if scores.shape != (len(train), len(query)):
+            sys.exit(f"{run_dir}: scores_{estimator}.npy is {scores.shape}, examples.jsonl has "
+                     f"{len(train)} training and {len(query)} query examples")
+        per_query = np.array([detection(scores[:, q], train == query[q]) for q in range(len(query))])
+        for k, metric in enumerate(("class_auc", "class_recall")):
+            if abs(per_query[:, k].mean() - values[metric]) > 1e-6:
+                sys.exit(f"{run_dir}: {estimator} {metric} recomputed from the scores is "
+                         f"{per_query[:, k].mean():.8f}, metrics.csv says {values[metric]:.8f}")
+        units[estimator] = per_query
+    return units, metrics.get("model", {}).get("test_accuracy")
+
+
+def task_of(group):
+    for task in sorted(PAPER, key=len, reverse=True):
+        if task in group:
+            return task
+    return None
+
+
+def summarise(groups):
+    """groups: {name: [run_dir, ...]} -> rows of class_detection.csv."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for group, run_dirs in sorted(groups.items()):
+        loaded = [run_units(d) for d in sorted(run_dirs)]
+        estimators = [e for e in loaded[0][0] if all(e in units for units, _ in loaded)]
+        pooled = {e: np.concatenate([units[e] for units, _ in loaded]) for e in estimators}
+        accuracies = [a for _, a in loaded if a is not None]
+        for estimator in estimators:
+            row = {"experiment": group, "estimator": estimator, "runs": len(loaded),
+                   "units": len(pooled[estimator]),
+                   "test_accuracy": f"{np.mean(accuracies):.4g}" if accuracies else ""}
+            for k, metric in enumerate(("auc", "recall")):
+                values = pooled[estimator][:, k]
+                low, high = interval(values, rng)
+                row.update({metric: f"{values.mean():.4f}", f"{metric}_low": f"{low:.4f}",
+                            f"{metric}_high": f"{high:.4f}"})
+                for baseline in ("hessian_free", "datainf"):
+                    if baseline in pooled and baseline != estimator:
+                        difference = values - pooled[baseline][:, k]
+                        low, high = interval(difference, rng)
+                        row[f"{metric}_minus_{baseline}"] = (f"{difference.mean():+.4f} "
+                                                             f"[{low:+.4f}, {high:+.4f}]")
+            rows.append(row)
+    return rows
+
+
+def figure(rows, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from report import COLOURS, LABELS, ORDER, save
+
+    groups = sorted({r["experiment"] for r in rows})
+    fig, axes = plt.subplots(2, len(groups), figsize=(3.4 * len(groups), 5.6), squeeze=False, sharey="row")
+    for column, group in enumerate(groups):
+        mine = sorted((r for r in rows if r["experiment"] == group), key=lambda r: ORDER.index(r["estimator"])
+                      if r["estimator"] in ORDER else len(ORDER))
+        for line, metric in enumerate(("auc", "recall")):
+            ax = axes[line][column]
+            for i, r in enumerate(mine):
+                mean = float(r[metric])
+                ax.bar(i, mean, 0.7, color=COLOURS.get(r["estimator"], "#bbbbbb"),
+                       yerr=[[mean - float(r[f"{metric}_low"])], [float(r[f"{metric}_high"]) - mean]], capsize=2)
+            task = task_of(group)
+            if task:
+                for value, style, name in zip(PAPER[task][metric], ("--", "-"), ("Hessian-free", "DataInf")):
+                    ax.axhline(value, color="#555555", linestyle=style, linewidth=1,
+                               label=f"paper: {name}" if column == 0 and line == 0 else None)
+            ax.axhline(0.5 if metric == "auc" else 0.1, color="#aaaaaa", linestyle=":", linewidth=1,
+                       label="chance" if column == 0 and line == 0 else None)
+            ax.set_xticks(range(len(mine)), [LABELS.get(r["estimator"], r["estimator"]) for r in mine],
+                          rotation=60, fontsize=7)
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3, axis="y")
+            if column == 0:
+                ax.set_ylabel("class AUC" if metric == "auc" else "recall at s")
+            if line == 0:
+                runs = mine[0]["runs"] if mine else 0
+                accuracy = mine[0]["test_accuracy"] if mine else ""
+                ax.set_title(f"{group.replace('class_detection_llm_', '')}\n{runs} seed(s), test acc. {accuracy}",
+                             fontsize=8)
+    fig.legend(loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle("LLM class detection: mean over test examples and seeds, 95% bootstrap intervals", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
+    save(fig, out, "fig5_class_detection")
+
+
+def find_groups(root):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from report import sweep_label
+
+    groups = {}
+    for experiment in sorted(os.listdir(root)):
+        exp_dir = os.path.join(root, experiment)
+        if not os.path.isdir(exp_dir) or experiment == "figures":
+            continue
+        for run in sorted(os.listdir(exp_dir)):
+            run_dir = os.path.join(exp_dir, run)
+            finished = os.path.exists(os.path.join(run_dir, "metrics.csv"))
+            if finished and os.path.exists(os.path.join(run_dir, "examples.jsonl")) and any(
+                    "class_auc" in line for line in open(os.path.join(run_dir, "metrics.csv"))):
+                groups.setdefault(experiment + sweep_label(run), []).append(run_dir)
+    return groups
+
+
+def main(root):
+    groups = find_groups(root)
+    if not groups:
+        return None
+    rows = summarise(groups)
+    fields = ["experiment", "estimator", "runs", "units", "test_accuracy", "auc", "auc_low", "auc_high",
+              "auc_minus_hessian_free", "auc_minus_datainf", "recall", "recall_low", "recall_high",
+              "recall_minus_hessian_free", "recall_minus_datainf"]
+    path = os.path.join(root, "class_detection.csv")
+    with open(path + ".tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(path + ".tmp", path)
+    figure(rows, os.path.join(root, "figures"))
+    return path
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: class_detection.py RESULTS_DIR   (e.g. results/paper)")
+    print(main(sys.argv[1]) or f"{sys.argv[1]}: no finished class-detection runs")
