@@ -155,7 +155,19 @@ TEST_CASE("[sweep.zip] steps its keys together, crossed with the other axes", "[
   std::string all_names;
   for (const auto& n : names) all_names += n + " ";
   INFO(all_names);
-  CHECK(names.count("rank2_seed1") == 1);  // a zipped axis is named by its first key
+  CHECK(names.count("rank2_seed1") == 1);  // a zipped axis with experiment.seed is named by it
+  // ... also when --set replaced the values; without it, by the key written first in the file.
+  auto overridden = f.load(std::string(kValid) +
+                               "\n[sweep.zip]\ndataset.noise_seed = [10, 11]\n"
+                               "experiment.seed = [0, 1]\n",
+                           {"sweep.zip.experiment.seed=[5, 6]", "sweep.zip.dataset.noise_seed=[7, 8]"});
+  REQUIRE(overridden.size() == 2);
+  CHECK(overridden[1].run_name == "seed6");
+  CHECK(overridden[1].noise_seed == 8);
+  auto unseeded = f.load(std::string(kValid) +
+                         "\n[sweep.zip]\n\"training.epochs\" = [1, 2]\n"
+                         "\"dataset.noise_seed\" = [3, 4]\n");
+  CHECK(unseeded[1].run_name == "epochs2");
 
   auto unequal = f.error_of(std::string(kValid) +
                             "\n[sweep.zip]\nexperiment.seed = [0, 1, 2]\n\"dataset.noise_seed\" = [1, 2]\n");

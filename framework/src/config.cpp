@@ -362,10 +362,12 @@ void collect_sweep(const toml::table& table, const std::string& prefix, std::vec
               "'{}' has {}",
               where(dim.values[0]->source(), file), zipped[0].path, zipped[0].values.size(), dim.path,
               dim.values.size()));
-      // toml++ orders keys by name; the axis is named by the key written first in the file.
+      // toml++ orders keys by name. The axis is named by experiment.seed when it is zipped (seeds
+      // tied to it), else by the key written first in the file (values given by --set come last).
       auto position = [](const SweepDimension& dim) {
         const auto begin = dim.values[0]->source().begin;
-        return std::pair(begin.line, begin.column);
+        const bool seed = dim.path == "experiment.seed";
+        return std::tuple(!seed, begin.line == 0, begin.line, begin.column);
       };
       std::sort(zipped.begin(), zipped.end(),
                 [&](const auto& a, const auto& b) { return position(a) < position(b); });
