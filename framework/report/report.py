@@ -13,7 +13,10 @@ over seeds, per experiment, rank, n and estimator) and draws:
   fig4_lissa_variants        LiSSA as the paper writes it against the paper's code
   fig5_class_detection       LLM class detection per task (class_detection.py, which also writes
                              <dir>/class_detection.csv: intervals over test examples and seeds)
-as PNG and PDF. Colours are fixed per estimator across figures.
+  fig6_lds                   linear datamodeling score (ground truth by retraining) per estimator
+as PNG and PDF (colours fixed per estimator across figures), and writes <dir>/paired.csv: each
+estimator minus DataInf and minus Hessian-free, paired over the runs (seeds) of a setting, mean
+and 95% t interval.
 """
 import csv
 import json
@@ -115,6 +118,66 @@ def experiments_with(table, predicate):
     return sorted({k[0] for k in table if predicate(k)})
 
 
+def paired(runs, metric, estimator, baseline):
+    """Differences estimator - baseline over the runs that have both (the same seed and data)."""
+    return [r["metrics"][estimator][metric] - r["metrics"][baseline][metric] for r in runs
+            if metric in r["metrics"].get(estimator, {}) and metric in r["metrics"].get(baseline, {})]
+
+
+def write_paired(runs, root):
+    """paired.csv: per experiment, rank and metric, each estimator minus DataInf and minus
+    Hessian-free, paired over the runs (seeds) that have both; mean and 95% t interval."""
+    groups = defaultdict(list)
+    for r in runs:
+        groups[(r["experiment"], r["rank"])].append(r)
+    path = os.path.join(root, "paired.csv")
+    with open(path + ".tmp", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["experiment", "rank", "metric", "estimator", "baseline", "mean_difference", "ci_low",
+                    "ci_high", "runs"])
+        for (experiment, rank), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+            estimators = sorted({e for r in members for e in r["metrics"] if e != "model"})
+            for metric in ("auc", "lds", "pearson", "class_auc", "class_recall"):
+                for baseline in ("datainf", "hessian_free"):
+                    for estimator in estimators:
+                        if estimator == baseline:
+                            continue
+                        differences = paired(members, metric, estimator, baseline)
+                        if len(differences) < 2:
+                            continue
+                        mean, half, n = mean_ci(differences)
+                        w.writerow([experiment, rank, metric, estimator, baseline, f"{mean:.4g}",
+                                    f"{mean - half:.4g}", f"{mean + half:.4g}", n])
+    os.replace(path + ".tmp", path)
+
+
+def lds_figure(table, out):
+    """fig6_lds: the linear datamodeling score of each estimator per setting (mean, 95% CI)."""
+    settings = experiments_with(table, lambda k: k[4] == "lds")
+    if not settings:
+        return
+    estimators = [e for e in ORDER if any(k[3] == e and k[4] == "lds" for k in table)]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.9 * len(settings)), 3.6))
+    width = 0.8 / len(estimators)
+    for j, estimator in enumerate(estimators):
+        xs, ys, errs = [], [], []
+        for i, experiment in enumerate(settings):
+            hits = [table[k] for k in table if k[0] == experiment and k[3] == estimator and k[4] == "lds"]
+            if hits:
+                xs.append(i + (j - len(estimators) / 2 + 0.5) * width)
+                ys.append(hits[0][0])
+                errs.append(0 if math.isnan(hits[0][1]) else hits[0][1])
+        ax.bar(xs, ys, width, yerr=errs, capsize=2, color=COLOURS[estimator], label=LABELS[estimator])
+    runs = {e: max(k_v[1][2] for k_v in table.items() if k_v[0][0] == e and k_v[0][4] == "lds") for e in settings}
+    ax.set_xticks(range(len(settings)), [f"{e}\n({runs[e]} seeds)" for e in settings], fontsize=8)
+    ax.set_ylabel("LDS (Spearman, retraining on halves)")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    ax.set_title("Ground truth: linear datamodeling score per estimator (mean, 95% CI over seeds)", fontsize=9)
+    save(fig, out, "fig6_lds")
+
+
 def main(root):
     runs = load_runs(root)
     if not runs:
@@ -133,8 +196,13 @@ def main(root):
     def per_rank_figure(metric, ylabel, name, title, skip=("exact", "cg")):
         if not studies:
             return
-        fig, axes = plt.subplots(1, len(studies), figsize=(4.2 * len(studies), 3.6), squeeze=False)
-        for ax, experiment in zip(axes[0], studies):
+        # A grid of at most three columns, so the figure stays legible at the width of a page.
+        columns = min(3, len(studies))
+        rows = (len(studies) + columns - 1) // columns
+        fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.1 * rows), squeeze=False, sharey=True)
+        for ax in axes.flat[len(studies):]:
+            ax.set_visible(False)
+        for ax, experiment in zip(axes.flat, studies):
             ranks = ranks_of(experiment)
             for estimator in ORDER:
                 if estimator in skip:
@@ -150,12 +218,15 @@ def main(root):
             ax.set_xscale("log", base=2)
             ax.set_xticks(ranks, [str(r) for r in ranks])
             ax.set_xlabel("LoRA rank r")
-            ax.set_title(experiment)
+            ax.set_title(experiment, fontsize=9)
             ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel(ylabel)
-        axes[0][-1].legend(fontsize=8, loc="best")
-        fig.suptitle(title)
-        fig.tight_layout(rect=(0, 0, 1, 0.94))
+        for row in axes:
+            row[0].set_ylabel(ylabel, fontsize=8)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=8, ncol=min(4, len(labels)), loc="lower center",
+                   bbox_to_anchor=(0.5, -0.01))
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout(rect=(0, 0.07, 1, 0.95))
         save(fig, out, name)
 
     per_rank_figure("pearson", "Pearson correlation with Exact", "fig1_correlation_vs_rank",
@@ -220,6 +291,8 @@ def main(root):
         fig.suptitle("LiSSA as the paper writes it (damping added, converged) vs the paper's code")
         fig.tight_layout(rect=(0, 0, 1, 0.93))
         save(fig, out, "fig4_lissa_variants")
+    lds_figure(table, out)
+    write_paired(runs, root)
     class_detection.main(root)
     commits = sorted({r["commit"] for r in runs})
     print(f"{len(runs)} runs from {len(studies)} studies; commits {', '.join(commits)}; "
