@@ -1,9 +1,11 @@
 // Tasks (causal LM, denoising): the engine's per-example gradients of each task's loss against a
 // per-example autograd loop that computes the loss by hand, one example (and timestep) at a time.
+#include <png.h>
 #include <torch/torch.h>
 
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <set>
 
 #include "helpers.hpp"
 #include "inflab/config.hpp"
@@ -11,6 +13,7 @@
 #include "inflab/gradients.hpp"
 #include "inflab/lora.hpp"
 #include "inflab/registry.hpp"
+#include "inflab/sampling.hpp"
 #include "inflab/task.hpp"
 
 using Catch::Matchers::Contains;
@@ -212,6 +215,141 @@ TEST_CASE("denoising: per-example gradients of the summed timestep losses equal 
   inflab::Batch reversed{images.index_select(0, order), condition.index_select(0, order),
                          ids.index_select(0, order)};
   CHECK(task->example_losses(model, reversed).allclose(losses.index_select(0, order), 1e-6, 1e-7));
+}
+
+TEST_CASE("ddpm_lora (U-Net: LoRA convolutions, strided and attention): denoising gradients equal a loop",
+          "[task][ddpm]") {
+  auto options = inflab::default_options(
+      "ddpm_lora", test::registry().find(inflab::PluginKind::Model, "ddpm_lora").info->options());
+  options.set("channels", std::vector<std::int64_t>{8, 8});
+  options.set("embedding", std::int64_t{8});
+  options.set("groups", std::int64_t{4});
+  auto model = test::registry().create_as<inflab::Model>(inflab::PluginKind::Model, "ddpm_lora", options);
+  model->build({{64}, 3}, inflab::LoraConfig{2, 4.0, 0.0, {"*"}}, 5);
+  perturb(*model);
+  std::set<std::string> layers;
+  for (auto* layer : model->lora_layers()) layers.insert(layer->name());
+  CHECK(layers.count("down"));    // a stride-2 convolution
+  CHECK(layers.count("attn.q"));  // attention over the half-resolution positions
+  torch::manual_seed(3);
+  const std::int64_t n = 4;
+  auto images = torch::rand({n, 64}) * 2 - 1;  // flattened 8x8 grey images, as the datasets give them
+  auto condition = torch::tensor({0, 2, 1, 2}, torch::kLong);
+  auto ids = torch::tensor({8, 3, 21, 5}, torch::kLong);
+  const std::vector<std::int64_t> timesteps{25, 525};
+  auto task = inflab::make_task("denoising", task_options(timesteps, 4));
+  auto alpha_bar = inflab::ddpm_alphas_cumprod(1000);
+  auto by_hand = [&](std::int64_t i) {
+    torch::Tensor loss = torch::zeros({});
+    for (auto t : timesteps) {
+      auto eps = inflab::denoising_noise(4, ids[i].item<std::int64_t>(), t, images[0]).unsqueeze(0);
+      double a = alpha_bar[t].item<double>();
+      auto noisy = std::sqrt(a) * images.narrow(0, i, 1) + std::sqrt(1 - a) * eps;
+      loss = loss + (model->denoise(noisy, torch::tensor({t}, torch::kLong), condition.narrow(0, i, 1)) - eps)
+                        .square()
+                        .mean();
+    }
+    return loss;
+  };
+  check_equal(
+      inflab::per_example_gradients(*model, *task, {images, condition, ids}, {3, "", false, false, {}}),
+      loop(*model, n, by_hand));
+}
+
+// A denoiser that predicts no noise: DDIM then has a closed form to check the sampler against.
+class ZeroDenoiser : public TinyDenoiser {
+ public:
+  at::Tensor denoise(const at::Tensor& noisy, const at::Tensor&, const at::Tensor&) override {
+    return torch::zeros_like(noisy);
+  }
+};
+
+TEST_CASE("DDIM sampling follows its update rule; PNG grids read back through libpng", "[task][ddpm]") {
+  ZeroDenoiser model;
+  model.build({}, inflab::LoraConfig{2, 4.0, 0.0, {"*"}}, 1);
+  inflab::SamplingOptions options;
+  options.sampling_steps = 2;
+  options.seed = 7;
+  options.clip = 1.0;
+  auto images = inflab::sample_images(model, {0, 1, 2}, {1, 4, 4}, options);
+  REQUIRE(images.sizes() == at::IntArrayRef({3, 1, 4, 4}));
+  // By hand: x_T ~ N(0, I) from the seed; steps at t = 999, then 0; eps = 0 predicted.
+  auto generator = at::detail::createCPUGenerator(7);
+  auto x = at::normal(0.0, 1.0, {3, 1, 4, 4}, generator).to(torch::kDouble);
+  auto alpha_bar = inflab::ddpm_alphas_cumprod(1000).to(torch::kDouble);
+  for (auto [t, previous] : std::vector<std::pair<int, int>>{{999, 0}, {0, -1}}) {
+    const double a = alpha_bar[t].item<double>(),
+                 a_prev = previous < 0 ? 1.0 : alpha_bar[previous].item<double>();
+    auto x0 = (x / std::sqrt(a)).clamp(-1, 1);
+    auto eps = (x - std::sqrt(a) * x0) / std::sqrt(1 - a);
+    x = std::sqrt(a_prev) * x0 + std::sqrt(1 - a_prev) * eps;
+  }
+  CHECK(images.to(torch::kDouble).allclose(x, 1e-5, 1e-6));
+  CHECK(inflab::sample_images(model, {0, 1, 2}, {1, 4, 4}, options).equal(images));  // seeded
+
+  test::TempDir dir;
+  auto grid = torch::linspace(-1, 1, 3 * 16).reshape({3, 16});
+  inflab::save_png_grid(dir.path / "g.png", grid, 2);
+  png_image read{};
+  read.version = PNG_IMAGE_VERSION;
+  REQUIRE(png_image_begin_read_from_file(&read, (dir.path / "g.png").string().c_str()));
+  read.format = PNG_FORMAT_GRAY;
+  CHECK(read.width == 2 * 5 + 1);  // two columns of 4 pixels, 1-pixel gaps
+  CHECK(read.height == 2 * 5 + 1);
+  std::vector<std::uint8_t> pixels(PNG_IMAGE_SIZE(read));
+  REQUIRE(png_image_finish_read(&read, nullptr, pixels.data(), 0, nullptr));
+  const auto expected = [&](int k, int y, int xx) {
+    return static_cast<int>(std::lround((grid[k][y * 4 + xx].item<double>() + 1) / 2 * 255));
+  };
+  CHECK(pixels[1 * 11 + 1] == expected(0, 0, 0));            // first image, top-left
+  CHECK(pixels[(6 + 3) * 11 + 1 + 3] == expected(2, 3, 3));  // third image (second row), bottom-right
+  CHECK(pixels[0] == 255);                                   // a gap
+}
+
+TEST_CASE("inflab sample draws a row per condition from a fine-tuned ddpm_lora; bad names are errors",
+          "[task][ddpm][cli]") {
+  test::TempDir dir;
+  auto file = dir.write("ddpm.toml", R"([experiment]
+name = "ddpm"
+
+[dataset]
+plugin = "digits"
+n_train = 20
+n_validation = 4
+n_pretrain = 40
+
+[model]
+plugin = "ddpm_lora"
+channels = [8, 8]
+embedding = 8
+groups = 4
+
+[task]
+name = "denoising"
+
+[training]
+epochs = 1
+pretrain_epochs = 1
+
+[[estimator]]
+plugin = "hessian_free"
+)");
+  const std::string bin = std::string(INFLAB_BINARY) + " --quiet sample " + file.string() + " --cache " +
+                          (dir.path / "cache").string() + " --steps 3 ";
+  auto ok =
+      test::run_command(bin + "--condition 3 --condition 7 --count 5 --out " + (dir.path / "g.png").string());
+  INFO(ok.output);
+  REQUIRE(ok.exit_code == 0);
+  png_image read{};
+  read.version = PNG_IMAGE_VERSION;
+  REQUIRE(png_image_begin_read_from_file(&read, (dir.path / "g.png").string().c_str()));
+  CHECK(read.width == 5 * 9 + 1);   // 5 images of 8 pixels per row, 1-pixel gaps
+  CHECK(read.height == 2 * 9 + 1);  // one row per condition
+  png_image_free(&read);
+  auto bad = test::run_command(bin + "--condition 12 --out " + (dir.path / "h.png").string());
+  CHECK(bad.exit_code == 2);
+  CHECK_THAT(bad.output, Contains("--condition 12") && Contains("conditions: 0, 1, 2"));
+  CHECK_FALSE(std::filesystem::exists(dir.path / "h.png"));
 }
 
 TEST_CASE("tasks are chosen by name, and a wrong name or label noise without classes is an error", "[task]") {

@@ -17,10 +17,12 @@
 #include "inflab/gradients.hpp"
 #include "inflab/io.hpp"
 #include "inflab/language_model.hpp"
+#include "inflab/model.hpp"
 #include "inflab/pipeline.hpp"
 #include "inflab/progress.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/runtime.hpp"
+#include "inflab/sampling.hpp"
 #include "inflab/scoring.hpp"
 #include "launch.hpp"
 
@@ -266,7 +268,7 @@ std::unique_ptr<LoadedLanguageModel> load_finetuned_language_model(const fs::pat
   if (!Progress::quiet())
     std::cerr << fmt::format("[inflab] {}: model '{}' with the run's fine-tuned LoRA adapters\n",
                              run_directory.string(), run_model);
-  loaded->model = finetuned_model(runs[0], loaded->registry, RunPaths{"results", cache});
+  loaded->model = finetuned_model(runs[0], loaded->registry, RunPaths{"results", cache}).model;
   loaded->language = dynamic_cast<LanguageModel*>(loaded->model.get());
   if (!loaded->language)
     throw Error(fmt::format("--lora {}: the run's model '{}' does not generate text", run_directory.string(),
@@ -295,6 +297,45 @@ int command_generate(const std::string& model_name, const std::string& prompt, b
     std::cout << nlohmann::json{{"ids", continuation}, {"text", text}}.dump() << "\n";
   else
     std::cout << text << "\n";
+  return 0;
+}
+
+// `inflab sample`: images from the fine-tuned denoiser of an experiment, a row per condition.
+int command_sample(const fs::path& file, const std::vector<std::string>& sets, const fs::path& cache,
+                   const std::vector<std::string>& condition_names, std::int64_t count,
+                   const SamplingOptions& sampling, const fs::path& out, const Common& common) {
+  Registry registry;
+  load_plugins(registry, common);
+  auto runs = load_experiment(file, sets, registry);
+  if (runs.size() != 1)
+    throw Error(
+        fmt::format("{}: {} runs; sample takes one (e.g. --set 'sweep={{}}')", file.string(), runs.size()));
+  if (count < 1)
+    throw Error(fmt::format("--count: expected at least 1 image per condition, found {}", count));
+  FinetunedModel tuned = finetuned_model(runs[0], registry, RunPaths{"results", cache});
+  if (tuned.task != "denoising")
+    throw Error(fmt::format("{}: task '{}' does not generate images; sample needs task.name = \"denoising\"",
+                            file.string(), tuned.task));
+  std::vector<std::int64_t> conditions;
+  for (const auto& name : condition_names) {
+    auto it = std::find(tuned.class_names.begin(), tuned.class_names.end(), name);
+    if (it == tuned.class_names.end())
+      throw Error(fmt::format("--condition {}: not a condition of this dataset; conditions: {}", name,
+                              fmt::join(tuned.class_names, ", ")));
+    conditions.push_back(it - tuned.class_names.begin());
+  }
+  if (conditions.empty())
+    for (std::size_t k = 0; k < tuned.class_names.size(); ++k)
+      conditions.push_back(static_cast<std::int64_t>(k));
+  std::vector<std::int64_t> per_image;
+  for (auto c : conditions) per_image.insert(per_image.end(), static_cast<std::size_t>(count), c);
+  SamplingOptions options = sampling;
+  options.diffusion_steps = tuned.diffusion_steps;
+  at::Tensor images = sample_images(*tuned.model, per_image, tuned.example_shape, options);
+  save_png_grid(out, images, count);
+  if (!common.quiet)
+    std::cerr << fmt::format("[inflab] {} images ({} per condition, {} DDIM steps, seed {}) -> {}\n",
+                             per_image.size(), count, options.sampling_steps, options.seed, out.string());
   return 0;
 }
 
@@ -394,6 +435,22 @@ static int run_cli(int argc, char** argv) {
   tokenize->add_flag("--special", special, "parse control tokens written in the text (<|im_start|>, ...)");
   tokenize->add_option("--set", sets, "model option (repeatable)");
 
+  std::vector<std::string> sample_conditions;
+  std::int64_t sample_count = 8;
+  SamplingOptions sampling;
+  fs::path sample_out;
+  auto* sample = app.add_subcommand(
+      "sample", "generate images with an experiment's fine-tuned denoiser (task denoising) into a PNG grid");
+  sample->add_option("file", file, "experiment TOML file (one run)")->required()->check(CLI::ExistingFile);
+  sample->add_option("--set", sets, "override a key (repeatable)");
+  sample->add_option("--cache", cache, "stage cache (the fine-tuned adapters; trained if missing)");
+  sample->add_option("--condition", sample_conditions,
+                     "a condition (class or style) name (repeatable; default: all)");
+  sample->add_option("--count", sample_count, "images per condition: one row each (default 8)");
+  sample->add_option("--steps", sampling.sampling_steps, "DDIM steps (default 50)");
+  sample->add_option("--seed", sampling.seed, "seed of the starting noise (default 0)");
+  sample->add_option("--out", sample_out, "output PNG")->required();
+
   int launch_ranks = 0;
   double launch_timeout = 300;
   std::vector<std::string> launch_arguments;
@@ -437,6 +494,8 @@ static int run_cli(int argc, char** argv) {
     if (*generate)
       return command_generate(lm_name, prompt, raw, json, logits_file, generation, sets, lora_run, cache,
                               common);
+    if (*sample)
+      return command_sample(file, sets, cache, sample_conditions, sample_count, sampling, sample_out, common);
     if (*tokenize)
       return command_tokenize(lm_name.empty() ? "smollm2_lora" : lm_name, lm_text, special, sets, common);
   } catch (const Error& e) {

@@ -43,8 +43,7 @@ StageInputs gradients_stage_inputs(const ExperimentConfig& config, Registry& reg
 }
 }  // namespace
 
-std::unique_ptr<Model> finetuned_model(const ExperimentConfig& config, Registry& registry,
-                                       const RunPaths& paths) {
+FinetunedModel finetuned_model(const ExperimentConfig& config, Registry& registry, const RunPaths& paths) {
   RunOutcome outcome;
   const auto versions = plugin_versions(config, registry);
   const StageInputs data_in = stage_inputs("data", config.resolved_toml, versions);
@@ -53,7 +52,14 @@ std::unique_ptr<Model> finetuned_model(const ExperimentConfig& config, Registry&
   prepare_base(stage_inputs("base", config.resolved_toml, versions), *model, data, paths, outcome);
   finetune(stage_inputs("finetune", config.resolved_toml, versions), *model, data, paths, outcome);
   model->set_training(false);
-  return model;
+  FinetunedModel out;
+  out.model = std::move(model);
+  for (std::int64_t d = 1; d < data.train.inputs.dim(); ++d)
+    out.example_shape.push_back(data.train.inputs.size(d));
+  out.class_names = data.splits.class_names;
+  out.task = data_in.get_string("task.name");
+  out.diffusion_steps = data_in.get_int("task.diffusion_steps");
+  return out;
 }
 
 std::string stage_key(const std::string& stage, const ExperimentConfig& config, Registry& registry) {

@@ -1,6 +1,7 @@
 // Runs one experiment configuration: data -> base model -> LoRA fine-tune -> gradients ->
 // estimators -> metrics, caching each expensive stage by the content of its configuration.
 #pragma once
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -39,9 +40,15 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
                                 RunOutcome* outcome = nullptr);
 // The run's model with its fine-tuned LoRA adapters: data -> base -> finetune, each from the
 // stage cache when it is there (recomputed, with progress, when it was evicted). `inflab generate
-// --lora RUN_DIR` uses it. The model lives in a plugin of `registry`: destroy it first.
-std::unique_ptr<Model> finetuned_model(const ExperimentConfig& config, Registry& registry,
-                                       const RunPaths& paths);
+// --lora RUN_DIR` and `inflab sample` use it. The model lives in a plugin of `registry`: destroy it first.
+struct FinetunedModel {
+  std::unique_ptr<Model> model;
+  std::vector<std::int64_t> example_shape;  // one training input, without the batch dimension
+  std::vector<std::string> class_names;     // the dataset's classes (a denoiser's conditions)
+  std::string task;                         // [task] name
+  std::int64_t diffusion_steps = 0;         // [task] diffusion_steps (the denoising schedule)
+};
+FinetunedModel finetuned_model(const ExperimentConfig& config, Registry& registry, const RunPaths& paths);
 
 // The cache key of a stage ("base", "finetune", "gradients", "fit") for this configuration: a hash
 // of exactly the inputs the stage declares, the keys of the stages before it, the versions of the
