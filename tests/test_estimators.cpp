@@ -239,4 +239,12 @@ TEST_CASE("numerical edge cases give finite answers or clear errors, never silen
         }(),
         Contains("fc2.lora_A") && Contains("not finite"));
   }
+  // An empty query set is named as what it is (its mean gradient used to surface as "not finite").
+  inflab::GradientBlocks train_block{{"fc2.lora_A", torch::randn({6, 3}), {}, {}}},
+      no_queries{{"fc2.lora_A", torch::zeros({0, 3}), {}, {}}};
+  auto e = make("datainf");
+  e->fit(train_block);
+  REQUIRE_THROWS_WITH(inflab::score_aggregate(*e, train_block, no_queries),
+                      Contains("query set is empty") && !Contains("not finite"));
+  REQUIRE_THROWS_WITH(inflab::score_pairwise(*e, train_block, no_queries), Contains("query set is empty"));
 }

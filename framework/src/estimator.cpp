@@ -100,6 +100,14 @@ Damping damping_from(const Options& options) {
 }
 
 void check_blocks(const GradientBlocks& train, const GradientBlocks& queries) {
+  if (train.empty()) throw Error("no gradient blocks to score");
+  // An empty set is named as such (its mean gradient would otherwise surface as "not finite").
+  if (queries.empty() || queries[0].values.dim() != 2 || queries[0].values.size(0) == 0)
+    throw Error(fmt::format("the query set is empty (block '{}' has 0 query rows): nothing to score against",
+                            queries.empty() ? train[0].name : queries[0].name));
+  if (train[0].values.dim() != 2 || train[0].values.size(0) == 0)
+    throw Error(fmt::format("the training set is empty (block '{}' has 0 training rows): nothing to score",
+                            train[0].name));
   if (train.size() != queries.size())
     throw Error(fmt::format("{} training gradient blocks but {} query blocks", train.size(), queries.size()));
   for (std::size_t b = 0; b < train.size(); ++b) {
@@ -148,6 +156,7 @@ at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train, con
 }
 
 at::Tensor score_aggregate(Estimator& estimator, const GradientBlocks& train, const GradientBlocks& queries) {
+  check_blocks(train, queries);  // before the mean: an empty query set has none
   GradientBlocks mean = queries;
   for (auto& block : mean) block.values = block.values.mean(0, /*keepdim=*/true);
   return score_pairwise(estimator, train, mean).squeeze(1);
