@@ -163,19 +163,13 @@ def figure(rows, out):
 
 def find_groups(root):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from report import sweep_label
+    from report import finished_runs, sweep_label
 
     groups = {}
-    for experiment in sorted(os.listdir(root)):
-        exp_dir = os.path.join(root, experiment)
-        if not os.path.isdir(exp_dir) or experiment == "figures":
-            continue
-        for run in sorted(os.listdir(exp_dir)):
-            run_dir = os.path.join(exp_dir, run)
-            finished = os.path.exists(os.path.join(run_dir, "metrics.csv"))
-            if finished and os.path.exists(os.path.join(run_dir, "examples.jsonl")) and any(
-                    "class_auc" in line for line in open(os.path.join(run_dir, "metrics.csv"))):
-                groups.setdefault(experiment + sweep_label(run), []).append(run_dir)
+    for experiment, run, run_dir in finished_runs(root):
+        if os.path.exists(os.path.join(run_dir, "examples.jsonl")) and any(
+                "class_auc" in line for line in open(os.path.join(run_dir, "metrics.csv"))):
+            groups.setdefault(experiment + sweep_label(run), []).append(run_dir)
     return groups
 
 

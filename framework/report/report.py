@@ -67,28 +67,31 @@ def sweep_label(run):
     return "" if rest in ("", "run") else "@" + rest
 
 
-def load_runs(root):
-    runs = []
+def finished_runs(root):
+    """(experiment, run, run directory) of every finished run (RUN/metrics.csv, written last)."""
     for experiment in sorted(os.listdir(root)):
         exp_dir = os.path.join(root, experiment)
         if not os.path.isdir(exp_dir) or experiment == "figures":
             continue
         for run in sorted(os.listdir(exp_dir)):
-            run_dir = os.path.join(exp_dir, run)
-            metrics_file = os.path.join(run_dir, "metrics.csv")
-            if not os.path.exists(metrics_file):
-                continue  # unfinished run
-            config = tomllib.load(open(os.path.join(run_dir, "config.toml"), "rb"))
-            manifest = json.load(open(os.path.join(run_dir, "manifest.json")))
-            metrics = defaultdict(dict)
-            for row in csv.DictReader(open(metrics_file)):
-                metrics[row["estimator"]][row["metric"]] = float(row["value"])
-            runs.append({
-                "experiment": experiment + sweep_label(run), "run": run, "rank": config["model"]["lora"]["rank"],
-                "seed": config["experiment"]["seed"], "n_train": manifest["train_examples"],
-                "metrics": metrics, "stages": manifest.get("stage_seconds", {}),
-                "stages_cached": manifest.get("stage_cached", {}), "commit": manifest.get("git_commit"),
-            })
+            if os.path.exists(os.path.join(exp_dir, run, "metrics.csv")):
+                yield experiment, run, os.path.join(exp_dir, run)
+
+
+def load_runs(root):
+    runs = []
+    for experiment, run, run_dir in finished_runs(root):
+        config = tomllib.load(open(os.path.join(run_dir, "config.toml"), "rb"))
+        manifest = json.load(open(os.path.join(run_dir, "manifest.json")))
+        metrics = defaultdict(dict)
+        for row in csv.DictReader(open(os.path.join(run_dir, "metrics.csv"))):
+            metrics[row["estimator"]][row["metric"]] = float(row["value"])
+        runs.append({
+            "experiment": experiment + sweep_label(run), "run": run, "rank": config["model"]["lora"]["rank"],
+            "seed": config["experiment"]["seed"], "n_train": manifest["train_examples"],
+            "metrics": metrics, "stages": manifest.get("stage_seconds", {}),
+            "stages_cached": manifest.get("stage_cached", {}), "commit": manifest.get("git_commit"),
+        })
     return runs
 
 

@@ -22,7 +22,8 @@ def cell(row):
 def main(path):
     rows = list(csv.DictReader(open(path)))
     index = {(r["experiment"], int(r["rank"]), int(r["n_train"]), r["estimator"], r["metric"]): r for r in rows}
-    experiments = sorted({r["experiment"] for r in rows if r["metric"] == "pearson"})
+    experiments = sorted({r["experiment"] for r in rows if r["metric"] == "pearson"} -
+                         {r["experiment"] for r in rows if r["metric"] == "lds"})  # those get their own table
     for metric, title in (("pearson", "Pearson correlation with Exact"), ("spearman", "Spearman correlation with Exact"),
                           ("auc", "Mislabel-detection ROC AUC")):
         print(f"\n#### {title} (mean ± 95% CI over seeds)\n")
@@ -36,6 +37,20 @@ def main(path):
             for rank, n in keys:
                 print(f"| {rank} | " + " | ".join(cell(index.get((experiment, rank, n, e, metric))) for e in estimators) + " |")
             print()
+    lds_settings = sorted({r["experiment"] for r in rows if r["metric"] == "lds"})
+    for experiment in lds_settings:
+        labels = sorted({r["estimator"] for r in rows if r["experiment"] == experiment and r["metric"] == "lds"},
+                        key=lambda e: (ORDER.index(e) if e in ORDER else len(ORDER), e))
+        seeds = max(int(r["runs"]) for r in rows if r["experiment"] == experiment and r["metric"] == "lds")
+        print(f"\n#### Ground truth: {experiment} ({seeds} seeds; mean ± 95% CI over seeds)\n")
+        print("| estimator | LDS | Pearson with Exact | mislabel AUC | seconds |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for e in labels:
+            get = lambda m: next((r for r in rows if r["experiment"] == experiment and r["estimator"] == e  # noqa: E731
+                                  and r["metric"] == m), None)
+            seconds = get("seconds")
+            print(f"| {NAMES.get(e, e)} | {cell(get('lds'))} | {cell(get('pearson'))} | {cell(get('auc'))} | "
+                  f"{float(seconds['mean']):.2f} |" if seconds else " - |")
     runtime = sorted({r["experiment"] for r in rows if r["estimator"].startswith("stage:")} - set(experiments))
     for experiment in runtime:
         print(f"\n#### Seconds against n ({experiment}; influence stage = fit + scoring)\n")
