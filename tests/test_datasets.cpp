@@ -94,3 +94,92 @@ TEST_CASE("digits reads sklearn's digits.csv.gz exactly", "[datasets]") {
       dataset(registry, "digits", {{"path", std::string("/nonexistent/digits.csv.gz")}})->load(),
       Contains("./inflab setup"));
 }
+
+TEST_CASE("styled_digits renders real digits in styles; subjects stay out of the base's split",
+          "[datasets]") {
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  // The plain digits by id, as the digits plugin reads them (values in [0, 1]).
+  auto plain = dataset(registry, "digits",
+                       {{"n_train", std::int64_t{1000}},
+                        {"n_pretrain", std::int64_t{796}},
+                        {"n_validation", std::int64_t{1}}})
+                   ->load();
+  std::map<std::int64_t, torch::Tensor> by_id;
+  std::map<std::int64_t, std::int64_t> digit_of;
+  for (const inflab::Split* split : {&plain.pretrain, &plain.train, &plain.validation})
+    for (std::size_t k = 0; k < split->ids.size(); ++k) {
+      by_id[split->ids[k]] = split->inputs[static_cast<std::int64_t>(k)].reshape({8, 8});
+      digit_of[split->ids[k]] = split->labels[static_cast<std::int64_t>(k)].item<std::int64_t>();
+    }
+  REQUIRE(by_id.size() == 1797);
+
+  auto styled = dataset(registry, "styled_digits",
+                        {{"styles", std::vector<std::string>{"sketch", "posterize", "negative", "blur"}},
+                         {"train_per_class", std::int64_t{6}},
+                         {"test_per_class", std::int64_t{2}},
+                         {"n_pretrain", std::int64_t{50}}})
+                    ->load();
+  REQUIRE(styled.train.size() == 24);
+  REQUIRE(styled.validation.size() == 8);
+  CHECK(styled.class_names.at(10) == "sketch");
+  CHECK(styled.class_names.at(13) == "blur");
+  // Each style by hand, from the plain image (zero outside the 8 x 8 frame), mapped to [-1, 1].
+  auto by_hand = [](const torch::Tensor& x, std::int64_t style) {
+    auto padded = torch::constant_pad_nd(x, {1, 1, 1, 1}, 0);
+    torch::Tensor y;
+    if (style == 10) {  // sketch: the largest step to a 4-neighbour
+      y = torch::zeros({8, 8});
+      for (auto [dr, dc] : std::vector<std::pair<int, int>>{{-1, 0}, {1, 0}, {0, -1}, {0, 1}})
+        y = torch::maximum(y, (x - padded.narrow(0, 1 + dr, 8).narrow(1, 1 + dc, 8)).abs());
+      y = y.clamp_max(1);
+    } else if (style == 11) {
+      y = (x >= 0.5).to(torch::kFloat);
+    } else if (style == 12) {
+      y = 1 - x;
+    } else {
+      y = torch::avg_pool2d(padded.unsqueeze(0).unsqueeze(0), 3, 1).squeeze();
+    }
+    return 2 * y - 1;
+  };
+  std::set<std::int64_t> used;
+  for (const inflab::Split* split : {&styled.train, &styled.validation})
+    for (std::size_t k = 0; k < split->ids.size(); ++k) {
+      const auto label = split->labels[static_cast<std::int64_t>(k)].item<std::int64_t>();
+      INFO("id " << split->ids[k] << ", style " << label);
+      REQUIRE(label >= 10);
+      CHECK(split->inputs[static_cast<std::int64_t>(k)].reshape({8, 8}).allclose(
+          by_hand(by_id[split->ids[k]], label), 1e-6, 1e-6));
+      CHECK(used.insert(split->ids[k]).second);  // every image used once
+    }
+  for (std::size_t k = 0; k < styled.pretrain.ids.size(); ++k) {  // the base sees plain digits only
+    CHECK(styled.pretrain.inputs[static_cast<std::int64_t>(k)].reshape({8, 8}).allclose(
+        2 * by_id[styled.pretrain.ids[k]] - 1, 1e-6, 1e-6));
+    CHECK(styled.pretrain.labels[static_cast<std::int64_t>(k)].item<std::int64_t>() ==
+          digit_of[styled.pretrain.ids[k]]);
+    CHECK(used.count(styled.pretrain.ids[k]) == 0);
+  }
+
+  auto subjects = dataset(registry, "styled_digits",
+                          {{"mode", std::string("subject")},
+                           {"subjects", std::vector<std::int64_t>{3, 8}},
+                           {"train_per_class", std::int64_t{5}},
+                           {"test_per_class", std::int64_t{1}}})
+                      ->load();
+  CHECK(subjects.train.size() == 10);
+  for (std::size_t k = 0; k < subjects.train.ids.size(); ++k) {
+    const auto label = subjects.train.labels[static_cast<std::int64_t>(k)].item<std::int64_t>();
+    CHECK((label == 3 || label == 8));
+    CHECK(digit_of[subjects.train.ids[k]] == label);
+  }
+  CHECK(subjects.pretrain.size() == 1000);
+  for (std::size_t k = 0; k < subjects.pretrain.ids.size(); ++k) {
+    const auto digit = digit_of[subjects.pretrain.ids[k]];
+    CHECK((digit != 3 && digit != 8));
+  }
+  REQUIRE_THROWS_WITH(
+      dataset(registry, "styled_digits", {{"styles", std::vector<std::string>{"sepia", "blur"}}}),
+      Contains("unknown style \"sepia\""));
+  REQUIRE_THROWS_WITH(dataset(registry, "styled_digits", {{"train_per_class", std::int64_t{900}}})->load(),
+                      Contains("fewer than train_per_class"));
+}

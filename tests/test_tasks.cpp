@@ -11,7 +11,10 @@
 #include "inflab/config.hpp"
 #include "inflab/error.hpp"
 #include "inflab/gradients.hpp"
+#include "inflab/io.hpp"
 #include "inflab/lora.hpp"
+#include "inflab/model.hpp"
+#include "inflab/pipeline.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/sampling.hpp"
 #include "inflab/task.hpp"
@@ -350,6 +353,71 @@ plugin = "hessian_free"
   CHECK(bad.exit_code == 2);
   CHECK_THAT(bad.output, Contains("--condition 12") && Contains("conditions: 0, 1, 2"));
   CHECK_FALSE(std::filesystem::exists(dir.path / "h.png"));
+}
+
+TEST_CASE("[queries]: the fine-tuned denoiser's own images are the queries, reproducible from the cache",
+          "[task][ddpm]") {
+  test::TempDir dir;
+  const std::string text = R"([experiment]
+name = "styles"
+
+[dataset]
+plugin = "styled_digits"
+train_per_class = 6
+test_per_class = 2
+n_pretrain = 60
+
+[model]
+plugin = "ddpm_lora"
+channels = [8, 8]
+embedding = 8
+groups = 4
+
+[task]
+name = "denoising"
+timesteps = [25, 525]
+
+[queries]
+generated_per_class = 2
+sampling_steps = 4
+seed = 5
+
+[training]
+epochs = 1
+pretrain_epochs = 1
+
+[[estimator]]
+plugin = "hessian_free"
+
+[evaluation]
+mode = "pairwise"
+metrics = ["class_detection"]
+)";
+  auto file = dir.write("styles.toml", text);
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  inflab::RunPaths paths{dir.path / "results", dir.path / "cache"};
+  auto config = inflab::load_experiment(file, {}, registry).at(0);
+  auto outcome = inflab::run_experiment(config, registry, paths);
+  const auto run = dir.path / "results" / "styles" / "run";
+  auto queries = inflab::load_npy(run / "queries.npy");
+  REQUIRE(queries.size(0) == 6);  // 3 styles x 2
+  CHECK(std::filesystem::exists(run / "queries.png"));
+  CHECK(inflab::load_npy(run / "scores_hessian_free.npy").sizes() == at::IntArrayRef({18, 6}));
+  // The same images again from the cached fine-tuned model, sampled with the same settings.
+  auto tuned = inflab::finetuned_model(config, registry, paths);
+  inflab::SamplingOptions options;
+  options.sampling_steps = 4;
+  options.seed = 5;
+  CHECK(inflab::sample_images(*tuned.model, {10, 10, 11, 11, 12, 12}, tuned.example_shape, options)
+            .reshape(queries.sizes())
+            .allclose(queries, 1e-5, 1e-6));
+  // What is generated is part of the gradients' key; a classifier cannot generate.
+  auto more = inflab::load_experiment(file, {"queries.generated_per_class=3"}, registry).at(0);
+  CHECK(inflab::stage_key("gradients", more, registry) != inflab::stage_key("gradients", config, registry));
+  CHECK(inflab::stage_key("finetune", more, registry) == inflab::stage_key("finetune", config, registry));
+  REQUIRE_THROWS_WITH(inflab::load_experiment(file, {"task.name=classification"}, registry),
+                      Contains("[queries]") && Contains("denoising"));
 }
 
 TEST_CASE("tasks are chosen by name, and a wrong name or label noise without classes is an error", "[task]") {

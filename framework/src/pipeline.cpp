@@ -317,6 +317,10 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
       gradients_directory(gradients_stage_inputs(config, registry), paths) / "examples.jsonl";
   if (writer && fs::exists(examples))
     write_file_atomic(outcome.directory / "examples.jsonl", read_file(examples));
+  // Generated queries ([queries]): the images beside the scores, and their grid.
+  for (const char* name : {"queries.npy", "queries.png"})
+    if (const fs::path file = examples.parent_path() / name; writer && fs::exists(file))
+      write_file_atomic(outcome.directory / name, read_file(file));
 
   // What was measured of the fine-tuned model itself (language models: exact-match test answers):
   // a "model" row of metrics.csv, after every estimator's.

@@ -115,6 +115,13 @@ StageInputs::StageInputs(const StageDeclaration& stage, const std::string& resol
   }
 }
 
+bool StageInputs::present(const std::string& path) const {
+  if (!declares(path)) return false;
+  for (const auto& [leaf, value] : typed_)
+    if (under(leaf, path)) return true;
+  return false;
+}
+
 bool StageInputs::declares(const std::string& path) const {
   bool declared = false;
   for (const auto& r : stage_.reads) declared |= under(path, r);

@@ -41,6 +41,7 @@ class StageInputs {
               std::map<std::string, std::string> plugin_versions);
 
   bool declares(const std::string& path) const;  // in the key
+  bool present(const std::string& path) const;   // declared and in the configuration (optional sections)
   bool readable(const std::string& path) const;  // declared, or a setting
   std::int64_t get_int(const std::string& path) const;
   double get_double(const std::string& path) const;
