@@ -12,10 +12,15 @@ for file in "$source_dir"/experiments/paper/*.toml; do
     # The LLM studies: 2 training and 1 test instruction per class, adapters on two layers only.
     sizes=(--set dataset.train_per_class=2 --set dataset.test_per_class=1
       --set 'model.lora.targets=["blk.0.attn_q", "blk.29.attn_v"]')
+  elif grep -q 'plugin = "styled_digits"' "$file"; then
+    # The diffusion studies: 3 images per class, a one-epoch base, 2 generated queries per class.
+    sizes=(--set dataset.train_per_class=3 --set dataset.test_per_class=1 --set dataset.n_pretrain=40
+      --set training.pretrain_epochs=1 --set queries.generated_per_class=2 --set queries.sampling_steps=3)
   else
     sizes=(--set 'sweep.model.lora.rank=[2, 4]' --set dataset.n_train=40 --set dataset.n_validation=12
       --set dataset.n_pretrain=48 --set training.pretrain_epochs=1)
     grep -q 'plugin = "minilm_lora"' "$file" && sizes+=(--set model.max_length=24)
+    grep -q '^\[ground_truth\]' "$file" && sizes+=(--set ground_truth.subsets=5)
   fi
   "$build/bin/inflab" --quiet run "$file" --out "$work/results" --cache "$work/cache" \
     --set 'sweep={}' --set training.epochs=1 "${sizes[@]}" >"$work/out.txt" 2>&1 ||
@@ -47,6 +52,10 @@ done
 grep -q "^fashion_mlp,4,40,datainf,auc," "$work/results/summary.csv" || { echo "summary.csv lacks a row"; head "$work/results/summary.csv"; exit 1; }
 grep -q "^class_detection_llm_transformations,8,20,datainf,class_auc," "$work/results/summary.csv" ||
   { echo "summary.csv lacks the LLM class-detection row"; grep class_detection "$work/results/summary.csv"; exit 1; }
+grep -q "^ground_truth_fashion_mlp,2,40,datainf,lds," "$work/results/summary.csv" ||
+  { echo "summary.csv lacks the LDS row"; grep lds "$work/results/summary.csv"; exit 1; }
+[ -s "$work/results/figures/fig6_lds.png" ] || { echo "missing figure fig6_lds"; exit 1; }
+[ -s "$work/results/class_detection_diffusion_style/run/queries.png" ] || { echo "no generated queries"; exit 1; }
 grep -q "^class_detection_llm_math,datainf,1,10," "$work/results/class_detection.csv" ||
   { echo "class_detection.csv lacks the math row"; cat "$work/results/class_detection.csv"; exit 1; }
 echo "paper studies smoke: ok"

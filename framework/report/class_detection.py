@@ -26,6 +26,8 @@ PAPER = {
     "transformations": {"auc": (0.999, 1.000), "recall": (0.985, 0.997)},
     "math": {"auc": (0.770, 1.000), "recall": (0.258, 0.999)},
     "math_reasoning": {"auc": (0.772, 1.000), "recall": (0.258, 0.996)},
+    "diffusion_style": {"auc": (0.692, 0.820), "recall": (0.533, 0.687)},  # Stable Diffusion, styles
+    "diffusion_subject": {"auc": (0.820, 0.865), "recall": (0.210, 0.315)},  # and subjects
 }
 RESAMPLES = 2000
 
@@ -153,10 +155,10 @@ def figure(rows, out):
             if line == 0:
                 runs = mine[0]["runs"] if mine else 0
                 accuracy = mine[0]["test_accuracy"] if mine else ""
-                ax.set_title(f"{group.replace('class_detection_llm_', '')}\n{runs} seed(s), test acc. {accuracy}",
-                             fontsize=8)
+                name = group.replace("class_detection_llm_", "").replace("class_detection_", "")
+                ax.set_title(f"{name}\n{runs} seed(s)" + (f", test acc. {accuracy}" if accuracy else ""), fontsize=8)
     fig.legend(loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle("LLM class detection: mean over test examples and seeds, 95% bootstrap intervals", fontsize=10)
+    fig.suptitle("Class detection: mean over test examples and seeds, 95% bootstrap intervals", fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 0.95))
     save(fig, out, "fig5_class_detection")
 

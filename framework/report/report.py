@@ -11,7 +11,7 @@ over seeds, per experiment, rank, n and estimator) and draws:
   fig2b_auc_vs_rank          AUC against rank
   fig3_runtime_vs_n          influence-stage seconds against n, and gradient extraction (log axes)
   fig4_lissa_variants        LiSSA as the paper writes it against the paper's code
-  fig5_class_detection       LLM class detection per task (class_detection.py, which also writes
+  fig5_class_detection       class detection per task (LLM and diffusion) (class_detection.py, which also writes
                              <dir>/class_detection.csv: intervals over test examples and seeds)
   fig6_lds                   linear datamodeling score (ground truth by retraining) per estimator
 as PNG and PDF (colours fixed per estimator across figures), and writes <dir>/paired.csv: each

@@ -312,7 +312,7 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
     }
     if (writer) write_file_atomic(outcome.directory / "scores.csv", csv);
   }
-  // Text datasets: the examples' texts beside the scores (rows in the order of the score files).
+  // The examples (ids, classes; texts) beside the scores, in the order of the score files.
   const fs::path examples =
       gradients_directory(gradients_stage_inputs(config, registry), paths) / "examples.jsonl";
   if (writer && fs::exists(examples))

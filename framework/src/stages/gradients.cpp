@@ -20,7 +20,7 @@ namespace inflab {
 // memory budget (where the values live): both are settings, outside the key.
 const StageDeclaration& gradients_stage() {
   static const StageDeclaration stage{"gradients",
-                                      4,  // 4: the model's test answers and accuracies
+                                      5,  // 5: examples.jsonl for every dataset (4: test answers, accuracies)
                                       {"finetune"},
                                       {"task", "evaluation.gradient_dtype", "queries"},
                                       {},
@@ -120,21 +120,21 @@ void generate_queries(const StageInputs& inputs, Model& model, LoadedData& data,
       ids.size(), per_class, options.sampling_steps, seconds_since(start)));
 }
 
-// Text datasets: every example's text (and response), so results can show the most influential
-// training examples of a query as text. One JSON object per line: split, row, id, label, text
-// and, for instructions, response (and, on query rows, the fine-tuned model's greedy answer).
+// Every example, one JSON object per line in the row order of the scores: split, row, id, class
+// label and, for text datasets, the text (instructions: the response, and on query rows the
+// fine-tuned model's greedy answer). Results show influential examples and recompute class
+// metrics from it.
 void write_examples(const fs::path& file, const LoadedData& data, const std::vector<std::string>& answers) {
-  if (data.splits.train.texts.empty()) return;
   write_file_atomic(file, [&](std::ostream& out) {
     for (const auto& [name, split] :
          {std::pair<const char*, const Split*>{"train", &data.splits.train},
           std::pair<const char*, const Split*>{"query", &data.splits.validation}}) {
-      for (std::size_t i = 0; i < split->texts.size(); ++i) {
+      for (std::size_t i = 0; i < split->ids.size(); ++i) {
         nlohmann::json line{{"split", name},
                             {"row", i},
                             {"id", split->ids[i]},
-                            {"label", split->labels[static_cast<std::int64_t>(i)].item<std::int64_t>()},
-                            {"text", split->texts[i]}};
+                            {"label", split->labels[static_cast<std::int64_t>(i)].item<std::int64_t>()}};
+        if (i < split->texts.size()) line["text"] = split->texts[i];
         if (i < split->responses.size()) line["response"] = split->responses[i];
         if (split == &data.splits.validation && i < answers.size()) line["answer"] = answers[i];
         out << line.dump() << "\n";
