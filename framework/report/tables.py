@@ -51,7 +51,8 @@ def main(path):
             seconds = get("seconds")
             print(f"| {NAMES.get(e, e)} | {cell(get('lds'))} | {cell(get('pearson'))} | {cell(get('auc'))} | "
                   f"{float(seconds['mean']):.2f} |" if seconds else " - |")
-    runtime = sorted({r["experiment"] for r in rows if r["estimator"].startswith("stage:")} - set(experiments))
+    runtime = sorted({r["experiment"] for r in rows if r["estimator"].startswith("stage:")} - set(experiments) -
+                     set(lds_settings))
     for experiment in runtime:
         print(f"\n#### Seconds against n ({experiment}; influence stage = fit + scoring)\n")
         ns = sorted({int(r["n_train"]) for r in rows if r["experiment"] == experiment})
