@@ -8,7 +8,8 @@ n_query), recomputes each query's class-detection AUC and recall at s (s = train
 the query's class; the most helpful, i.e. most negative, scores ranked first) independently of
 the C++ metric, and checks that their means equal the run's metrics.csv. Runs of one experiment
 that differ only in the seed are pooled: every (seed, test example) pair is one unit. Writes
-<root>/class_detection.csv: per experiment group and estimator the mean AUC and recall with 95%
+<root>/class_detection.csv: per experiment group and estimator (with its number of classes: chance
+recall at s is one over it) the mean AUC and recall with 95%
 bootstrap percentile intervals over those units (2000 resamples, fixed seed), the paired
 difference to Hessian-free and to DataInf over the same units with its interval, the runs, the
 units and the mean exact-match test accuracy of the fine-tuned models; and the figure
@@ -70,7 +71,7 @@ def run_units(run_dir):
     metrics = {}
     for row in csv.DictReader(open(os.path.join(run_dir, "metrics.csv"))):
         metrics.setdefault(row["estimator"], {})[row["metric"]] = float(row["value"])
-    units = {}
+    units = {"classes": len(set(train.tolist()))}
     for estimator, values in metrics.items():
         if "class_auc" not in values:
             continue
@@ -100,11 +101,14 @@ def summarise(groups):
     rows = []
     for group, run_dirs in sorted(groups.items()):
         loaded = [run_units(d) for d in sorted(run_dirs)]
+        classes = loaded[0][0].pop("classes")
+        for units, _ in loaded[1:]:
+            units.pop("classes")
         estimators = [e for e in loaded[0][0] if all(e in units for units, _ in loaded)]
         pooled = {e: np.concatenate([units[e] for units, _ in loaded]) for e in estimators}
         accuracies = [a for _, a in loaded if a is not None]
         for estimator in estimators:
-            row = {"experiment": group, "estimator": estimator, "runs": len(loaded),
+            row = {"experiment": group, "estimator": estimator, "runs": len(loaded), "classes": classes,
                    "units": len(pooled[estimator]),
                    "test_accuracy": f"{np.mean(accuracies):.4g}" if accuracies else ""}
             for k, metric in enumerate(("auc", "recall")):
@@ -144,7 +148,8 @@ def figure(rows, out):
                 for value, style, name in zip(PAPER[task][metric], ("--", "-"), ("Hessian-free", "DataInf")):
                     ax.axhline(value, color="#555555", linestyle=style, linewidth=1,
                                label=f"paper: {name}" if column == 0 and line == 0 else None)
-            ax.axhline(0.5 if metric == "auc" else 0.1, color="#aaaaaa", linestyle=":", linewidth=1,
+            chance = 0.5 if metric == "auc" else 1 / mine[0]["classes"]  # recall at s: the class's share
+            ax.axhline(chance, color="#aaaaaa", linestyle=":", linewidth=1,
                        label="chance" if column == 0 and line == 0 else None)
             ax.set_xticks(range(len(mine)), [LABELS.get(r["estimator"], r["estimator"]) for r in mine],
                           rotation=60, fontsize=7)
@@ -180,7 +185,7 @@ def main(root):
     if not groups:
         return None
     rows = summarise(groups)
-    fields = ["experiment", "estimator", "runs", "units", "test_accuracy", "auc", "auc_low", "auc_high",
+    fields = ["experiment", "estimator", "runs", "classes", "units", "test_accuracy", "auc", "auc_low", "auc_high",
               "auc_minus_hessian_free", "auc_minus_datainf", "recall", "recall_low", "recall_high",
               "recall_minus_hessian_free", "recall_minus_datainf"]
     path = os.path.join(root, "class_detection.csv")
