@@ -138,7 +138,13 @@ int command_plugins(const std::string& name, const Common& common) {
         std::cout << fmt::format("    {:<22} {:<18} {:<12} {}\n", o.name, to_string(o.type),
                                  o.required ? "(required)" : format_value(o.default_value), o.help);
     }
-    if (!found) registry.find(PluginKind::Estimator, name);  // throws with suggestions
+    if (!found) {  // any kind: the closest name among all plugins
+      std::vector<std::string> names;
+      for (const auto& r : registry.plugins()) names.push_back(r.info->name);
+      const std::string suggestion = closest_match(name, names);
+      throw Error(fmt::format("no plugin named '{}'{}; `inflab plugins` lists them all", name,
+                              suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion)));
+    }
     return 0;
   }
   std::vector<std::vector<std::string>> rows{{"kind", "name", "version", "description", "file"}};
