@@ -64,4 +64,7 @@ TEST_CASE("`inflab plugins` lists every plugin with kind, name, version and file
   CHECK_THAT(result.output, Contains("dataset") && Contains("fashion_mnist"));
   auto detail = test::run_command(std::string(INFLAB_BINARY) + " plugins lissa");
   CHECK_THAT(detail.output, Contains("iterations") && Contains("reference_code"));
+  auto misspelt = test::run_command(std::string(INFLAB_BINARY) + " plugins fashion_mnsit");
+  CHECK(misspelt.exit_code == 2);
+  CHECK_THAT(misspelt.output, Contains("no plugin named 'fashion_mnsit'") && Contains("'fashion_mnist'"));
 }
