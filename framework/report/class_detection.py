@@ -10,7 +10,7 @@ the C++ metric, and checks that their means equal the run's metrics.csv. Runs of
 that differ only in the seed are pooled: every (seed, test example) pair is one unit. Writes
 <root>/class_detection.csv: per experiment group and estimator (with its number of classes: chance
 recall at s is one over it) the mean AUC and recall with 95%
-bootstrap percentile intervals over those units (2000 resamples, fixed seed), the paired
+bootstrap percentile intervals over those units (2000 resamples, seeded by the group's name), the paired
 difference to Hessian-free and to DataInf over the same units with its interval, the runs, the
 units and the mean exact-match test accuracy of the fine-tuned models; and the figure
 figures/fig5_class_detection (AUC and recall per estimator and task, the paper's values marked).
@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import sys
+import zlib
 
 import numpy as np
 
@@ -97,9 +98,9 @@ def task_of(group):
 
 def summarise(groups):
     """groups: {name: [run_dir, ...]} -> rows of class_detection.csv."""
-    rng = np.random.default_rng(0)
     rows = []
     for group, run_dirs in sorted(groups.items()):
+        rng = np.random.default_rng(zlib.crc32(group.encode()))  # a group's intervals depend on it alone
         loaded = [run_units(d) for d in sorted(run_dirs)]
         classes = loaded[0][0].pop("classes")
         for units, _ in loaded[1:]:
@@ -133,8 +134,16 @@ def figure(rows, out):
     from report import COLOURS, LABELS, ORDER, save
 
     groups = sorted({r["experiment"] for r in rows})
-    fig, axes = plt.subplots(2, len(groups), figsize=(3.4 * len(groups), 5.6), squeeze=False, sharey="row")
-    for column, group in enumerate(groups):
+    # At most four tasks a row (AUC above recall), so the figure stays legible at page width.
+    columns = min(4, len(groups))
+    bands = (len(groups) + columns - 1) // columns
+    fig, grid = plt.subplots(2 * bands, columns, figsize=(3.0 * columns, 4.4 * bands), squeeze=False)
+    for k in range(len(groups), bands * columns):
+        grid[2 * (k // columns)][k % columns].set_visible(False)
+        grid[2 * (k // columns) + 1][k % columns].set_visible(False)
+    for index, group in enumerate(groups):
+        column = index % columns
+        axes = [grid[2 * (index // columns)], grid[2 * (index // columns) + 1]]
         mine = sorted((r for r in rows if r["experiment"] == group), key=lambda r: ORDER.index(r["estimator"])
                       if r["estimator"] in ORDER else len(ORDER))
         for line, metric in enumerate(("auc", "recall")):
@@ -147,10 +156,10 @@ def figure(rows, out):
             if task:
                 for value, style, name in zip(PAPER[task][metric], ("--", "-"), ("Hessian-free", "DataInf")):
                     ax.axhline(value, color="#555555", linestyle=style, linewidth=1,
-                               label=f"paper: {name}" if column == 0 and line == 0 else None)
+                               label=f"paper: {name}" if index == 0 and line == 0 else None)
             chance = 0.5 if metric == "auc" else 1 / mine[0]["classes"]  # recall at s: the class's share
             ax.axhline(chance, color="#aaaaaa", linestyle=":", linewidth=1,
-                       label="chance" if column == 0 and line == 0 else None)
+                       label="chance" if index == 0 and line == 0 else None)
             ax.set_xticks(range(len(mine)), [LABELS.get(r["estimator"], r["estimator"]) for r in mine],
                           rotation=60, fontsize=7)
             ax.set_ylim(0, 1.02)
@@ -162,7 +171,7 @@ def figure(rows, out):
                 accuracy = mine[0]["test_accuracy"] if mine else ""
                 name = group.replace("class_detection_llm_", "").replace("class_detection_", "")
                 ax.set_title(f"{name}\n{runs} seed(s)" + (f", test acc. {accuracy}" if accuracy else ""), fontsize=8)
-    fig.legend(loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.legend(loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, -0.01))
     fig.suptitle("Class detection: mean over test examples and seeds, 95% bootstrap intervals", fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 0.95))
     save(fig, out, "fig5_class_detection")
