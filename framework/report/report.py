@@ -172,7 +172,8 @@ def lds_figure(table, out):
                 errs.append(0 if math.isnan(hits[0][1]) else hits[0][1])
         ax.bar(xs, ys, width, yerr=errs, capsize=2, color=COLOURS[estimator], label=LABELS[estimator])
     runs = {e: max(k_v[1][2] for k_v in table.items() if k_v[0][0] == e and k_v[0][4] == "lds") for e in settings}
-    ax.set_xticks(range(len(settings)), [f"{e}\n({runs[e]} seeds)" for e in settings], fontsize=8)
+    ax.set_xticks(range(len(settings)), [f"{e.replace('ground_truth_', '')}\n({runs[e]} seeds)" for e in settings],
+                  fontsize=8)
     ax.set_ylabel("LDS (Spearman, retraining on halves)")
     ax.axhline(0, color="grey", lw=0.8)
     ax.grid(alpha=0.3, axis="y")
