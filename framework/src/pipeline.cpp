@@ -41,15 +41,27 @@ StageInputs gradients_stage_inputs(const ExperimentConfig& config, Registry& reg
     inputs.add("shard", fmt::format("{} of {}", distributed_rank(), distributed_world_size()));
   return inputs;
 }
+
+// The start of every chain: the data, the model built on it and its base (pretrained or cached).
+struct BaseModel {
+  StageInputs data_in;
+  LoadedData data;
+  std::unique_ptr<Model> model;
+};
+BaseModel base_model(const ExperimentConfig& config, const std::map<std::string, std::string>& versions,
+                     Registry& registry, const RunPaths& paths, RunOutcome& outcome) {
+  BaseModel out{stage_inputs("data", config.resolved_toml, versions), {}, nullptr};
+  out.data = load_data(out.data_in, registry, outcome);
+  out.model = build_model(out.data_in, registry, out.data, outcome);
+  prepare_base(stage_inputs("base", config.resolved_toml, versions), *out.model, out.data, paths, outcome);
+  return out;
+}
 }  // namespace
 
 FinetunedModel finetuned_model(const ExperimentConfig& config, Registry& registry, const RunPaths& paths) {
   RunOutcome outcome;
   const auto versions = plugin_versions(config, registry);
-  const StageInputs data_in = stage_inputs("data", config.resolved_toml, versions);
-  LoadedData data = load_data(data_in, registry, outcome);
-  auto model = build_model(data_in, registry, data, outcome);
-  prepare_base(stage_inputs("base", config.resolved_toml, versions), *model, data, paths, outcome);
+  auto [data_in, data, model] = base_model(config, versions, registry, paths, outcome);
   finetune(stage_inputs("finetune", config.resolved_toml, versions), *model, data, paths, outcome);
   model->set_training(false);
   FinetunedModel out;
@@ -92,10 +104,7 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
     log(fmt::format("gradients: cached ({})", gradient_dir.string()));
     return store;
   }
-  const StageInputs data_in = stage_inputs("data", config.resolved_toml, versions);
-  LoadedData data = load_data(data_in, registry, out);
-  auto model = build_model(data_in, registry, data, out);
-  prepare_base(stage_inputs("base", config.resolved_toml, versions), *model, data, paths, out);
+  auto [data_in, data, model] = base_model(config, versions, registry, paths, out);
   finetune(stage_inputs("finetune", config.resolved_toml, versions), *model, data, paths, out);
   return extract_gradients(gradients_in, *model, data, paths, out);
 }
@@ -168,12 +177,9 @@ namespace {
 GroundTruth ground_truth_of(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
                             RunOutcome& outcome) {
   const auto versions = plugin_versions(config, registry);
-  const StageInputs truth_in = stage_inputs("ground_truth", config.resolved_toml, versions);
-  const StageInputs data_in = stage_inputs("data", config.resolved_toml, versions);
-  LoadedData data = load_data(data_in, registry, outcome);
-  auto model = build_model(data_in, registry, data, outcome);
-  prepare_base(stage_inputs("base", config.resolved_toml, versions), *model, data, paths, outcome);
-  return ground_truth(truth_in, *model, data, paths, outcome);
+  auto [data_in, data, model] = base_model(config, versions, registry, paths, outcome);
+  return ground_truth(stage_inputs("ground_truth", config.resolved_toml, versions), *model, data, paths,
+                      outcome);
 }
 
 // Linear datamodeling score (Park et al., TRAK, 2023). Per query, the Spearman correlation over the
