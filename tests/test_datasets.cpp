@@ -152,13 +152,16 @@ TEST_CASE("styled_digits renders real digits in styles; subjects stay out of the
           by_hand(by_id[split->ids[k]], label), 1e-6, 1e-6));
       CHECK(used.insert(split->ids[k]).second);  // every image used once
     }
+  std::set<std::int64_t> pretrained_digits;
   for (std::size_t k = 0; k < styled.pretrain.ids.size(); ++k) {  // the base sees plain digits only
+    pretrained_digits.insert(digit_of[styled.pretrain.ids[k]]);
     CHECK(styled.pretrain.inputs[static_cast<std::int64_t>(k)].reshape({8, 8}).allclose(
         2 * by_id[styled.pretrain.ids[k]] - 1, 1e-6, 1e-6));
     CHECK(styled.pretrain.labels[static_cast<std::int64_t>(k)].item<std::int64_t>() ==
           digit_of[styled.pretrain.ids[k]]);
     CHECK(used.count(styled.pretrain.ids[k]) == 0);
   }
+  CHECK(pretrained_digits.size() == 10);  // every digit (subjects matter only in mode subject)
 
   auto subjects = dataset(registry, "styled_digits",
                           {{"mode", std::string("subject")},

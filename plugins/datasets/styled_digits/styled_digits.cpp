@@ -114,8 +114,9 @@ class StyledDigits : public inflab::Dataset {
         const std::int64_t label = mode_ == "style" ? 10 + group : group;
         (count < per_class ? train : validation).push_back({row, label});
         ++count;
-      } else if (static_cast<std::int64_t>(pretrain.size()) < n_pretrain && !is_subject(digit)) {
-        pretrain.push_back({row, digit});  // plain digits, never a subject
+      } else if (static_cast<std::int64_t>(pretrain.size()) < n_pretrain &&
+                 (mode_ == "style" || !is_subject(digit))) {
+        pretrain.push_back({row, digit});  // plain digits: all ten for styles, never a subject
       }
     }
     for (std::size_t g = 0; g < taken.size(); ++g)
@@ -171,7 +172,7 @@ std::vector<inflab::OptionSpec> options() {
 
 }  // namespace
 
-INFLAB_PLUGIN(Dataset, "styled_digits", "0.1.0",
+INFLAB_PLUGIN(Dataset, "styled_digits", "0.2.0",  // 0.2: style mode pretrains on all ten digits
               "Real 8x8 digits rendered in styles (or held-out subjects) for conditional diffusion class "
               "detection",
               options, StyledDigits)
