@@ -9,6 +9,7 @@
 
 #include "helpers.hpp"
 #include "inflab/config.hpp"
+#include "inflab/dataset.hpp"
 #include "inflab/error.hpp"
 #include "inflab/gradients.hpp"
 #include "inflab/io.hpp"
@@ -349,6 +350,24 @@ plugin = "hessian_free"
   CHECK(read.width == 5 * 9 + 1);   // 5 images of 8 pixels per row, 1-pixel gaps
   CHECK(read.height == 2 * 9 + 1);  // one row per condition
   png_image_free(&read);
+  // --npy: the same images as floats, condition-major; --base: the pretrained model, which the
+  // fine-tuning settings cannot change (the fine-tuned samples they do change).
+  auto sample_npy = [&](const std::string& name, const std::string& extra) {
+    const auto npy = dir.path / (name + ".npy");
+    auto result = test::run_command(bin + "--condition 3 --condition 7 --count 5 --out " +
+                                    (dir.path / (name + ".png")).string() + " --npy " + npy.string() + extra);
+    INFO(result.output);
+    REQUIRE(result.exit_code == 0);
+    return inflab::load_npy(npy);
+  };
+  const auto tuned = sample_npy("tuned", "");
+  CHECK(tuned.sizes() == at::IntArrayRef({10, 64}));
+  const auto tuned_faster = sample_npy("tuned_lr", " --set training.learning_rate=0.05");
+  const auto base = sample_npy("base", " --base");
+  const auto base_faster = sample_npy("base_lr", " --base --set training.learning_rate=0.05");
+  CHECK(at::equal(base, base_faster));
+  CHECK_FALSE(at::allclose(tuned, tuned_faster));
+  CHECK_FALSE(at::allclose(base, tuned));
   auto bad = test::run_command(bin + "--condition 12 --out " + (dir.path / "h.png").string());
   CHECK(bad.exit_code == 2);
   CHECK_THAT(bad.output, Contains("--condition 12") && Contains("conditions: 0, 1, 2"));
@@ -404,6 +423,14 @@ metrics = ["class_detection"]
   REQUIRE(queries.size(0) == 6);  // 3 styles x 2
   CHECK(std::filesystem::exists(run / "queries.png"));
   CHECK(inflab::load_npy(run / "scores_hessian_free.npy").sizes() == at::IntArrayRef({18, 6}));
+  // The training images beside the scores, in their row order: the dataset's own training split.
+  {
+    auto splits =
+        registry
+            .create_as<inflab::Dataset>(inflab::PluginKind::Dataset, "styled_digits", config.dataset.options)
+            ->load();
+    CHECK(at::equal(inflab::load_npy(run / "train.npy"), splits.train.inputs));
+  }
   // The same images again from the cached fine-tuned model, sampled with the same settings.
   auto tuned = inflab::finetuned_model(config, registry, paths);
   inflab::SamplingOptions options;

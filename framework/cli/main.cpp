@@ -306,24 +306,34 @@ int command_generate(const std::string& model_name, const std::string& prompt, b
   return 0;
 }
 
-// `inflab sample`: images from the fine-tuned denoiser of an experiment, a row per condition.
+// `inflab sample`: images from the fine-tuned denoiser of an experiment (or its base), a row per
+// condition.
+struct SampleRequest {
+  std::vector<std::string> conditions;  // names; empty: every condition of the dataset
+  std::int64_t count = 8;               // images per condition
+  SamplingOptions sampling;
+  fs::path png;
+  fs::path npy;       // optional: the images as float32 (images x pixels), condition-major rows
+  bool base = false;  // the pretrained base, without the fine-tuned adapters
+};
+
 int command_sample(const fs::path& file, const std::vector<std::string>& sets, const fs::path& cache,
-                   const std::vector<std::string>& condition_names, std::int64_t count,
-                   const SamplingOptions& sampling, const fs::path& out, const Common& common) {
+                   const SampleRequest& request, const Common& common) {
   Registry registry;
   load_plugins(registry, common);
   auto runs = load_experiment(file, sets, registry);
   if (runs.size() != 1)
     throw Error(
         fmt::format("{}: {} runs; sample takes one (e.g. --set 'sweep={{}}')", file.string(), runs.size()));
-  if (count < 1)
-    throw Error(fmt::format("--count: expected at least 1 image per condition, found {}", count));
-  FinetunedModel tuned = finetuned_model(runs[0], registry, RunPaths{"results", cache});
+  if (request.count < 1)
+    throw Error(fmt::format("--count: expected at least 1 image per condition, found {}", request.count));
+  FinetunedModel tuned = finetuned_model(runs[0], registry, RunPaths{"results", cache},
+                                         request.base ? Adapters::none : Adapters::finetuned);
   if (tuned.task != "denoising")
     throw Error(fmt::format("{}: task '{}' does not generate images; sample needs task.name = \"denoising\"",
                             file.string(), tuned.task));
   std::vector<std::int64_t> conditions;
-  for (const auto& name : condition_names) {
+  for (const auto& name : request.conditions) {
     auto it = std::find(tuned.class_names.begin(), tuned.class_names.end(), name);
     if (it == tuned.class_names.end())
       throw Error(fmt::format("--condition {}: not a condition of this dataset; conditions: {}", name,
@@ -334,14 +344,17 @@ int command_sample(const fs::path& file, const std::vector<std::string>& sets, c
     for (std::size_t k = 0; k < tuned.class_names.size(); ++k)
       conditions.push_back(static_cast<std::int64_t>(k));
   std::vector<std::int64_t> per_image;
-  for (auto c : conditions) per_image.insert(per_image.end(), static_cast<std::size_t>(count), c);
-  SamplingOptions options = sampling;
+  for (auto c : conditions) per_image.insert(per_image.end(), static_cast<std::size_t>(request.count), c);
+  SamplingOptions options = request.sampling;
   options.diffusion_steps = tuned.diffusion_steps;
   at::Tensor images = sample_images(*tuned.model, per_image, tuned.example_shape, options);
-  save_png_grid(out, images, count);
+  save_png_grid(request.png, images, request.count);
+  if (!request.npy.empty()) save_npy(request.npy, images.reshape({images.size(0), -1}).contiguous());
   if (!common.quiet)
-    std::cerr << fmt::format("[inflab] {} images ({} per condition, {} DDIM steps, seed {}) -> {}\n",
-                             per_image.size(), count, options.sampling_steps, options.seed, out.string());
+    std::cerr << fmt::format(
+        "[inflab] {} images ({} per condition, {} model, {} DDIM steps, seed {}) -> {}{}\n", per_image.size(),
+        request.count, request.base ? "base" : "fine-tuned", options.sampling_steps, options.seed,
+        request.png.string(), request.npy.empty() ? "" : ", " + request.npy.string());
   return 0;
 }
 
@@ -441,21 +454,23 @@ static int run_cli(int argc, char** argv) {
   tokenize->add_flag("--special", special, "parse control tokens written in the text (<|im_start|>, ...)");
   tokenize->add_option("--set", sets, "model option (repeatable)");
 
-  std::vector<std::string> sample_conditions;
-  std::int64_t sample_count = 8;
-  SamplingOptions sampling;
-  fs::path sample_out;
+  SampleRequest sample_request;
   auto* sample = app.add_subcommand(
       "sample", "generate images with an experiment's fine-tuned denoiser (task denoising) into a PNG grid");
   sample->add_option("file", file, "experiment TOML file (one run)")->required()->check(CLI::ExistingFile);
   sample->add_option("--set", sets, "override a key (repeatable)");
   sample->add_option("--cache", cache, "stage cache (the fine-tuned adapters; trained if missing)");
-  sample->add_option("--condition", sample_conditions,
+  sample->add_option("--condition", sample_request.conditions,
                      "a condition (class or style) name (repeatable; default: all)");
-  sample->add_option("--count", sample_count, "images per condition: one row each (default 8)");
-  sample->add_option("--steps", sampling.sampling_steps, "DDIM steps (default 50)");
-  sample->add_option("--seed", sampling.seed, "seed of the starting noise (default 0)");
-  sample->add_option("--out", sample_out, "output PNG")->required();
+  sample->add_option("--count", sample_request.count, "images per condition: one row each (default 8)");
+  sample->add_option("--steps", sample_request.sampling.sampling_steps, "DDIM steps (default 50)");
+  sample->add_option("--seed", sample_request.sampling.seed, "seed of the starting noise (default 0)");
+  sample->add_option("--out", sample_request.png, "output PNG")->required();
+  sample->add_option("--npy", sample_request.npy,
+                     "also write the images as float32 .npy (images x pixels, rows condition by condition)");
+  sample->add_flag(
+      "--base", sample_request.base,
+      "sample the pretrained base model, without the fine-tuned adapters (no fine-tuning is run)");
 
   int launch_ranks = 0;
   double launch_timeout = 300;
@@ -500,8 +515,7 @@ static int run_cli(int argc, char** argv) {
     if (*generate)
       return command_generate(lm_name, prompt, raw, json, logits_file, generation, sets, lora_run, cache,
                               common);
-    if (*sample)
-      return command_sample(file, sets, cache, sample_conditions, sample_count, sampling, sample_out, common);
+    if (*sample) return command_sample(file, sets, cache, sample_request, common);
     if (*tokenize)
       return command_tokenize(lm_name.empty() ? "smollm2_lora" : lm_name, lm_text, special, sets, common);
   } catch (const Error& e) {

@@ -58,11 +58,13 @@ BaseModel base_model(const ExperimentConfig& config, const std::map<std::string,
 }
 }  // namespace
 
-FinetunedModel finetuned_model(const ExperimentConfig& config, Registry& registry, const RunPaths& paths) {
+FinetunedModel finetuned_model(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
+                               Adapters adapters) {
   RunOutcome outcome;
   const auto versions = plugin_versions(config, registry);
   auto [data_in, data, model] = base_model(config, versions, registry, paths, outcome);
-  finetune(stage_inputs("finetune", config.resolved_toml, versions), *model, data, paths, outcome);
+  if (adapters == Adapters::finetuned)
+    finetune(stage_inputs("finetune", config.resolved_toml, versions), *model, data, paths, outcome);
   model->set_training(false);
   FinetunedModel out;
   out.model = std::move(model);
@@ -323,8 +325,8 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
       gradients_directory(gradients_stage_inputs(config, registry), paths) / "examples.jsonl";
   if (writer && fs::exists(examples))
     write_file_atomic(outcome.directory / "examples.jsonl", read_file(examples));
-  // Generated queries ([queries]): the images beside the scores, and their grid.
-  for (const char* name : {"queries.npy", "queries.png"})
+  // Denoisers: the training images, and generated queries ([queries]) with their grid.
+  for (const char* name : {"train.npy", "queries.npy", "queries.png"})
     if (const fs::path file = examples.parent_path() / name; writer && fs::exists(file))
       write_file_atomic(outcome.directory / name, read_file(file));
 

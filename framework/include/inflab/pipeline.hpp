@@ -41,6 +41,8 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
 // The run's model with its fine-tuned LoRA adapters: data -> base -> finetune, each from the
 // stage cache when it is there (recomputed, with progress, when it was evicted). `inflab generate
 // --lora RUN_DIR` and `inflab sample` use it. The model lives in a plugin of `registry`: destroy it first.
+// With adapters = Adapters::none the model is the pretrained base (LoRA's B starts at zero, so the
+// untrained adapters change nothing) and no fine-tuning is run or read.
 struct FinetunedModel {
   std::unique_ptr<Model> model;
   std::vector<std::int64_t> example_shape;  // one training input, without the batch dimension
@@ -48,7 +50,9 @@ struct FinetunedModel {
   std::string task;                         // [task] name
   std::int64_t diffusion_steps = 0;         // [task] diffusion_steps (the denoising schedule)
 };
-FinetunedModel finetuned_model(const ExperimentConfig& config, Registry& registry, const RunPaths& paths);
+enum class Adapters { finetuned, none };
+FinetunedModel finetuned_model(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
+                               Adapters adapters = Adapters::finetuned);
 
 // The cache key of a stage ("base", "finetune", "gradients", "fit") for this configuration: a hash
 // of exactly the inputs the stage declares, the keys of the stages before it, the versions of the

@@ -20,7 +20,7 @@ namespace inflab {
 // memory budget (where the values live): both are settings, outside the key.
 const StageDeclaration& gradients_stage() {
   static const StageDeclaration stage{"gradients",
-                                      5,  // 5: examples.jsonl for every dataset (4: test answers, accuracies)
+                                      6,  // 6: train.npy of denoisers (5: examples.jsonl for every dataset)
                                       {"finetune"},
                                       {"task", "evaluation.gradient_dtype", "queries"},
                                       {},
@@ -199,6 +199,10 @@ GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedD
   store.query_meta = data.query_meta;
   save_gradient_store(temporary, store, /*train_values_written=*/on_disk);
   write_examples(temporary / "examples.jsonl", data, measured.answers);
+  // A denoiser's training images beside its scores (rows in score order): figures show a generated
+  // query with its most and least helpful training images.
+  if (inputs.get_string("task.name") == "denoising")
+    save_npy(temporary / "train.npy", data.train.inputs.reshape({data.train.size(), -1}).contiguous());
   write_directory_checksums(temporary);
   pending.commit();
   if (dtype != torch::kFloat) store = load_gradient_store(gradient_dir);  // float32 arithmetic
