@@ -56,6 +56,11 @@ grep -q "^ground_truth_fashion_mlp,2,40,datainf,lds," "$work/results/summary.csv
   { echo "summary.csv lacks the LDS row"; grep lds "$work/results/summary.csv"; exit 1; }
 [ -s "$work/results/figures/fig6_lds.png" ] || { echo "missing figure fig6_lds"; exit 1; }
 [ -s "$work/results/class_detection_diffusion_style/run/queries.png" ] || { echo "no generated queries"; exit 1; }
+grep -q "^class_detection_diffusion_style/run,6," "$work/results/generated_images.csv" ||
+  { echo "generated_images.csv lacks the style run"; cat "$work/results/generated_images.csv"; exit 1; }
+/usr/bin/python3 "$source_dir/framework/report/images.py" influential "$work/results/class_detection_diffusion_style/run" \
+  --top 2 --out "$work/influential.png" >/dev/null
+[ -s "$work/influential.png" ] || { echo "images.py influential drew nothing"; exit 1; }
 grep -q "^class_detection_llm_math,datainf,1,10," "$work/results/class_detection.csv" ||
   { echo "class_detection.csv lacks the math row"; cat "$work/results/class_detection.csv"; exit 1; }
 echo "paper studies smoke: ok"

@@ -12,7 +12,9 @@ that differ only in the seed are pooled: every (seed, test example) pair is one 
 recall at s is one over it) the mean AUC and recall with 95%
 bootstrap percentile intervals over those units (2000 resamples, seeded by the group's name), the paired
 difference to Hessian-free and to DataInf over the same units with its interval, the runs, the
-units and the mean exact-match test accuracy of the fine-tuned models; and the figure
+units and the mean exact-match test accuracy of the fine-tuned models, and a diagnostic that is not
+the paper's: the AUC when |score| ranks (are same-class examples influential in either direction?);
+and the figure
 figures/fig5_class_detection (AUC and recall per estimator and task, the paper's values marked).
 """
 import csv
@@ -48,14 +50,19 @@ def mid_ranks(values):
     return ranks
 
 
-def detection(column, same):
-    """AUC (Mann-Whitney, ties one half) of `same` when helpfulness (-score) ranks, and recall at s."""
-    helpfulness = -np.asarray(column, dtype=np.float64)
+def auc_of(ranking, same):
+    """AUC (Mann-Whitney, ties one half) of `same` when `ranking` (larger first) ranks."""
     positives, negatives = same.sum(), (~same).sum()
-    ranks = mid_ranks(helpfulness)
-    auc = (ranks[same].sum() - positives * (positives + 1) / 2) / (positives * negatives)
-    top = np.argsort(-helpfulness, kind="mergesort")[:positives]
-    return auc, same[top].mean()
+    return (mid_ranks(ranking)[same].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def detection(column, same):
+    """AUC of `same` when helpfulness (-score) ranks, recall at s, and (a diagnostic, not the
+    paper's ranking) the AUC when the magnitude |score| ranks: whether same-class examples are
+    influential in either direction."""
+    helpfulness = -np.asarray(column, dtype=np.float64)
+    top = np.argsort(-helpfulness, kind="mergesort")[:same.sum()]
+    return auc_of(helpfulness, same), same[top].mean(), auc_of(np.abs(helpfulness), same)
 
 
 def interval(values, rng):
@@ -123,6 +130,9 @@ def summarise(groups):
                         low, high = interval(difference, rng)
                         row[f"{metric}_minus_{baseline}"] = (f"{difference.mean():+.4f} "
                                                              f"[{low:+.4f}, {high:+.4f}]")
+            magnitude = pooled[estimator][:, 2]
+            low, high = interval(magnitude, np.random.default_rng(zlib.crc32((group + estimator).encode())))
+            row["auc_by_magnitude"] = f"{magnitude.mean():.4f} [{low:.4f}, {high:.4f}]"
             rows.append(row)
     return rows
 
@@ -196,7 +206,7 @@ def main(root):
     rows = summarise(groups)
     fields = ["experiment", "estimator", "runs", "classes", "units", "test_accuracy", "auc", "auc_low", "auc_high",
               "auc_minus_hessian_free", "auc_minus_datainf", "recall", "recall_low", "recall_high",
-              "recall_minus_hessian_free", "recall_minus_datainf"]
+              "recall_minus_hessian_free", "recall_minus_datainf", "auc_by_magnitude"]
     path = os.path.join(root, "class_detection.csv")
     with open(path + ".tmp", "w", newline="") as f:
         writer = csv.DictWriter(f, fields)

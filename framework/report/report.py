@@ -34,6 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import scipy.stats  # noqa: E402
 
 import class_detection  # noqa: E402
+import images  # noqa: E402
 
 COLOURS = {
     "exact": "#000000", "datainf": "#d62728", "hessian_free": "#1f77b4", "lissa": "#2ca02c",
@@ -298,6 +299,7 @@ def main(root):
     lds_figure(table, out)
     write_paired(runs, root)
     class_detection.main(root)
+    images.write_quality(root, [run_dir for _, _, run_dir in finished_runs(root)])
     commits = sorted({r["commit"] for r in runs})
     print(f"{len(runs)} runs from {len(studies)} studies; commits {', '.join(commits)}; "
           f"summary in {os.path.join(root, 'summary.csv')}, figures in {out}/")

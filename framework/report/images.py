@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Generated images: how recognisable they are, and their most and least helpful training images.
+
+    images.py quality RUN_DIR...             class of each generated query, judged (also run by `inflab report`)
+    images.py digits SAMPLES.npy --count N   digit of each image from `inflab sample --npy`, judged
+    images.py influential RUN_DIR [--estimator datainf] [--top 4] --out FIGURE.png
+
+The judge is a 5-nearest-neighbour classifier (Euclidean distance on the pixels, majority vote,
+ties to the nearest) fitted on real images: for `quality` the run's training images (train.npy,
+classes from examples.jsonl), for `digits` all 1797 real 8x8 digits (digits.csv.gz in the data
+cache). A nearest-neighbour judge is chosen because it needs no training of its own and no
+library beyond NumPy, and because it asks the question that matters for class detection: does a
+generated image lie among the real images of its class? Its own accuracy on real images (leave one
+out) is printed beside it, as the ceiling for the generated ones.
+
+`influential` draws, for the first generated (or real) query of each class, the query, its --top
+most helpful training images (most negative scores: up-weighting them lowers the query's loss)
+and its --top least helpful (most positive), each captioned with its class.
+"""
+import argparse
+import csv
+import gzip
+import json
+import os
+import sys
+
+import numpy as np
+
+NEIGHBOURS = 5
+
+
+def knn_predict(train, labels, queries, leave_one_out=False):
+    """Labels of `queries` by majority of the NEIGHBOURS nearest `train` rows (ties: nearest wins)."""
+    d = (queries**2).sum(1)[:, None] - 2 * queries @ train.T + (train**2).sum(1)[None, :]
+    if leave_one_out:
+        np.fill_diagonal(d, np.inf)
+    nearest = np.argsort(d, axis=1, kind="stable")[:, :NEIGHBOURS]
+    out = np.empty(len(queries), dtype=labels.dtype)
+    for i, row in enumerate(labels[nearest]):
+        values, counts = np.unique(row, return_counts=True)
+        best = values[counts == counts.max()]
+        out[i] = next(v for v in row if v in best)  # of the tied classes, the one nearest first
+    return out
+
+
+def run_examples(run):
+    examples = [json.loads(line) for line in open(os.path.join(run, "examples.jsonl"))]
+    train = np.array([e["label"] for e in examples if e["split"] == "train"])
+    query = np.array([e["label"] for e in examples if e["split"] == "query"])
+    return train, query
+
+
+def class_names(run):
+    """The dataset's class (condition) names from the run's config, when it names them."""
+    try:
+        import tomllib
+
+        config = tomllib.load(open(os.path.join(run, "config.toml"), "rb"))
+        styles = config.get("dataset", {}).get("styles")
+        if styles:
+            return {10 + i: s for i, s in enumerate(styles)}
+    except (OSError, ValueError):
+        pass
+    return {}
+
+
+def quality(run):
+    """Judge of the run's training images: its leave-one-out accuracy on them and the share of the
+    generated queries (queries.npy) it puts in their condition's class, overall and per class."""
+    train = np.load(os.path.join(run, "train.npy")).astype(np.float64)
+    queries = np.load(os.path.join(run, "queries.npy")).reshape(-1, train.shape[1]).astype(np.float64)
+    train_labels, query_labels = run_examples(run)
+    if len(train_labels) != len(train) or len(query_labels) != len(queries):
+        sys.exit(f"{run}: examples.jsonl lists {len(train_labels)} training and {len(query_labels)} query rows, "
+                 f"train.npy and queries.npy hold {len(train)} and {len(queries)}")
+    real = (knn_predict(train, train_labels, train, leave_one_out=True) == train_labels).mean()
+    judged = knn_predict(train, train_labels, queries)
+    names = class_names(run)
+    per_class = {names.get(int(c), str(c)): float((judged[query_labels == c] == c).mean())
+                 for c in np.unique(query_labels)}
+    return {"judge_accuracy_real": float(real), "generated_accuracy": float((judged == query_labels).mean()),
+            "generated": int(len(queries)), "per_class": per_class}
+
+
+def write_quality(root, runs):
+    """generated_images.csv under `root`: one row per run with generated queries."""
+    rows = []
+    for run in runs:
+        if not (os.path.exists(os.path.join(run, "queries.npy")) and os.path.exists(os.path.join(run, "train.npy"))):
+            continue
+        q = quality(run)
+        rows.append([os.path.relpath(run, root), q["generated"], f"{q['judge_accuracy_real']:.4f}",
+                     f"{q['generated_accuracy']:.4f}",
+                     " ".join(f"{k}={v:.2f}" for k, v in q["per_class"].items())])
+    if rows:
+        with open(os.path.join(root, "generated_images.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["run", "generated", "judge_accuracy_on_real", "generated_in_their_class", "per_class"])
+            w.writerows(rows)
+    return rows
+
+
+def real_digits(path, pixels):
+    rows = np.loadtxt(gzip.open(path, "rt"), delimiter=",")
+    images, labels = rows[:, :64] / 16.0, rows[:, 64].astype(int)
+    return (2 * images - 1 if pixels == "signed" else images), labels
+
+
+def digits(args):
+    path = args.data or os.path.join(os.environ.get("INFLAB_DATA", os.path.expanduser("~/.cache/inflab/data")),
+                                     "sklearn", "digits.csv.gz")
+    train, labels = real_digits(path, args.pixels)
+    samples = np.load(args.samples).reshape(-1, 64).astype(np.float64)
+    conditions = np.repeat(np.array([int(c) for c in args.conditions]), args.count)
+    if len(conditions) != len(samples):
+        sys.exit(f"{args.samples}: {len(samples)} images, expected {len(args.conditions)} conditions x {args.count}")
+    real = (knn_predict(train, labels, train, leave_one_out=True) == labels).mean()
+    judged = knn_predict(train, labels, samples)
+    print(f"judge: {NEIGHBOURS}-nearest neighbours on {len(train)} real digits ({path}); "
+          f"leave-one-out accuracy {real:.4f}")
+    print(f"generated: {len(samples)} images; judged as the digit they were conditioned on: "
+          f"{(judged == conditions).mean():.4f}")
+    print("per digit: " + " ".join(f"{c}={(judged[conditions == int(c)] == int(c)).mean():.2f}"
+                                   for c in args.conditions))
+
+
+def influential(args):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = args.run
+    train = np.load(os.path.join(run, "train.npy"))
+    generated = os.path.exists(os.path.join(run, "queries.npy"))
+    if not generated:
+        sys.exit(f"{run}: no queries.npy (only runs whose queries are generated images are drawn)")
+    queries = np.load(os.path.join(run, "queries.npy")).reshape(-1, train.shape[1])
+    scores = np.load(os.path.join(run, f"scores_{args.estimator}.npy"))
+    train_labels, query_labels = run_examples(run)
+    if scores.shape != (len(train), len(queries)):
+        sys.exit(f"scores_{args.estimator}.npy is {scores.shape}, expected {(len(train), len(queries))} (pairwise)")
+    names = class_names(run)
+    side = int(round(np.sqrt(train.shape[1])))
+    classes = list(dict.fromkeys(query_labels.tolist()))
+    chosen = [int(np.flatnonzero(query_labels == c)[args.query]) for c in classes]
+    columns = 1 + 2 * args.top
+    fig, axes = plt.subplots(len(chosen), columns, figsize=(0.95 * columns + 0.4, 1.15 * len(chosen) + 0.5),
+                             squeeze=False)
+    show = lambda ax, image: ax.imshow(image.reshape(side, side), cmap="gray", vmin=-1, vmax=1)  # noqa: E731
+    for row, q in zip(axes, chosen):
+        order = np.argsort(scores[:, q], kind="stable")
+        show(row[0], queries[q])
+        row[0].set_title(f"generated\n{names.get(int(query_labels[q]), query_labels[q])}", fontsize=7)
+        for k, i in enumerate(list(order[: args.top]) + list(order[::-1][: args.top])):
+            ax = row[1 + k]
+            show(ax, train[i])
+            same = train_labels[i] == query_labels[q]
+            ax.set_title(names.get(int(train_labels[i]), str(train_labels[i])), fontsize=7,
+                         color="black" if same else "firebrick")
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.text(0.5 / columns + (1 + args.top / 2) / columns * 0.98, 0.995, f"{args.top} most helpful", ha="center",
+             va="top", fontsize=8)
+    fig.text((1 + args.top * 1.5) / columns, 0.995, f"{args.top} least helpful", ha="center", va="top", fontsize=8)
+    fig.suptitle(f"{os.path.normpath(run)}: {args.estimator} (captions in red: another class)", fontsize=8, y=0.02,
+                 va="bottom")
+    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    fig.savefig(args.out, dpi=130)
+    print(f"wrote {args.out}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("quality", help="judge the generated queries of finished runs")
+    q.add_argument("runs", nargs="+")
+    d = sub.add_parser("digits", help="judge images from `inflab sample --npy` conditioned on digits")
+    d.add_argument("samples")
+    d.add_argument("--count", type=int, required=True, help="images per condition (inflab sample --count)")
+    d.add_argument("--conditions", nargs="+", default=[str(c) for c in range(10)])
+    d.add_argument("--pixels", choices=["signed", "unit"], default="signed",
+                   help="signed: [-1, 1] (styled_digits); unit: [0, 1] (digits)")
+    d.add_argument("--data", help="digits.csv.gz (default: the data cache's)")
+    i = sub.add_parser("influential", help="figure: generated queries with their most and least helpful images")
+    i.add_argument("run")
+    i.add_argument("--estimator", default="datainf")
+    i.add_argument("--top", type=int, default=4)
+    i.add_argument("--query", type=int, default=0, help="which query of each class (default the first)")
+    i.add_argument("--out", required=True)
+    args = parser.parse_args()
+    if args.command == "quality":
+        for run in args.runs:
+            print(json.dumps({"run": run, **quality(run)}))
+    elif args.command == "digits":
+        digits(args)
+    else:
+        influential(args)
+
+
+if __name__ == "__main__":
+    main()
