@@ -8,27 +8,37 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 # On any failure, say which command failed and show the last run's log.
 trap 'echo "kill_and_resume: failed at line $LINENO: $BASH_COMMAND"; tail -20 "$work/log" 2>/dev/null' ERR
-run=("$build/bin/inflab" --quiet run "$source_dir/experiments/quickstart.toml"
+run=("$build/bin/inflab" run "$source_dir/experiments/quickstart.toml"
   --set 'sweep.model.lora.rank=[1, 2]' --set 'sweep.experiment.seed=[0, 1]'
   --set dataset.n_train=1500 --set dataset.n_pretrain=3000 --set training.epochs=12)
 "${run[@]}" --out "$work/reference" --cache "$work/cache-reference" >"$work/log" 2>&1
-progress=()
-inside=0
-for delay in 0.5 1.5 0.9 1.2 0.7; do
-  "${run[@]}" --out "$work/killed" --cache "$work/cache-killed" >/dev/null 2>&1 &
-  pid=$!
-  sleep "$delay"
+# Each kill lands at a point the run reports in its log (not at a wall-clock offset, which on a
+# slow or busy machine can fall before the first stage or after the last): the run is started,
+# its log watched, and SIGKILL sent as soon as the log shows the point. A point is "A" or "A then B"
+# (B after A). Base pretraining; fine-tuning of run 1 (the base is cached by then); the start of
+# run 2; run 3 among its estimators; run 4 extracting gradients.
+kill_at() {
+  "${run[@]}" --out "$work/killed" --cache "$work/cache-killed" >"$work/killed.log" 2>&1 &
+  local pid=$! reached=0
+  while kill -0 "$pid" 2>/dev/null; do
+    if awk -v a="$1" -v b="${2:-}" '$0 ~ a {seen = 1} seen && (b == "" || $0 ~ b) {hit = 1; exit}
+      END {exit !hit}' "$work/killed.log"; then reached=1; break; fi
+    sleep 0.02
+  done
   kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  # find fails while the killed run has not yet created its results directory; under pipefail
-  # that ended the script (the flaky failure seen twice): count nothing instead.
   finished=$( (find "$work/killed" -name metrics.csv 2>/dev/null || true) | wc -l)
-  progress+=("${delay}s:$finished")
-  if [ "$finished" -lt 4 ]; then inside=$((inside + 1)); fi
-done
-# The kills must land inside the sweep, not after it (else the test proves nothing).
+  [ "$reached" = 1 ] || { echo "the run ended before it reported '$1${2:+ then $2}':"; tail -5 "$work/killed.log"; exit 1; }
+  progress+=("'$1${2:+ then $2}':$finished")
+}
+progress=()
+kill_at "pretraining base"
+kill_at "fine-tuning LoRA"
+kill_at "run 2/4"
+kill_at "run 3/4" "kfac:"
+kill_at "run 4/4" "train gradients"
 echo "runs finished at each kill: ${progress[*]}"
-[ "$inside" -ge 2 ] || { echo "fewer than 2 kills hit an unfinished sweep: make the runs longer"; exit 1; }
+[ "$finished" -lt 4 ] || { echo "the last kill came after the sweep finished"; exit 1; }
 "${run[@]}" --out "$work/killed" --cache "$work/cache-killed" >"$work/log" 2>&1
 runs=0
 for reference in "$work"/reference/quickstart/*/metrics.csv; do
@@ -46,4 +56,4 @@ done
 [ "$runs" -eq 4 ] || { echo "expected 4 runs, found $runs"; exit 1; }
 # No file a reader could take for a result was left half-written.
 if find "$work/killed" -name '*.tmp-*' | grep -q .; then echo "temporary files left in the results"; exit 1; fi
-echo "killed 5 times, resumed: $runs runs equal to the uninterrupted sweep"
+echo "killed 5 times at reported progress points, resumed: $runs runs equal to the uninterrupted sweep"
