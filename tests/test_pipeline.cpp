@@ -6,6 +6,7 @@
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "helpers.hpp"
@@ -270,6 +271,120 @@ TEST_CASE("ground truth retrains on subsets and resumes; LDS equals a hand-compu
     CHECK(entry[1].mean().item<double>() ==
           Approx(read_metric(run / "metrics.csv", "validation_loss").at("model")).epsilon(1e-6));
   }
+}
+
+TEST_CASE("leave-one-out retrains without each estimator's extreme examples; loo recomputed by hand",
+          "[pipeline][loo]") {
+  test::TempDir dir;
+  const std::string text = std::string(kExperiment) +
+                           "\n[evaluation]\nmetrics = [\"auc\", \"loo\"]\n\n[leave_one_out]\nexamples = 3\n"
+                           "repeats = 2\n";
+  auto file = dir.write("loo.toml", text);
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  inflab::RunPaths paths{dir.path / "results", dir.path / "cache"};
+  auto config = inflab::load_experiment(file, {}, registry).at(0);
+  CHECK_FALSE(inflab::run_experiment(config, registry, paths).stage_cached["leave_one_out"]);
+  const fs::path run = dir.path / "results" / "e2e" / "run";
+  const fs::path loo_dir =
+      dir.path / "cache" / "leave_one_out" / inflab::stage_key("leave_one_out", config, registry);
+
+  // The rows left out: each estimator's 3 lowest and 3 highest scores, recomputed from its file.
+  std::map<std::string, at::Tensor> scores;
+  std::set<std::int64_t> expected_rows;
+  for (const char* estimator : {"datainf", "exact"}) {
+    scores[estimator] = inflab::load_npy(run / fmt::format("scores_{}.npy", estimator)).to(torch::kDouble);
+    auto order = std::get<1>(scores[estimator].sort(c10::optional<bool>(true), /*dim=*/0));
+    for (std::int64_t k = 0; k < 3; ++k)
+      expected_rows.insert(order[k].item<std::int64_t>()),
+          expected_rows.insert(order[299 - k].item<std::int64_t>());
+  }
+  std::vector<std::int64_t> ids;  // example id of each training row, from examples.jsonl
+  {
+    std::stringstream lines(inflab::read_file(run / "examples.jsonl"));
+    std::string line;
+    while (std::getline(lines, line)) {
+      auto j = nlohmann::json::parse(line);
+      if (j["split"] == "train") ids.push_back(j["id"].get<std::int64_t>());
+    }
+  }
+  REQUIRE(ids.size() == 300);
+  std::vector<std::int64_t> rows;
+  std::vector<double> measured;
+  {
+    std::stringstream lines(inflab::read_file(run / "leave_one_out.csv"));
+    std::string line;
+    std::getline(lines, line);
+    CHECK(line == "row,measured_change,datainf,exact");
+    while (std::getline(lines, line)) {
+      std::stringstream fields(line);
+      std::string row, change;
+      std::getline(fields, row, ','), std::getline(fields, change, ',');
+      rows.push_back(std::stoll(row)), measured.push_back(std::stod(change));
+    }
+  }
+  CHECK(std::set<std::int64_t>(rows.begin(), rows.end()) == expected_rows);
+
+  // Each measured change from the stored losses: mean over the 2 seeds of (mean query loss
+  // without the row) - (mean query loss of that seed's full fine-tuning).
+  auto mean_loss = [&](const std::string& name) {
+    std::vector<at::Tensor> entry;
+    torch::load(entry, (loo_dir / (name + ".pt")).string());
+    REQUIRE(entry.size() == 1);
+    REQUIRE(entry[0].size(0) == 100);
+    return entry[0].mean().item<double>();
+  };
+  const double full0 = mean_loss("full_r0"), full1 = mean_loss("full_r1");
+  CHECK(full0 != full1);  // the second seed redraws initialisation and batch order
+  // Seed 0 is the fine-tuning itself: its loss is the fine-tuned model's validation loss.
+  CHECK(full0 == Approx(read_metric(run / "metrics.csv", "validation_loss").at("model")).epsilon(1e-6));
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const auto id = ids[static_cast<std::size_t>(rows[i])];
+    const double without0 = mean_loss(fmt::format("without_{}_r0", id));
+    const double without1 = mean_loss(fmt::format("without_{}_r1", id));
+    INFO("row " << rows[i]);
+    CHECK(without0 != full0);  // the example was left out
+    CHECK(measured[i] == Approx(((without0 - full0) + (without1 - full1)) / 2).margin(1e-7));
+  }
+  // loo: Pearson correlation over the rows of -score with the measured change; loo_sign: the
+  // share of the estimator's own 6 picks whose change has the sign -score predicts.
+  const auto loo = read_metric(run / "metrics.csv", "loo");
+  const auto sign = read_metric(run / "metrics.csv", "loo_sign");
+  for (const char* estimator : {"datainf", "exact"}) {
+    std::vector<double> predicted;
+    for (auto row : rows) predicted.push_back(-scores[estimator][row].item<double>());
+    const double n = static_cast<double>(rows.size());
+    double mp = 0, mm = 0;
+    for (std::size_t i = 0; i < rows.size(); ++i) mp += predicted[i] / n, mm += measured[i] / n;
+    double sxy = 0, sxx = 0, syy = 0;
+    for (std::size_t i = 0; i < rows.size(); ++i)
+      sxy += (predicted[i] - mp) * (measured[i] - mm), sxx += (predicted[i] - mp) * (predicted[i] - mp),
+          syy += (measured[i] - mm) * (measured[i] - mm);
+    INFO(estimator);
+    CHECK(loo.at(estimator) == Approx(sxy / std::sqrt(sxx * syy)).margin(1e-6));
+    auto order = std::get<1>(scores[estimator].sort(c10::optional<bool>(true), /*dim=*/0));
+    double agree = 0;
+    for (std::int64_t k : {0, 1, 2, 297, 298, 299}) {
+      const auto row = order[k].item<std::int64_t>();
+      const auto at = std::find(rows.begin(), rows.end(), row) - rows.begin();
+      agree += (predicted[static_cast<std::size_t>(at)] > 0) == (measured[static_cast<std::size_t>(at)] > 0);
+    }
+    CHECK(sign.at(estimator) == Approx(agree / 6));
+  }
+
+  // Resumable: a removed result is recomputed alike, the others reused.
+  fs::remove(loo_dir / fmt::format("without_{}_r1.pt", ids[static_cast<std::size_t>(rows[0])]));
+  auto resumed = inflab::run_experiment(config, registry, paths, /*resume=*/false);
+  CHECK_FALSE(resumed.stage_cached["leave_one_out"]);
+  CHECK(read_metric(run / "metrics.csv", "loo") == loo);
+  CHECK(inflab::run_experiment(config, registry, paths, /*resume=*/false).stage_cached["leave_one_out"]);
+
+  // The section without the metric, or a count below one, is an error naming the key.
+  auto orphan = dir.write("orphan.toml", std::string(kExperiment) + "\n[leave_one_out]\nexamples = 2\n");
+  CHECK_THROWS_WITH(inflab::load_experiment(orphan, {}, registry),
+                    Contains("orphan.toml:") && Contains("only used by metric \"loo\""));
+  CHECK_THROWS_WITH(inflab::load_experiment(file, {"leave_one_out.repeats=0"}, registry),
+                    Contains("leave_one_out.repeats") && Contains("at least 1"));
 }
 
 TEST_CASE("a faulty estimator plugin ends the run with an error naming it; earlier outputs stay",

@@ -262,6 +262,16 @@ const std::vector<OptionSpec>& ground_truth_specs() {
   };
   return specs;
 }
+const std::vector<OptionSpec>& leave_one_out_specs() {
+  static const std::vector<OptionSpec> specs{
+      spec("examples", OptionType::Int, std::int64_t{5},
+           "per estimator, its k most helpful and k most harmful training examples are each left out "
+           "(metric loo)"),
+      spec("repeats", OptionType::Int, std::int64_t{3},
+           "training seeds each removal (and the full fine-tuning) is repeated with; their mean is reported"),
+  };
+  return specs;
+}
 const std::vector<OptionSpec>& evaluation_specs() {
   static const EvaluationConfig d;
   static const std::vector<OptionSpec> specs{
@@ -454,17 +464,17 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   config.run_name = run_name;
 
   for (auto&& [key, node] : root) {
-    static const std::vector<std::string> sections{"experiment",   "dataset",   "model",   "training",
-                                                   "task",         "estimator", "queries", "evaluation",
-                                                   "ground_truth", "sweep"};
+    static const std::vector<std::string> sections{"experiment",   "dataset",       "model",   "training",
+                                                   "task",         "estimator",     "queries", "evaluation",
+                                                   "ground_truth", "leave_one_out", "sweep"};
     std::string name(key.str());
     if (std::find(sections.begin(), sections.end(), name) == sections.end()) {
       std::string suggestion = closest_match(name, sections);
-      v.fail(
-          key.source(),
-          fmt::format("unknown section '{}'{}; valid sections: experiment, "
-                      "dataset, model, training, task, estimator, queries, evaluation, ground_truth, sweep",
-                      name, suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion)));
+      v.fail(key.source(),
+             fmt::format("unknown section '{}'{}; valid sections: experiment, "
+                         "dataset, model, training, task, estimator, queries, evaluation, ground_truth, "
+                         "leave_one_out, sweep",
+                         name, suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion)));
     }
   }
 
@@ -672,13 +682,14 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
                        config.evaluation.gradient_dtype),
            "evaluation.gradient_dtype");
   for (const auto& metric : config.evaluation.metrics) {
-    static const std::vector<std::string> known{"auc", "pearson", "spearman", "class_detection", "lds"};
+    static const std::vector<std::string> known{"auc", "pearson", "spearman", "class_detection",
+                                                "lds", "loo"};
     if (std::find(known.begin(), known.end(), metric) == known.end()) {
       std::string suggestion = closest_match(metric, known);
       v.fail(
           evaluation_table.get("metrics")->source(),
           fmt::format("key 'evaluation.metrics': unknown metric \"{}\"{}; known: auc, pearson, spearman, "
-                      "class_detection, lds",
+                      "class_detection, lds, loo",
                       metric, suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion)));
     }
     if ((metric == "pearson" || metric == "spearman") && config.evaluation.reference.empty())
@@ -728,6 +739,24 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
       v.fail(table.get("fraction") ? table.get("fraction")->source() : table.source(),
              fmt::format("key 'ground_truth.fraction': expected a share in (0, 1], found {}", fraction));
     resolved.insert("ground_truth", options_table(ground_truth));
+  }
+
+  // [leave_one_out]: retraining without single examples, for metric "loo"; resolved only when used.
+  const bool wants_loo = std::find(config.evaluation.metrics.begin(), config.evaluation.metrics.end(),
+                                   "loo") != config.evaluation.metrics.end();
+  if (const toml::node* loo_node = root.get("leave_one_out"); loo_node || wants_loo) {
+    Options loo("[leave_one_out]");
+    const toml::table& table = v.section(root, "leave_one_out", false);
+    v.validate(table, "leave_one_out", leave_one_out_specs(), {}, loo);
+    if (!wants_loo)
+      v.fail(
+          loo_node->source(),
+          "[leave_one_out] is only used by metric \"loo\": add \"loo\" to evaluation.metrics or remove it");
+    for (const char* key : {"examples", "repeats"})
+      if (loo.get_int(key) < 1)
+        v.fail(table.get(key) ? table.get(key)->source() : table.source(),
+               fmt::format("key 'leave_one_out.{}': expected at least 1, found {}", key, loo.get_int(key)));
+    resolved.insert("leave_one_out", options_table(loo));
   }
 
   config.resolved_toml = to_text(resolved);  // the stages' cache keys are computed from it

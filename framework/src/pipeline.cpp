@@ -7,8 +7,10 @@
 #include <cstdlib>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <optional>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include "inflab/distributed.hpp"
@@ -184,6 +186,56 @@ GroundTruth ground_truth_of(const ExperimentConfig& config, Registry& registry, 
                       outcome);
 }
 
+// Leave-one-out (metric "loo"). Each estimator's per-example score on the mean query loss (the
+// mean over queries of pairwise scores) predicts that removing example i changes the mean loss by
+// about -score_i / n. The rows left out are every estimator's k most helpful and k most harmful
+// (their union, so every estimator is judged on the same examples); per estimator, `loo` is the
+// Pearson correlation over them of -score with the measured change, and `loo_sign` the share of
+// its own 2k picks whose measured change has the predicted sign.
+void leave_one_out_metrics(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
+                           const std::map<std::string, std::vector<double>>& per_example, RunOutcome& outcome,
+                           bool writer) {
+  const auto versions = plugin_versions(config, registry);
+  const StageInputs inputs = stage_inputs("leave_one_out", config.resolved_toml, versions);
+  const std::int64_t k = inputs.get_int("leave_one_out.examples");
+  std::set<std::int64_t> chosen;
+  std::map<std::string, std::vector<std::int64_t>> picks;
+  for (const auto& [label, scores] : per_example) {
+    std::vector<std::int64_t> order(scores.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](auto a, auto b) { return scores[a] < scores[b]; });
+    const auto take = std::min<std::int64_t>(k, static_cast<std::int64_t>(order.size()) / 2);
+    picks[label].assign(order.begin(), order.begin() + take);
+    picks[label].insert(picks[label].end(), order.end() - take, order.end());
+    chosen.insert(picks[label].begin(), picks[label].end());
+  }
+  const std::vector<std::int64_t> rows(chosen.begin(), chosen.end());
+  // Its own chain data -> base -> leave_one_out, like the ground truth's.
+  auto [data_in, data, model] = base_model(config, versions, registry, paths, outcome);
+  const LeaveOneOut measured = leave_one_out(inputs, *model, data, rows, paths, outcome);
+  std::map<std::int64_t, double> change;
+  for (std::size_t i = 0; i < rows.size(); ++i) change[rows[i]] = measured.change[i];
+  std::string csv = "row,measured_change";
+  for (const auto& [label, scores] : per_example) csv += "," + label;
+  csv += "\n";
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    csv += fmt::format("{},{:.8g}", rows[i], measured.change[i]);
+    for (const auto& [label, scores] : per_example) csv += fmt::format(",{:.8g}", scores[rows[i]]);
+    csv += "\n";
+  }
+  if (writer) write_file_atomic(outcome.directory / "leave_one_out.csv", csv);
+  for (auto& e : outcome.estimators) {
+    auto found = per_example.find(e.label);
+    if (found == per_example.end()) continue;
+    std::vector<double> predicted;
+    for (auto row : rows) predicted.push_back(-found->second[row]);
+    e.metrics["loo"] = pearson(predicted, measured.change);
+    double agree = 0;
+    for (auto row : picks[e.label]) agree += (-found->second[row] > 0) == (change[row] > 0);
+    e.metrics["loo_sign"] = agree / static_cast<double>(picks[e.label].size());
+  }
+}
+
 // Linear datamodeling score (Park et al., TRAK, 2023). Per query, the Spearman correlation over the
 // subsets between a subset's predicted effect, the sum of its examples' scores (a positive score
 // means up-weighting the example raises the query's loss, so a subset's predicted loss grows with
@@ -255,6 +307,10 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   }
   std::vector<int> flipped(store.train_meta.flipped.begin(), store.train_meta.flipped.end());
   std::map<std::string, std::vector<double>> all_scores;
+  std::map<std::string, std::vector<double>> per_example_scores;  // on the mean query loss (loo)
+  const bool wants_loo = std::find(wanted.begin(), wanted.end(), "loo") != wanted.end();
+  if (wants_loo && world_size > 1)
+    throw Error("metric \"loo\" retrains on one process; run the experiment without `inflab launch`");
   nlohmann::json diagnostics;
 
   for (const auto& spec : config.estimators) {
@@ -291,12 +347,14 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
       result.metrics["class_recall"] = recall;
     }
     if (truth) result.metrics["lds"] = linear_datamodeling_score(scores, *truth, aggregate);
+    if (wants_loo) per_example_scores[spec.label] = to_doubles(aggregate ? scores : scores.mean(1));
     for (const auto& [key, value] : estimator->diagnostics()) diagnostics[spec.label][key] = value;
     log(fmt::format(
         "{}: {:.3f} s{}", spec.label, result.seconds,
         result.metrics.count("auc") ? fmt::format(", mislabel AUC {:.4f}", result.metrics["auc"]) : ""));
     outcome.estimators.push_back(std::move(result));
   }
+  if (wants_loo) leave_one_out_metrics(config, registry, paths, per_example_scores, outcome, writer);
   const auto& metrics = config.evaluation.metrics;
   for (auto& e : outcome.estimators) {
     if (std::find(metrics.begin(), metrics.end(), "auc") == metrics.end()) e.metrics.erase("auc");

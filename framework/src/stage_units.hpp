@@ -27,6 +27,7 @@ const StageDeclaration& data_stage();
 const StageDeclaration& base_stage();
 const StageDeclaration& finetune_stage();
 const StageDeclaration& ground_truth_stage();
+const StageDeclaration& leave_one_out_stage();
 const StageDeclaration& gradients_stage();
 const StageDeclaration& fit_stage();
 
@@ -115,6 +116,16 @@ struct GroundTruth {
 };
 GroundTruth ground_truth(const StageInputs& inputs, Model& model, const LoadedData& data,
                          const RunPaths& paths, RunOutcome& outcome);
+// leave_one_out: the fine-tuning repeated without each of the training rows `rows`, and on every
+// row, once per training seed (repeats); the change of the mean query loss that removing each row
+// causes, averaged over the seeds (each seed's own full fine-tuning is the baseline). One cache
+// file per (example id, seed): any set of rows reuses what was computed.
+struct LeaveOneOut {
+  std::vector<std::int64_t> rows;
+  std::vector<double> change;  // mean query loss without the row minus with it
+};
+LeaveOneOut leave_one_out(const StageInputs& inputs, Model& model, const LoadedData& data,
+                          const std::vector<std::int64_t>& rows, const RunPaths& paths, RunOutcome& outcome);
 // gradients: per-example gradients of the training losses and the queries' measurements.
 std::filesystem::path gradients_directory(const StageInputs& inputs, const RunPaths& paths);
 GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedData& data,

@@ -37,7 +37,7 @@ fs::path cache_root_of(const RunPaths& paths) {
 }
 
 const std::vector<StageDeclaration>& cached_stages() {
-  static const std::vector<StageDeclaration> stages{base_stage(), finetune_stage(), ground_truth_stage(),
+  static const std::vector<StageDeclaration> stages{base_stage(), finetune_stage(), ground_truth_stage(), leave_one_out_stage(),
                                                     gradients_stage(), fit_stage()};
   return stages;
 }

@@ -52,6 +52,22 @@ const StageDeclaration& ground_truth_stage() {
   return stage;
 }
 
+// Leave-one-out: the fine-tuning repeated without single examples, with `repeats` training seeds.
+// Which examples is not in the key (they come from the estimators' scores): each result file
+// names its example, so any set is computed from the same directory.
+const StageDeclaration& leave_one_out_stage() {
+  static const StageDeclaration stage{
+      "leave_one_out",
+      1,
+      {"base"},
+      {"dataset", "model", "task", "experiment.seed", "training.epochs", "training.learning_rate",
+       "training.batch_size", "training.optimizer", "training.weight_decay", "leave_one_out.repeats"},
+      {},
+      {"dataset", "model"},
+      {"evaluation.gradient_batch_size", "leave_one_out.examples"}};
+  return stage;
+}
+
 void train(Model& model, const std::function<at::Tensor(const Batch&)>& loss,
            const std::vector<at::Tensor>& parameters, const Batch& examples,
            const TrainingSchedule& schedule) {
@@ -160,8 +176,9 @@ void train_probe_head(const StageInputs& inputs, Model& model, const Batch& pret
 // The fine-tuning of the adapters on `examples` as the finetune stage runs it (the ground-truth
 // stage repeats it on subsets): the experiment's seed draws dropout, batch order and a task's noise.
 void fine_tune_adapters(const StageInputs& inputs, Model& model, const std::vector<torch::Tensor>& lora,
-                        const Batch& examples, const std::string& label, bool show_progress = true) {
-  const std::int64_t seed = inputs.get_int("experiment.seed");
+                        const Batch& examples, const std::string& label, bool show_progress = true,
+                        std::optional<std::int64_t> training_seed = std::nullopt) {
+  const std::int64_t seed = training_seed.value_or(inputs.get_int("experiment.seed"));
   torch::manual_seed(static_cast<std::uint64_t>(seed));  // dropout masks (and a task's own draws)
   auto task = make_task(inputs.get_string("task.name"), inputs.section("task"));
   TrainingSchedule schedule;
@@ -175,6 +192,18 @@ void fine_tune_adapters(const StageInputs& inputs, Model& model, const std::vect
   schedule.show_progress = show_progress;
   train(
       model, [&](const Batch& b) { return task->training_loss(model, b); }, lora, examples, schedule);
+}
+
+// Every query's loss under the model as it is (float64, one per query).
+torch::Tensor query_losses(Model& model, const Task& task, const LoadedData& data, std::int64_t batch_size) {
+  torch::NoGradGuard no_grad;
+  model.set_training(false);
+  torch::Tensor losses = torch::zeros({data.validation.size()}, torch::kDouble);
+  for (std::int64_t s = 0; s < data.validation.size(); s += batch_size) {
+    const auto count = std::min(batch_size, data.validation.size() - s);
+    losses.narrow(0, s, count).copy_(task.example_losses(model, data.validation.slice(s, count)));
+  }
+  return losses;
 }
 
 }  // namespace
@@ -271,16 +300,7 @@ GroundTruth ground_truth(const StageInputs& inputs, Model& model, const LoadedDa
     Batch subset{data.train.inputs.index_select(0, chosen), data.train.targets.index_select(0, chosen),
                  data.train.example_ids.index_select(0, chosen)};
     fine_tune_adapters(inputs, model, lora, subset, "", /*show_progress=*/false);
-    {
-      torch::NoGradGuard no_grad;
-      model.set_training(false);
-      for (std::int64_t s = 0; s < data.validation.size(); s += batch_size) {
-        const auto count = std::min(batch_size, data.validation.size() - s);
-        truth.losses[m]
-            .narrow(0, s, count)
-            .copy_(task->example_losses(model, data.validation.slice(s, count)));
-      }
-    }
+    truth.losses[m].copy_(query_losses(model, *task, data, batch_size));
     save_tensors(file, {truth.subsets[m], truth.losses[m]});
     progress.advance();
   }
@@ -291,6 +311,74 @@ GroundTruth ground_truth(const StageInputs& inputs, Model& model, const LoadedDa
   outcome.stage_seconds["ground_truth"] = seconds_since(start);
   outcome.stage_cached["ground_truth"] = reused == subsets;
   return truth;
+}
+
+LeaveOneOut leave_one_out(const StageInputs& inputs, Model& model, const LoadedData& data,
+                          const std::vector<std::int64_t>& rows, const RunPaths& paths, RunOutcome& outcome) {
+  auto start = Clock::now();
+  const std::int64_t repeats = inputs.get_int("leave_one_out.repeats"), n = data.train.size();
+  const fs::path directory = cache_root_of(paths) / "leave_one_out" / inputs.key();
+  fs::create_directories(directory);
+  remove_stale_temporaries(directory);
+  auto task = make_task(inputs.get_string("task.name"), inputs.section("task"));
+  const std::int64_t batch_size = inputs.get_int("evaluation.gradient_batch_size");
+  std::vector<torch::Tensor> lora = lora_tensors(model), initial;
+  for (const auto& t : lora) initial.push_back(t.detach().clone());
+  const std::int64_t ids_total = static_cast<std::int64_t>(rows.size());
+  std::int64_t reused = 0;
+  Progress progress("leave-one-out: fine-tuning without single examples", (ids_total + 1) * repeats,
+                    "fine-tunings");
+  // The mean query loss after fine-tuning on `kept` with training seed r (initialisation, batch
+  // order, dropout): from its cache file when an earlier run computed it.
+  auto mean_loss = [&](const torch::Tensor& kept, std::int64_t repeat, const std::string& name) {
+    // Seed 0 is the finetune stage's own (its initialisation and seed); the others redraw both.
+    const std::int64_t seed =
+        repeat == 0 ? inputs.get_int("experiment.seed") : inputs.get_int("experiment.seed") * 1000 + repeat;
+    std::vector<torch::Tensor> result{torch::zeros({data.validation.size()}, torch::kDouble)};
+    const fs::path file = directory / fmt::format("{}_r{}.pt", name, repeat);
+    if (!load_tensors(file, result)) {
+      {
+        torch::NoGradGuard no_grad;
+        for (std::size_t i = 0; i < lora.size(); ++i) lora[i].copy_(initial[i]);
+        if (repeat > 0)
+          for (auto* layer : model.lora_layers()) layer->reset_adapter(static_cast<std::uint64_t>(seed));
+      }
+      Batch subset{data.train.inputs.index_select(0, kept), data.train.targets.index_select(0, kept),
+                   data.train.example_ids.index_select(0, kept)};
+      fine_tune_adapters(inputs, model, lora, subset, "", /*show_progress=*/false, seed);
+      result[0] = query_losses(model, *task, data, batch_size);
+      save_tensors(file, result);
+    } else {
+      ++reused;
+    }
+    progress.advance();
+    return result[0].mean().item<double>();
+  };
+  LeaveOneOut out;
+  out.rows = rows;
+  out.change.assign(rows.size(), 0.0);
+  const torch::Tensor all = torch::arange(n, torch::kLong);
+  for (std::int64_t r = 0; r < repeats; ++r) {
+    const double full = mean_loss(all, r, "full");
+    for (std::size_t k = 0; k < rows.size(); ++k) {
+      const torch::Tensor kept =
+          torch::cat({all.narrow(0, 0, rows[k]), all.narrow(0, rows[k] + 1, n - rows[k] - 1)});
+      const auto id = data.train.example_ids[rows[k]].item<std::int64_t>();
+      out.change[k] +=
+          (mean_loss(kept, r, fmt::format("without_{}", id)) - full) / static_cast<double>(repeats);
+    }
+  }
+  progress.finish();
+  {
+    torch::NoGradGuard no_grad;  // the model leaves as it came: adapters at their initialisation
+    for (std::size_t i = 0; i < lora.size(); ++i) lora[i].copy_(initial[i]);
+  }
+  if (reused)
+    log(fmt::format("leave-one-out: {} of {} fine-tunings from an earlier run", reused,
+                    (ids_total + 1) * repeats));
+  outcome.stage_seconds["leave_one_out"] = seconds_since(start);
+  outcome.stage_cached["leave_one_out"] = reused == (ids_total + 1) * repeats;
+  return out;
 }
 
 }  // namespace inflab
