@@ -83,11 +83,16 @@ def quality(run):
 
 
 def write_quality(root, runs):
-    """generated_images.csv under `root`: one row per run with generated queries."""
-    rows = []
+    """generated_images.csv under `root`: one row per run with generated queries; and, for the
+    first such run of each experiment, figures/fig8_influential_<experiment>.png (DataInf)."""
+    rows, drawn = [], set()
     for run in runs:
         if not (os.path.exists(os.path.join(run, "queries.npy")) and os.path.exists(os.path.join(run, "train.npy"))):
             continue
+        experiment = os.path.basename(os.path.dirname(os.path.normpath(run)))
+        if experiment not in drawn and os.path.exists(os.path.join(run, "scores_datainf.npy")):
+            drawn.add(experiment)
+            draw_influential(run, "datainf", 4, 0, os.path.join(root, "figures", f"fig8_influential_{experiment}.png"))
         q = quality(run)
         rows.append([os.path.relpath(run, root), q["generated"], f"{q['judge_accuracy_real']:.4f}",
                      f"{q['generated_accuracy']:.4f}",
@@ -122,37 +127,60 @@ def digits(args):
           f"{(judged == conditions).mean():.4f}")
     print("per digit: " + " ".join(f"{c}={(judged[conditions == int(c)] == int(c)).mean():.2f}"
                                    for c in args.conditions))
+    if args.figure:  # the first 12 images of each condition, a row each, for a reader to look at
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        shown = min(12, args.count)
+        fig, axes = plt.subplots(len(args.conditions), shown, figsize=(0.45 * shown + 0.6, 0.5 * len(args.conditions) + 0.4),
+                                 squeeze=False)
+        for i, condition in enumerate(args.conditions):
+            for j in range(shown):
+                image = samples[i * args.count + j].reshape(8, 8)
+                axes[i][j].imshow(image, cmap="gray", vmin=-1 if args.pixels == "signed" else 0, vmax=1)
+                axes[i][j].set_xticks([]), axes[i][j].set_yticks([])
+            axes[i][0].set_ylabel(condition, rotation=0, labelpad=8)
+        fig.suptitle(f"{os.path.basename(args.samples)}: {shown} per condition; judged as their digit: "
+                     f"{(judged == conditions).mean():.2f}", fontsize=8)
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
+        fig.savefig(args.figure, dpi=90)
 
 
 def influential(args):
+    draw_influential(args.run, args.estimator, args.top, args.query, args.out)
+    print(f"wrote {args.out}")
+
+
+def draw_influential(run, estimator, top, query, out):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run = args.run
     train = np.load(os.path.join(run, "train.npy"))
     generated = os.path.exists(os.path.join(run, "queries.npy"))
     if not generated:
         sys.exit(f"{run}: no queries.npy (only runs whose queries are generated images are drawn)")
     queries = np.load(os.path.join(run, "queries.npy")).reshape(-1, train.shape[1])
-    scores = np.load(os.path.join(run, f"scores_{args.estimator}.npy"))
+    scores = np.load(os.path.join(run, f"scores_{estimator}.npy"))
     train_labels, query_labels = run_examples(run)
     if scores.shape != (len(train), len(queries)):
-        sys.exit(f"scores_{args.estimator}.npy is {scores.shape}, expected {(len(train), len(queries))} (pairwise)")
+        sys.exit(f"scores_{estimator}.npy is {scores.shape}, expected {(len(train), len(queries))} (pairwise)")
     names = class_names(run)
     side = int(round(np.sqrt(train.shape[1])))
     classes = list(dict.fromkeys(query_labels.tolist()))
-    chosen = [int(np.flatnonzero(query_labels == c)[args.query]) for c in classes]
-    columns = 1 + 2 * args.top
-    fig, axes = plt.subplots(len(chosen), columns, figsize=(0.95 * columns + 0.4, 1.15 * len(chosen) + 0.5),
+    chosen = [int(np.flatnonzero(query_labels == c)[query]) for c in classes]
+    columns = 1 + 2 * top
+    fig, axes = plt.subplots(len(chosen), columns, figsize=(0.95 * columns + 0.4, 1.25 * len(chosen) + 0.6),
                              squeeze=False)
     show = lambda ax, image: ax.imshow(image.reshape(side, side), cmap="gray", vmin=-1, vmax=1)  # noqa: E731
     for row, q in zip(axes, chosen):
         order = np.argsort(scores[:, q], kind="stable")
         show(row[0], queries[q])
-        row[0].set_title(f"generated\n{names.get(int(query_labels[q]), query_labels[q])}", fontsize=7)
-        for k, i in enumerate(list(order[: args.top]) + list(order[::-1][: args.top])):
+        row[0].set_title(f"generated: {names.get(int(query_labels[q]), query_labels[q])}", fontsize=7, fontweight="bold")
+        for k, i in enumerate(list(order[:top]) + list(order[::-1][:top])):
             ax = row[1 + k]
             show(ax, train[i])
             same = train_labels[i] == query_labels[q]
@@ -160,15 +188,15 @@ def influential(args):
                          color="black" if same else "firebrick")
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
-    fig.text(0.5 / columns + (1 + args.top / 2) / columns * 0.98, 0.995, f"{args.top} most helpful", ha="center",
-             va="top", fontsize=8)
-    fig.text((1 + args.top * 1.5) / columns, 0.995, f"{args.top} least helpful", ha="center", va="top", fontsize=8)
-    fig.suptitle(f"{os.path.normpath(run)}: {args.estimator} (captions in red: another class)", fontsize=8, y=0.02,
+    fig.suptitle(f"{os.path.normpath(run)}: {estimator} (captions in red: another class)", fontsize=8, y=0.02,
                  va="bottom")
-    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    fig.savefig(args.out, dpi=130)
-    print(f"wrote {args.out}")
+    fig.tight_layout(rect=(0, 0.04, 1, 0.93))
+    for first, last, text in ((1, top, "most helpful"), (1 + top, 2 * top, "least helpful")):
+        left, right = axes[0][first].get_position().x0, axes[0][last].get_position().x1
+        fig.text((left + right) / 2, 0.975, f"{top} {text}", ha="center", va="top", fontsize=8)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
 
 
 def main():
@@ -183,6 +211,7 @@ def main():
     d.add_argument("--pixels", choices=["signed", "unit"], default="signed",
                    help="signed: [-1, 1] (styled_digits); unit: [0, 1] (digits)")
     d.add_argument("--data", help="digits.csv.gz (default: the data cache's)")
+    d.add_argument("--figure", help="also draw the first 12 images of each condition into this PNG")
     i = sub.add_parser("influential", help="figure: generated queries with their most and least helpful images")
     i.add_argument("run")
     i.add_argument("--estimator", default="datainf")

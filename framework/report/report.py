@@ -156,30 +156,39 @@ def write_paired(runs, root):
 
 
 def lds_figure(table, out):
-    """fig6_lds: the linear datamodeling score of each estimator per setting (mean, 95% CI)."""
-    settings = experiments_with(table, lambda k: k[4] == "lds")
-    if not settings:
+    """fig6_lds: per setting, each estimator's linear datamodeling score and, where measured, its
+    leave-one-out correlation (mean, 95% CI over seeds), one panel each."""
+    metrics = [(m, label) for m, label in (("lds", "LDS (Spearman, retraining on halves)"),
+                                           ("loo", "leave-one-out (Pearson, -score vs change)"))
+               if experiments_with(table, lambda k, m=m: k[4] == m)]
+    if not metrics:
         return
+    settings = experiments_with(table, lambda k: k[4] == "lds")
     estimators = [e for e in ORDER if any(k[3] == e and k[4] == "lds" for k in table)]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.9 * len(settings)), 3.6))
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(5.0, 1.9 * len(settings)), 3.2 * len(metrics) + 0.6),
+                             squeeze=False, sharex=True)
     width = 0.8 / len(estimators)
-    for j, estimator in enumerate(estimators):
-        xs, ys, errs = [], [], []
-        for i, experiment in enumerate(settings):
-            hits = [table[k] for k in table if k[0] == experiment and k[3] == estimator and k[4] == "lds"]
-            if hits:
-                xs.append(i + (j - len(estimators) / 2 + 0.5) * width)
-                ys.append(hits[0][0])
-                errs.append(0 if math.isnan(hits[0][1]) else hits[0][1])
-        ax.bar(xs, ys, width, yerr=errs, capsize=2, color=COLOURS[estimator], label=LABELS[estimator])
     runs = {e: max(k_v[1][2] for k_v in table.items() if k_v[0][0] == e and k_v[0][4] == "lds") for e in settings}
-    ax.set_xticks(range(len(settings)), [f"{e.replace('ground_truth_', '')}\n({runs[e]} seeds)" for e in settings],
-                  fontsize=8)
-    ax.set_ylabel("LDS (Spearman, retraining on halves)")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.18))
-    ax.set_title("Ground truth: linear datamodeling score per estimator (mean, 95% CI over seeds)", fontsize=9)
+    for ax, (metric, ylabel) in zip(axes[:, 0], metrics):
+        for j, estimator in enumerate(estimators):
+            xs, ys, errs = [], [], []
+            for i, experiment in enumerate(settings):
+                hits = [table[k] for k in table if k[0] == experiment and k[3] == estimator and k[4] == metric]
+                if hits:
+                    xs.append(i + (j - len(estimators) / 2 + 0.5) * width)
+                    ys.append(hits[0][0])
+                    errs.append(0 if math.isnan(hits[0][1]) else hits[0][1])
+            ax.bar(xs, ys, width, yerr=errs, capsize=2, color=COLOURS[estimator],
+                   label=LABELS[estimator] if metric == metrics[0][0] else None)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.grid(alpha=0.3, axis="y")
+    axes[-1, 0].set_xticks(range(len(settings)),
+                           [f"{e.replace('ground_truth_', '')}\n({runs[e]} seeds)" for e in settings], fontsize=8)
+    fig.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, -0.01))
+    fig.suptitle("Ground truth per estimator: retraining on halves (LDS) and without single examples "
+                 "(mean, 95% CI over seeds)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
     save(fig, out, "fig6_lds")
 
 
