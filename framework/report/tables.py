@@ -43,13 +43,14 @@ def main(path):
                         key=lambda e: (ORDER.index(e) if e in ORDER else len(ORDER), e))
         seeds = max(int(r["runs"]) for r in rows if r["experiment"] == experiment and r["metric"] == "lds")
         print(f"\n#### Ground truth: {experiment} ({seeds} seeds; mean ± 95% CI over seeds)\n")
-        print("| estimator | LDS | Pearson with Exact | mislabel AUC | seconds |")
-        print("| --- | ---: | ---: | ---: | ---: |")
+        print("| estimator | LDS | leave-one-out (Pearson) | leave-one-out sign | Pearson with Exact | mislabel AUC | seconds |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for e in labels:
             get = lambda m: next((r for r in rows if r["experiment"] == experiment and r["estimator"] == e  # noqa: E731
                                   and r["metric"] == m), None)
             seconds = get("seconds")
-            print(f"| {NAMES.get(e, e)} | {cell(get('lds'))} | {cell(get('pearson'))} | {cell(get('auc'))} | "
+            print(f"| {NAMES.get(e, e)} | {cell(get('lds'))} | {cell(get('loo'))} | {cell(get('loo_sign'))} | "
+                  f"{cell(get('pearson'))} | {cell(get('auc'))} | "
                   f"{float(seconds['mean']):.2f} |" if seconds else " - |")
     runtime = sorted({r["experiment"] for r in rows if r["estimator"].startswith("stage:")} - set(experiments) -
                      set(lds_settings))
