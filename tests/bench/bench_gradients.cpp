@@ -180,6 +180,62 @@ void smollm2_gradients(benchmark::State& state) {
   smollm2_counters(state, state.range(0), 2);
 }
 
+// ddpm_lora as the diffusion studies run it: channels [16, 32], embedding 32, LoRA rank 4 on every
+// convolution and attention projection, 8 x 8 images in 13 conditions, the denoising loss at the
+// paper's 6 timesteps (each example is 6 rows of the U-Net's batch), gradient batch 16.
+struct DdpmBatch {
+  std::unique_ptr<inflab::Model> model;
+  std::unique_ptr<inflab::Task> task;
+  inflab::Batch batch;
+};
+DdpmBatch ddpm(std::int64_t batch) {
+  DdpmBatch out;
+  auto options = inflab::default_options(
+      "ddpm_lora", registry().find(inflab::PluginKind::Model, "ddpm_lora").info->options());
+  options.set("channels", std::vector<std::int64_t>{16, 32});
+  options.set("embedding", std::int64_t{32});
+  out.model = registry().create_as<inflab::Model>(inflab::PluginKind::Model, "ddpm_lora", options);
+  out.model->build({{64}, 13}, inflab::LoraConfig{4, 4.0, 0.0, {"*"}}, 0);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto* layer : out.model->lora_layers())
+      if (layer->has_adapter()) layer->lora_b().normal_(0, 0.1);
+  }
+  out.task = inflab::make_task("denoising", inflab::default_options("[task]", inflab::task_option_specs()));
+  torch::manual_seed(0);
+  out.batch = {torch::rand({batch, 64}) * 2 - 1, torch::randint(10, 13, {batch}, torch::kLong),
+               torch::arange(batch)};
+  return out;
+}
+
+void ddpm_counters(benchmark::State& state) {
+  state.counters["examples/s"] = benchmark::Counter(static_cast<double>(state.range(0) * state.iterations()),
+                                                    benchmark::Counter::kIsRate);
+}
+
+void ddpm_forward(benchmark::State& state) {
+  auto d = ddpm(state.range(0));
+  d.model->set_training(false);
+  torch::NoGradGuard no_grad;
+  for (auto _ : state) benchmark::DoNotOptimize(d.task->summed_loss(*d.model, d.batch));
+  ddpm_counters(state);
+}
+
+void ddpm_forward_backward(benchmark::State& state) {
+  auto d = ddpm(state.range(0));
+  d.model->set_training(false);
+  for (auto _ : state) d.task->summed_loss(*d.model, d.batch).backward();
+  ddpm_counters(state);
+}
+
+void ddpm_gradients(benchmark::State& state) {
+  auto d = ddpm(state.range(0));
+  for (auto _ : state)
+    benchmark::DoNotOptimize(
+        inflab::per_example_gradients(*d.model, *d.task, d.batch, {state.range(0), "", false, false, {}}));
+  ddpm_counters(state);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -214,6 +270,15 @@ int main(int argc, char** argv) {
            {"smollm2/forward_backward", smollm2_forward_backward},
            {"smollm2/gradients", smollm2_gradients}})
     benchmark::RegisterBenchmark(name.c_str(), function)
+        ->Arg(64)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  for (auto [name, function] : std::vector<std::pair<std::string, void (*)(benchmark::State&)>>{
+           {"ddpm/forward", ddpm_forward},
+           {"ddpm/forward_backward", ddpm_forward_backward},
+           {"ddpm/gradients", ddpm_gradients}})
+    benchmark::RegisterBenchmark(name.c_str(), function)
+        ->Arg(16)
         ->Arg(64)
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
