@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include <array>
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <fstream>
@@ -311,16 +312,19 @@ TEST_CASE("leave-one-out retrains without each estimator's extreme examples; loo
   REQUIRE(ids.size() == 300);
   std::vector<std::int64_t> rows;
   std::vector<double> measured;
+  std::vector<std::array<double, 2>> per_seed;
   {
     std::stringstream lines(inflab::read_file(run / "leave_one_out.csv"));
     std::string line;
     std::getline(lines, line);
-    CHECK(line == "row,measured_change,datainf,exact");
+    CHECK(line == "row,measured_change,change_seed0,change_seed1,datainf,exact");
     while (std::getline(lines, line)) {
       std::stringstream fields(line);
-      std::string row, change;
+      std::string row, change, seed0, seed1;
       std::getline(fields, row, ','), std::getline(fields, change, ',');
+      std::getline(fields, seed0, ','), std::getline(fields, seed1, ',');
       rows.push_back(std::stoll(row)), measured.push_back(std::stod(change));
+      per_seed.push_back({std::stod(seed0), std::stod(seed1)});
     }
   }
   CHECK(std::set<std::int64_t>(rows.begin(), rows.end()) == expected_rows);
@@ -345,6 +349,8 @@ TEST_CASE("leave-one-out retrains without each estimator's extreme examples; loo
     INFO("row " << rows[i]);
     CHECK(without0 != full0);  // the example was left out
     CHECK(measured[i] == Approx(((without0 - full0) + (without1 - full1)) / 2).margin(1e-7));
+    CHECK(per_seed[i][0] == Approx(without0 - full0).margin(1e-7));
+    CHECK(per_seed[i][1] == Approx(without1 - full1).margin(1e-7));
   }
   // loo: Pearson correlation over the rows of -score with the measured change; loo_sign: the
   // share of the estimator's own 6 picks whose change has the sign -score predicts.

@@ -216,10 +216,12 @@ void leave_one_out_metrics(const ExperimentConfig& config, Registry& registry, c
   std::map<std::int64_t, double> change;
   for (std::size_t i = 0; i < rows.size(); ++i) change[rows[i]] = measured.change[i];
   std::string csv = "row,measured_change";
+  for (std::size_t r = 0; r < measured.change_per_seed.size(); ++r) csv += fmt::format(",change_seed{}", r);
   for (const auto& [label, scores] : per_example) csv += "," + label;
   csv += "\n";
   for (std::size_t i = 0; i < rows.size(); ++i) {
     csv += fmt::format("{},{:.8g}", rows[i], measured.change[i]);
+    for (const auto& changes : measured.change_per_seed) csv += fmt::format(",{:.8g}", changes[i]);
     for (const auto& [label, scores] : per_example) csv += fmt::format(",{:.8g}", scores[rows[i]]);
     csv += "\n";
   }

@@ -122,7 +122,8 @@ GroundTruth ground_truth(const StageInputs& inputs, Model& model, const LoadedDa
 // file per (example id, seed): any set of rows reuses what was computed.
 struct LeaveOneOut {
   std::vector<std::int64_t> rows;
-  std::vector<double> change;  // mean query loss without the row minus with it
+  std::vector<double> change;  // mean query loss without the row minus with it, mean over seeds
+  std::vector<std::vector<double>> change_per_seed;  // [seed][row]: how much training noise moves it
 };
 LeaveOneOut leave_one_out(const StageInputs& inputs, Model& model, const LoadedData& data,
                           const std::vector<std::int64_t>& rows, const RunPaths& paths, RunOutcome& outcome);

@@ -360,12 +360,13 @@ LeaveOneOut leave_one_out(const StageInputs& inputs, Model& model, const LoadedD
   const torch::Tensor all = torch::arange(n, torch::kLong);
   for (std::int64_t r = 0; r < repeats; ++r) {
     const double full = mean_loss(all, r, "full");
+    auto& changes = out.change_per_seed.emplace_back(rows.size(), 0.0);
     for (std::size_t k = 0; k < rows.size(); ++k) {
       const torch::Tensor kept =
           torch::cat({all.narrow(0, 0, rows[k]), all.narrow(0, rows[k] + 1, n - rows[k] - 1)});
       const auto id = data.train.example_ids[rows[k]].item<std::int64_t>();
-      out.change[k] +=
-          (mean_loss(kept, r, fmt::format("without_{}", id)) - full) / static_cast<double>(repeats);
+      changes[k] = mean_loss(kept, r, fmt::format("without_{}", id)) - full;
+      out.change[k] += changes[k] / static_cast<double>(repeats);
     }
   }
   progress.finish();
