@@ -1,12 +1,18 @@
 // Dataset plugins on the real files, checked against values read independently (od, zcat).
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <filesystem>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "helpers.hpp"
+#include "inflab/config.hpp"
 #include "inflab/dataset.hpp"
 #include "inflab/error.hpp"
+#include "inflab/pipeline.hpp"
 #include "inflab/registry.hpp"
 
 using Catch::Matchers::Contains;
@@ -185,4 +191,147 @@ TEST_CASE("styled_digits renders real digits in styles; subjects stay out of the
       Contains("unknown style \"sepia\""));
   REQUIRE_THROWS_WITH(dataset(registry, "styled_digits", {{"train_per_class", std::int64_t{900}}})->load(),
                       Contains("fewer than train_per_class"));
+}
+
+TEST_CASE("text_file reads a user's JSON lines or CSV; bad files are errors naming file, line and field",
+          "[datasets][text_file]") {
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  test::TempDir dir;
+  // The same six records as JSON lines and as CSV (a quoted comma, an escaped quote and a
+  // newline inside a field), labels that sort as numbers (2 before 10).
+  const std::vector<std::pair<std::string, std::string>> records{{"good, really", "10"}, {"say \"hi\"", "2"},
+                                                                 {"two\nlines", "10"},   {"plain", "2"},
+                                                                 {"more", "10"},         {"last one", "2"}};
+  std::string jsonl, csv = "id,review,stars\n";
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    jsonl +=
+        nlohmann::json{{"review", records[i].first}, {"stars", std::stoi(records[i].second)}}.dump() + "\n";
+    std::string quoted = records[i].first;
+    for (std::size_t at = quoted.find('"'); at != std::string::npos; at = quoted.find('"', at + 2))
+      quoted.insert(at, "\"");
+    csv += fmt::format("{},\"{}\",{}\n", i, quoted, records[i].second);
+  }
+  auto load = [&](const std::string& file, std::map<std::string, inflab::Value> extra = {}) {
+    std::map<std::string, inflab::Value> set{{"train", file},
+                                             {"text_field", std::string("review")},
+                                             {"label_field", std::string("stars")},
+                                             {"n_validation", std::int64_t{2}}};
+    for (auto& [k, v] : extra) set[k] = v;
+    return dataset(registry, "text_file", set)->load();
+  };
+  const auto from_jsonl = load(dir.write("r.jsonl", jsonl).string());
+  const auto from_csv = load(dir.write("r.csv", csv).string());
+  CHECK(from_jsonl.class_names == std::vector<std::string>{"2", "10"});
+  CHECK(from_csv.class_names == from_jsonl.class_names);
+  CHECK(from_jsonl.train.size() == 4);
+  CHECK(from_jsonl.validation.size() == 2);
+  for (auto split : {&inflab::DatasetSplits::train, &inflab::DatasetSplits::validation}) {
+    const inflab::Split& a = from_jsonl.*split;
+    const inflab::Split& b = from_csv.*split;
+    CHECK(a.texts == b.texts);
+    CHECK(a.ids == b.ids);
+    CHECK(at::equal(a.labels, b.labels));
+    for (std::size_t k = 0; k < a.ids.size(); ++k) {  // each text with its own label, by id
+      const auto& record = records[static_cast<std::size_t>(a.ids[k])];
+      CHECK(a.texts[k] == record.first);
+      const std::int64_t label = a.labels[static_cast<std::int64_t>(k)].item().toLong();
+      CHECK(label == (record.second == "2" ? 0 : 1));
+    }
+  }
+  // A validation file; a class it has that training lacks is an error naming file, line, field.
+  const auto validation =
+      dir.write("v.jsonl", "{\"review\": \"fine\", \"stars\": 2}\n\n{\"review\": \"odd\", \"stars\": 7}\n");
+  CHECK_THROWS_WITH(load(dir.path.string() + "/r.jsonl", {{"validation", validation.string()}}),
+                    Contains("v.jsonl:3: field 'stars': class '7' does not occur in the training file") &&
+                        Contains("classes: 2, 10"));
+  // Instruction data: prompt and response, one class when there is no label field.
+  const auto instructions = dir.write("i.jsonl",
+                                      "{\"q\": \"2+2?\", \"a\": \"4\"}\n{\"q\": \"3+3?\", \"a\": \"6\"}\n"
+                                      "{\"q\": \"1+1?\", \"a\": \"2\"}\n");
+  auto tasks = dataset(registry, "text_file",
+                       {{"train", instructions.string()},
+                        {"text_field", std::string("q")},
+                        {"label_field", std::string()},
+                        {"response_field", std::string("a")},
+                        {"n_validation", std::int64_t{1}}})
+                   ->load();
+  CHECK(tasks.class_names == std::vector<std::string>{"all"});
+  REQUIRE(tasks.train.responses.size() == 2);
+  for (std::size_t k = 0; k < 2; ++k)
+    CHECK(std::to_string(std::stoi(tasks.train.texts[k].substr(0, 1)) * 2) == tasks.train.responses[k]);
+  // Bad files.
+  auto error_of = [&](const std::string& name, const std::string& text) {
+    try {
+      load(dir.write(name, text).string());
+    } catch (const inflab::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK_THAT(error_of("a.jsonl", "{\"review\": \"x\", \"stars\": 1}\n{\"review\": \"y\"}\n"),
+             Contains("a.jsonl:2: field 'stars' is missing"));
+  CHECK_THAT(error_of("b.jsonl", "{\"review\": \"x\", \"stars\": 1}\n{\"review\": [1], \"stars\": 1}\n"),
+             Contains("b.jsonl:2: field 'review': expected a string, a number or a boolean, found array"));
+  CHECK_THAT(error_of("c.jsonl", "{\"review\": \"x\", \"stars\": 1}\nnot json\n"),
+             Contains("c.jsonl:2: not a JSON line"));
+  CHECK_THAT(error_of("d.csv", "id,text,stars\n1,a,2\n"),
+             Contains("d.csv:1: no column 'review' in the header (columns: id, text, stars)"));
+  // The record after a quoted two-line field starts on line 4, and has a column too many.
+  CHECK_THAT(error_of("e.csv", "review,stars\n\"two\nlines\",2\nx,2,extra\n"),
+             Contains("e.csv:4: 3 fields, the header has 2"));
+  CHECK_THAT(error_of("f.csv", "review,stars\n\"open,2\n"), Contains("f.csv:") && Contains("malformed CSV"));
+  CHECK_THAT(error_of("g.jsonl", "{\"review\": \"\", \"stars\": 1}\n"),
+             Contains("g.jsonl:1: field 'review' is empty"));
+  CHECK_THAT(error_of("h.txt", "review\n"), Contains("h.txt: cannot tell the format"));
+  CHECK_THROWS_WITH(load((dir.path / "missing.jsonl").string()),
+                    Contains("missing.jsonl: cannot open the file"));
+}
+
+TEST_CASE("a dataset file's content, not only its name, is in the stage keys",
+          "[datasets][text_file][stages]") {
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  test::TempDir dir;
+  const auto data =
+      dir.write("d.jsonl", "{\"text\": \"a\", \"label\": 0}\n{\"text\": \"b\", \"label\": 1}\n");
+  const auto file = dir.write("e.toml", fmt::format(R"([experiment]
+name = "e"
+[dataset]
+plugin = "text_file"
+train = "{}"
+[model]
+plugin = "minilm_lora"
+[[estimator]]
+plugin = "datainf"
+)",
+                                                    data.string()));
+  auto key = [&](const std::string& stage) {
+    return inflab::stage_key(stage, inflab::load_experiment(file, {}, registry).at(0), registry);
+  };
+  const auto base = key("base"), gradients = key("gradients");
+  CHECK(key("base") == base);  // stable while the file is unchanged
+  const auto written = std::filesystem::last_write_time(data);
+  dir.write("d.jsonl", "{\"text\": \"a\", \"label\": 0}\n{\"text\": \"c\", \"label\": 1}\n");
+  std::filesystem::last_write_time(data,
+                                   written + std::chrono::seconds(2));  // a coarse clock must not hide it
+  CHECK(key("base") != base);
+  CHECK(key("gradients") != gradients);
+}
+
+TEST_CASE("the committed text_file example reads as its experiment says", "[datasets][text_file]") {
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  const std::filesystem::path example = std::filesystem::path(INFLAB_SOURCE_DIR) / "examples" / "text_file";
+  auto config = inflab::load_experiment(example / "experiment.toml", {}, registry).at(0);
+  // Its paths are from the repository's root, where a user runs it.
+  config.dataset.options.set("train", (example / "reviews_train.csv").string());
+  config.dataset.options.set("validation", (example / "reviews_test.jsonl").string());
+  auto splits =
+      registry.create_as<inflab::Dataset>(inflab::PluginKind::Dataset, "text_file", config.dataset.options)
+          ->load();
+  CHECK(splits.class_names == std::vector<std::string>{"great", "other"});
+  CHECK(splits.pretrain.size() == 100);
+  CHECK(splits.train.size() == 200);
+  CHECK(splits.validation.size() == 100);
 }

@@ -52,6 +52,7 @@ Split text_split(const LabeledTexts& source, const std::vector<std::int64_t>& ro
   split.labels = at::empty({static_cast<std::int64_t>(rows.size())}, c10::kLong);
   for (std::size_t k = 0; k < rows.size(); ++k) {
     split.texts.push_back(source.texts[rows[k]]);
+    if (!source.responses.empty()) split.responses.push_back(source.responses[rows[k]]);
     split.labels.data_ptr<std::int64_t>()[k] = source.labels[rows[k]];
     split.ids.push_back(rows[k]);
   }

@@ -6,6 +6,8 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <map>
 #include <sstream>
 
 #include "inflab/config.hpp"
@@ -37,8 +39,9 @@ fs::path cache_root_of(const RunPaths& paths) {
 }
 
 const std::vector<StageDeclaration>& cached_stages() {
-  static const std::vector<StageDeclaration> stages{base_stage(), finetune_stage(), ground_truth_stage(), leave_one_out_stage(),
-                                                    gradients_stage(), fit_stage()};
+  static const std::vector<StageDeclaration> stages{base_stage(),         finetune_stage(),
+                                                    ground_truth_stage(), leave_one_out_stage(),
+                                                    gradients_stage(),    fit_stage()};
   return stages;
 }
 
@@ -89,6 +92,22 @@ void collect_leaves(const toml::node& node, const std::string& path, const std::
   out[path] = to_value(node, path);
 }
 
+// A [dataset] option naming a file the user supplies (text_file's train, a plugin's path): the
+// key covers the file's content, not only its name, so editing the file invalidates what was
+// computed from it. Memoized by (size, modification time): a stage key is computed many times.
+std::string file_content_hash(const std::string& path) {
+  namespace fs = std::filesystem;
+  static std::map<std::string, std::pair<std::string, std::string>> memo;  // path -> (stamp, hash)
+  std::error_code error;
+  const auto size = fs::file_size(path, error);
+  const auto time = fs::last_write_time(path, error);
+  if (error) return "";
+  const std::string stamp = fmt::format("{} {}", size, time.time_since_epoch().count());
+  auto& entry = memo[path];
+  if (entry.first != stamp) entry = {stamp, content_hash(read_file(path))};
+  return entry.second;
+}
+
 }  // namespace
 
 StageInputs::StageInputs(const StageDeclaration& stage, const std::string& resolved_toml,
@@ -103,7 +122,12 @@ StageInputs::StageInputs(const StageDeclaration& stage, const std::string& resol
     }
     collect_leaves(*node.node(), path, stage.except, typed_);
   }
-  for (const auto& [path, value] : typed_) values_[path] = format_value(value);
+  for (const auto& [path, value] : typed_) {
+    values_[path] = format_value(value);
+    if (const auto* text = std::get_if<std::string>(&value);
+        text && !text->empty() && under(path, "dataset") && std::filesystem::is_regular_file(*text))
+      values_[path + " (content)"] = file_content_hash(*text);
+  }
   for (const auto& path : stage.settings)
     if (auto node = resolved.at_path(path)) collect_leaves(*node.node(), path, {}, typed_);
   for (const auto& section : stage.plugins) {

@@ -22,6 +22,7 @@ SplitIndices shuffle_split(const std::string& dataset, std::int64_t total, std::
 struct LabeledTexts {
   std::vector<std::string> texts;
   std::vector<std::int64_t> labels;
+  std::vector<std::string> responses;  // instruction data: the response to each text (else empty)
 };
 std::vector<OptionSpec> text_split_option_specs(std::int64_t n_train, std::int64_t n_validation,
                                                 std::int64_t n_pretrain);
