@@ -1,5 +1,5 @@
 // Claims a build with another LibTorch: the registry must refuse to load it.
-#define INFLAB_BUILD_FINGERPRINT "inflab-abi 7; libtorch 2.1.0; gcc 12.2; cxx11-abi 1"
+#define INFLAB_BUILD_FINGERPRINT "inflab-abi 8; libtorch 2.1.0; gcc 12.2; cxx11-abi 1"
 #include <inflab/estimator.hpp>
 
 namespace {
