@@ -130,13 +130,14 @@ double smollm2_flops(std::int64_t batch, std::int64_t length) {
   return batch * (per_token * static_cast<double>(length) + 2.0 * 576 * 49152 * 16);
 }
 
-struct Smollm2Batch {
+// A model with its task and one batch: what the forward, backward and gradient benchmarks run.
+struct TaskBatch {
   std::unique_ptr<inflab::Model> model;
   std::unique_ptr<inflab::Task> task;
   inflab::Batch batch;
 };
-Smollm2Batch smollm2(std::int64_t length) {
-  Smollm2Batch out;
+TaskBatch smollm2(std::int64_t length) {
+  TaskBatch out;
   auto options = inflab::default_options(
       "smollm2_lora", registry().find(inflab::PluginKind::Model, "smollm2_lora").info->options());
   out.model = registry().create_as<inflab::Model>(inflab::PluginKind::Model, "smollm2_lora", options);
@@ -183,13 +184,8 @@ void smollm2_gradients(benchmark::State& state) {
 // ddpm_lora as the diffusion studies run it: channels [16, 32], embedding 32, LoRA rank 4 on every
 // convolution and attention projection, 8 x 8 images in 13 conditions, the denoising loss at the
 // paper's 6 timesteps (each example is 6 rows of the U-Net's batch), gradient batch 16.
-struct DdpmBatch {
-  std::unique_ptr<inflab::Model> model;
-  std::unique_ptr<inflab::Task> task;
-  inflab::Batch batch;
-};
-DdpmBatch ddpm(std::int64_t batch) {
-  DdpmBatch out;
+TaskBatch ddpm(std::int64_t batch) {
+  TaskBatch out;
   auto options = inflab::default_options(
       "ddpm_lora", registry().find(inflab::PluginKind::Model, "ddpm_lora").info->options());
   options.set("channels", std::vector<std::int64_t>{16, 32});

@@ -25,30 +25,39 @@ const StageDeclaration& base_stage() {
   return stage;
 }
 
+namespace {
+// What one fine-tuning of the adapters reads: the finetune stage, and each retraining of the
+// ground-truth and leave-one-out stages (plus what they add).
+std::vector<std::string> fine_tuning_reads(std::vector<std::string> extra = {}) {
+  std::vector<std::string> reads{"dataset",
+                                 "model",
+                                 "task",
+                                 "experiment.seed",
+                                 "training.epochs",
+                                 "training.learning_rate",
+                                 "training.batch_size",
+                                 "training.optimizer",
+                                 "training.weight_decay"};
+  reads.insert(reads.end(), extra.begin(), extra.end());
+  return reads;
+}
+}  // namespace
+
 const StageDeclaration& finetune_stage() {
-  static const StageDeclaration stage{
-      "finetune",
-      3,
-      {"base"},
-      {"dataset", "model", "task", "experiment.seed", "training.epochs", "training.learning_rate",
-       "training.batch_size", "training.optimizer", "training.weight_decay"},
-      {},
-      {"dataset", "model"}};
+  static const StageDeclaration stage{"finetune", 3, {"base"}, fine_tuning_reads(), {}, {"dataset", "model"}};
   return stage;
 }
 
 // The fine-tuning, repeated on random subsets of the training set: what finetune reads, and how
 // the subsets are drawn. How many queries are scored at once is a setting.
 const StageDeclaration& ground_truth_stage() {
-  static const StageDeclaration stage{
-      "ground_truth",
-      1,
-      {"base"},
-      {"dataset", "model", "task", "experiment.seed", "training.epochs", "training.learning_rate",
-       "training.batch_size", "training.optimizer", "training.weight_decay", "ground_truth"},
-      {},
-      {"dataset", "model"},
-      {"evaluation.gradient_batch_size"}};
+  static const StageDeclaration stage{"ground_truth",
+                                      1,
+                                      {"base"},
+                                      fine_tuning_reads({"ground_truth"}),
+                                      {},
+                                      {"dataset", "model"},
+                                      {"evaluation.gradient_batch_size"}};
   return stage;
 }
 
@@ -56,15 +65,13 @@ const StageDeclaration& ground_truth_stage() {
 // Which examples is not in the key (they come from the estimators' scores): each result file
 // names its example, so any set is computed from the same directory.
 const StageDeclaration& leave_one_out_stage() {
-  static const StageDeclaration stage{
-      "leave_one_out",
-      1,
-      {"base"},
-      {"dataset", "model", "task", "experiment.seed", "training.epochs", "training.learning_rate",
-       "training.batch_size", "training.optimizer", "training.weight_decay", "leave_one_out.repeats"},
-      {},
-      {"dataset", "model"},
-      {"evaluation.gradient_batch_size", "leave_one_out.examples"}};
+  static const StageDeclaration stage{"leave_one_out",
+                                      1,
+                                      {"base"},
+                                      fine_tuning_reads({"leave_one_out.repeats"}),
+                                      {},
+                                      {"dataset", "model"},
+                                      {"evaluation.gradient_batch_size", "leave_one_out.examples"}};
   return stage;
 }
 
