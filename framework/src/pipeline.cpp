@@ -353,7 +353,9 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
     for (const auto& [key, value] : estimator->diagnostics()) diagnostics[spec.label][key] = value;
     log(fmt::format(
         "{}: {:.3f} s{}", spec.label, result.seconds,
-        result.metrics.count("auc") ? fmt::format(", mislabel AUC {:.4f}", result.metrics["auc"]) : ""));
+        result.metrics.count("auc") && std::find(wanted.begin(), wanted.end(), "auc") != wanted.end()
+            ? fmt::format(", mislabel AUC {:.4f}", result.metrics["auc"])
+            : ""));
     outcome.estimators.push_back(std::move(result));
   }
   if (wants_loo) leave_one_out_metrics(config, registry, paths, per_example_scores, outcome, writer);

@@ -38,7 +38,7 @@ inline constexpr std::uint32_t kAbiVersion = INFLAB_ABI_VERSION;
 #define INFLAB_CXX11_ABI "none"
 #endif
 // What a plugin (and the core library) was built with, e.g.
-// "inflab-abi 7; libtorch 1.13.0; gcc 12.2; cxx11-abi 1". The core refuses any other.
+// "inflab-abi 8; libtorch 1.13.0; gcc 12.2; cxx11-abi 1". The core refuses any other.
 #ifndef INFLAB_BUILD_FINGERPRINT
 #define INFLAB_BUILD_FINGERPRINT                                                                      \
   "inflab-abi " INFLAB_STRINGIFY(INFLAB_ABI_VERSION) "; libtorch " TORCH_VERSION "; " INFLAB_COMPILER \
