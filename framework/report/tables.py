@@ -52,8 +52,10 @@ def main(path):
             print(f"| {NAMES.get(e, e)} | {cell(get('lds'))} | {cell(get('loo'))} | {cell(get('loo_sign'))} | "
                   f"{cell(get('pearson'))} | {cell(get('auc'))} | "
                   f"{float(seconds['mean']):.2f} |" if seconds else " - |")
-    runtime = sorted({r["experiment"] for r in rows if r["estimator"].startswith("stage:")} - set(experiments) -
-                     set(lds_settings))
+    # Runtime studies: experiments that vary n (the others' seconds are in their own sections).
+    runtime = sorted(e for e in {r["experiment"] for r in rows if r["estimator"].startswith("stage:")}
+                     - set(experiments) - set(lds_settings)
+                     if len({r["n_train"] for r in rows if r["experiment"] == e}) > 1)
     for experiment in runtime:
         print(f"\n#### Seconds against n ({experiment}; influence stage = fit + scoring)\n")
         ns = sorted({int(r["n_train"]) for r in rows if r["experiment"] == experiment})
