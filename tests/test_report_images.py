@@ -2,6 +2,7 @@
 """Tests of framework/report/images.py and the magnitude AUC of class_detection.py against
 independent oracles: a brute-force nearest-neighbour vote, hand-built runs whose answers are known,
 and an AUC counted pair by pair."""
+import csv
 import json
 import os
 import sys
@@ -100,6 +101,27 @@ def test_magnitude_auc_counts_pairs():
         assert abs(magnitude - np.mean(pairs)) < 1e-12
         pairs = [(np.sign(b - a) + 1) / 2 for a in column[same] for b in column[~same]]  # helpful = negative
         assert abs(auc - np.mean(pairs)) < 1e-12
+
+
+def test_leave_one_out_noise():
+    import report  # noqa: E402
+
+    with tempfile.TemporaryDirectory() as root:
+        run = os.path.join(root, "gt", "seed0")
+        os.makedirs(run)
+        open(os.path.join(run, "metrics.csv"), "w").write("estimator,metric,value\n")
+        a, b = [0.1, -0.2, 0.3, 0.05], [0.2, -0.4, 0.6, 0.1]  # seed 1 = 2 x seed 0: correlation 1
+        with open(os.path.join(run, "leave_one_out.csv"), "w") as f:
+            f.write("row,measured_change,change_seed0,change_seed1,datainf\n")
+            for i, (x, y) in enumerate(zip(a, b)):
+                f.write(f"{i},{(x + y) / 2},{x},{y},0\n")
+        report.write_loo_noise(root)
+        row = list(csv.DictReader(open(os.path.join(root, "leave_one_out_noise.csv"))))[0]
+        assert row["examples_left_out"] == "4" and row["between_seed_correlations"] == "1.000"
+        means = [(x + y) / 2 for x, y in zip(a, b)]
+        assert abs(float(row["mean_abs_change"]) - np.mean(np.abs(means))) < 1e-4
+        sds = [np.std([x, y], ddof=1) for x, y in zip(a, b)]
+        assert abs(float(row["mean_sd_over_seeds"]) - np.mean(sds)) < 1e-4
 
 
 if __name__ == "__main__":

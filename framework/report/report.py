@@ -192,6 +192,36 @@ def lds_figure(table, out):
     save(fig, out, "fig6_lds")
 
 
+def write_loo_noise(root):
+    """leave_one_out_noise.csv: per run with leave-one-out, how much training noise moves a single
+    example's measured effect: the correlation over the left-out examples between the changes
+    measured with two training seeds (each pair of seeds), the mean |change| (mean over seeds) and
+    the mean standard deviation of a change over the seeds."""
+    out = []
+    for experiment, run, run_dir in finished_runs(root):
+        path = os.path.join(run_dir, "leave_one_out.csv")
+        if not os.path.exists(path):
+            continue
+        rows = list(csv.DictReader(open(path)))
+        seeds = sorted(k for k in rows[0] if k.startswith("change_seed"))
+        if len(rows) < 3 or len(seeds) < 2:
+            continue
+        changes = [[float(r[k]) for k in seeds] for r in rows]
+        columns = list(zip(*changes))
+        pairs = [(a, b) for a in range(len(seeds)) for b in range(a + 1, len(seeds))]
+        correlations = [float(scipy.stats.pearsonr(columns[a], columns[b])[0]) for a, b in pairs]
+        means = [sum(c) / len(c) for c in changes]
+        spread = [math.sqrt(sum((x - m) ** 2 for x in c) / (len(c) - 1)) for c, m in zip(changes, means)]
+        out.append([experiment, run, len(rows), " ".join(f"{x:.3f}" for x in correlations),
+                    f"{sum(abs(m) for m in means) / len(means):.4g}", f"{sum(spread) / len(spread):.4g}"])
+    if out:
+        with open(os.path.join(root, "leave_one_out_noise.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["experiment", "run", "examples_left_out", "between_seed_correlations",
+                        "mean_abs_change", "mean_sd_over_seeds"])
+            w.writerows(out)
+
+
 def main(root):
     runs = load_runs(root)
     if not runs:
@@ -309,6 +339,7 @@ def main(root):
     write_paired(runs, root)
     class_detection.main(root)
     images.write_quality(root, [run_dir for _, _, run_dir in finished_runs(root)])
+    write_loo_noise(root)
     commits = sorted({r["commit"] for r in runs})
     print(f"{len(runs)} runs from {len(studies)} studies; commits {', '.join(commits)}; "
           f"summary in {os.path.join(root, 'summary.csv')}, figures in {out}/")
