@@ -200,14 +200,16 @@ void leave_one_out_metrics(const ExperimentConfig& config, Registry& registry, c
   const std::int64_t k = inputs.get_int("leave_one_out.examples");
   std::set<std::int64_t> chosen;
   std::map<std::string, std::vector<std::int64_t>> picks;
-  for (const auto& [label, scores] : per_example) {
+  for (const auto& entry : per_example) {  // not a structured binding: C++17 lambdas cannot capture one
+    const std::vector<double>& scores = entry.second;
     std::vector<std::int64_t> order(scores.size());
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](auto a, auto b) { return scores[a] < scores[b]; });
     const auto take = std::min<std::int64_t>(k, static_cast<std::int64_t>(order.size()) / 2);
-    picks[label].assign(order.begin(), order.begin() + take);
-    picks[label].insert(picks[label].end(), order.end() - take, order.end());
-    chosen.insert(picks[label].begin(), picks[label].end());
+    auto& mine = picks[entry.first];
+    mine.assign(order.begin(), order.begin() + take);
+    mine.insert(mine.end(), order.end() - take, order.end());
+    chosen.insert(mine.begin(), mine.end());
   }
   const std::vector<std::int64_t> rows(chosen.begin(), chosen.end());
   // Its own chain data -> base -> leave_one_out, like the ground truth's.
