@@ -130,7 +130,7 @@ TEST_CASE("sweeps expand to the cartesian product, with readable run names", "[c
         inflab::stage_key("finetune", runs[1], f.registry));
 }
 
-TEST_CASE("repeats sweep the seed; a bad sweep value is located", "[config]") {
+TEST_CASE("repeats sweep the seed, a bad sweep value is located", "[config]") {
   Fixture f;
   auto runs = f.load(replace(kValid, "seed = 3", "seed = 3\nrepeats = 3"));
   REQUIRE(runs.size() == 3);

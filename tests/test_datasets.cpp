@@ -101,7 +101,7 @@ TEST_CASE("digits reads sklearn's digits.csv.gz exactly", "[datasets]") {
       Contains("./inflab setup"));
 }
 
-TEST_CASE("styled_digits renders real digits in styles; subjects stay out of the base's split",
+TEST_CASE("styled_digits renders real digits in styles, subjects stay out of the base's split",
           "[datasets]") {
   inflab::Registry registry;
   registry.load_directory(test::plugin_dir());
@@ -193,7 +193,7 @@ TEST_CASE("styled_digits renders real digits in styles; subjects stay out of the
                       Contains("fewer than train_per_class"));
 }
 
-TEST_CASE("text_file reads a user's JSON lines or CSV; bad files are errors naming file, line and field",
+TEST_CASE("text_file reads a user's JSON lines or CSV, bad files are errors naming file, line and field",
           "[datasets][text_file]") {
   inflab::Registry registry;
   registry.load_directory(test::plugin_dir());

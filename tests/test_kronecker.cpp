@@ -6,10 +6,10 @@
 #include "helpers.hpp"
 #include "inflab/error.hpp"
 #include "inflab/gradients.hpp"
-#include "kronecker.hpp"
 #include "inflab/lora.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/scoring.hpp"
+#include "kronecker.hpp"
 
 using Catch::Matchers::Contains;
 
@@ -116,7 +116,7 @@ TEST_CASE("EK-FAC equals Exact when the block is diagonal in the Kronecker eigen
   CHECK(relative_error(kfac->inverse_product(0, queries), exact_inverse(block.values, 0.1, queries)) > 1e-2);
 }
 
-TEST_CASE("EK-FAC approximates G at least as well as K-FAC; both are reported against Exact",
+TEST_CASE("EK-FAC approximates G at least as well as K-FAC, both are reported against Exact",
           "[estimators][ekfac]") {
   for (uint64_t seed : {5, 6, 7}) {
     torch::manual_seed(seed);

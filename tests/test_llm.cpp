@@ -57,7 +57,7 @@ TEST_CASE("smollm2 token ids equal llama.cpp's on every golden text", "[llm][tok
   }
 }
 
-TEST_CASE("smollm2 last-position logits equal a float32 reference within 1e-3; greedy continuations agree",
+TEST_CASE("smollm2 last-position logits equal a float32 reference within 1e-3, greedy continuations agree",
           "[llm]") {
   auto m = load({1, 1.0, 0.0, {}});
   const auto g = golden();

@@ -181,7 +181,7 @@ TEST_CASE(
   CHECK(relative(blocks[0].gradient_covariance, gradient) < 1e-4);
 }
 
-TEST_CASE("safetensors: tensors are read by name; damaged files are refused with the reason",
+TEST_CASE("safetensors: tensors are read by name, damaged files are refused with the reason",
           "[safetensors]") {
   test::TempDir dir;
   auto write = [&](const std::string& name, const std::string& header, const std::string& data) {

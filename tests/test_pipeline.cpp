@@ -199,7 +199,7 @@ double rank_correlation(const std::vector<double>& x, const std::vector<double>&
   return sxy / std::sqrt(sxx * syy);
 }
 
-TEST_CASE("ground truth retrains on subsets and resumes; LDS equals a hand-computed rank correlation",
+TEST_CASE("ground truth retrains on subsets and resumes, LDS equals a hand-computed rank correlation",
           "[pipeline][lds]") {
   test::TempDir dir;
   const std::string text =
@@ -274,7 +274,7 @@ TEST_CASE("ground truth retrains on subsets and resumes; LDS equals a hand-compu
   }
 }
 
-TEST_CASE("leave-one-out retrains without each estimator's extreme examples; loo recomputed by hand",
+TEST_CASE("leave-one-out retrains without each estimator's extreme examples, loo recomputed by hand",
           "[pipeline][loo]") {
   test::TempDir dir;
   const std::string text = std::string(kExperiment) +
@@ -393,7 +393,7 @@ TEST_CASE("leave-one-out retrains without each estimator's extreme examples; loo
                     Contains("leave_one_out.repeats") && Contains("at least 1"));
 }
 
-TEST_CASE("a faulty estimator plugin ends the run with an error naming it; earlier outputs stay",
+TEST_CASE("a faulty estimator plugin ends the run with an error naming it, earlier outputs stay",
           "[pipeline][cli]") {
   test::TempDir dir;
   auto file = dir.write("e2e.toml", kExperiment);
@@ -544,7 +544,7 @@ TEST_CASE("`inflab score` works on a hand-written gradient directory and checks 
   CHECK_FALSE(fs::exists(dir.path / "nan.npy"));
 }
 
-TEST_CASE("a store over its memory budget is memory-mapped and gives identical scores; float16 stays close",
+TEST_CASE("a store over its memory budget is memory-mapped and gives identical scores, float16 stays close",
           "[pipeline][gradients]") {
   test::TempDir dir;
   auto file = dir.write("e2e.toml", kExperiment);

@@ -268,7 +268,7 @@ class ZeroDenoiser : public TinyDenoiser {
   }
 };
 
-TEST_CASE("DDIM sampling follows its update rule; PNG grids read back through libpng", "[task][ddpm]") {
+TEST_CASE("DDIM sampling follows its update rule, PNG grids read back through libpng", "[task][ddpm]") {
   ZeroDenoiser model;
   model.build({}, inflab::LoraConfig{2, 4.0, 0.0, {"*"}}, 1);
   inflab::SamplingOptions options;
@@ -310,7 +310,7 @@ TEST_CASE("DDIM sampling follows its update rule; PNG grids read back through li
   CHECK(pixels[0] == 255);                                   // a gap
 }
 
-TEST_CASE("inflab sample draws a row per condition from a fine-tuned ddpm_lora; bad names are errors",
+TEST_CASE("inflab sample draws a row per condition from a fine-tuned ddpm_lora, bad names are errors",
           "[task][ddpm][cli]") {
   test::TempDir dir;
   auto file = dir.write("ddpm.toml", R"([experiment]
