@@ -303,8 +303,11 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   }
   const bool aggregate = config.evaluation.mode == "aggregate";
   const auto& wanted = config.evaluation.metrics;
+  auto asked = [&](const char* metric) {
+    return std::find(wanted.begin(), wanted.end(), metric) != wanted.end();
+  };
   std::optional<GroundTruth> truth;
-  if (std::find(wanted.begin(), wanted.end(), "lds") != wanted.end()) {
+  if (asked("lds")) {
     if (world_size > 1)
       throw Error("metric \"lds\" retrains on one process; run the experiment without `inflab launch`");
     truth = ground_truth_of(config, registry, paths, outcome);
@@ -312,7 +315,7 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   std::vector<int> flipped(store.train_meta.flipped.begin(), store.train_meta.flipped.end());
   std::map<std::string, std::vector<double>> all_scores;
   std::map<std::string, std::vector<double>> per_example_scores;  // on the mean query loss (loo)
-  const bool wants_loo = std::find(wanted.begin(), wanted.end(), "loo") != wanted.end();
+  const bool wants_loo = asked("loo");
   if (wants_loo && world_size > 1)
     throw Error("metric \"loo\" retrains on one process; run the experiment without `inflab launch`");
   nlohmann::json diagnostics;
@@ -338,13 +341,12 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
           static_cast<double>(distributed_bytes_communicated() - bytes_before);
     if (writer) save_npy(outcome.directory / fmt::format("scores_{}.npy", spec.label), scores.contiguous());
     all_scores[spec.label] = to_doubles(scores);
-    if (!flipped.empty() && std::count(flipped.begin(), flipped.end(), 1) > 0) {
+    if (asked("auc") && std::count(flipped.begin(), flipped.end(), 1) > 0) {
       // Pairwise scores are averaged over queries: by linearity this equals the aggregate score.
       auto per_example = to_doubles(aggregate ? scores : scores.mean(1));
       result.metrics["auc"] = roc_auc(per_example, flipped);
     }
-    if (!aggregate && std::find(config.evaluation.metrics.begin(), config.evaluation.metrics.end(),
-                                "class_detection") != config.evaluation.metrics.end()) {
+    if (!aggregate && asked("class_detection")) {
       const auto [auc, recall] =
           mean_class_detection(scores, store.train_meta.labels, store.query_meta.labels);
       result.metrics["class_auc"] = auc;
@@ -355,21 +357,15 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
     for (const auto& [key, value] : estimator->diagnostics()) diagnostics[spec.label][key] = value;
     log(fmt::format(
         "{}: {:.3f} s{}", spec.label, result.seconds,
-        result.metrics.count("auc") && std::find(wanted.begin(), wanted.end(), "auc") != wanted.end()
-            ? fmt::format(", mislabel AUC {:.4f}", result.metrics["auc"])
-            : ""));
+        result.metrics.count("auc") ? fmt::format(", mislabel AUC {:.4f}", result.metrics["auc"]) : ""));
     outcome.estimators.push_back(std::move(result));
   }
   if (wants_loo) leave_one_out_metrics(config, registry, paths, per_example_scores, outcome, writer);
-  const auto& metrics = config.evaluation.metrics;
   for (auto& e : outcome.estimators) {
-    if (std::find(metrics.begin(), metrics.end(), "auc") == metrics.end()) e.metrics.erase("auc");
     if (config.evaluation.reference.empty()) continue;
     const auto& reference = all_scores.at(config.evaluation.reference);
-    if (std::find(metrics.begin(), metrics.end(), "pearson") != metrics.end())
-      e.metrics["pearson"] = pearson(all_scores[e.label], reference);
-    if (std::find(metrics.begin(), metrics.end(), "spearman") != metrics.end())
-      e.metrics["spearman"] = spearman(all_scores[e.label], reference);
+    if (asked("pearson")) e.metrics["pearson"] = pearson(all_scores[e.label], reference);
+    if (asked("spearman")) e.metrics["spearman"] = spearman(all_scores[e.label], reference);
   }
 
   if (aggregate) {

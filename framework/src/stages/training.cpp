@@ -213,6 +213,36 @@ torch::Tensor query_losses(Model& model, const Task& task, const LoadedData& dat
   return losses;
 }
 
+// The adapters as they are now (at their initialisation on the base), to retrain from again and
+// again: the ground-truth and leave-one-out stages.
+struct AdapterSnapshot {
+  std::vector<torch::Tensor> live, saved;
+  explicit AdapterSnapshot(Model& model) : live(lora_tensors(model)) {
+    for (const auto& t : live) saved.push_back(t.detach().clone());
+  }
+  void restore() {
+    torch::NoGradGuard no_grad;
+    for (std::size_t i = 0; i < live.size(); ++i) live[i].copy_(saved[i]);
+  }
+};
+
+// Every query's loss after the fine-tuning on the training rows `kept`, from the snapshot: with
+// the finetune stage's own initialisation and seed, or (`seed` given) adapters re-initialised
+// and trained with that seed.
+torch::Tensor losses_after_fine_tuning(const StageInputs& inputs, Model& model, AdapterSnapshot& adapters,
+                                       const LoadedData& data, const torch::Tensor& kept, const Task& task,
+                                       std::optional<std::int64_t> seed = std::nullopt) {
+  adapters.restore();
+  if (seed) {
+    torch::NoGradGuard no_grad;
+    for (auto* layer : model.lora_layers()) layer->reset_adapter(static_cast<std::uint64_t>(*seed));
+  }
+  Batch subset{data.train.inputs.index_select(0, kept), data.train.targets.index_select(0, kept),
+               data.train.example_ids.index_select(0, kept)};
+  fine_tune_adapters(inputs, model, adapters.live, subset, "", /*show_progress=*/false, seed);
+  return query_losses(model, task, data, inputs.get_int("evaluation.gradient_batch_size"));
+}
+
 }  // namespace
 
 void prepare_base(const StageInputs& inputs, Model& model, const LoadedData& data, const RunPaths& paths,
@@ -275,14 +305,7 @@ GroundTruth ground_truth(const StageInputs& inputs, Model& model, const LoadedDa
   fs::create_directories(directory);
   remove_stale_temporaries(directory);
   auto task = make_task(inputs.get_string("task.name"), inputs.section("task"));
-  const std::int64_t batch_size = inputs.get_int("evaluation.gradient_batch_size");
-
-  std::vector<torch::Tensor> lora = lora_tensors(model), initial;
-  for (const auto& t : lora) initial.push_back(t.detach().clone());
-  auto reset_adapters = [&] {
-    torch::NoGradGuard no_grad;
-    for (std::size_t i = 0; i < lora.size(); ++i) lora[i].copy_(initial[i]);
-  };
+  AdapterSnapshot adapters(model);
   GroundTruth truth;
   truth.subsets = torch::zeros({subsets, n}, torch::kBool);
   truth.losses = torch::zeros({subsets, data.validation.size()}, torch::kDouble);
@@ -303,16 +326,12 @@ GroundTruth ground_truth(const StageInputs& inputs, Model& model, const LoadedDa
       ++reused, progress.advance();
       continue;
     }
-    reset_adapters();
-    Batch subset{data.train.inputs.index_select(0, chosen), data.train.targets.index_select(0, chosen),
-                 data.train.example_ids.index_select(0, chosen)};
-    fine_tune_adapters(inputs, model, lora, subset, "", /*show_progress=*/false);
-    truth.losses[m].copy_(query_losses(model, *task, data, batch_size));
+    truth.losses[m].copy_(losses_after_fine_tuning(inputs, model, adapters, data, chosen, *task));
     save_tensors(file, {truth.subsets[m], truth.losses[m]});
     progress.advance();
   }
   progress.finish();
-  reset_adapters();  // the model leaves as it came: adapters at their initialisation
+  adapters.restore();  // the model leaves as it came: adapters at their initialisation
   if (reused)
     log(fmt::format("ground truth: {} of {} subsets from an earlier, interrupted run", reused, subsets));
   outcome.stage_seconds["ground_truth"] = seconds_since(start);
@@ -328,9 +347,7 @@ LeaveOneOut leave_one_out(const StageInputs& inputs, Model& model, const LoadedD
   fs::create_directories(directory);
   remove_stale_temporaries(directory);
   auto task = make_task(inputs.get_string("task.name"), inputs.section("task"));
-  const std::int64_t batch_size = inputs.get_int("evaluation.gradient_batch_size");
-  std::vector<torch::Tensor> lora = lora_tensors(model), initial;
-  for (const auto& t : lora) initial.push_back(t.detach().clone());
+  AdapterSnapshot adapters(model);
   const std::int64_t ids_total = static_cast<std::int64_t>(rows.size());
   std::int64_t reused = 0;
   Progress progress("leave-one-out: fine-tuning without single examples", (ids_total + 1) * repeats,
@@ -339,21 +356,13 @@ LeaveOneOut leave_one_out(const StageInputs& inputs, Model& model, const LoadedD
   // order, dropout): from its cache file when an earlier run computed it.
   auto mean_loss = [&](const torch::Tensor& kept, std::int64_t repeat, const std::string& name) {
     // Seed 0 is the finetune stage's own (its initialisation and seed); the others redraw both.
-    const std::int64_t seed =
-        repeat == 0 ? inputs.get_int("experiment.seed") : inputs.get_int("experiment.seed") * 1000 + repeat;
+    const std::optional<std::int64_t> seed =
+        repeat == 0 ? std::nullopt
+                    : std::optional<std::int64_t>(inputs.get_int("experiment.seed") * 1000 + repeat);
     std::vector<torch::Tensor> result{torch::zeros({data.validation.size()}, torch::kDouble)};
     const fs::path file = directory / fmt::format("{}_r{}.pt", name, repeat);
     if (!load_tensors(file, result)) {
-      {
-        torch::NoGradGuard no_grad;
-        for (std::size_t i = 0; i < lora.size(); ++i) lora[i].copy_(initial[i]);
-        if (repeat > 0)
-          for (auto* layer : model.lora_layers()) layer->reset_adapter(static_cast<std::uint64_t>(seed));
-      }
-      Batch subset{data.train.inputs.index_select(0, kept), data.train.targets.index_select(0, kept),
-                   data.train.example_ids.index_select(0, kept)};
-      fine_tune_adapters(inputs, model, lora, subset, "", /*show_progress=*/false, seed);
-      result[0] = query_losses(model, *task, data, batch_size);
+      result[0] = losses_after_fine_tuning(inputs, model, adapters, data, kept, *task, seed);
       save_tensors(file, result);
     } else {
       ++reused;
@@ -377,10 +386,7 @@ LeaveOneOut leave_one_out(const StageInputs& inputs, Model& model, const LoadedD
     }
   }
   progress.finish();
-  {
-    torch::NoGradGuard no_grad;  // the model leaves as it came: adapters at their initialisation
-    for (std::size_t i = 0; i < lora.size(); ++i) lora[i].copy_(initial[i]);
-  }
+  adapters.restore();  // the model leaves as it came: adapters at their initialisation
   if (reused)
     log(fmt::format("leave-one-out: {} of {} fine-tunings from an earlier run", reused,
                     (ids_total + 1) * repeats));
