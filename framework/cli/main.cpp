@@ -179,20 +179,14 @@ int command_score(const fs::path& gradients, const std::string& estimator_name,
     throw Error(fmt::format("--mode: expected aggregate or pairwise, found '{}'", mode));
   Registry registry;
   load_plugins(registry, common);
-  const PluginRecord& record = registry.find(PluginKind::Estimator, estimator_name);
-  Options options =
-      options_from_assignments(fmt::format("estimator '{}'", estimator_name), record.info->options(), sets);
+  registry.find(PluginKind::Estimator, estimator_name);  // a misspelt name fails before the reading
   GradientStore store = load_gradient_store(gradients);
   if (!blocks.empty()) select_blocks(store, blocks);
-  auto estimator = registry.create_as<Estimator>(PluginKind::Estimator, estimator_name, options);
-  estimator->fit(store.train);
-  at::Tensor scores = mode == "aggregate" ? score_aggregate(*estimator, store.train, store.query)
-                                          : score_pairwise(*estimator, store.train, store.query);
-  save_npy(out, scores.contiguous());
+  ScoredBlocks scored = score_with_estimator(registry, estimator_name, sets, mode, store.train, store.query);
+  save_npy(out, scored.scores.contiguous());
   if (common.quiet) return 0;
-  std::cerr << fmt::format("[inflab] wrote {} ({})\n", out.string(), fmt::join(scores.sizes(), " x "));
-  for (const auto& [k, v] : estimator->diagnostics())
-    std::cerr << fmt::format("[inflab]   {} = {:.6g}\n", k, v);
+  std::cerr << fmt::format("[inflab] wrote {} ({})\n", out.string(), fmt::join(scored.scores.sizes(), " x "));
+  for (const auto& [k, v] : scored.diagnostics) std::cerr << fmt::format("[inflab]   {} = {:.6g}\n", k, v);
   return 0;
 }
 

@@ -111,6 +111,13 @@ void check_blocks(const GradientBlocks& train, const GradientBlocks& queries) {
   if (train.size() != queries.size())
     throw Error(fmt::format("{} training gradient blocks but {} query blocks", train.size(), queries.size()));
   for (std::size_t b = 0; b < train.size(); ++b) {
+    for (const auto* side : {&train, &queries})
+      if ((*side)[b].values.dim() == 2 && (*side)[b].values.size(0) != (*side)[0].values.size(0))
+        throw Error(
+            fmt::format("block '{}' has {} {} rows but block '{}' has {}: every block needs one row per "
+                        "example",
+                        (*side)[b].name, (*side)[b].values.size(0), side == &train ? "training" : "query",
+                        (*side)[0].name, (*side)[0].values.size(0)));
     if (train[b].name != queries[b].name)
       throw Error(fmt::format("block {} is '{}' for training but '{}' for queries", b, train[b].name,
                               queries[b].name));

@@ -219,6 +219,23 @@ void save_gradient_store(const fs::path& dir, const GradientStore& store, bool t
   write_file_atomic(dir / "blocks.json", j.dump(1) + "\n");
 }
 
+at::Tensor checked_gradient_values(const at::Tensor& values, const std::string& where) {
+  if (values.dim() != 2)
+    throw Error(fmt::format("{}: expected a 2-D array (examples x values), found {} dimension(s) of sizes {}",
+                            where, values.dim(), fmt::join(values.sizes(), " x ")));
+  if (!values.is_floating_point())
+    throw Error(fmt::format("{}: expected floating-point gradients, found {}", where,
+                            c10::toString(values.scalar_type())));
+  at::Tensor checked = values.scalar_type() == torch::kFloat32 && values.is_contiguous()
+                           ? values
+                           : values.to(torch::kFloat32).contiguous();
+  if (auto bad = nonfinite_rows(checked); bad.count > 0)
+    throw Error(
+        fmt::format("{}: {} rows contain NaN or Inf, the first is row {}; influence scores would be NaN",
+                    where, bad.count, bad.first));
+  return checked;
+}
+
 GradientStore load_gradient_store(const fs::path& dir) {
   fs::path manifest = dir / "blocks.json";
   if (!fs::exists(manifest))
@@ -266,15 +283,7 @@ GradientStore load_gradient_store(const fs::path& dir) {
         throw Error(
             fmt::format("{}: has {} rows but other {} blocks have {}", file.string(), t.size(0), side, rows));
       rows = t.size(0);
-      if (!t.is_floating_point())
-        throw Error(fmt::format("{}: expected floating-point gradients, found {}", file.string(),
-                                c10::toString(t.scalar_type())));
-      at::Tensor values = t.scalar_type() == torch::kFloat32 ? t : t.to(torch::kFloat32).contiguous();
-      if (auto bad = nonfinite_rows(values); bad.count > 0)
-        throw Error(
-            fmt::format("{}: {} rows contain NaN or Inf, the first is row {}; influence scores would be NaN",
-                        file.string(), bad.count, bad.first));
-      return values;
+      return checked_gradient_values(t, file.string());
     };
     store.train.push_back({name, read("train", n_train)});
     store.query.push_back({name, read("query", n_query)});

@@ -82,9 +82,11 @@ void Registry::load_directory(const fs::path& directory) {
 }
 
 void Registry::load_default_locations() {
-  fs::path exe = boost::dll::program_location().string();
-  // build/bin/inflab -> build/plugins; <prefix>/bin/inflab -> <prefix>/lib/inflab/plugins.
-  fs::path top = exe.parent_path().parent_path();
+  // Found from this library, not from the program, so that any program linking it finds them (the
+  // CLI, the tests, Python): build/lib/libinflab.so -> build/plugins; <prefix>/lib/libinflab.so ->
+  // <prefix>/lib/inflab/plugins; a pip-installed inflab/lib/libinflab.so -> inflab/plugins.
+  fs::path library = boost::dll::this_line_location().string();
+  fs::path top = library.parent_path().parent_path();
   for (const fs::path& dir : {top / "plugins", top / "lib" / "inflab" / "plugins"})
     if (fs::is_directory(dir)) load_directory(dir);
   if (const char* env = std::getenv("INFLAB_PLUGIN_PATH")) {

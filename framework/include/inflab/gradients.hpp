@@ -57,6 +57,9 @@ GradientBlocks per_example_gradients(Model& model, const at::Tensor& inputs, con
 // `train_values_written`: the train/<block>.npy files already hold the values (memory-mapped).
 void save_gradient_store(const std::filesystem::path& dir, const GradientStore& store,
                          bool train_values_written = false);
+// Gradients from outside (a file, a NumPy array): 2-D, floating point (converted to contiguous
+// float32 unless they already are, which costs no copy) and finite; errors name `where`.
+at::Tensor checked_gradient_values(const at::Tensor& values, const std::string& where);
 // Reads a store written by inflab or by anyone following docs/gradient-store.md.
 GradientStore load_gradient_store(const std::filesystem::path& dir);
 // The same store as one safetensors file: tensors "train/<block>", "query/<block>" and, where

@@ -25,7 +25,7 @@ class Registry {
   // inflab plugins are skipped; a plugin with the wrong ABI version is an error.
   void load_directory(const std::filesystem::path& directory);
   void load_file(const std::filesystem::path& file);
-  // build/plugins next to the running binary, then INFLAB_PLUGIN_PATH (colon separated).
+  // The plugins directory beside libinflab (build/plugins), then INFLAB_PLUGIN_PATH (colon separated).
   void load_default_locations();
 
   const std::vector<PluginRecord>& plugins() const { return records_; }
