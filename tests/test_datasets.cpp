@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
 #include "helpers.hpp"
 #include "inflab/config.hpp"
@@ -14,8 +15,11 @@
 #include "inflab/error.hpp"
 #include "inflab/pipeline.hpp"
 #include "inflab/registry.hpp"
+#include "inflab/sampling.hpp"
+#include "inflab/splits.hpp"
 
 using Catch::Matchers::Contains;
+namespace fs = std::filesystem;
 
 namespace {
 std::unique_ptr<inflab::Dataset> dataset(inflab::Registry& registry, const std::string& name,
@@ -334,4 +338,146 @@ TEST_CASE("the committed text_file example reads as its experiment says", "[data
   CHECK(splits.pretrain.size() == 100);
   CHECK(splits.train.size() == 200);
   CHECK(splits.validation.size() == 100);
+}
+
+TEST_CASE("image_folder decodes PNG and JPEG class folders to the digits they were written from",
+          "[datasets][image_folder]") {
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  const fs::path example = fs::path(INFLAB_SOURCE_DIR) / "examples" / "image_folder";
+  // The oracle: digits.csv.gz read with zcat, each file named after its row (make_example.py).
+  const fs::path csv = fs::path(inflab::data_cache_root()) / "sklearn" / "digits.csv.gz";
+  const auto zcat = test::run_command("zcat '" + csv.string() + "'");
+  REQUIRE(zcat.exit_code == 0);
+  std::vector<std::vector<int>> rows;
+  std::istringstream lines(zcat.output);
+  for (std::string line; std::getline(lines, line);) {
+    rows.emplace_back();
+    std::istringstream cells(line);
+    for (std::string cell; std::getline(cells, cell, ',');) rows.back().push_back(std::stoi(cell));
+  }
+  REQUIRE(rows.size() == 1797);
+  // The listing an example id points into: class folders sorted, files sorted within each.
+  auto listing = [](const fs::path& root) {
+    std::vector<fs::path> files;
+    for (const char* c : {"0", "1", "7"}) {
+      std::vector<fs::path> in_class;
+      for (const auto& e : fs::directory_iterator(root / c)) in_class.push_back(e.path());
+      std::sort(in_class.begin(), in_class.end());
+      files.insert(files.end(), in_class.begin(), in_class.end());
+    }
+    return files;
+  };
+  const auto train_files = listing(example / "train"), validation_files = listing(example / "validation");
+  auto splits = dataset(registry, "image_folder",
+                        {{"train", (example / "train").string()},
+                         {"validation", (example / "validation").string()},
+                         {"n_pretrain", std::int64_t{60}}})
+                    ->load();
+  CHECK(splits.class_names == std::vector<std::string>{"0", "1", "7"});
+  CHECK(splits.pretrain.size() == 60);
+  CHECK(splits.train.size() == 120);  // n_train = 0: all that remain
+  CHECK(splits.validation.size() == 60);
+  std::int64_t png = 0, jpeg = 0;
+  for (const inflab::Split* split : {&splits.pretrain, &splits.train, &splits.validation}) {
+    REQUIRE(split->inputs.sizes() == at::IntArrayRef({split->size(), 64}));
+    for (std::int64_t k = 0; k < split->size(); ++k) {
+      const std::int64_t id = split->ids[k];
+      const fs::path file = split == &splits.validation ? validation_files.at(id - 180)
+                                                        : train_files.at(static_cast<std::size_t>(id));
+      const auto& row = rows.at(std::stoul(file.stem().string().substr(3)));
+      CHECK(split->labels[k].item<std::int64_t>() == (row[64] == 0 ? 0 : row[64] == 1 ? 1 : 2));
+      double worst = 0;
+      for (int p = 0; p < 64; ++p)
+        worst = std::max(
+            worst, std::abs(split->inputs[k][p].item<double>() - std::round(row[p] * 255.0 / 16) / 255));
+      if (file.extension() == ".png") {
+        CHECK(worst < 1e-6);  // lossless
+        ++png;
+      } else {
+        CHECK(worst < 40.0 / 255);  // JPEG at quality 95 on 8 x 8 pixels: lossy, but the same digit
+        ++jpeg;
+      }
+    }
+  }
+  CHECK(png == 144);
+  CHECK(jpeg == 96);
+
+  // Without a validation folder: a share of the training folder; resizing keeps a flat image flat.
+  test::TempDir dir;
+  for (const char* c : {"a", "b"}) {
+    fs::create_directories(dir.path / c);
+    for (int i = 0; i < 5; ++i)
+      inflab::save_png_grid(dir.path / c / fmt::format("{}.png", i), at::full({1, 16}, 255.0), 1, 0, 255);
+  }
+  auto shared = [&](std::map<std::string, inflab::Value> extra = {}) {
+    std::map<std::string, inflab::Value> set{{"train", dir.path.string()}, {"validation_share", 0.2}};
+    for (auto& [k, v] : extra) set[k] = v;
+    return dataset(registry, "image_folder", set)->load();
+  };
+  auto flat = shared({{"size", std::int64_t{9}}, {"channels", std::int64_t{3}}});
+  CHECK(flat.train.size() == 8);
+  CHECK(flat.validation.size() == 2);
+  CHECK(flat.train.inputs.sizes() == at::IntArrayRef({8, 3 * 9 * 9}));
+  CHECK(flat.train.inputs.min().item<float>() == Approx(1.0));  // 6 x 6 white PNGs, resized to 9 x 9
+
+  // Errors name the file (or folder) and what was expected.
+  inflab::save_png_grid(dir.path / "a" / "small.png", at::full({1, 4}, 255.0), 1, 0,
+                        255);  // 4 x 4 -> 4 x 4 grid
+  CHECK_THROWS_WITH(shared(), Contains("but") && Contains("set the dataset's size"));
+  fs::remove(dir.path / "a" / "small.png");
+  dir.write("a/broken.png", "not a png at all");
+  CHECK_THROWS_WITH(shared(), Contains("broken.png: not a readable PNG image"));
+  fs::remove(dir.path / "a" / "broken.png");
+  dir.write("b/broken.jpg", std::string("\xff\xd8\xff\xe0 truncated", 15));
+  CHECK_THROWS_WITH(shared(), Contains("broken.jpg: the JPEG image could not be decoded"));
+  // A JPEG cut short decodes with made-up rows in libjpeg's default: here it is an error.
+  std::ifstream whole(example / "validation" / "7" / validation_files.back().filename(), std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(whole)), std::istreambuf_iterator<char>());
+  dir.write("b/broken.jpg", bytes.substr(0, bytes.size() / 2));
+  CHECK_THROWS_WITH(shared(),
+                    Contains("broken.jpg: the JPEG image could not be decoded (Premature end of JPEG file)"));
+  fs::remove(dir.path / "b" / "broken.jpg");
+  fs::create_directories(dir.path / "c");
+  CHECK_THROWS_WITH(shared(), Contains("/c: no images (.png, .jpg, .jpeg) in this class folder"));
+  test::TempDir other;
+  fs::create_directories(other.path / "z");
+  inflab::save_png_grid(other.path / "z" / "0.png", at::full({1, 16}, 255.0), 1, 0, 255);
+  fs::remove_all(dir.path / "c");
+  CHECK_THROWS_WITH(shared({{"validation", other.path.string()}}),
+                    Contains("/z: class 'z' does not occur in the training folder (classes: a, b)"));
+  CHECK_THROWS_WITH(shared({{"train", (dir.path / "nothing").string()}}), Contains("is not a directory"));
+}
+
+TEST_CASE("an image folder's stage keys follow the images it holds", "[datasets][image_folder][stages]") {
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  test::TempDir dir;
+  for (const char* c : {"a", "b"}) {
+    fs::create_directories(dir.path / "images" / c);
+    inflab::save_png_grid(dir.path / "images" / c / "0.png", at::full({1, 16}, 255.0), 1, 0, 255);
+  }
+  const auto file = dir.write("e.toml", fmt::format(R"([experiment]
+name = "e"
+[dataset]
+plugin = "image_folder"
+train = "{}"
+[model]
+plugin = "mlp_lora"
+[[estimator]]
+plugin = "datainf"
+)",
+                                                    (dir.path / "images").string()));
+  auto key = [&]() {
+    return inflab::stage_key("base", inflab::load_experiment(file, {}, registry).at(0), registry);
+  };
+  const auto base = key();
+  CHECK(key() == base);  // stable while the folder is unchanged
+  inflab::save_png_grid(dir.path / "images" / "b" / "1.png", at::full({1, 16}, 0.0), 1, 0, 255);
+  const auto added = key();
+  CHECK(added != base);  // a new image
+  inflab::save_png_grid(dir.path / "images" / "b" / "1.png", at::full({1, 16}, 255.0), 1, 0, 255);
+  fs::last_write_time(dir.path / "images" / "b" / "1.png",
+                      fs::last_write_time(dir.path / "images" / "b" / "1.png") + std::chrono::seconds(2));
+  CHECK(key() != added);  // an image's content
 }

@@ -108,6 +108,19 @@ std::string file_content_hash(const std::string& path) {
   return entry.second;
 }
 
+// A folder the user supplies (image_folder's train): every file under it, by relative path and content.
+std::string directory_content_hash(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> files;
+  std::error_code error;
+  for (fs::recursive_directory_iterator it(path, error), end; !error && it != end; it.increment(error))
+    if (it->is_regular_file()) files.push_back(it->path().string());
+  std::sort(files.begin(), files.end());
+  std::string listing;
+  for (const auto& f : files) listing += fs::relative(f, path).string() + "\t" + file_content_hash(f) + "\n";
+  return content_hash(listing);
+}
+
 }  // namespace
 
 StageInputs::StageInputs(const StageDeclaration& stage, const std::string& resolved_toml,
@@ -124,9 +137,12 @@ StageInputs::StageInputs(const StageDeclaration& stage, const std::string& resol
   }
   for (const auto& [path, value] : typed_) {
     values_[path] = format_value(value);
-    if (const auto* text = std::get_if<std::string>(&value);
-        text && !text->empty() && under(path, "dataset") && std::filesystem::is_regular_file(*text))
+    const auto* text = std::get_if<std::string>(&value);
+    if (!text || text->empty() || !under(path, "dataset")) continue;
+    if (std::filesystem::is_regular_file(*text))
       values_[path + " (content)"] = file_content_hash(*text);
+    else if (std::filesystem::is_directory(*text))
+      values_[path + " (content)"] = directory_content_hash(*text);
   }
   for (const auto& path : stage.settings)
     if (auto node = resolved.at_path(path)) collect_leaves(*node.node(), path, {}, typed_);
