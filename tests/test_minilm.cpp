@@ -1,19 +1,24 @@
 // MiniLM against golden files produced by the reference implementations
 // (tests/golden/make_minilm_golden.py: tokenizers 0.13.3, sentence-transformers 2.2.2).
 // Needs the weights cache that `./inflab setup` (run by `./inflab test`) prepares.
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "helpers.hpp"
+#include "inflab/config.hpp"
 #include "inflab/dataset.hpp"
 #include "inflab/error.hpp"
 #include "inflab/gradients.hpp"
 #include "inflab/lora.hpp"
+#include "inflab/peft.hpp"
+#include "inflab/pipeline.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/safetensors.hpp"
 #include "inflab/splits.hpp"
@@ -332,4 +337,147 @@ TEST_CASE("minilm's default max_length is the package's own (sentence_bert_confi
   auto inputs = model->encode_texts({text});
   CHECK(inputs.size(2) == packaged);
   CHECK(inputs[0][2].sum().item<std::int64_t>() == packaged);  // the mask: every position is a token
+}
+
+namespace {
+// The configuration tests/golden/peft_minilm was exported from (make_peft_golden.py's header).
+std::string tiny_minilm_toml(const std::string& adapter) {
+  return fmt::format(R"([experiment]
+name = "tiny_minilm"
+[dataset]
+plugin = "fine_foods"
+n_train = 40
+n_validation = 10
+n_pretrain = 30
+label_noise = 0.2
+[model]
+plugin = "minilm_lora"
+max_length = 32
+{}
+[model.lora]
+rank = 2
+targets = ["*attention.self.query", "*attention.self.value", "classifier"]
+[training]
+epochs = 3
+learning_rate = 1e-2
+pretrain_epochs = 2
+[[estimator]]
+plugin = "datainf"
+[evaluation]
+metrics = ["auc"]
+)",
+                     adapter.empty() ? "" : fmt::format("adapter = \"{}\"", adapter));
+}
+}  // namespace
+
+TEST_CASE(
+    "PEFT adapters: inflab's import gives the embeddings real PEFT gives, export writes what PEFT loaded",
+    "[minilm][peft]") {
+  auto& registry = test::registry();
+  test::TempDir dir;
+  const fs::path golden_adapter = fs::path(INFLAB_SOURCE_DIR) / "tests" / "golden" / "peft_minilm";
+  const auto recorded = golden("peft_minilm.json");  // transformers 4.30.2 + peft 0.4.0 on this adapter
+  auto config_with = [&](const fs::path& adapter) {
+    const auto file = dir.write("e.toml", tiny_minilm_toml(adapter.string()));
+    return inflab::load_experiment(file, {}, registry).at(0);
+  };
+  const inflab::RunPaths paths{dir.path / "results", dir.path / "cache"};
+  const auto sentences = recorded["sentences"].get<std::vector<std::string>>();
+  auto expected = [&](const char* key) {
+    std::vector<float> flat;
+    for (const auto& row : recorded[key])
+      for (double v : row) flat.push_back(static_cast<float>(v));
+    return torch::tensor(flat).reshape({static_cast<std::int64_t>(sentences.size()), -1});
+  };
+  {
+    auto imported = inflab::finetuned_model(config_with(golden_adapter), registry, paths);
+    const auto embeddings = imported.model->embed(sentences);
+    CHECK((embeddings - expected("embeddings")).abs().max().item<float>() < 1e-4);
+    // The adapter matters: without it the embeddings are PEFT's base ones, not the adapted ones.
+    CHECK((embeddings - expected("base_embeddings")).abs().max().item<float>() > 1e-2);
+
+    // Export the imported adapters: the same tensors, names and configuration PEFT loaded.
+    inflab::export_peft_adapter(*imported.model, "minilm_lora", dir.path / "exported");
+    for (const char* file : {"adapter_model.safetensors", "inflab_head.safetensors"}) {
+      const auto original = inflab::load_safetensors(golden_adapter / file);
+      const auto exported = inflab::load_safetensors(dir.path / "exported" / file);
+      REQUIRE(exported.size() == original.size());
+      for (const auto& [name, tensor] : original) {
+        INFO(name);
+        REQUIRE(exported.count(name));
+        CHECK(torch::equal(exported.at(name), tensor));
+      }
+    }
+    std::ifstream a(golden_adapter / "adapter_config.json"), b(dir.path / "exported" / "adapter_config.json");
+    CHECK(nlohmann::json::parse(a) == nlohmann::json::parse(b));
+    CHECK(recorded["tensors_loaded"].get<int>() == 24);  // PEFT took every tensor (checked when recorded)
+  }
+
+  // Mismatches name the file and the tensor or key; nothing is trained instead.
+  auto broken = [&](const std::string& name, const std::function<void(const fs::path&)>& damage) {
+    const fs::path copy = dir.path / name;
+    fs::copy(golden_adapter, copy, fs::copy_options::recursive);
+    damage(copy);
+    return copy;
+  };
+  auto load = [&](const fs::path& adapter) {
+    inflab::finetuned_model(config_with(adapter), registry, paths);
+  };
+  auto edit_config = [](const fs::path& adapter, const std::string& key, const nlohmann::json& value) {
+    std::ifstream in(adapter / "adapter_config.json");
+    auto json = nlohmann::json::parse(in);
+    json[key] = value;
+    std::ofstream(adapter / "adapter_config.json") << json.dump();
+  };
+  auto rewrite_tensors = [](const fs::path& adapter,
+                            const std::function<void(std::map<std::string, at::Tensor>&)>& f) {
+    auto tensors = inflab::load_safetensors(adapter / "adapter_model.safetensors");
+    std::map<std::string, at::Tensor> copy;
+    for (auto& [k, v] : tensors) copy[k] = v.clone();
+    f(copy);
+    std::vector<std::pair<std::string, at::Tensor>> ordered(copy.begin(), copy.end());
+    inflab::save_safetensors(adapter / "adapter_model.safetensors", ordered);
+  };
+  CHECK_THROWS_WITH(
+      load(broken("rank", [&](const fs::path& p) { edit_config(p, "r", 4); })),
+      Contains("adapter_config.json: r = 4 but [model.lora] rank = 2: set model.lora.rank = 4"));
+  CHECK_THROWS_WITH(load(broken("alpha", [&](const fs::path& p) { edit_config(p, "lora_alpha", 16); })),
+                    Contains("lora_alpha = 16 (scale 8) but [model.lora] alpha gives scale 1"));
+  CHECK_THROWS_WITH(load(broken("base",
+                                [&](const fs::path& p) {
+                                  edit_config(p, "base_model_name_or_path", "bert-base-uncased");
+                                })),
+                    Contains("base_model_name_or_path is 'bert-base-uncased', but model 'minilm_lora' is "
+                             "sentence-transformers/all-MiniLM-L6-v2"));
+  const std::string value_a = "base_model.model.encoder.layer.3.attention.self.value.lora_A.weight";
+  CHECK_THROWS_WITH(
+      load(broken("missing",
+                  [&](const fs::path& p) { rewrite_tensors(p, [&](auto& t) { t.erase(value_a); }); })),
+      Contains("adapter_model.safetensors: no tensor '" + value_a +
+               "' for the LoRA on layer "
+               "'encoder.layer.3.attention.self.value'"));
+  const std::string key_a = "base_model.model.encoder.layer.0.attention.self.key.lora_A.weight";
+  CHECK_THROWS_WITH(load(broken("extra",
+                                [&](const fs::path& p) {
+                                  rewrite_tensors(p, [&](auto& t) { t[key_a] = torch::zeros({2, 384}); });
+                                })),
+                    Contains("tensor '" + key_a + "' has no LoRA layer to go to in model 'minilm_lora'"));
+  CHECK_THROWS_WITH(load(broken("shape",
+                                [&](const fs::path& p) {
+                                  rewrite_tensors(p, [&](auto& t) { t[value_a] = torch::zeros({2, 100}); });
+                                })),
+                    Contains("tensor '" + value_a + "' has shape [2, 100], expected [2, 384]"));
+  CHECK_THROWS_WITH(load(broken("pickle",
+                                [](const fs::path& p) {
+                                  fs::rename(p / "adapter_model.safetensors", p / "adapter_model.bin");
+                                })),
+                    Contains("only adapter_model.safetensors is read, not the pickled adapter_model.bin"));
+  CHECK_THROWS_WITH(
+      config_with(dir.path / "nowhere"),
+      Contains("key 'model.adapter': expected a PEFT adapter directory holding adapter_config.json"));
+  const auto lds =
+      dir.write("lds.toml", test::replace(tiny_minilm_toml(golden_adapter.string()), "metrics = [\"auc\"]",
+                                          "metrics = [\"auc\", \"lds\"]"));
+  CHECK_THROWS_WITH(inflab::load_experiment(lds, {}, registry),
+                    Contains("key 'model.adapter': metrics \"lds\" and \"loo\" retrain the LoRA"));
 }

@@ -18,6 +18,7 @@
 #include "inflab/io.hpp"
 #include "inflab/language_model.hpp"
 #include "inflab/model.hpp"
+#include "inflab/peft.hpp"
 #include "inflab/pipeline.hpp"
 #include "inflab/progress.hpp"
 #include "inflab/registry.hpp"
@@ -242,38 +243,59 @@ int command_tokenize(const std::string& model_name, const std::string& text, boo
   return 0;
 }
 
-// The model of a finished run with its fine-tuned adapters (`generate --lora RUN_DIR`): the run's
-// resolved config.toml names the model, its options and the LoRA; the adapters come from the
-// stage cache (recomputed when evicted).
-std::unique_ptr<LoadedLanguageModel> load_finetuned_language_model(const fs::path& run_directory,
-                                                                   const std::string& requested_model,
-                                                                   const fs::path& cache,
-                                                                   const Common& common) {
+// The model of a finished run with its fine-tuned adapters (`generate --lora RUN_DIR`, `export`):
+// the run's resolved config.toml names the model, its options and the LoRA; the adapters come from
+// the stage cache (recomputed when evicted). `option` names the flag in errors.
+std::unique_ptr<LoadedLanguageModel> load_run_model(const fs::path& run_directory, const std::string& option,
+                                                    const fs::path& cache, const Common& common,
+                                                    std::string* model_name) {
   const fs::path config_file = run_directory / "config.toml";
   if (!fs::is_regular_file(config_file))
     throw Error(
-        fmt::format("--lora {}: not a run directory (expected {}, written by `inflab run`; e.g. "
+        fmt::format("{} {}: not a run directory (expected {}, written by `inflab run`; e.g. "
                     "results/<experiment>/<run>)",
-                    run_directory.string(), config_file.string()));
+                    option, run_directory.string(), config_file.string()));
   auto loaded = std::make_unique<LoadedLanguageModel>();
   load_plugins(loaded->registry, common);
   auto runs = load_experiment(config_file, {}, loaded->registry);
   if (runs.size() != 1)
-    throw Error(fmt::format("--lora {}: {} describes {} runs; expected one run's resolved configuration",
+    throw Error(fmt::format("{} {}: {} describes {} runs; expected one run's resolved configuration", option,
                             run_directory.string(), config_file.string(), runs.size()));
-  const std::string& run_model = runs[0].model.plugin;
+  *model_name = runs[0].model.plugin;
+  if (!Progress::quiet())
+    std::cerr << fmt::format("[inflab] {}: model '{}' with the run's fine-tuned LoRA adapters\n",
+                             run_directory.string(), *model_name);
+  loaded->model = finetuned_model(runs[0], loaded->registry, RunPaths{"results", cache}).model;
+  loaded->language = dynamic_cast<LanguageModel*>(loaded->model.get());
+  return loaded;
+}
+
+std::unique_ptr<LoadedLanguageModel> load_finetuned_language_model(const fs::path& run_directory,
+                                                                   const std::string& requested_model,
+                                                                   const fs::path& cache,
+                                                                   const Common& common) {
+  std::string run_model;
+  auto loaded = load_run_model(run_directory, "--lora", cache, common, &run_model);
   if (!requested_model.empty() && requested_model != run_model)
     throw Error(fmt::format("--model {} disagrees with the run in {}, whose model is '{}'", requested_model,
                             run_directory.string(), run_model));
-  if (!Progress::quiet())
-    std::cerr << fmt::format("[inflab] {}: model '{}' with the run's fine-tuned LoRA adapters\n",
-                             run_directory.string(), run_model);
-  loaded->model = finetuned_model(runs[0], loaded->registry, RunPaths{"results", cache}).model;
-  loaded->language = dynamic_cast<LanguageModel*>(loaded->model.get());
   if (!loaded->language)
     throw Error(fmt::format("--lora {}: the run's model '{}' does not generate text", run_directory.string(),
                             run_model));
   return loaded;
+}
+
+int command_export(const fs::path& run_directory, const fs::path& peft_directory, const fs::path& cache,
+                   const Common& common) {
+  std::string model_name;
+  auto loaded = load_run_model(run_directory, "export", cache, common, &model_name);
+  export_peft_adapter(*loaded->model, model_name, peft_directory);
+  if (!common.quiet)
+    std::cerr << fmt::format(
+        "[inflab] wrote the PEFT adapter {} (adapter_config.json, adapter_model.safetensors{})\n",
+        peft_directory.string(),
+        fs::exists(peft_directory / "inflab_head.safetensors") ? ", inflab_head.safetensors" : "");
+  return 0;
 }
 
 int command_generate(const std::string& model_name, const std::string& prompt, bool raw, bool json,
@@ -448,6 +470,21 @@ static int run_cli(int argc, char** argv) {
   tokenize->add_flag("--special", special, "parse control tokens written in the text (<|im_start|>, ...)");
   tokenize->add_option("--set", sets, "model option (repeatable)");
 
+  fs::path export_run, peft_out;
+  auto* export_command = app.add_subcommand(
+      "export", "write a run's fine-tuned LoRA adapters as a Hugging Face PEFT adapter directory");
+  export_command
+      ->add_option("run", export_run, "a run directory of `inflab run` (results/<experiment>/<run>)")
+      ->required();
+  export_command
+      ->add_option("--peft", peft_out, "output directory (adapter_config.json, adapter_model.safetensors)")
+      ->required();
+  export_command->add_option("--cache", cache, "stage cache (the fine-tuned adapters; retrained if evicted)");
+  export_command->footer(
+      "Load it with PEFT: PeftModel.from_pretrained(AutoModel.from_pretrained(BASE), DIR); an inflab "
+      "classifier\n"
+      "head's LoRA goes to DIR/inflab_head.safetensors. docs/python.md, \"PEFT adapters\".");
+
   SampleRequest sample_request;
   auto* sample = app.add_subcommand(
       "sample", "generate images with an experiment's fine-tuned denoiser (task denoising) into a PNG grid");
@@ -510,6 +547,7 @@ static int run_cli(int argc, char** argv) {
       return command_generate(lm_name, prompt, raw, json, logits_file, generation, sets, lora_run, cache,
                               common);
     if (*sample) return command_sample(file, sets, cache, sample_request, common);
+    if (*export_command) return command_export(export_run, peft_out, cache, common);
     if (*tokenize)
       return command_tokenize(lm_name.empty() ? "smollm2_lora" : lm_name, lm_text, special, sets, common);
   } catch (const Error& e) {

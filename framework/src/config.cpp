@@ -214,7 +214,10 @@ const std::vector<OptionSpec>& dataset_specs() {
 }
 const std::vector<OptionSpec>& model_specs() {
   static const std::vector<OptionSpec> specs{
-      spec("plugin", OptionType::String, std::string(), "model plugin name", true)};
+      spec("plugin", OptionType::String, std::string(), "model plugin name", true),
+      spec("adapter", OptionType::String, std::string(),
+           "a Hugging Face PEFT adapter directory (adapter_config.json, adapter_model.safetensors) trained "
+           "elsewhere: its LoRA replaces inflab's fine-tuning (docs/python.md, \"PEFT adapters\")")};
   return specs;
 }
 const std::vector<OptionSpec>& lora_specs() {
@@ -558,6 +561,20 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
            "model.lora.dropout");
   toml::table model_resolved = options_table(model_all);
   model_resolved.insert("lora", options_table(lora));
+  // An adapter is resolved only when given, so configurations without one keep their keys.
+  config.adapter = model_all.get_string("adapter");
+  if (config.adapter.empty()) {
+    model_resolved.erase("adapter");
+  } else if (!std::filesystem::is_regular_file(config.adapter / "adapter_config.json")) {
+    v.fail(
+        model.get("adapter")->source(),
+        fmt::format("key 'model.adapter': expected a PEFT adapter directory holding adapter_config.json, "
+                    "found '{}' ({})",
+                    config.adapter.string(),
+                    std::filesystem::is_directory(config.adapter) ? "a directory without adapter_config.json"
+                                                                  : "no such directory"),
+        "model.adapter");
+  }
   resolved.insert("model", model_resolved);
 
   // [training]
@@ -759,6 +776,12 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
     resolved.insert("leave_one_out", options_table(loo));
   }
 
+  if (!config.adapter.empty() && (wants_lds || wants_loo))
+    v.fail(
+        root.get("model")->as_table()->get("adapter")->source(),
+        "key 'model.adapter': metrics \"lds\" and \"loo\" retrain the LoRA with inflab's fine-tuning, which "
+        "cannot reproduce an adapter trained elsewhere; remove them or the adapter",
+        "model.adapter");
   config.resolved_toml = to_text(resolved);  // the stages' cache keys are computed from it
   return config;
 }

@@ -138,7 +138,8 @@ StageInputs::StageInputs(const StageDeclaration& stage, const std::string& resol
   for (const auto& [path, value] : typed_) {
     values_[path] = format_value(value);
     const auto* text = std::get_if<std::string>(&value);
-    if (!text || text->empty() || !under(path, "dataset")) continue;
+    // Files and folders a user supplies: their content is an input, not only their name.
+    if (!text || text->empty() || !(under(path, "dataset") || path == "model.adapter")) continue;
     if (std::filesystem::is_regular_file(*text))
       values_[path + " (content)"] = file_content_hash(*text);
     else if (std::filesystem::is_directory(*text))

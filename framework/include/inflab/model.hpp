@@ -62,6 +62,12 @@ class Model : public Plugin {
                              const at::Tensor& condition);
   // Sentence-embedding models: one L2-normalised row per text (`inflab embed`).
   virtual at::Tensor embed(const std::vector<std::string>& texts);
+  // Hugging Face PEFT adapters (`inflab export --peft`, [model] adapter = DIR): the Hub id of the
+  // base model the adapters belong to ("" = this model has no Hugging Face counterpart), and the
+  // module path there of each LoRA layer ("" = a layer the Hugging Face model lacks, such as an
+  // inflab classifier head: exported beside the adapter, in inflab_head.safetensors).
+  virtual std::string peft_base_model() const { return ""; }
+  virtual std::string peft_module(const std::string& layer) const { return layer; }
 };
 
 }  // namespace inflab

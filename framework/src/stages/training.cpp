@@ -6,6 +6,7 @@
 #include "../stage_units.hpp"
 #include "inflab/io.hpp"
 #include "inflab/lora.hpp"
+#include "inflab/peft.hpp"
 #include "inflab/progress.hpp"
 
 namespace fs = std::filesystem;
@@ -15,13 +16,14 @@ namespace inflab {
 // The base's weights do not depend on the LoRA adapters or the experiment seed (a model plugin's
 // contract: it initialises its base from a fixed seed), nor on label noise.
 const StageDeclaration& base_stage() {
-  static const StageDeclaration stage{"base",
-                                      3,
-                                      {},
-                                      {"dataset", "model", "task", "training.pretrain_epochs",
-                                       "training.pretrain_learning_rate", "training.batch_size"},
-                                      {"dataset.label_noise", "dataset.noise_seed", "model.lora"},
-                                      {"dataset", "model"}};
+  static const StageDeclaration stage{
+      "base",
+      3,
+      {},
+      {"dataset", "model", "task", "training.pretrain_epochs", "training.pretrain_learning_rate",
+       "training.batch_size"},
+      {"dataset.label_noise", "dataset.noise_seed", "model.lora", "model.adapter"},
+      {"dataset", "model"}};
   return stage;
 }
 
@@ -284,6 +286,14 @@ void prepare_base(const StageInputs& inputs, Model& model, const LoadedData& dat
 void finetune(const StageInputs& inputs, Model& model, const LoadedData& data, const RunPaths& paths,
               RunOutcome& outcome) {
   auto start = Clock::now();
+  if (inputs.present("model.adapter")) {  // trained elsewhere: read, never retrained (cheap, not cached)
+    const std::string adapter = inputs.get_string("model.adapter");
+    log(fmt::format("LoRA adapters from the PEFT adapter {} (no fine-tuning)", adapter));
+    import_peft_adapter(model, inputs.get_string("model.plugin"), adapter);
+    outcome.stage_cached["finetune"] = false;
+    outcome.stage_seconds["finetune"] = seconds_since(start);
+    return;
+  }
   std::vector<torch::Tensor> lora = lora_tensors(model);
   fs::path file = cache_root_of(paths) / "finetune" / (inputs.key() + ".pt");
   outcome.stage_cached["finetune"] = load_tensors(file, lora);

@@ -134,6 +134,13 @@ class MiniLmLora : public inflab::Model {
     return pooled / pooled.norm(2, {1}, true).clamp_min(1e-12);
   }
 
+  // The encoder is sentence-transformers/all-MiniLM-L6-v2's BertModel, whose module paths inflab's
+  // layer names already are; the classifier head is inflab's own.
+  std::string peft_base_model() const override { return "sentence-transformers/all-MiniLM-L6-v2"; }
+  std::string peft_module(const std::string& layer) const override {
+    return layer == "classifier" ? "" : layer;
+  }
+
   inflab::NamedTensors base_parameters() override {
     return {{"classifier.weight", classifier_->base_weight()}, {"classifier.bias", classifier_->base_bias()}};
   }
@@ -213,10 +220,12 @@ class MiniLmLora : public inflab::Model {
         std::ifstream in(path);
         max_length_ = nlohmann::json::parse(in).at("max_seq_length").get<std::int64_t>();
       } catch (const nlohmann::json::exception& e) {
-        throw inflab::Error(fmt::format("{}: expected {{\"max_seq_length\": N}}: {}", path.string(), e.what()));
+        throw inflab::Error(
+            fmt::format("{}: expected {{\"max_seq_length\": N}}: {}", path.string(), e.what()));
       }
       if (max_length_ < 3 || max_length_ > 512)
-        throw inflab::Error(fmt::format("{}: max_seq_length {} is outside 3..512", path.string(), max_length_));
+        throw inflab::Error(
+            fmt::format("{}: max_seq_length {} is outside 3..512", path.string(), max_length_));
     }
     return max_length_;
   }
