@@ -14,7 +14,9 @@
 #include "inflab/gradients.hpp"
 #include "inflab/language_model.hpp"
 #include "inflab/lora.hpp"
+#include "inflab/peft.hpp"
 #include "inflab/registry.hpp"
+#include "inflab/safetensors.hpp"
 #include "inflab/task.hpp"
 
 namespace {
@@ -130,4 +132,45 @@ TEST_CASE("causal_lm gradients of LoRA on SmolLM2 (q and v) equal a per-example 
   }
   // Padding leaves K-FAC statistics alone: the activation statistics count real tokens only.
   CHECK(engine[0].factor_tokens == ids.ge(0).sum().item<std::int64_t>());
+}
+
+TEST_CASE("a SmolLM2 PEFT adapter gives in inflab the logits real PEFT gives, and exports back unchanged",
+          "[llm][peft]") {
+  // tests/golden/make_peft_smollm2_golden.py: transformers 4.33.3 LlamaForCausalLM on the same
+  // dequantized weights + peft 0.4.0 with this adapter (exported by inflab from a tiny math run).
+  const std::filesystem::path adapter =
+      std::filesystem::path(INFLAB_SOURCE_DIR) / "tests" / "golden" / "peft_smollm2";
+  std::ifstream in(std::string(INFLAB_SOURCE_DIR) + "/tests/golden/peft_smollm2.json");
+  REQUIRE(in);
+  const auto recorded = nlohmann::json::parse(in);
+  auto m = load({2, 4.0, 0.0, {"blk.?.attn_q", "blk.?.attn_k", "blk.?.attn_v", "blk.?.ffn_up"}});
+  inflab::import_peft_adapter(*m->model, "smollm2_lora", adapter);
+  for (const auto& p : recorded["prompts"]) {
+    const auto ids = p["ids"].get<std::vector<std::int64_t>>();
+    at::Tensor logits = m->lm->last_logits(ids);
+    const auto indices = p["logit_indices"].get<std::vector<std::int64_t>>();
+    const auto expected = p["logits"].get<std::vector<double>>(),
+               base = p["base_logits"].get<std::vector<double>>();
+    double worst = 0, moved = 0;
+    for (std::size_t i = 0; i < indices.size(); ++i) {
+      worst = std::max(worst, std::abs(logits[indices[i]].item<double>() - expected[i]));
+      moved = std::max(moved, std::abs(expected[i] - base[i]));
+    }
+    CHECK(worst < 2e-3);  // query/key rows permuted the wrong way would be off by the adapter's effect
+    CHECK(moved > 0.1);
+  }
+  // Export: llama.cpp's row order undone again, the same tensors and configuration PEFT loaded.
+  test::TempDir dir;
+  inflab::export_peft_adapter(*m->model, "smollm2_lora", dir.path / "out");
+  const auto original = inflab::load_safetensors(adapter / "adapter_model.safetensors");
+  const auto exported = inflab::load_safetensors(dir.path / "out" / "adapter_model.safetensors");
+  CHECK(recorded["tensors_loaded"].get<std::size_t>() == original.size());
+  REQUIRE(exported.size() == original.size());
+  for (const auto& [name, tensor] : original) {
+    INFO(name);
+    REQUIRE(exported.count(name));
+    CHECK(torch::equal(exported.at(name), tensor));
+  }
+  std::ifstream a(adapter / "adapter_config.json"), b(dir.path / "out" / "adapter_config.json");
+  CHECK(nlohmann::json::parse(a) == nlohmann::json::parse(b));
 }

@@ -52,7 +52,8 @@ void export_peft_adapter(Model& model, const std::string& model_name, const fs::
   for (auto* layer : layers) {
     const std::string module = model.peft_module(layer->name());
     auto a = layer->lora_a().detach().to(torch::kFloat32).contiguous();
-    auto b = layer->lora_b().detach().to(torch::kFloat32).contiguous();
+    auto b =
+        model.peft_lora_b(layer->name(), layer->lora_b().detach().to(torch::kFloat32), true).contiguous();
     if (module.empty()) {
       head.emplace_back(layer->name() + ".lora_A.weight", a);
       head.emplace_back(layer->name() + ".lora_B.weight", b);
@@ -173,7 +174,8 @@ void import_peft_adapter(Model& model, const std::string& model_name, const fs::
       if (!found->second.is_floating_point())
         throw Error(fmt::format("{}: tensor '{}' is {}, expected floating point", file.string(), key,
                                 c10::toString(found->second.scalar_type())));
-      target.copy_(found->second.to(target.scalar_type()));
+      at::Tensor value = found->second.to(target.scalar_type());
+      target.copy_(factor[5] == 'B' && !in_head ? model.peft_lora_b(layer->name(), value, false) : value);
       used.insert((in_head ? "head:" : "") + key);
     }
   }

@@ -68,6 +68,12 @@ class Model : public Plugin {
   // inflab classifier head: exported beside the adapter, in inflab_head.safetensors).
   virtual std::string peft_base_model() const { return ""; }
   virtual std::string peft_module(const std::string& layer) const { return layer; }
+  // A layer's LoRA B (out x r) in the Hugging Face module's row order (to_peft) or back: for
+  // weights stored with their output rows permuted (llama.cpp's query and key rows). Default: as is.
+  virtual at::Tensor peft_lora_b(const std::string& layer, const at::Tensor& b, bool to_peft) const {
+    (void)layer, (void)to_peft;
+    return b;
+  }
 };
 
 }  // namespace inflab

@@ -16,6 +16,7 @@
 #include <inflab/language_model.hpp>
 #include <inflab/lora.hpp>
 #include <inflab/splits.hpp>
+#include <map>
 
 namespace fs = std::filesystem;
 
@@ -119,6 +120,30 @@ class SmolLm2Lora : public inflab::Model, public inflab::LanguageModel {
 
   inflab::NamedTensors base_parameters() override { return {}; }  // packaged, frozen
   std::vector<inflab::LoraLayer*> lora_layers() override { return layers_; }
+
+  // Hugging Face's LlamaForCausalLM names of llama.cpp's layers ("blk.3.attn_q" ->
+  // "model.layers.3.self_attn.q_proj"). llama.cpp's converter permutes the rows of the query and
+  // key weights (per head: (2, d/2) -> (d/2, 2)) for its rotary kernel; B's rows follow them.
+  std::string peft_base_model() const override { return "HuggingFaceTB/SmolLM2-135M-Instruct"; }
+  std::string peft_module(const std::string& layer) const override {
+    static const std::map<std::string, std::string> modules{
+        {"attn_q", "self_attn.q_proj"},      {"attn_k", "self_attn.k_proj"}, {"attn_v", "self_attn.v_proj"},
+        {"attn_output", "self_attn.o_proj"}, {"ffn_gate", "mlp.gate_proj"},  {"ffn_up", "mlp.up_proj"},
+        {"ffn_down", "mlp.down_proj"}};
+    const auto dot = layer.rfind('.');
+    auto found = modules.find(layer.substr(dot + 1));
+    if (layer.rfind("blk.", 0) != 0 || dot == std::string::npos || found == modules.end()) return "";
+    return fmt::format("model.layers.{}.{}", layer.substr(4, dot - 4), found->second);
+  }
+  at::Tensor peft_lora_b(const std::string& layer, const at::Tensor& b, bool to_peft) const override {
+    const bool query = layer.size() > 7 && layer.compare(layer.size() - 7, 7, ".attn_q") == 0;
+    const bool key = layer.size() > 7 && layer.compare(layer.size() - 7, 7, ".attn_k") == 0;
+    if (!query && !key) return b;
+    const std::int64_t heads = query ? config_.heads : config_.kv_heads, half = config_.head_dim / 2;
+    // to_peft undoes llama.cpp's permutation: rows (head, half, 2) -> (head, 2, half); back redoes it.
+    auto rows = to_peft ? b.reshape({heads, half, 2, b.size(1)}) : b.reshape({heads, 2, half, b.size(1)});
+    return rows.transpose(1, 2).reshape({b.size(0), b.size(1)}).contiguous();
+  }
   void set_training(bool training) override {
     for (auto* l : layers_) l->train(training);
   }
