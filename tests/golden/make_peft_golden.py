@@ -13,13 +13,15 @@ Reference stack (only for producing the file, never needed at run time):
 The adapter: `inflab run` of the tiny_minilm configuration in tests/test_minilm.cpp, then
   inflab export RUN_DIR --peft tests/golden/peft_minilm
 Then:
-  /tmp/refenv/bin/python tests/golden/make_peft_golden.py ~/.cache/inflab/data/minilm
+  /tmp/refenv/bin/python tests/golden/make_peft_golden.py ~/.cache/inflab/data/minilm [--check]
+--check compares with the recorded file instead of writing it (ctest peft_live).
 """
 import hashlib
 import json
 import os
 import sys
 
+import numpy as np
 import peft
 import torch
 import transformers
@@ -74,6 +76,13 @@ out = {
     "max_length": 32, "sentences": SENTENCES,
     "embeddings": with_adapter.tolist(), "base_embeddings": without.tolist(),
 }
+if "--check" in sys.argv:  # the live test (ctest peft_live): PEFT today gives what was recorded
+    recorded = json.load(open(os.path.join(here, "peft_minilm.json")))
+    assert recorded["adapter_sha256"] == digest, "the committed adapter changed since it was recorded"
+    worst = np.abs(np.array(recorded["embeddings"]) - with_adapter.numpy()).max()
+    assert worst < 1e-5, f"PEFT's embeddings moved by {worst} from the recorded ones"
+    print(f"peft_live: minilm adapter loaded by peft {peft.__version__}, embeddings as recorded ({worst:.1e})")
+    sys.exit(0)
 with open(os.path.join(here, "peft_minilm.json"), "w") as f:
     json.dump(out, f, indent=1)
 print(f"peft {peft.__version__}: {len(in_file)} tensors loaded, adapter moves embeddings by up to {difference:.4f}")

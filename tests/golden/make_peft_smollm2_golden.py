@@ -14,7 +14,8 @@ Reference stack (only for producing the file, never needed at run time):
 The adapter: `inflab run` of the tiny_llm configuration in tests/test_llm.cpp, then
   inflab export RUN_DIR --peft tests/golden/peft_smollm2
 Then:
-  /tmp/refenv2/bin/python tests/golden/make_peft_smollm2_golden.py ~/.cache/inflab/data/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  /tmp/refenv2/bin/python tests/golden/make_peft_smollm2_golden.py ~/.cache/inflab/data/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf [--check]
+--check compares with the recorded file instead of writing it (ctest peft_live).
 """
 import hashlib
 import json
@@ -103,6 +104,14 @@ for p in reference:
                     "base_logits": [round(float(without[i]), 6) for i in indices]})
 assert largest > 0.1, f"the adapter moves the logits by only {largest}"
 digest = hashlib.sha256(open(os.path.join(adapter_dir, "adapter_model.safetensors"), "rb").read()).hexdigest()
+if "--check" in sys.argv:  # the live test (ctest peft_live): PEFT today gives what was recorded
+    recorded = json.load(open(os.path.join(here, "peft_smollm2.json")))
+    assert recorded["adapter_sha256"] == digest, "the committed adapter changed since it was recorded"
+    worst = max(np.abs(np.array(r["logits"]) - np.array(p["logits"])).max()
+                for r, p in zip(recorded["prompts"], prompts))
+    assert worst < 1e-4, f"PEFT's logits moved by {worst} from the recorded ones"
+    print(f"peft_live: smollm2 adapter loaded by peft {peft.__version__}, logits as recorded ({worst:.1e})")
+    sys.exit(0)
 json.dump({"peft": peft.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
            "adapter_sha256": digest, "tensors_loaded": len(in_file), "prompts": prompts},
           open(os.path.join(here, "peft_smollm2.json"), "w"), indent=0)
