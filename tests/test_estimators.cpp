@@ -248,3 +248,64 @@ TEST_CASE("numerical edge cases give finite answers or clear errors, never silen
                       Contains("query set is empty") && !Contains("not finite"));
   REQUIRE_THROWS_WITH(inflab::score_pairwise(*e, train_block, no_queries), Contains("query set is empty"));
 }
+
+TEST_CASE("scores follow the gradients' scale exactly, from 1e-20 to 1e19, and never underflow silently",
+          "[estimators][scale]") {
+  // Unit-scale gradients (RMS about 1, so inside the range that is never rescaled) with K-FAC
+  // factors for a 4 x 3 layer; the same problem multiplied by c. A block's contribution is
+  // -g . M^-1 v with M of degree k in g (2: every damped Gauss-Newton method, 0: Hessian-free), so
+  // scaling train and queries by c multiplies the scores by c^(2-k), training gradients alone
+  // (and the factors) by c^(1-k).
+  torch::manual_seed(3);
+  const std::int64_t n = 30, q = 4, in = 3, out = 4;
+  inflab::GradientBlock block{"w", torch::randn({n, out * in})};
+  const auto a = torch::randn({n, in}), s = torch::randn({n, out});
+  block.activation_covariance = a.t().mm(a) / n;
+  block.gradient_covariance = s.t().mm(s) / n;
+  block.factor_tokens = n;
+  const inflab::GradientBlocks train{block}, queries{{"w", torch::randn({q, out * in})}};
+  auto scaled = [](inflab::GradientBlocks blocks, double c) {
+    for (auto& b : blocks) {
+      b.values = (b.values.to(torch::kDouble) * c).to(torch::kFloat);
+      if (b.has_factors())
+        b.gradient_covariance = (b.gradient_covariance.to(torch::kDouble) * c * c).to(torch::kFloat);
+    }
+    return blocks;
+  };
+  auto& registry = test::registry();
+  for (const std::string name : {"datainf", "exact", "lissa", "cg", "kfac", "ekfac", "hessian_free"}) {
+    const int k = name == "hessian_free" ? 0 : 2;
+    const auto unit = inflab::score_with_estimator(registry, name, {}, "pairwise", train, queries)
+                          .scores.to(torch::kDouble);
+    REQUIRE(unit.abs().max().item<double>() > 0);
+    // Both sides scaled. Hessian-free's scores and K-FAC's gradient factor hold c^2, which float32
+    // itself holds only for |log10 c| < 19.
+    const bool squares = k == 0 || name == "kfac" || name == "ekfac";
+    const std::vector<double> both = squares ? std::vector<double>{1e-18, 1e-8, 1e8, 1e18}
+                                             : std::vector<double>{1e-20, 1e-10, 1e-4, 1e4, 1e10, 1e19};
+    for (double c : both) {
+      INFO(name << ", train and queries x " << c);
+      const auto got =
+          inflab::score_with_estimator(registry, name, {}, "pairwise", scaled(train, c), scaled(queries, c))
+              .scores.to(torch::kDouble);
+      CHECK(relative_error(got / std::pow(c, 2 - k), unit) < 1e-4);
+    }
+    for (double c :
+         squares ? std::vector<double>{1e-18, 1e18} : std::vector<double>{1e-20, 1e-10, 1e10, 1e19}) {
+      INFO(name << ", train x " << c);
+      const auto got = inflab::score_with_estimator(registry, name, {}, "pairwise", scaled(train, c), queries)
+                           .scores.to(torch::kDouble);
+      CHECK(relative_error(got / std::pow(c, 1 - k), unit) < 1e-4);
+    }
+    // Powers of two: the rescaling is exact, so the scores are the unit ones to the bit.
+    const double two60 = std::ldexp(1.0, 60);
+    const auto exact_power = inflab::score_with_estimator(registry, name, {}, "pairwise",
+                                                          scaled(train, two60), scaled(queries, two60))
+                                 .scores.to(torch::kDouble);
+    if (k == 2) CHECK(torch::equal(exact_power, unit));
+  }
+  // Where there is no degree to undo (a fixed damping), an underflow is an error, not zeros.
+  CHECK_THROWS_WITH(inflab::score_with_estimator(registry, "datainf", {"damping=1e30"}, "pairwise",
+                                                 scaled(train, 1e-20), scaled(queries, 1e-20)),
+                    Contains("underflowed"));
+}

@@ -8,6 +8,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "inflab/distributed.hpp"
 #include "inflab/error.hpp"
 #include "inflab/scoring.hpp"
@@ -148,7 +151,25 @@ at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train, con
           nonfinite_rows(train[b].values).count > 0 || nonfinite_rows(queries[b].values).count > 0
               ? "the gradients themselves are not finite"
               : "the gradients are finite"));
-    scores.addmm_(train[b].values, preconditioned.t());
+    // Never a silent zero either: an inverse product of exactly zero for non-zero queries has
+    // underflowed (an estimator without rescaling, on gradients of extreme scale).
+    if (preconditioned.abs().max().item<double>() == 0 && queries[b].values.abs().max().item<double>() > 0)
+      throw Error(fmt::format(
+          "block '{}': the estimator's inverse product underflowed to exactly zero for non-zero queries; the "
+          "gradients' scale is extreme for this estimator's settings (a fixed damping or LiSSA scale): "
+          "rescale the gradients or use the automatic settings",
+          train[b].name));
+    if (const int exponent = score_exponent(estimator, b); exponent == 0) {
+      scores.addmm_(train[b].values, preconditioned.t());
+    } else {  // a rescaled block (with_rescaling): 2^exponent in steps float32 can hold
+      at::Tensor contribution = train[b].values.mm(preconditioned.t());
+      for (int left = exponent; left != 0;) {
+        const int step = std::clamp(left, -100, 100);
+        contribution.mul_(std::ldexp(1.0, step));
+        left -= step;
+      }
+      scores.add_(contribution);
+    }
   }
   // The scores are small (n x q): check them all, and only on failure look for the culprit.
   if (!scores.isfinite().all().item<bool>()) {
@@ -159,6 +180,16 @@ at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train, con
             train[b].name));
     throw Error("the influence scores overflowed to Inf or NaN; check the damping and the gradients' scale");
   }
+  // All zero while some block's gradients are not: the products underflowed float32.
+  if (scores.abs().max().item<double>() == 0)
+    for (std::size_t b = 0; b < train.size(); ++b)
+      if (train[b].values.abs().max().item<double>() > 0 && queries[b].values.abs().max().item<double>() > 0)
+        throw Error(fmt::format(
+            "every influence score is exactly zero although block '{}' has non-zero gradients: the products "
+            "underflowed float32 (gradients of extreme scale with a fixed damping or LiSSA scale); rescale "
+            "the "
+            "gradients or use the automatic settings",
+            train[b].name));
   return scores.neg_();  // I(k, q) = - g_k . M^{-1} v_q
 }
 

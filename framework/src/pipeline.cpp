@@ -321,7 +321,8 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   nlohmann::json diagnostics;
 
   for (const auto& spec : config.estimators) {
-    auto estimator = registry.create_as<Estimator>(PluginKind::Estimator, spec.plugin, spec.options);
+    auto estimator =
+        with_rescaling(registry.create_as<Estimator>(PluginKind::Estimator, spec.plugin, spec.options));
     const std::string who = fmt::format("estimator '{}' ({})", spec.label,
                                         describe_plugin(registry, PluginKind::Estimator, spec.plugin));
     auto start = Clock::now();

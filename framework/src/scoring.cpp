@@ -1,12 +1,105 @@
 #include "inflab/scoring.hpp"
 
+#include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "inflab/config.hpp"
+#include "inflab/distributed.hpp"
 #include "inflab/error.hpp"
 #include "inflab/registry.hpp"
 
 namespace inflab {
+namespace {
+
+// The power of two that brings a block's root mean square to about 1, or 0 when it lies in
+// [2^-20, 2^20] (or the block is zero). Chunk by chunk, each chunk's squares taken after dividing
+// by its largest entry (squares of 1e19 overflow float32) and summed in float64; over every
+// rank's rows when `over_ranks` (a collective then).
+int unit_exponent(const at::Tensor& values, bool over_ranks) {
+  double sum = 0;
+  const std::int64_t chunk =
+      std::max<std::int64_t>(1, (std::int64_t{1} << 22) / std::max<std::int64_t>(1, values.size(1)));
+  for (std::int64_t start = 0; start < values.size(0); start += chunk) {
+    at::Tensor part = values.narrow(0, start, std::min(chunk, values.size(0) - start));
+    const double largest = part.abs().max().item<double>();
+    if (largest > 0) sum += part.div(largest).square().sum().item<double>() * largest * largest;
+  }
+  double count = static_cast<double>(values.numel());
+  if (over_ranks) count = sum_over_ranks(count), sum = sum_over_ranks(sum);
+  if (!(sum > 0) || count == 0) return 0;
+  const double rms = std::sqrt(sum / count);
+  if (rms >= std::ldexp(1.0, -20) && rms <= std::ldexp(1.0, 20)) return 0;
+  return -static_cast<int>(std::lround(std::log2(rms)));
+}
+
+// Training gradients g' = 2^e g and queries v'' = 2^h v of unit size; with M' = 2^(k e) M the
+// estimator returns r'' = M'^-1 v'' = 2^(h - k e) M^-1 v, and the scorer multiplies g . r'' by
+// 2^(k e - h) (score_exponent). Every intermediate stays near unit size; powers of two are exact.
+class RescaledEstimator : public Estimator {
+ public:
+  explicit RescaledEstimator(std::unique_ptr<Estimator> inner) : inner_(std::move(inner)) {}
+
+  void fit(const GradientBlocks& train) override { inner_->fit(rescaled(train)); }
+  bool load_fit(const std::string& dir, const GradientBlocks& train) override {
+    return inner_->load_fit(dir, rescaled(train));
+  }
+  bool save_fit(const std::string& dir) const override { return inner_->save_fit(dir); }
+  at::Tensor inverse_product(std::size_t block, const at::Tensor& queries) override {
+    const int degree = inner_->preconditioner_degree();
+    const int h = degree < 0 ? 0 : unit_exponent(queries, false);
+    score_exponents_.at(block) = degree < 0 ? 0 : degree * train_exponents_.at(block) - h;
+    return inner_->inverse_product(block, h == 0 ? queries : queries * std::ldexp(1.0, h));
+  }
+  std::map<std::string, double> diagnostics() const override {
+    auto out = inner_->diagnostics();
+    for (std::size_t b = 0; b < train_exponents_.size(); ++b)
+      if (train_exponents_[b] != 0) out[names_[b] + ".rescaled_by"] = std::ldexp(1.0, train_exponents_[b]);
+    return out;
+  }
+  bool supports_distributed() const override { return inner_->supports_distributed(); }
+  int preconditioner_degree() const override { return inner_->preconditioner_degree(); }
+  int score_exponent(std::size_t block) const { return score_exponents_.at(block); }
+
+ private:
+  // The training blocks as the estimator sees them: unchanged (no copy) unless out of range.
+  GradientBlocks rescaled(const GradientBlocks& train) {
+    train_exponents_.assign(train.size(), 0);
+    score_exponents_.assign(train.size(), 0);
+    names_.clear();
+    GradientBlocks out = train;
+    for (std::size_t b = 0; b < train.size(); ++b) {
+      names_.push_back(train[b].name);
+      if (inner_->preconditioner_degree() < 0) continue;
+      const int e = unit_exponent(train[b].values, true);
+      if (e == 0) continue;
+      train_exponents_[b] = e;
+      const double f = std::ldexp(1.0, e);
+      out[b].values = train[b].values * f;
+      // K-FAC factors: G = S (x) A, so G' = 2^(2e) G puts 2^(2e) on S, the gradient side, where a
+      // loss's scale lives (the activations keep theirs).
+      if (out[b].has_factors()) out[b].gradient_covariance = train[b].gradient_covariance * (f * f);
+    }
+    return out;
+  }
+
+  std::unique_ptr<Estimator> inner_;
+  std::vector<int> train_exponents_, score_exponents_;
+  std::vector<std::string> names_;
+};
+
+}  // namespace
+
+std::unique_ptr<Estimator> with_rescaling(std::unique_ptr<Estimator> estimator) {
+  return std::make_unique<RescaledEstimator>(std::move(estimator));
+}
+
+int score_exponent(const Estimator& estimator, std::size_t block) {
+  const auto* rescaled = dynamic_cast<const RescaledEstimator*>(&estimator);
+  return rescaled ? rescaled->score_exponent(block) : 0;
+}
 
 ScoredBlocks score_with_estimator(const Registry& registry, const std::string& estimator_name,
                                   const std::vector<std::string>& assignments, const std::string& mode,
@@ -17,7 +110,8 @@ ScoredBlocks score_with_estimator(const Registry& registry, const std::string& e
   Options options = options_from_assignments(fmt::format("estimator '{}'", estimator_name),
                                              record.info->options(), assignments);
   check_blocks(train, queries);  // before the fit, which would otherwise meet a mismatch first
-  auto estimator = registry.create_as<Estimator>(PluginKind::Estimator, estimator_name, options);
+  auto estimator =
+      with_rescaling(registry.create_as<Estimator>(PluginKind::Estimator, estimator_name, options));
   estimator->fit(train);
   ScoredBlocks out;
   out.scores = mode == "aggregate" ? score_aggregate(*estimator, train, queries)

@@ -52,6 +52,12 @@ class Estimator : public Plugin {
   // every sum over training examples goes through inflab/distributed.hpp (sum_over_ranks,
   // rows_over_ranks, or the helpers below). Distributed runs refuse other estimators.
   virtual bool supports_distributed() const { return false; }
+  // The degree k with M(c g) = c^k M(g) for this configuration: 2 for a damped Gauss-Newton whose
+  // damping follows the gradients (the shared rule), 0 for no preconditioner, -1 for none (a fixed
+  // damping, a fixed LiSSA scale). With k >= 0 the framework rescales blocks whose gradients are
+  // very large or very small to unit size before fit and undoes it exactly after, so scores do not
+  // underflow or overflow in float32.
+  virtual int preconditioner_degree() const { return 2; }
 };
 
 // The damping rule shared by every estimator (paper-facts.md):
@@ -115,6 +121,7 @@ class BlockwiseEstimator : public Estimator {
     }
   }
   std::map<std::string, double> diagnostics() const override { return diagnostics_; }
+  int preconditioner_degree() const override { return damping_.fixed > 0 ? -1 : 2; }
 
  protected:
   virtual void configure_method(const Options& options) { (void)options; }

@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,17 @@ at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train, con
 at::Tensor score_aggregate(Estimator& estimator, const GradientBlocks& train, const GradientBlocks& queries);
 // Checks that train and query blocks agree in names and widths; throws naming the block.
 void check_blocks(const GradientBlocks& train, const GradientBlocks& queries);
+
+// `estimator` behind a guard against float32 underflow and overflow: a block whose training
+// gradients (or queries) have a root mean square outside [2^-20, 2^20] is multiplied by a power of
+// two that brings it to about 1, and the scorer undoes that exactly on the block's contribution
+// (by the estimator's preconditioner_degree; estimators without one are left alone). Inside that
+// range nothing changes, to the bit. Diagnostics gain "<block>.rescaled_by" (the factor) for such
+// blocks; their other entries (lambda, scale) are those of the rescaled block.
+std::unique_ptr<Estimator> with_rescaling(std::unique_ptr<Estimator> estimator);
+// The power of two by which the scorer multiplies a block's contribution g . r after the last
+// inverse_product of that block (0 unless `estimator` came from with_rescaling and rescaled it).
+int score_exponent(const Estimator& estimator, std::size_t block);
 
 // One estimator plugin, configured from "key=value" assignments, fitted on `train` and scoring
 // `queries`: what `inflab score` and Python's inflab.score both do. mode: aggregate | pairwise.

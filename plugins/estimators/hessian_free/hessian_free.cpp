@@ -8,6 +8,7 @@ class HessianFree : public inflab::Estimator {
   void fit(const inflab::GradientBlocks&) override {}
   at::Tensor inverse_product(std::size_t, const at::Tensor& queries) override { return queries; }
   bool supports_distributed() const override { return true; }
+  int preconditioner_degree() const override { return 0; }  // the identity
 };
 
 std::vector<inflab::OptionSpec> options() { return {}; }

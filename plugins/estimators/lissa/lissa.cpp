@@ -49,6 +49,10 @@ class Lissa : public inflab::BlockwiseEstimator<Fitted> {
   }
   // Mini-batches sample one rank's rows; full-batch iterations sum over all ranks.
   bool supports_distributed() const override { return batch_size_ == 0; }
+  // A fixed scale (the reference code's s = 1) is an absolute number: no rescaling then.
+  int preconditioner_degree() const override {
+    return scale_ > 0 ? -1 : inflab::BlockwiseEstimator<Fitted>::preconditioner_degree();
+  }
 
  protected:
   void configure_method(const inflab::Options& options) override {
