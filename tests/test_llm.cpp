@@ -10,6 +10,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "adapter_check.hpp"
 #include "helpers.hpp"
 #include "inflab/gradients.hpp"
 #include "inflab/language_model.hpp"
@@ -162,15 +163,7 @@ TEST_CASE("a SmolLM2 PEFT adapter gives in inflab the logits real PEFT gives, an
   // Export: llama.cpp's row order undone again, the same tensors and configuration PEFT loaded.
   test::TempDir dir;
   inflab::export_peft_adapter(*m->model, "smollm2_lora", dir.path / "out");
-  const auto original = inflab::load_safetensors(adapter / "adapter_model.safetensors");
-  const auto exported = inflab::load_safetensors(dir.path / "out" / "adapter_model.safetensors");
-  CHECK(recorded["tensors_loaded"].get<std::size_t>() == original.size());
-  REQUIRE(exported.size() == original.size());
-  for (const auto& [name, tensor] : original) {
-    INFO(name);
-    REQUIRE(exported.count(name));
-    CHECK(torch::equal(exported.at(name), tensor));
-  }
-  std::ifstream a(adapter / "adapter_config.json"), b(dir.path / "out" / "adapter_config.json");
-  CHECK(nlohmann::json::parse(a) == nlohmann::json::parse(b));
+  CHECK(recorded["tensors_loaded"].get<std::size_t>() ==
+        inflab::load_safetensors(adapter / "adapter_model.safetensors").size());
+  test::check_same_adapter(adapter, dir.path / "out");
 }

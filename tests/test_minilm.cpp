@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "adapter_check.hpp"
 #include "helpers.hpp"
 #include "inflab/config.hpp"
 #include "inflab/dataset.hpp"
@@ -398,18 +399,8 @@ TEST_CASE(
 
     // Export the imported adapters: the same tensors, names and configuration PEFT loaded.
     inflab::export_peft_adapter(*imported.model, "minilm_lora", dir.path / "exported");
-    for (const char* file : {"adapter_model.safetensors", "inflab_head.safetensors"}) {
-      const auto original = inflab::load_safetensors(golden_adapter / file);
-      const auto exported = inflab::load_safetensors(dir.path / "exported" / file);
-      REQUIRE(exported.size() == original.size());
-      for (const auto& [name, tensor] : original) {
-        INFO(name);
-        REQUIRE(exported.count(name));
-        CHECK(torch::equal(exported.at(name), tensor));
-      }
-    }
-    std::ifstream a(golden_adapter / "adapter_config.json"), b(dir.path / "exported" / "adapter_config.json");
-    CHECK(nlohmann::json::parse(a) == nlohmann::json::parse(b));
+    test::check_same_adapter(golden_adapter, dir.path / "exported",
+                             {"adapter_model.safetensors", "inflab_head.safetensors"});
     CHECK(recorded["tensors_loaded"].get<int>() == 24);  // PEFT took every tensor (checked when recorded)
   }
 
