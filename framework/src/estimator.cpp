@@ -153,12 +153,17 @@ at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train, con
               : "the gradients are finite"));
     // Never a silent zero either: an inverse product of exactly zero for non-zero queries has
     // underflowed (an estimator without rescaling, on gradients of extreme scale).
-    if (preconditioned.abs().max().item<double>() == 0 && queries[b].values.abs().max().item<double>() > 0)
+    if (preconditioned.abs().max().item<double>() == 0 && queries[b].values.abs().max().item<double>() > 0) {
+      if (nonfinite_rows(train[b].values).count > 0 || nonfinite_rows(queries[b].values).count > 0)
+        throw Error(fmt::format(
+            "block '{}': the gradients themselves are not finite (NaN or Inf); scores would be NaN",
+            train[b].name));
       throw Error(fmt::format(
           "block '{}': the estimator's inverse product underflowed to exactly zero for non-zero queries; the "
           "gradients' scale is extreme for this estimator's settings (a fixed damping or LiSSA scale): "
           "rescale the gradients or use the automatic settings",
           train[b].name));
+    }
     if (const int exponent = score_exponent(estimator, b); exponent == 0) {
       scores.addmm_(train[b].values, preconditioned.t());
     } else {  // a rescaled block (with_rescaling): 2^exponent in steps float32 can hold
