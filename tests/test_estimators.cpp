@@ -251,19 +251,23 @@ TEST_CASE("numerical edge cases give finite answers or clear errors, never silen
 
 TEST_CASE("scores follow the gradients' scale exactly, from 1e-20 to 1e19, and never underflow silently",
           "[estimators][scale]") {
-  // Unit-scale gradients (RMS about 1, so inside the range that is never rescaled) with K-FAC
+  // Unit-scale gradients (inside the range that is never rescaled) with K-FAC
   // factors for a 4 x 3 layer; the same problem multiplied by c. A block's contribution is
   // -g . M^-1 v with M of degree k in g (2: every damped Gauss-Newton method, 0: Hessian-free), so
   // scaling train and queries by c multiplies the scores by c^(2-k), training gradients alone
   // (and the factors) by c^(1-k).
   torch::manual_seed(3);
   const std::int64_t n = 30, q = 4, in = 3, out = 4;
-  inflab::GradientBlock block{"w", torch::randn({n, out * in})};
+  // Largest entries in [1, 2): the range a rescaled block is brought to, so x 2^60 maps back exactly.
+  auto in_one_two = [](torch::Tensor t) {
+    return t / std::exp2(std::floor(std::log2(t.abs().max().item<double>())));
+  };
+  inflab::GradientBlock block{"w", in_one_two(torch::randn({n, out * in}))};
   const auto a = torch::randn({n, in}), s = torch::randn({n, out});
   block.activation_covariance = a.t().mm(a) / n;
   block.gradient_covariance = s.t().mm(s) / n;
   block.factor_tokens = n;
-  const inflab::GradientBlocks train{block}, queries{{"w", torch::randn({q, out * in})}};
+  const inflab::GradientBlocks train{block}, queries{{"w", in_one_two(torch::randn({q, out * in}))}};
   auto scaled = [](inflab::GradientBlocks blocks, double c) {
     for (auto& b : blocks) {
       b.values = (b.values.to(torch::kDouble) * c).to(torch::kFloat);

@@ -14,29 +14,27 @@
 namespace inflab {
 namespace {
 
-// The power of two that brings a block's root mean square to about 1, or 0 when it lies in
-// [2^-20, 2^20] (or the block is zero). Chunk by chunk, each chunk's squares taken after dividing
-// by its largest entry (squares of 1e19 overflow float32) and summed in float64; over every
-// rank's rows when `over_ranks` (a collective then).
+// The power of two that brings a block's largest entry into [1, 2), or 0 when that entry lies in
+// [2^-20, 2^20] (or the block is zero or not finite: other checks name that). One pass without
+// a temporary (aminmax); over every rank's rows when `over_ranks` (a collective then).
 int unit_exponent(const at::Tensor& values, bool over_ranks) {
-  double sum = 0;
-  const std::int64_t chunk =
-      std::max<std::int64_t>(1, (std::int64_t{1} << 22) / std::max<std::int64_t>(1, values.size(1)));
-  for (std::int64_t start = 0; start < values.size(0); start += chunk) {
-    at::Tensor part = values.narrow(0, start, std::min(chunk, values.size(0) - start));
-    const double largest = part.abs().max().item<double>();
-    if (largest > 0) sum += part.div(largest).square().sum().item<double>() * largest * largest;
+  double largest = 0;
+  if (values.numel() > 0) {
+    const auto [low, high] = at::aminmax(values);
+    largest = std::max(std::abs(low.item<double>()), std::abs(high.item<double>()));
   }
-  double count = static_cast<double>(values.numel());
-  if (over_ranks) count = sum_over_ranks(count), sum = sum_over_ranks(sum);
-  if (!(sum > 0) || count == 0) return 0;
-  const double rms = std::sqrt(sum / count);
-  if (rms >= std::ldexp(1.0, -20) && rms <= std::ldexp(1.0, 20)) return 0;
-  return -static_cast<int>(std::lround(std::log2(rms)));
+  if (over_ranks && distributed_world_size() > 1) {  // the largest over ranks, by a sum of one-hots
+    at::Tensor each = at::zeros({distributed_world_size()}, at::kDouble);
+    each[distributed_rank()] = largest;
+    largest = sum_over_ranks(each).max().item<double>();
+  }
+  if (!(largest > 0) || !std::isfinite(largest)) return 0;
+  if (largest >= std::ldexp(1.0, -20) && largest <= std::ldexp(1.0, 20)) return 0;
+  return -static_cast<int>(std::floor(std::log2(largest)));
 }
 
-// Training gradients g' = 2^e g and queries v'' = 2^h v of unit size; with M' = 2^(k e) M the
-// estimator returns r'' = M'^-1 v'' = 2^(h - k e) M^-1 v, and the scorer multiplies g . r'' by
+// Training gradients g' = 2^e g and queries v'' = 2^h v of unit size (largest entry in [1, 2)); with M' =
+// 2^(k e) M the estimator returns r'' = M'^-1 v'' = 2^(h - k e) M^-1 v, and the scorer multiplies g . r'' by
 // 2^(k e - h) (score_exponent). Every intermediate stays near unit size; powers of two are exact.
 class RescaledEstimator : public Estimator {
  public:

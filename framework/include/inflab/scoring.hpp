@@ -21,8 +21,8 @@ at::Tensor score_aggregate(Estimator& estimator, const GradientBlocks& train, co
 void check_blocks(const GradientBlocks& train, const GradientBlocks& queries);
 
 // `estimator` behind a guard against float32 underflow and overflow: a block whose training
-// gradients (or queries) have a root mean square outside [2^-20, 2^20] is multiplied by a power of
-// two that brings it to about 1, and the scorer undoes that exactly on the block's contribution
+// gradients (or queries) have their largest entry outside [2^-20, 2^20] is multiplied by the power
+// of two that brings it into [1, 2), and the scorer undoes that exactly on the block's contribution
 // (by the estimator's preconditioner_degree; estimators without one are left alone). Inside that
 // range nothing changes, to the bit. Diagnostics gain "<block>.rescaled_by" (the factor) for such
 // blocks; their other entries (lambda, scale) are those of the rescaled block.
