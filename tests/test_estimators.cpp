@@ -313,3 +313,19 @@ TEST_CASE("scores follow the gradients' scale exactly, from 1e-20 to 1e19, and n
                                                  scaled(train, 1e-20), scaled(queries, 1e-20)),
                     Contains("underflowed"));
 }
+
+TEST_CASE("nonfinite_rows finds NaN and Inf rows and is not fooled by finite values whose sum overflows",
+          "[estimators][edge]") {
+  auto g = torch::randn({70000, 64});  // more than one 4 Mi-value chunk
+  CHECK(inflab::nonfinite_rows(g).count == 0);
+  auto huge = torch::full({100, 8}, 3e38f);  // finite, but any float32 sum of two overflows
+  CHECK(inflab::nonfinite_rows(huge).count == 0);
+  g[69000][3] = std::numeric_limits<float>::quiet_NaN();
+  g[66000][0] = std::numeric_limits<float>::infinity();
+  g[66001][1] = -std::numeric_limits<float>::infinity();
+  const auto found = inflab::nonfinite_rows(g);
+  CHECK(found.count == 3);
+  CHECK(found.first == 66000);
+  huge[42][5] = std::numeric_limits<float>::quiet_NaN();
+  CHECK(inflab::nonfinite_rows(huge).first == 42);
+}

@@ -74,6 +74,9 @@ NonFiniteRows nonfinite_rows(const at::Tensor& gradients) {
       std::max<std::int64_t>(1, (std::int64_t{1} << 22) / width);  // ~16 MiB of float32
   for (std::int64_t start = 0; start < rows; start += chunk) {
     at::Tensor part = gradients.narrow(0, start, std::min(chunk, rows - start));
+    // One read without a temporary: a NaN or Inf anywhere makes the sum NaN or Inf. A finite sum
+    // clears the chunk; a non-finite one (or an overflowing sum of finite values) is checked row by row.
+    if (std::isfinite(part.sum().item<double>())) continue;
     at::Tensor bad = part.isfinite().reshape({part.size(0), -1}).all(1).logical_not().nonzero();
     if (bad.numel() == 0) continue;
     if (out.first < 0) out.first = start + bad[0][0].item<std::int64_t>();
