@@ -20,7 +20,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _inflab
+# Sleeping rather than spinning OpenMP threads (docs/performance.md, "Threads"); libgomp reads this
+# when it loads, so it only takes effect if nothing in this process (torch, say) loaded it first.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+from . import _inflab  # noqa: E402
 from ._inflab import Error
 
 __all__ = ["score", "plugins", "run", "set_threads", "threads", "Error", "__version__"]
