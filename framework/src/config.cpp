@@ -562,18 +562,17 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   toml::table model_resolved = options_table(model_all);
   model_resolved.insert("lora", options_table(lora));
   // An adapter is resolved only when given, so configurations without one keep their keys.
-  config.adapter = model_all.get_string("adapter");
-  if (config.adapter.empty()) {
+  const fs::path adapter = model_all.get_string("adapter");
+  if (adapter.empty()) {
     model_resolved.erase("adapter");
-  } else if (!std::filesystem::is_regular_file(config.adapter / "adapter_config.json")) {
-    v.fail(
-        model.get("adapter")->source(),
-        fmt::format("key 'model.adapter': expected a PEFT adapter directory holding adapter_config.json, "
-                    "found '{}' ({})",
-                    config.adapter.string(),
-                    std::filesystem::is_directory(config.adapter) ? "a directory without adapter_config.json"
-                                                                  : "no such directory"),
-        "model.adapter");
+  } else if (!fs::is_regular_file(adapter / "adapter_config.json")) {
+    v.fail(model.get("adapter")->source(),
+           fmt::format(
+               "key 'model.adapter': expected a PEFT adapter directory holding adapter_config.json, "
+               "found '{}' ({})",
+               adapter.string(),
+               fs::is_directory(adapter) ? "a directory without adapter_config.json" : "no such directory"),
+           "model.adapter");
   }
   resolved.insert("model", model_resolved);
 
@@ -776,9 +775,9 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
     resolved.insert("leave_one_out", options_table(loo));
   }
 
-  if (!config.adapter.empty() && (wants_lds || wants_loo))
+  if (!adapter.empty() && (wants_lds || wants_loo))
     v.fail(
-        root.get("model")->as_table()->get("adapter")->source(),
+        model.get("adapter")->source(),
         "key 'model.adapter': metrics \"lds\" and \"loo\" retrain the LoRA with inflab's fine-tuning, which "
         "cannot reproduce an adapter trained elsewhere; remove them or the adapter",
         "model.adapter");

@@ -1,6 +1,7 @@
 // Damping rule and scoring: the parts every estimator shares.
 #include "inflab/estimator.hpp"
 
+#include <ATen/ops/aminmax.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/mean.h>
@@ -134,6 +135,28 @@ void check_blocks(const GradientBlocks& train, const GradientBlocks& queries) {
   }
 }
 
+double largest_magnitude(const at::Tensor& values) {
+  if (values.numel() == 0) return 0;
+  const auto [low, high] = at::aminmax(values);
+  return std::max(std::abs(low.item<double>()), std::abs(high.item<double>()));
+}
+
+namespace {
+bool gradients_not_finite(const GradientBlock& train, const GradientBlock& queries) {
+  return nonfinite_rows(train.values).count > 0 || nonfinite_rows(queries.values).count > 0;
+}
+[[noreturn]] void throw_not_finite(const std::string& block) {
+  throw Error(fmt::format(
+      "block '{}': the gradients themselves are not finite (NaN or Inf); scores would be NaN", block));
+}
+[[noreturn]] void throw_underflow(const std::string& what) {
+  throw Error(
+      fmt::format("{}: float32 underflowed (gradients of extreme scale with a fixed damping or LiSSA "
+                  "scale); rescale the gradients or use the automatic settings",
+                  what));
+}
+}  // namespace
+
 at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train, const GradientBlocks& queries) {
   check_blocks(train, queries);
   const auto n = train.at(0).values.size(0), q = queries.at(0).values.size(0);
@@ -151,21 +174,14 @@ at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train, con
           "block '{}': the estimator's inverse product has NaN or Inf values ({}); check the gradients for "
           "NaN/Inf and the damping (a fixed damping of 0 or a divergent iteration)",
           train[b].name,
-          nonfinite_rows(train[b].values).count > 0 || nonfinite_rows(queries[b].values).count > 0
-              ? "the gradients themselves are not finite"
-              : "the gradients are finite"));
+          gradients_not_finite(train[b], queries[b]) ? "the gradients themselves are not finite"
+                                                     : "the gradients are finite"));
     // Never a silent zero either: an inverse product of exactly zero for non-zero queries has
     // underflowed (an estimator without rescaling, on gradients of extreme scale).
-    if (preconditioned.abs().max().item<double>() == 0 && queries[b].values.abs().max().item<double>() > 0) {
-      if (nonfinite_rows(train[b].values).count > 0 || nonfinite_rows(queries[b].values).count > 0)
-        throw Error(fmt::format(
-            "block '{}': the gradients themselves are not finite (NaN or Inf); scores would be NaN",
-            train[b].name));
-      throw Error(fmt::format(
-          "block '{}': the estimator's inverse product underflowed to exactly zero for non-zero queries; the "
-          "gradients' scale is extreme for this estimator's settings (a fixed damping or LiSSA scale): "
-          "rescale the gradients or use the automatic settings",
-          train[b].name));
+    if (largest_magnitude(preconditioned) == 0 && largest_magnitude(queries[b].values) > 0) {
+      if (gradients_not_finite(train[b], queries[b])) throw_not_finite(train[b].name);
+      throw_underflow(fmt::format(
+          "block '{}': the estimator's inverse product is exactly zero for non-zero queries", train[b].name));
     }
     if (const int exponent = score_exponent(estimator, b); exponent == 0) {
       scores.addmm_(train[b].values, preconditioned.t());
@@ -182,22 +198,17 @@ at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train, con
   // The scores are small (n x q): check them all, and only on failure look for the culprit.
   if (!scores.isfinite().all().item<bool>()) {
     for (std::size_t b = 0; b < train.size(); ++b)
-      if (nonfinite_rows(train[b].values).count > 0 || nonfinite_rows(queries[b].values).count > 0)
-        throw Error(fmt::format(
-            "block '{}': the gradients themselves are not finite (NaN or Inf); scores would be NaN",
-            train[b].name));
+      if (gradients_not_finite(train[b], queries[b])) throw_not_finite(train[b].name);
     throw Error("the influence scores overflowed to Inf or NaN; check the damping and the gradients' scale");
   }
-  // All zero while some block's gradients are not: the products underflowed float32.
-  if (scores.abs().max().item<double>() == 0)
+  // All zero while some block's gradients are not: the products underflowed.
+  if (largest_magnitude(scores) == 0)
     for (std::size_t b = 0; b < train.size(); ++b)
-      if (train[b].values.abs().max().item<double>() > 0 && queries[b].values.abs().max().item<double>() > 0)
-        throw Error(fmt::format(
-            "every influence score is exactly zero although block '{}' has non-zero gradients: the products "
-            "underflowed float32 (gradients of extreme scale with a fixed damping or LiSSA scale); rescale "
-            "the "
-            "gradients or use the automatic settings",
-            train[b].name));
+      if (largest_magnitude(train[b].values) > 0 && largest_magnitude(queries[b].values) > 0)
+        throw_underflow(
+            fmt::format("every influence score is exactly zero although block '{}' has non-zero "
+                        "gradients",
+                        train[b].name));
   return scores.neg_();  // I(k, q) = - g_k . M^{-1} v_q
 }
 

@@ -176,7 +176,7 @@ void import_peft_adapter(Model& model, const std::string& model_name, const fs::
                                 c10::toString(found->second.scalar_type())));
       at::Tensor value = found->second.to(target.scalar_type());
       target.copy_(factor[5] == 'B' && !in_head ? model.peft_lora_b(layer->name(), value, false) : value);
-      used.insert((in_head ? "head:" : "") + key);
+      if (!in_head) used.insert(key);
     }
   }
   for (const auto& [key, value] : tensors)

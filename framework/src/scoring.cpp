@@ -18,11 +18,7 @@ namespace {
 // [2^-20, 2^20] (or the block is zero or not finite: other checks name that). One pass without
 // a temporary (aminmax); over every rank's rows when `over_ranks` (a collective then).
 int unit_exponent(const at::Tensor& values, bool over_ranks) {
-  double largest = 0;
-  if (values.numel() > 0) {
-    const auto [low, high] = at::aminmax(values);
-    largest = std::max(std::abs(low.item<double>()), std::abs(high.item<double>()));
-  }
+  double largest = largest_magnitude(values);
   if (over_ranks && distributed_world_size() > 1) {  // the largest over ranks, by a sum of one-hots
     at::Tensor each = at::zeros({distributed_world_size()}, at::kDouble);
     each[distributed_rank()] = largest;

@@ -36,7 +36,7 @@ run() {  # run THREADS POLICY ESTIMATOR MODE EXTRA...
     env ${policy:+OMP_WAIT_POLICY=$policy} "$build/bin/inflab" --quiet --threads "$threads" score --gradients "$store" \
       --estimator "$estimator" --mode "$mode" --out "$out/s.npy" "$@"
     end=$(date +%s.%N)
-    echo "$end - $start" | bc
+    awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f\n", b - a }'
   done | median
 }
 echo "| load | estimator | 1 thread | 2 threads (default wait) | 2 threads (passive wait) |"

@@ -48,7 +48,6 @@ struct ExperimentConfig {
   double label_noise = 0.0;
   std::int64_t noise_seed = 0;
   PluginSpec model;
-  std::filesystem::path adapter;  // [model] adapter: a PEFT adapter replacing the fine-tuning ("" = none)
   LoraConfig lora;
   TrainingConfig training;
   std::vector<PluginSpec> estimators;

@@ -30,6 +30,8 @@ std::unique_ptr<Estimator> with_rescaling(std::unique_ptr<Estimator> estimator);
 // The power of two by which the scorer multiplies a block's contribution g . r after the last
 // inverse_product of that block (0 unless `estimator` came from with_rescaling and rescaled it).
 int score_exponent(const Estimator& estimator, std::size_t block);
+// max |x| over a tensor in one pass without a temporary (aminmax); 0 for an empty one.
+double largest_magnitude(const at::Tensor& values);
 
 // One estimator plugin, configured from "key=value" assignments, fitted on `train` and scoring
 // `queries`: what `inflab score` and Python's inflab.score both do. mode: aggregate | pairwise.
