@@ -279,6 +279,9 @@ TEST_CASE("text_file reads a user's JSON lines or CSV, bad files are errors nami
              Contains("b.jsonl:2: field 'review': expected a string, a number or a boolean, found array"));
   CHECK_THAT(error_of("c.jsonl", "{\"review\": \"x\", \"stars\": 1}\nnot json\n"),
              Contains("c.jsonl:2: not a JSON line"));
+  // A number beyond double's range is nlohmann's out_of_range, not a parse_error (found by fuzz_csv).
+  CHECK_THAT(error_of("c2.jsonl", "{\"review\": \"x\", \"stars\": 9e324}\n"),
+             Contains("c2.jsonl:1: not a JSON line") && Contains("number overflow"));
   CHECK_THAT(error_of("d.csv", "id,text,stars\n1,a,2\n"),
              Contains("d.csv:1: no column 'review' in the header (columns: id, text, stars)"));
   // The record after a quoted two-line field starts on line 4, and has a column too many.

@@ -43,7 +43,7 @@ TextRecords parse_jsonl(const std::string& content, const std::vector<std::strin
     nlohmann::json record;
     try {
       record = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for 9e324
       throw Error(fmt::format("{}:{}: not a JSON line ({})", name, number, e.what()));
     }
     if (!record.is_object())

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -19,6 +20,13 @@ inline std::filesystem::path scratch_dir() {
     std::filesystem::create_directories(d);
     return d;
   }();
+  // Registered after `dir` is complete, so it runs before dir's destructor. libFuzzer ends with
+  // exit(); a crash skips this and leaves the directory for inspection.
+  static const bool cleanup_registered = std::atexit([] {
+    std::error_code ignored;
+    std::filesystem::remove_all(scratch_dir(), ignored);
+  }) == 0;
+  (void)cleanup_registered;
   return dir;
 }
 
