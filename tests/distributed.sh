@@ -99,7 +99,8 @@ done
 
 # A rank that dies before its 5th collective: the other must stop with an error naming it.
 start=$(date +%s)
-faults=(env INFLAB_PLUGIN_PATH="$build/test_plugins/faults")  # tests/plugins/fault_injection.cpp
+# tests/plugins/fault_injection.cpp, preloaded: the registry loads only the plugins a run names.
+faults=(env LD_PRELOAD="$build/test_plugins/faults/fault_injection.so")
 if "${faults[@]}" INFLAB_FAULT=die@1:5 "$bin" --threads 1 launch -n 2 --timeout 15 "$work/exp.toml" --out "$work/dead" \
   --cache "$work/cache" --no-resume >"$work/log" 2>&1; then
   echo "a run with a dead rank succeeded"; exit 1

@@ -5,6 +5,7 @@
 
 #include "helpers.hpp"
 #include "inflab/error.hpp"
+#include "inflab/estimator.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/scoring.hpp"
 
@@ -194,6 +195,27 @@ TEST_CASE("aggregate mode equals pairwise scores averaged over queries", "[estim
     INFO(name);
     CHECK(relative_error(aggregate, pairwise.mean(1)) < 1e-5);
   }
+}
+
+TEST_CASE("matrix_product equals a float64 mm for one row, one column, transposed views and matrices",
+          "[estimators][scoring]") {
+  torch::manual_seed(41);
+  const auto G = torch::randn({37, 23}), row = torch::randn({1, 23}), column = torch::randn({37, 1});
+  const std::vector<std::pair<torch::Tensor, torch::Tensor>> cases{
+      {row, G.t()},               // one query against the training rows (DataInf, aggregate)
+      {column.t(), G},            // coefficients back onto the rows
+      {G, row.t()},               // the scores of one query
+      {G.t(), column},            // a transposed (non-contiguous) left side
+      {torch::randn({5, 37}), G}  // several queries: the matrix path
+  };
+  for (const auto& [a, b] : cases) {
+    auto product = inflab::matrix_product(a, b);
+    auto oracle = a.to(torch::kDouble).mm(b.to(torch::kDouble));
+    INFO(a.sizes() << " x " << b.sizes());
+    REQUIRE(product.sizes() == oracle.sizes());
+    CHECK(relative_error(product, oracle) < 1e-6);
+  }
+  CHECK_THROWS(inflab::matrix_product(row, G));  // 1 x 23 by 37 x 23: mm's own shape error
 }
 
 TEST_CASE("mismatched train and query blocks are refused by name", "[estimators][scoring]") {

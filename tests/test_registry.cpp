@@ -1,4 +1,6 @@
 #include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
 
 #include "helpers.hpp"
 #include "inflab/error.hpp"
@@ -15,6 +17,49 @@ TEST_CASE("the registry discovers the built plugins", "[registry]") {
   CHECK(registry.find(inflab::PluginKind::Dataset, "fashion_mnist").info->kind ==
         inflab::PluginKind::Dataset);
   CHECK(registry.find(inflab::PluginKind::Model, "mlp_lora").file.filename() == "mlp_lora.so");
+}
+
+namespace {
+bool mapped_in_this_process(const std::filesystem::path& file) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line))
+    if (line.find(file.string()) != std::string::npos) return true;
+  return false;
+}
+}  // namespace
+
+TEST_CASE("a discovered directory loads only the library a command asks for", "[registry]") {
+  // Copies in a fresh directory: this process may have loaded build/plugins' files already.
+  test::TempDir dir;
+  for (const char* name : {"datainf.so", "exact.so", "mlp_lora.so"})
+    std::filesystem::copy_file(test::plugin_dir() + "/" + name, dir.path / name);
+  std::filesystem::copy_file(test::plugin_dir() + "/lissa.so", dir.path / "renamed.so");
+  inflab::Registry registry;
+  registry.discover_directory(dir.path);
+  CHECK_FALSE(mapped_in_this_process(dir.path / "datainf.so"));
+  CHECK(registry.find(inflab::PluginKind::Estimator, "datainf").file == dir.path / "datainf.so");
+  CHECK(mapped_in_this_process(dir.path / "datainf.so"));
+  CHECK_FALSE(mapped_in_this_process(dir.path / "exact.so"));
+  CHECK_FALSE(mapped_in_this_process(dir.path / "mlp_lora.so"));
+  // A plugin in a file not named after it is still found: then every library is loaded.
+  CHECK(registry.find(inflab::PluginKind::Estimator, "lissa").file == dir.path / "renamed.so");
+  CHECK(mapped_in_this_process(dir.path / "exact.so"));
+  CHECK(registry.plugins().size() == 4);
+  REQUIRE_THROWS_WITH(registry.find(inflab::PluginKind::Estimator, "nope"),
+                      Contains("available estimator plugins: datainf, exact, lissa"));
+}
+
+TEST_CASE("two discovered files named alike that declare one plugin are refused", "[registry]") {
+  test::TempDir first, second;
+  std::filesystem::copy_file(test::plugin_dir() + "/datainf.so", first.path / "datainf.so");
+  std::filesystem::copy_file(test::plugin_dir() + "/datainf.so", second.path / "datainf.so");
+  inflab::Registry registry;
+  registry.discover_directory(first.path);
+  registry.discover_directory(second.path);
+  REQUIRE_THROWS_WITH(registry.find(inflab::PluginKind::Estimator, "datainf"),
+                      Contains("two estimator plugins are named 'datainf'"));
+  REQUIRE_THROWS_WITH(registry.discover_directory(first.path / "missing"), Contains("does not exist"));
 }
 
 TEST_CASE("an unknown plugin name gets the list and the closest match", "[registry]") {

@@ -40,7 +40,7 @@ struct Common {
 
 void load_plugins(Registry& registry, const Common& common) {
   registry.load_default_locations();
-  for (const auto& p : common.plugin_paths) registry.load_directory(p);
+  for (const auto& p : common.plugin_paths) registry.discover_directory(p);
 }
 
 std::string table_row(const std::vector<std::string>& cells, const std::vector<std::size_t>& widths) {

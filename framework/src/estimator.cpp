@@ -45,6 +45,14 @@ double max_relative_residual(const at::Tensor& gradients, const at::Tensor& r, c
   return residual.norm(2, {1}).div(v.norm(2, {1}).clamp_min(1e-30)).max().item<double>();
 }
 
+at::Tensor matrix_product(const at::Tensor& a, const at::Tensor& b) {
+  if (a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0)) {
+    if (a.size(0) == 1) return b.t().mv(a[0]).unsqueeze(0);
+    if (b.size(1) == 1) return a.mv(b.select(1, 0)).unsqueeze(1);
+  }
+  return a.mm(b);  // and its shape errors
+}
+
 at::Tensor squared_row_norms(const at::Tensor& gradients) {
   return at::linalg_vector_norm(gradients, 2, {1}).square_();
 }
@@ -62,7 +70,7 @@ at::Tensor gram_of_columns_float64(const at::Tensor& gradients) {
 }
 
 at::Tensor gauss_newton_product(const at::Tensor& gradients, const at::Tensor& r, double lambda) {
-  at::Tensor product = r.mm(gradients.t()).mm(gradients).contiguous();
+  at::Tensor product = matrix_product(matrix_product(r, gradients.t()), gradients).contiguous();
   sum_over_ranks(product);
   return product.div_(static_cast<double>(rows_over_ranks(gradients.size(0)))).add_(r, lambda);
 }
@@ -183,10 +191,10 @@ at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train, con
       throw_underflow(fmt::format(
           "block '{}': the estimator's inverse product is exactly zero for non-zero queries", train[b].name));
     }
-    if (const int exponent = score_exponent(estimator, b); exponent == 0) {
+    if (const int exponent = score_exponent(estimator, b); exponent == 0 && q > 1) {
       scores.addmm_(train[b].values, preconditioned.t());
-    } else {  // a rescaled block (with_rescaling): 2^exponent in steps float32 can hold
-      at::Tensor contribution = train[b].values.mm(preconditioned.t());
+    } else {  // one query, or a rescaled block (with_rescaling): 2^exponent in steps float32 can hold
+      at::Tensor contribution = matrix_product(train[b].values, preconditioned.t());
       for (int left = exponent; left != 0;) {
         const int step = std::clamp(left, -100, 100);
         contribution.mul_(std::ldexp(1.0, step));

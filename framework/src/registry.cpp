@@ -7,6 +7,7 @@
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <boost/dll/shared_library.hpp>
 #include <cstdlib>
+#include <mutex>
 #include <sstream>
 
 #include "inflab/error.hpp"
@@ -31,6 +32,8 @@ const char* core_build_fingerprint() { return INFLAB_BUILD_FINGERPRINT; }
 
 struct Registry::Libraries {
   std::vector<boost::dll::shared_library> loaded;
+  std::vector<fs::path> discovered;  // noted by discover_directory, not loaded yet
+  std::recursive_mutex mutex;        // find() is const and may load; Python may call from threads
 };
 
 Registry::Registry() : libraries_(std::make_unique<Libraries>()) {}
@@ -39,6 +42,11 @@ Registry::Registry() : libraries_(std::make_unique<Libraries>()) {}
 Registry::~Registry() = default;
 
 void Registry::load_file(const fs::path& file) {
+  std::lock_guard lock(libraries_->mutex);
+  load_library(file);
+}
+
+void Registry::load_library(const fs::path& file) const {
   for (const auto& record : records_)
     if (fs::equivalent(record.file, file)) return;
   boost::dll::shared_library library;
@@ -71,14 +79,41 @@ void Registry::load_file(const fs::path& file) {
   libraries_->loaded.push_back(std::move(library));
 }
 
-void Registry::load_directory(const fs::path& directory) {
+namespace {
+std::vector<fs::path> shared_libraries_in(const fs::path& directory) {
   if (!fs::is_directory(directory))
     throw Error(fmt::format("plugin directory {} does not exist", directory.string()));
   std::vector<fs::path> files;
   for (const auto& entry : fs::directory_iterator(directory))
     if (entry.is_regular_file() && entry.path().extension() == ".so") files.push_back(entry.path());
   std::sort(files.begin(), files.end());  // deterministic order
-  for (const auto& file : files) load_file(file);
+  return files;
+}
+}  // namespace
+
+void Registry::load_directory(const fs::path& directory) {
+  for (const auto& file : shared_libraries_in(directory)) load_file(file);
+}
+
+void Registry::discover_directory(const fs::path& directory) {
+  auto files = shared_libraries_in(directory);
+  std::lock_guard lock(libraries_->mutex);
+  auto& discovered = libraries_->discovered;
+  discovered.insert(discovered.end(), files.begin(), files.end());
+}
+
+void Registry::load_discovered(const std::string& stem) const {
+  std::lock_guard lock(libraries_->mutex);
+  auto& discovered = libraries_->discovered;
+  std::vector<fs::path> now;
+  for (auto it = discovered.begin(); it != discovered.end();)
+    if (stem.empty() || it->stem() == stem) {
+      now.push_back(*it);
+      it = discovered.erase(it);
+    } else {
+      ++it;
+    }
+  for (const auto& file : now) load_library(file);
 }
 
 void Registry::load_default_locations() {
@@ -88,25 +123,41 @@ void Registry::load_default_locations() {
   fs::path library = boost::dll::this_line_location().string();
   fs::path top = library.parent_path().parent_path();
   for (const fs::path& dir : {top / "plugins", top / "lib" / "inflab" / "plugins"})
-    if (fs::is_directory(dir)) load_directory(dir);
+    if (fs::is_directory(dir)) discover_directory(dir);
   if (const char* env = std::getenv("INFLAB_PLUGIN_PATH")) {
     std::stringstream paths(env);
     std::string path;
     while (std::getline(paths, path, ':'))
-      if (!path.empty()) load_directory(path);
+      if (!path.empty()) discover_directory(path);
   }
+}
+
+const std::deque<PluginRecord>& Registry::plugins() const {
+  load_discovered("");
+  return records_;
 }
 
 std::vector<std::string> Registry::names(PluginKind kind) const {
   std::vector<std::string> out;
-  for (const auto& record : records_)
+  for (const auto& record : plugins())
     if (record.info->kind == kind) out.push_back(record.info->name);
   return out;
 }
 
-const PluginRecord& Registry::find(PluginKind kind, const std::string& name) const {
+const PluginRecord* Registry::loaded(PluginKind kind, const std::string& name) const {
   for (const auto& record : records_)
-    if (record.info->kind == kind && name == record.info->name) return record;
+    if (record.info->kind == kind && name == record.info->name) return &record;
+  return nullptr;
+}
+
+const PluginRecord& Registry::find(PluginKind kind, const std::string& name) const {
+  std::lock_guard lock(libraries_->mutex);
+  // Every discovered file named after the plugin first (two such files in the plugin path are
+  // still reported as a duplicate), then, for a plugin in a file of another name, all of them.
+  load_discovered(name);
+  if (const auto* record = loaded(kind, name)) return *record;
+  load_discovered("");
+  if (const auto* record = loaded(kind, name)) return *record;
   auto available = names(kind);
   std::string list;
   for (const auto& n : available) list += (list.empty() ? "" : ", ") + n;

@@ -1,8 +1,9 @@
-// Fault injection for the distributed tests, kept out of production code: loaded through
-// INFLAB_PLUGIN_PATH, it installs a collective observer that reads INFLAB_FAULT="die|hang@RANK:N"
-// and, on that rank before its N-th collective, ends the process abruptly (as a kill or a crash
-// would) or stops answering (as a stuck process would). It registers as an estimator so that the
-// registry keeps the library loaded; nothing selects it.
+// Fault injection for the distributed tests, kept out of production code: preloaded (LD_PRELOAD;
+// the registry loads only the plugins a run names, so a plugin path would not load it), it
+// installs a collective observer that reads INFLAB_FAULT="die|hang@RANK:N" and, on that rank
+// before its N-th collective, ends the process abruptly (as a kill or a crash would) or stops
+// answering (as a stuck process would). It is built as a plugin (an estimator nothing selects) to
+// be built and checked like one.
 #include <unistd.h>
 
 #include <cstdlib>

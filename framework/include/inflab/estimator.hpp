@@ -70,6 +70,10 @@ struct Damping {
   double for_norms(const at::Tensor& squared_row_norms, std::int64_t dim) const;
 };
 std::vector<OptionSpec> damping_option_specs();
+// a.mm(b) for 2-d a and b, as a matrix-vector product when a has one row or b one column (one
+// query, aggregate mode, a power iteration): OpenBLAS 0.3.21's sgemm packs the whole matrix
+// first, which made such products 3.5x one read pass.
+at::Tensor matrix_product(const at::Tensor& a, const at::Tensor& b);
 // ||g_i||^2 per row, without an n x d temporary.
 at::Tensor squared_row_norms(const at::Tensor& gradients);
 // Rows holding NaN or Inf: how many, and the first (-1 if none). Checked in chunks of rows, so a

@@ -1,5 +1,6 @@
 // Discovers plugin libraries and creates plugin instances by (kind, name).
 #pragma once
+#include <deque>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -25,10 +26,16 @@ class Registry {
   // inflab plugins are skipped; a plugin with the wrong ABI version is an error.
   void load_directory(const std::filesystem::path& directory);
   void load_file(const std::filesystem::path& file);
-  // The plugins directory beside libinflab (build/plugins), then INFLAB_PLUGIN_PATH (colon separated).
+  // Notes the shared libraries in `directory` without loading them: find() loads the library
+  // named after the plugin asked for (datainf.so for 'datainf') and only that one; names(),
+  // plugins() and a name no file is named after load them all. Each library costs a few ms of
+  // relocations against LibTorch, so a command that needs one estimator loads one.
+  void discover_directory(const std::filesystem::path& directory);
+  // Discovers the plugins directory beside libinflab (build/plugins), then INFLAB_PLUGIN_PATH
+  // (colon separated).
   void load_default_locations();
 
-  const std::vector<PluginRecord>& plugins() const { return records_; }
+  const std::deque<PluginRecord>& plugins() const;                           // loads every discovered library
   const PluginRecord& find(PluginKind kind, const std::string& name) const;  // or throws
   std::vector<std::string> names(PluginKind kind) const;
 
@@ -42,9 +49,12 @@ class Registry {
 
  private:
   [[noreturn]] void throw_wrong_type(PluginKind kind, const std::string& name) const;
+  const PluginRecord* loaded(PluginKind kind, const std::string& name) const;
+  void load_discovered(const std::string& stem) const;  // "" = all
+  void load_library(const std::filesystem::path& file) const;
   struct Libraries;
   std::unique_ptr<Libraries> libraries_;
-  std::vector<PluginRecord> records_;
+  mutable std::deque<PluginRecord> records_;  // a deque: find()'s references survive later loads
 };
 
 }  // namespace inflab

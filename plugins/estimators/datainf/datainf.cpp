@@ -16,8 +16,10 @@ class DataInf : public inflab::BlockwiseEstimator<Fitted> {
  public:
   at::Tensor inverse_product(std::size_t b, const at::Tensor& queries) override {
     const Fitted& block = state(b);
-    at::Tensor coefficients = queries.mm(block.gradients.t()).mul_(block.weights);  // Q x n
-    at::Tensor correction = coefficients.mm(block.gradients);  // this rank's share of the sum over i
+    at::Tensor coefficients =
+        inflab::matrix_product(queries, block.gradients.t()).mul_(block.weights);  // Q x n
+    at::Tensor correction =
+        inflab::matrix_product(coefficients, block.gradients);  // this rank's share of the sum over i
     return queries.sub(inflab::sum_over_ranks(correction)).div_(block.lambda);
   }
   bool supports_distributed() const override { return true; }

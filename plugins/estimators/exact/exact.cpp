@@ -27,8 +27,9 @@ class Exact : public inflab::BlockwiseEstimator<Fitted> {
     at::Tensor v = queries.to(c10::kDouble);
     at::Tensor r;
     if (block.woodbury) {
-      at::Tensor w = at::cholesky_solve(block.gradients.mm(v.t()), block.factor);  // n x Q
-      r = v.sub(w.t().mm(block.gradients)).div_(block.lambda);
+      at::Tensor w =
+          at::cholesky_solve(inflab::matrix_product(block.gradients, v.t()), block.factor);  // n x Q
+      r = v.sub(inflab::matrix_product(w.t(), block.gradients)).div_(block.lambda);
     } else {
       r = at::cholesky_solve(v.t(), block.factor).t();
     }
