@@ -8,6 +8,7 @@
 #include <ATen/ops/zeros.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <malloc.h>
 
 #include <algorithm>
 #include <cmath>
@@ -44,6 +45,8 @@ double max_relative_residual(const at::Tensor& gradients, const at::Tensor& r, c
   at::Tensor residual = gauss_newton_product(gradients, r, lambda).sub_(v);
   return residual.norm(2, {1}).div(v.norm(2, {1}).clamp_min(1e-30)).max().item<double>();
 }
+
+void return_freed_memory() { ::malloc_trim(0); }
 
 at::Tensor matrix_product(const at::Tensor& a, const at::Tensor& b) {
   if (a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0)) {

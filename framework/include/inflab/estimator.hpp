@@ -70,6 +70,10 @@ struct Damping {
   double for_norms(const at::Tensor& squared_row_norms, std::int64_t dim) const;
 };
 std::vector<OptionSpec> damping_option_specs();
+// Hands the heap's free pages back to the system (malloc_trim). glibc serves allocations up to
+// 32 MiB from its heap once one that size was freed; a fit's d x d temporaries then stay resident
+// between the factors kept (Exact on 25 blocks of 2,000: 1.6 GB resident for 0.8 GB of factors).
+void return_freed_memory();
 // a.mm(b) for 2-d a and b, as a matrix-vector product when a has one row or b one column (one
 // query, aggregate mode, a power iteration): OpenBLAS 0.3.21's sgemm packs the whole matrix
 // first, which made such products 3.5x one read pass.
@@ -122,6 +126,7 @@ class BlockwiseEstimator : public Estimator {
       names_.push_back(block.name);
       report(b, "lambda", lambda);
       states_.push_back(fit_block(BlockFit{b, block, lambda, norms}));
+      return_freed_memory();
     }
   }
   std::map<std::string, double> diagnostics() const override { return diagnostics_; }
