@@ -18,7 +18,7 @@ namespace {
 
 using bench::registry;
 
-BENCHMARK(bench::matmul_peak)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(bench::matmul_peak)->Name("matmul_peak")->Unit(benchmark::kMillisecond)->UseRealTime();
 
 void memory_bandwidth(benchmark::State& state) {
   auto x = torch::rand({1 << 28});  // 1 GiB

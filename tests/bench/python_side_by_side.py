@@ -29,6 +29,24 @@ import inflab
 LAYOUT = [2048] * 6 + [1280] * 3 + [768] * 4
 
 
+def write_store(store, n, q):
+    """The 13-block store (NumPy's generator, seed 0) as a gradient directory at `store`; returns
+    the block names, the train and query arrays by name, and the size in MB."""
+    rng = np.random.default_rng(0)
+    names = [f"block{b:02d}" for b in range(len(LAYOUT))]
+    (store / "train").mkdir(parents=True)
+    (store / "query").mkdir()
+    train, query = {}, {}
+    for name, d in zip(names, LAYOUT):
+        train[name] = rng.standard_normal((n, d), dtype=np.float32) * 1e-2
+        query[name] = rng.standard_normal((q, d), dtype=np.float32) * 1e-2
+        np.save(store / "train" / f"{name}.npy", train[name])
+        np.save(store / "query" / f"{name}.npy", query[name])
+    (store / "blocks.json").write_text(json.dumps({"blocks": [{"name": b, "dim": d} for b, d in zip(names, LAYOUT)]}))
+    size_mb = sum(a.nbytes for a in train.values()) / 1e6 + sum(a.nbytes for a in query.values()) / 1e6
+    return names, train, query, size_mb
+
+
 def best_of(repeats, call):
     times = []
     for _ in range(repeats):
@@ -73,20 +91,9 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     inflab.set_threads(args.threads)  # one LibTorch in this process: this also sets torch's
-    rng = np.random.default_rng(0)
-    names = [f"block{b:02d}" for b in range(len(LAYOUT))]
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "g"
-        (store / "train").mkdir(parents=True)
-        (store / "query").mkdir()
-        train, query = {}, {}
-        for name, d in zip(names, LAYOUT):
-            train[name] = rng.standard_normal((args.n, d), dtype=np.float32) * 1e-2
-            query[name] = rng.standard_normal((args.q, d), dtype=np.float32) * 1e-2
-            np.save(store / "train" / f"{name}.npy", train[name])
-            np.save(store / "query" / f"{name}.npy", query[name])
-        (store / "blocks.json").write_text(json.dumps({"blocks": [{"name": n, "dim": d} for n, d in zip(names, LAYOUT)]}))
-        size_mb = sum(a.nbytes for a in train.values()) / 1e6 + sum(a.nbytes for a in query.values()) / 1e6
+        names, train, query, size_mb = write_store(store, args.n, args.q)
         env = dict(os.environ, INFLAB_THREADS=str(args.threads))
         out = Path(tmp) / "scores.npy"
 

@@ -14,7 +14,6 @@ Prints a Markdown table: seconds, and each time over the in-memory inflab.score.
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import torch
 import inflab
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from python_side_by_side import LAYOUT, best_of, reference_datainf  # noqa: E402
+from python_side_by_side import best_of, reference_datainf, write_store  # noqa: E402
 
 
 def damping(tr_grad_dict, name, n_train, lambda_const_param=10):
@@ -96,21 +95,10 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     inflab.set_threads(args.threads)
-    rng = np.random.default_rng(0)
-    names = [f"block{b:02d}" for b in range(len(LAYOUT))]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "g"
-        (store / "train").mkdir(parents=True)
-        (store / "query").mkdir()
-        train, query = {}, {}
-        for name, d in zip(names, LAYOUT):
-            train[name] = rng.standard_normal((args.n, d), dtype=np.float32) * 1e-2
-            query[name] = rng.standard_normal((args.q, d), dtype=np.float32) * 1e-2
-            np.save(store / "train" / f"{name}.npy", train[name])
-            np.save(store / "query" / f"{name}.npy", query[name])
-        (store / "blocks.json").write_text(json.dumps({"blocks": [{"name": n, "dim": d} for n, d in zip(names, LAYOUT)]}))
-        size_mb = sum(a.nbytes for a in train.values()) / 1e6 + sum(a.nbytes for a in query.values()) / 1e6
+        names, train, query, size_mb = write_store(store, args.n, args.q)
         env = dict(os.environ, INFLAB_THREADS=str(args.threads))
         out = Path(tmp) / "scores.npy"
 
