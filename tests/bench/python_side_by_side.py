@@ -29,6 +29,16 @@ import inflab
 LAYOUT = [2048] * 6 + [1280] * 3 + [768] * 4
 
 
+def cli_runner(cli, threads):
+    """run_cli(*args): `cli --quiet args...` at `threads` threads, output captured, failure raised."""
+    env = dict(os.environ, INFLAB_THREADS=str(threads))
+
+    def run_cli(*extra):
+        subprocess.run([cli, "--quiet", *extra], check=True, env=env, capture_output=True)
+
+    return run_cli
+
+
 def write_store(store, n, q):
     """The 13-block store (NumPy's generator, seed 0) as a gradient directory at `store`; returns
     the block names, the train and query arrays by name, and the size in MB."""
@@ -96,10 +106,7 @@ def main():
         names, train, query, size_mb = write_store(store, args.n, args.q)
         env = dict(os.environ, INFLAB_THREADS=str(args.threads))
         out = Path(tmp) / "scores.npy"
-
-        def run_cli(*extra):
-            subprocess.run([args.cli, "--quiet", *extra], check=True, env=env, capture_output=True)
-
+        run_cli = cli_runner(args.cli, args.threads)
         rows = []
         t_help, _ = best_of(args.repeats, lambda: run_cli("--help"))
         rows.append(("CLI start-up alone (`inflab --help`)", t_help))

@@ -14,8 +14,6 @@ Prints a Markdown table: seconds, and each time over the in-memory inflab.score.
 """
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +24,7 @@ import torch
 import inflab
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from python_side_by_side import best_of, reference_datainf, write_store  # noqa: E402
+from python_side_by_side import best_of, cli_runner, reference_datainf, write_store  # noqa: E402
 
 
 def damping(tr_grad_dict, name, n_train, lambda_const_param=10):
@@ -99,12 +97,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "g"
         names, train, query, size_mb = write_store(store, args.n, args.q)
-        env = dict(os.environ, INFLAB_THREADS=str(args.threads))
         out = Path(tmp) / "scores.npy"
-
-        def run_cli(*extra):
-            subprocess.run([args.cli, "--quiet", *extra], check=True, env=env, capture_output=True)
-
+        run_cli = cli_runner(args.cli, args.threads)
         t_help, _ = best_of(args.repeats, lambda: run_cli("--help"))
         tr_grad_dict = [{n: torch.from_numpy(train[n][i]) for n in names} for i in range(args.n)]
         val_avg = {n: torch.from_numpy(query[n]).mean(dim=0) for n in names}
