@@ -50,6 +50,21 @@ TEST_CASE("a discovered directory loads only the library a command asks for", "[
                       Contains("available estimator plugins: datainf, exact, lissa"));
 }
 
+TEST_CASE("a plugin library that fails to load breaks only what needs it", "[registry]") {
+  test::TempDir dir;
+  std::filesystem::copy_file(std::string(INFLAB_BUILD_DIR) + "/test_plugins/abi/abi_mismatch_plugin.so",
+                             dir.path / "abi_mismatch_plugin.so");
+  for (const char* name : {"datainf.so", "exact.so"})
+    std::filesystem::copy_file(test::plugin_dir() + "/" + name, dir.path / name);
+  inflab::Registry registry;
+  registry.discover_directory(dir.path);
+  CHECK(registry.find(inflab::PluginKind::Estimator, "datainf").file == dir.path / "datainf.so");
+  // Listing loads every library: the broken one is named (it sorts first) ...
+  REQUIRE_THROWS_WITH(registry.plugins(), Contains("abi_mismatch_plugin.so") && Contains("ABI version 999"));
+  // ... and the libraries after it stay discoverable.
+  CHECK(registry.find(inflab::PluginKind::Estimator, "exact").file == dir.path / "exact.so");
+}
+
 TEST_CASE("two discovered files named alike that declare one plugin are refused", "[registry]") {
   test::TempDir first, second;
   std::filesystem::copy_file(test::plugin_dir() + "/datainf.so", first.path / "datainf.so");

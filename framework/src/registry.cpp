@@ -105,15 +105,14 @@ void Registry::discover_directory(const fs::path& directory) {
 void Registry::load_discovered(const std::string& stem) const {
   std::lock_guard lock(libraries_->mutex);
   auto& discovered = libraries_->discovered;
-  std::vector<fs::path> now;
-  for (auto it = discovered.begin(); it != discovered.end();)
-    if (stem.empty() || it->stem() == stem) {
-      now.push_back(*it);
-      it = discovered.erase(it);
-    } else {
-      ++it;
-    }
-  for (const auto& file : now) load_library(file);
+  std::vector<fs::path> matching;
+  for (const auto& file : discovered)
+    if (stem.empty() || file.stem() == stem) matching.push_back(file);
+  // One at a time: a library that fails to load is reported, and the others stay discoverable.
+  for (const auto& file : matching) {
+    discovered.erase(std::find(discovered.begin(), discovered.end(), file));
+    load_library(file);
+  }
 }
 
 void Registry::load_default_locations() {
