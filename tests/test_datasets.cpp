@@ -450,6 +450,8 @@ TEST_CASE("image_folder decodes PNG and JPEG class folders to the digits they we
   CHECK_THROWS_WITH(shared({{"validation", other.path.string()}}),
                     Contains("/z: class 'z' does not occur in the training folder (classes: a, b)"));
   CHECK_THROWS_WITH(shared({{"train", (dir.path / "nothing").string()}}), Contains("is not a directory"));
+  CHECK_THROWS_WITH(shared({{"validation", (dir.path / "nothing").string()}}),
+                    Contains("key 'dataset.validation'") && Contains("is not a directory"));
 }
 
 TEST_CASE("an image folder's stage keys follow the images it holds", "[datasets][image_folder][stages]") {

@@ -116,9 +116,10 @@ bool is_image(const fs::path& file) {
   return extension == ".png" || extension == ".jpg" || extension == ".jpeg";
 }
 
-// The images of a folder: (class index, file), classes by sub-folder in `classes` order; files
-// sorted by name within a class, so an example's id (its position) is stable.
+// The images of a folder: (class index, file), classes by sub-folder; files sorted by name within a
+// class, so an example's id (its position) is stable.
 struct Listing {
+  std::vector<std::string> classes;  // sorted sub-folder names (the training folder's, for validation)
   std::vector<std::int64_t> labels;
   std::vector<fs::path> files;
 };
@@ -140,13 +141,16 @@ std::vector<std::string> class_folders(const fs::path& root, const std::string& 
   return classes;
 }
 
-Listing list_images(const fs::path& root, const std::vector<std::string>& classes) {
+// The folder named by dataset.`key`; `classes`: the training folder's (empty: this folder's own).
+Listing list_images(const fs::path& root, const std::string& key, const std::vector<std::string>& classes) {
   Listing listing;
-  for (const auto& name : class_folders(root, "")) {
-    auto found = std::find(classes.begin(), classes.end(), name);
-    if (found == classes.end())
+  const std::vector<std::string> folders = class_folders(root, key);
+  listing.classes = classes.empty() ? folders : classes;
+  for (const auto& name : folders) {
+    auto found = std::find(listing.classes.begin(), listing.classes.end(), name);
+    if (found == listing.classes.end())
       throw inflab::Error(fmt::format("{}: class '{}' does not occur in the training folder (classes: {})",
-                                      (root / name).string(), name, fmt::join(classes, ", ")));
+                                      (root / name).string(), name, fmt::join(listing.classes, ", ")));
     std::vector<fs::path> files;
     for (const auto& entry : fs::directory_iterator(root / name))
       if (entry.is_regular_file() && is_image(entry.path())) files.push_back(entry.path());
@@ -155,7 +159,7 @@ Listing list_images(const fs::path& root, const std::vector<std::string>& classe
           fmt::format("{}: no images (.png, .jpg, .jpeg) in this class folder", (root / name).string()));
     std::sort(files.begin(), files.end());
     for (const auto& f : files) {
-      listing.labels.push_back(found - classes.begin());
+      listing.labels.push_back(found - listing.classes.begin());
       listing.files.push_back(f);
     }
   }
@@ -182,17 +186,16 @@ class ImageFolder : public inflab::Dataset {
     if (train_root.empty())
       throw inflab::Error(
           "dataset image_folder: key 'dataset.train' is required: a folder with one sub-folder per class");
-    const std::vector<std::string> classes = class_folders(train_root, "train");
-    const Listing train = list_images(train_root, classes);
+    const Listing train = list_images(train_root, "train", {});
     const std::string validation_root = options_.get_string("validation");
     const auto total = static_cast<std::int64_t>(train.files.size());
     std::int64_t n_pretrain = options_.get_int("n_pretrain"), n_train = options_.get_int("n_train"),
                  n_validation = options_.get_int("n_validation");
     const auto seed = static_cast<std::uint64_t>(options_.get_int("shuffle_seed"));
     inflab::DatasetSplits splits;
-    splits.class_names = classes;
+    splits.class_names = train.classes;
     if (!validation_root.empty()) {
-      const Listing validation = list_images(validation_root, classes);
+      const Listing validation = list_images(validation_root, "validation", train.classes);
       const auto available = static_cast<std::int64_t>(validation.files.size());
       if (n_validation == 0) n_validation = available;
       if (n_train == 0) n_train = total - n_pretrain;
