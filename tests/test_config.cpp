@@ -1,5 +1,7 @@
 #include <fmt/format.h>
 
+#include <cstdlib>
+
 // LibTorch's headers (through pipeline.hpp) define their own CHECK: they come before Catch's.
 #include "inflab/pipeline.hpp"
 // clang-format off
@@ -9,6 +11,7 @@
 #include "helpers.hpp"
 #include "inflab/config.hpp"
 #include "inflab/error.hpp"
+#include "inflab/numerics.hpp"
 #include "inflab/registry.hpp"
 
 using Catch::Matchers::Contains;
@@ -229,4 +232,54 @@ TEST_CASE("`inflab validate` reports errors on stderr with exit code 2", "[confi
   auto ok = test::run_command(std::string(INFLAB_BINARY) + " validate " + good.string());
   CHECK(ok.exit_code == 0);
   CHECK_THAT(ok.output, Contains("valid, 1 run(s)"));
+}
+
+TEST_CASE("[numerics] kernels: pinned or native, located when wrong, never swept", "[config][numerics]") {
+  Fixture f;
+  CHECK(f.load(kValid)[0].kernels.empty());  // absent: the command line or the environment decides
+  CHECK(f.load(std::string(kValid) + "\n[numerics]\nkernels = \"native\"\n")[0].kernels == "native");
+  const std::string wrong = f.error_of(std::string(kValid) + "\n[numerics]\nkernels = \"fast\"\n");
+  CHECK_THAT(wrong, Contains(f.file() + ":24:") && Contains("numerics.kernels") &&
+                        Contains("found \"fast\"") && Contains("\"pinned\"") && Contains("\"native\""));
+  CHECK_THAT(f.error_of(std::string(kValid) + "\n[numerics]\nkernel = \"native\"\n"),
+             Contains("did you mean 'numerics.kernels'?"));
+  CHECK_THAT(f.error_of(std::string(kValid) + "\n[sweep]\n\"numerics.kernels\" = [\"pinned\", \"native\"]\n"),
+             Contains("chosen when the process starts"));
+}
+
+TEST_CASE("the kernel mode: --kernels, then $INFLAB_KERNELS, then the experiment, then pinned",
+          "[config][numerics]") {
+  using inflab::KernelMode;
+  using inflab::requested_kernel_mode;
+  const char* saved = std::getenv("INFLAB_KERNELS");
+  const std::string restore = saved ? saved : "";
+  unsetenv("INFLAB_KERNELS");
+  CHECK(requested_kernel_mode("") == KernelMode::Pinned);
+  CHECK(requested_kernel_mode("", "native") == KernelMode::Native);
+  setenv("INFLAB_KERNELS", "native", 1);
+  CHECK(requested_kernel_mode("", "pinned") == KernelMode::Native);
+  CHECK(requested_kernel_mode("pinned", "native") == KernelMode::Pinned);
+  setenv("INFLAB_KERNELS", "quick", 1);
+  CHECK_THROWS_WITH(requested_kernel_mode(""), Contains("INFLAB_KERNELS") && Contains("found \"quick\""));
+  CHECK(requested_kernel_mode("native") == KernelMode::Native);  // the flag is read first
+  if (saved)
+    setenv("INFLAB_KERNELS", restore.c_str(), 1);
+  else
+    unsetenv("INFLAB_KERNELS");
+}
+
+TEST_CASE("a bad kernel mode on the command line or in the environment is a clear error",
+          "[config][cli][numerics]") {
+  test::TempDir dir;
+  auto flag = test::run_command(std::string(INFLAB_BINARY) + " --kernels fast plugins");
+  CHECK(flag.exit_code != 0);
+  CHECK_THAT(flag.output, Contains("--kernels") && Contains("fast"));
+  auto good = dir.write("good.toml", kValid);
+  auto variable =
+      test::run_command("INFLAB_KERNELS=fast " + std::string(INFLAB_BINARY) + " validate " + good.string());
+  CHECK(variable.exit_code == 2);
+  CHECK_THAT(variable.output, Contains("INFLAB_KERNELS") && Contains("found \"fast\""));
+  auto native =
+      test::run_command("INFLAB_KERNELS=native " + std::string(INFLAB_BINARY) + " validate " + good.string());
+  CHECK_THAT(native.output, Contains("valid, 1 run(s), native kernels"));
 }

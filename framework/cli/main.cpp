@@ -18,6 +18,7 @@
 #include "inflab/io.hpp"
 #include "inflab/language_model.hpp"
 #include "inflab/model.hpp"
+#include "inflab/numerics.hpp"
 #include "inflab/peft.hpp"
 #include "inflab/pipeline.hpp"
 #include "inflab/progress.hpp"
@@ -34,9 +35,16 @@ namespace {
 
 struct Common {
   int threads = 0;
+  std::string kernels;  // --kernels: pinned | native (numerics.hpp)
   bool quiet = false;
   std::vector<std::string> plugin_paths;
 };
+
+// Computes on the kernels asked for (--kernels, $INFLAB_KERNELS, the experiment's numerics.kernels);
+// may start the process again (numerics.hpp), so it comes before any computation.
+const Numerics& use_kernels(const Common& common, const std::vector<ExperimentConfig>& runs = {}) {
+  return select_kernels(requested_kernel_mode(common.kernels, runs.empty() ? "" : runs.front().kernels));
+}
 
 void load_plugins(Registry& registry, const Common& common) {
   registry.load_default_locations();
@@ -64,18 +72,34 @@ void print_table(const std::vector<std::vector<std::string>>& rows) {
   }
 }
 
+// torchrun-style environment (set by `inflab launch` or by hand): join the process group.
+void join_distributed_from_environment() {
+  const char* timeout = std::getenv("INFLAB_DISTRIBUTED_TIMEOUT");
+  double seconds = 300.0;
+  if (timeout && *timeout) {
+    char* end = nullptr;
+    seconds = std::strtod(timeout, &end);
+    if (*end != '\0' || !(seconds > 0) || seconds > 1e7)
+      throw Error(fmt::format("INFLAB_DISTRIBUTED_TIMEOUT: expected seconds > 0, found '{}'", timeout));
+  }
+  init_distributed_from_environment(std::chrono::milliseconds(static_cast<long long>(1000 * seconds)));
+}
+
 int command_run(const fs::path& file, const std::vector<std::string>& sets, const fs::path& out,
                 const fs::path& cache, bool no_resume, const Common& common) {
   Registry registry;
   load_plugins(registry, common);
   auto runs = load_experiment(file, sets, registry);
+  const Numerics& numerics = use_kernels(common, runs);
+  join_distributed_from_environment();  // after use_kernels, which may start the process again
   int threads = current_threads();
   const int rank = distributed_rank(), world_size = distributed_world_size();
   if (!common.quiet && world_size > 1)
-    std::cerr << fmt::format("[inflab] rank {} of {}: {}: {} run(s), {} thread(s)\n", rank, world_size,
-                             file.string(), runs.size(), threads);
+    std::cerr << fmt::format("[inflab] rank {} of {}: {}: {} run(s), {} thread(s), {}\n", rank, world_size,
+                             file.string(), runs.size(), threads, numerics.summary());
   else if (!common.quiet)
-    std::cerr << fmt::format("[inflab] {}: {} run(s), {} thread(s)\n", file.string(), runs.size(), threads);
+    std::cerr << fmt::format("[inflab] {}: {} run(s), {} thread(s), {}\n", file.string(), runs.size(),
+                             threads, numerics.summary());
   RunPaths paths{out, cache};
   std::vector<std::vector<std::string>> rows{{"run", "estimator", "AUC", "seconds"}};
   std::set<std::string> extra_metrics;
@@ -120,7 +144,9 @@ int command_validate(const fs::path& file, const std::vector<std::string>& sets,
   Registry registry;
   load_plugins(registry, common);
   auto runs = load_experiment(file, sets, registry);
-  std::cout << fmt::format("{}: valid, {} run(s)\n", file.string(), runs.size());
+  const KernelMode kernels = requested_kernel_mode(common.kernels, runs.front().kernels);
+  std::cout << fmt::format("{}: valid, {} run(s), {} kernels\n", file.string(), runs.size(),
+                           to_string(kernels));
   for (const auto& r : runs) std::cout << "  " << r.run_name << "\n";
   return 0;
 }
@@ -161,6 +187,7 @@ int command_gradients(const fs::path& file, const std::vector<std::string>& sets
   Registry registry;
   load_plugins(registry, common);
   auto runs = load_experiment(file, sets, registry);
+  use_kernels(common, runs);
   for (const auto& run : runs) {
     fs::path dir = runs.size() == 1 ? out : out / run.run_name;
     GradientStore store = prepare_gradients(run, registry, RunPaths{"results", cache});
@@ -341,6 +368,7 @@ int command_sample(const fs::path& file, const std::vector<std::string>& sets, c
   if (runs.size() != 1)
     throw Error(
         fmt::format("{}: {} runs; sample takes one (e.g. --set 'sweep={{}}')", file.string(), runs.size()));
+  use_kernels(common, runs);
   if (request.count < 1)
     throw Error(fmt::format("--count: expected at least 1 image per condition, found {}", request.count));
   FinetunedModel tuned = finetuned_model(runs[0], registry, RunPaths{"results", cache},
@@ -382,6 +410,11 @@ static int run_cli(int argc, char** argv) {
   Common common;
   app.add_option("--threads", common.threads, "LibTorch threads (default: $INFLAB_THREADS or all cores)");
   app.add_flag("--quiet", common.quiet, "no progress output");
+  app.add_option("--kernels", common.kernels,
+                 "pinned (default: the same numbers on every x86-64 processor with AVX2) or native (this "
+                 "processor's own BLAS and vector kernels); also $INFLAB_KERNELS and the experiment's "
+                 "[numerics] kernels, in that order (docs/performance.md, \"Pinned kernels\")")
+      ->check(CLI::IsMember({"pinned", "native"}));
   app.add_option("--plugin-path", common.plugin_paths,
                  "extra plugin directory (repeatable; also $INFLAB_PLUGIN_PATH)");
 
@@ -522,22 +555,15 @@ static int run_cli(int argc, char** argv) {
     if (*launch) {
       launch_arguments = launch->remaining();
       if (launch_arguments.empty()) throw Error("launch: expected FILE.toml (and any `inflab run` options)");
+      if (!common.kernels.empty()) setenv("INFLAB_KERNELS", common.kernels.c_str(), 1);  // for each rank
       return command_launch(launch_ranks, launch_arguments, common.threads, launch_timeout);
     }
     configure_threads(common.threads);  // LibTorch defaults to 1 thread on these machines
-    if (*run) {
-      // torchrun-style environment (set by `inflab launch` or by hand): join the process group.
-      const char* timeout = std::getenv("INFLAB_DISTRIBUTED_TIMEOUT");
-      double seconds = 300.0;
-      if (timeout && *timeout) {
-        char* end = nullptr;
-        seconds = std::strtod(timeout, &end);
-        if (*end != '\0' || !(seconds > 0) || seconds > 1e7)
-          throw Error(fmt::format("INFLAB_DISTRIBUTED_TIMEOUT: expected seconds > 0, found '{}'", timeout));
-      }
-      init_distributed_from_environment(std::chrono::milliseconds(static_cast<long long>(1000 * seconds)));
-      return command_run(file, sets, out, cache, no_resume, common);
-    }
+    // Commands without an experiment file choose their kernels now; the others once it is read.
+    const bool reads_experiment =
+        *run || *validate || *gradients || *sample || *export_command || (*generate && !lora_run.empty());
+    if (!reads_experiment && !*plugins) use_kernels(common);
+    if (*run) return command_run(file, sets, out, cache, no_resume, common);
     if (*validate) return command_validate(file, sets, common);
     if (*plugins) return command_plugins(plugin_name, common);
     if (*gradients) return command_gradients(file, sets, gradients_dir, cache, safetensors, common);
@@ -563,6 +589,7 @@ static int run_cli(int argc, char** argv) {
 // Nothing escapes main: an exception while setting up the command line is reported too.
 int main(int argc, char** argv) {
   try {
+    remember_command_line(argc, argv);  // select_kernels may start the process again
     return run_cli(argc, argv);
   } catch (const std::exception& e) {
     std::cerr << "inflab: internal error: " << e.what() << "\n";

@@ -9,6 +9,7 @@
 #include "inflab/config.hpp"
 #include "inflab/error.hpp"
 #include "inflab/gradients.hpp"
+#include "inflab/numerics.hpp"
 #include "inflab/pipeline.hpp"
 #include "inflab/progress.hpp"
 #include "inflab/registry.hpp"
@@ -131,7 +132,11 @@ py::list run(const std::string& path, const std::vector<std::string>& overrides,
     py::gil_scoped_release release;
     Registry registry;  // its own: an experiment may load plugins from paths it names
     registry.load_default_locations();
-    for (const auto& config : load_experiment(path, overrides, registry)) {
+    const auto configs = load_experiment(path, overrides, registry);
+    // This process's BLAS was loaded before inflab could choose: what it has is what runs (and
+    // what the stage keys and the manifest record).
+    if (!configs.empty()) select_kernels(requested_kernel_mode("", configs.front().kernels), false);
+    for (const auto& config : configs) {
       names.push_back(config.run_name);
       outcomes.push_back(run_experiment(config, registry, RunPaths{out, cache}, resume));
     }
@@ -161,7 +166,8 @@ py::list run(const std::string& path, const std::vector<std::string>& overrides,
 PYBIND11_MODULE(_inflab, m) {
   m.doc() = "inflab's compiled core; use the inflab package";
   py::register_exception<Error>(m, "Error", PyExc_RuntimeError);  // inflab.Error, with inflab's message
-  configure_threads(0);  // as the CLI: $INFLAB_THREADS, else every core
+  configure_threads(0);                              // as the CLI: $INFLAB_THREADS, else every core
+  select_kernels(requested_kernel_mode(""), false);  // __init__.py set the environment if it could
   m.def("score", &score, py::arg("train"), py::arg("query"), py::arg("estimator"), py::arg("mode"),
         py::arg("assignments"));
   m.def("plugins", &plugins);
@@ -169,6 +175,20 @@ PYBIND11_MODULE(_inflab, m) {
         py::arg("resume"), py::arg("quiet"));
   m.def("set_threads", &configure_threads, py::arg("threads"));
   m.def("threads", &current_threads);
+  m.def("numerics", [] {
+    const Numerics& n = current_numerics();
+    py::dict out;
+    out["key"] = n.key();
+    out["summary"] = n.summary();
+    out["requested"] = to_string(n.requested);
+    out["pinned"] = n.pinned;
+    out["blas_kernel"] = n.blas_kernel;
+    out["aten_capability"] = n.aten_capability;
+    out["onednn_isa"] = n.onednn_isa;
+    out["processor"] = n.processor;
+    out["note"] = n.note;
+    return out;
+  });
   m.def("version", &inflab_version);
   m.def("_block_addresses", &block_addresses);
 }

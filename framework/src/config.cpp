@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "inflab/error.hpp"
+#include "inflab/numerics.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/task.hpp"
 
@@ -201,6 +202,15 @@ const std::vector<OptionSpec>& experiment_specs() {
       spec("repeats", OptionType::Int, std::int64_t{1}, "runs with seeds seed, seed+1, ..."),
       spec("plugin_paths", OptionType::StringList, std::vector<std::string>{},
            "extra plugin directories, relative to this file"),
+  };
+  return specs;
+}
+const std::vector<OptionSpec>& numerics_specs() {
+  static const std::vector<OptionSpec> specs{
+      spec("kernels", OptionType::String, std::string("pinned"),
+           "\"pinned\": kernels every x86-64 processor with AVX2 has, the same numbers everywhere; "
+           "\"native\": "
+           "this processor's own (faster on some); --kernels and $INFLAB_KERNELS take precedence"),
   };
   return specs;
 }
@@ -467,16 +477,16 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   config.run_name = run_name;
 
   for (auto&& [key, node] : root) {
-    static const std::vector<std::string> sections{"experiment",   "dataset",       "model",   "training",
-                                                   "task",         "estimator",     "queries", "evaluation",
-                                                   "ground_truth", "leave_one_out", "sweep"};
+    static const std::vector<std::string> sections{"experiment",   "dataset",       "model",    "training",
+                                                   "task",         "estimator",     "queries",  "evaluation",
+                                                   "ground_truth", "leave_one_out", "numerics", "sweep"};
     std::string name(key.str());
     if (std::find(sections.begin(), sections.end(), name) == sections.end()) {
       std::string suggestion = closest_match(name, sections);
       v.fail(key.source(),
              fmt::format("unknown section '{}'{}; valid sections: experiment, "
                          "dataset, model, training, task, estimator, queries, evaluation, ground_truth, "
-                         "leave_one_out, sweep",
+                         "leave_one_out, numerics, sweep",
                          name, suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion)));
     }
   }
@@ -490,6 +500,20 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
 
   toml::table resolved;
   resolved.insert("experiment", options_table(experiment));
+
+  // [numerics]: which kernels the process computes with (numerics.hpp). Not a stage input: the
+  // kernels actually in use are part of every stage key, whatever was asked for.
+  Options numerics("[numerics]");
+  const toml::table& numerics_table = v.section(root, "numerics", false);
+  v.validate(numerics_table, "numerics", numerics_specs(), {}, numerics);
+  if (numerics_table.get("kernels")) {
+    config.kernels = numerics.get_string("kernels");
+    try {
+      parse_kernel_mode(config.kernels, "key 'numerics.kernels'");
+    } catch (const Error& e) {
+      v.fail(numerics_table.get("kernels")->source(), e.what(), "numerics.kernels");
+    }
+  }
 
   // [dataset]: framework keys plus the plugin's own options.
   const toml::table& dataset = v.section(root, "dataset", true);
@@ -900,6 +924,10 @@ std::vector<ExperimentConfig> load_experiment(const fs::path& file, const std::v
       for (const auto& tied : dims[d].tied) keys.push_back(&tied);
       for (const SweepDimension* key : keys) {
         const toml::node* value = key->values[index[d]];
+        if (key->path == "numerics.kernels" || key->path == "numerics")
+          v.fail(value->source(),
+                 "sweep key 'numerics.kernels': the kernels are chosen when the process starts, so one "
+                 "command runs one choice; run the experiment once per choice (--kernels pinned|native)");
         if (!lookup(root, key->path) && key->path.rfind("estimator", 0) == 0)
           v.fail(
               value->source(),

@@ -18,6 +18,7 @@
 #include "inflab/io.hpp"
 #include "inflab/lora.hpp"
 #include "inflab/metrics.hpp"
+#include "inflab/numerics.hpp"
 #include "inflab/progress.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/runtime.hpp"
@@ -260,6 +261,33 @@ double linear_datamodeling_score(const torch::Tensor& scores, const GroundTruth&
 }
 }  // namespace
 
+namespace {
+// The kernels a run was computed on, as its manifest records them ("" when it does not).
+std::string recorded_numerics_key(const fs::path& manifest_file) {
+  try {
+    const auto manifest = nlohmann::json::parse(read_file(manifest_file));
+    return manifest.at("numerics").at("key").get<std::string>();
+  } catch (const std::exception&) {
+    return "";
+  }
+}
+
+nlohmann::json numerics_json(const Numerics& n) {
+  return {{"key", n.key()},
+          {"requested", to_string(n.requested)},
+          {"pinned", n.pinned},
+          {"blas", n.blas},
+          {"blas_library", n.blas_library},
+          {"blas_kernel", n.blas_kernel},
+          {"aten_capability", n.aten_capability},
+          {"onednn_isa", n.onednn_isa},
+          {"libtorch", n.libtorch},
+          {"processor", n.processor},
+          {"threads", current_threads()},
+          {"note", n.note}};
+}
+}  // namespace
+
 RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
                           bool resume) {
   RunOutcome outcome;
@@ -272,6 +300,18 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   // A run is finished when metrics.csv (written last) exists for the same resolved config.
   bool finished = resume && fs::exists(metrics_file) && fs::exists(outcome.directory / "config.toml") &&
                   read_file(outcome.directory / "config.toml") == config.resolved_toml;
+  // ... and on the same kernels: a run of other numerics is neither reused nor silently replaced.
+  if (finished) {
+    const std::string made_on = recorded_numerics_key(outcome.directory / "manifest.json");
+    if (made_on != current_numerics().key())
+      throw Error(fmt::format(
+          "{} holds a finished run of this configuration computed on other kernels ({}; this process: {}): "
+          "rerun with the kernels it was made with (--kernels pinned|native), choose another --out, or pass "
+          "--no-resume to replace it",
+          outcome.directory.string(),
+          made_on.empty() ? "not recorded: made before inflab recorded kernels" : made_on,
+          current_numerics().key()));
+  }
   if (world_size > 1)  // all ranks must take the same path, or one would wait for the others
     finished = sum_over_ranks(finished ? 1.0 : 0.0) == world_size;
   if (finished) {
@@ -400,6 +440,7 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   manifest["git_commit"] = git_commit();
   manifest["libtorch_version"] = torch_version();
   manifest["threads"] = current_threads();
+  manifest["numerics"] = numerics_json(current_numerics());
   manifest["world_size"] = world_size;
   manifest["bytes_communicated_by_rank_0"] = distributed_bytes_communicated() - run_bytes_before;  // this run
   manifest["seed"] = config.seed;

@@ -13,6 +13,7 @@
 #include "inflab/config.hpp"
 #include "inflab/error.hpp"
 #include "inflab/io.hpp"
+#include "inflab/numerics.hpp"
 #include "inflab/pipeline.hpp"
 #include "inflab/progress.hpp"
 #include "inflab/registry.hpp"
@@ -224,6 +225,8 @@ void StageInputs::add(const std::string& name, const std::string& value) { extra
 
 std::string StageInputs::key_text() const {
   std::string text = fmt::format("stage {} format {}\n", stage_.name, stage_.format_version);
+  // The kernels the process computes with: results of one choice are never reused under another.
+  text += fmt::format("numerics {}\n", current_numerics().key());
   for (const auto& [stage, key] : upstream_) text += fmt::format("after {} {}\n", stage, key);
   for (const auto& [section, version] : plugin_versions_)
     text += fmt::format("plugin {} {}\n", section, version);

@@ -53,6 +53,7 @@ struct ExperimentConfig {
   std::vector<PluginSpec> estimators;
   std::string task = "classification";  // [task] name; its options are in resolved_toml
   EvaluationConfig evaluation;
+  std::string kernels;  // numerics.kernels as written ("pinned" | "native"), "" when absent
   // The whole config with every default filled in: what the stages read (framework/src/stages.hpp),
   // and so what their cache keys are computed from.
   std::string resolved_toml;

@@ -24,10 +24,31 @@ import numpy as np
 # when it loads, so it only takes effect if nothing in this process (torch, say) loaded it first.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
+
+def _pin_kernels_if_unloaded() -> None:
+    """Pinned kernels (docs/performance.md, "Pinned kernels"): OpenBLAS reads its core type when it
+    loads, so the environment is set here, before NumPy loads it, unless INFLAB_KERNELS=native or
+    this process already holds an OpenBLAS (then inflab.numerics() says what runs)."""
+    if os.environ.get("INFLAB_KERNELS", "pinned") != "pinned":
+        return
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split() for line in cpuinfo if line.startswith("flags")), [])
+        with open("/proc/self/maps") as maps:
+            loaded = "openblas" in maps.read()
+    except OSError:
+        return
+    if "avx2" in flags and "fma" in flags and not loaded:
+        os.environ.update(OPENBLAS_CORETYPE="Haswell", ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2",
+                          DNNL_MAX_CPU_ISA="AVX2")
+
+
+_pin_kernels_if_unloaded()
+
 from . import _inflab  # noqa: E402
 from ._inflab import Error
 
-__all__ = ["score", "plugins", "run", "set_threads", "threads", "Error", "__version__"]
+__all__ = ["score", "plugins", "run", "set_threads", "threads", "numerics", "Error", "__version__"]
 __version__ = _inflab.version()
 
 
@@ -134,3 +155,10 @@ def set_threads(count: int) -> int:
 
 def threads() -> int:
     return _inflab.threads()
+
+
+def numerics() -> Dict[str, Any]:
+    """The kernels this process computes with: key (as stage keys and manifests record it), summary,
+    requested ("pinned" unless INFLAB_KERNELS=native), pinned (whether they are), and a note saying
+    why not (e.g. OpenBLAS was loaded before `import inflab`)."""
+    return _inflab.numerics()
