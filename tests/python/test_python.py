@@ -11,10 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+# inflab first: it pins OpenBLAS's kernels (docs/performance.md, "Pinned kernels") only if nothing
+# loaded OpenBLAS before it, as NumPy would; then this process computes as the CLI does.
+import inflab  # noqa: I001
 import numpy as np
 import pytest
-
-import inflab
 
 BUILD = Path(os.environ.get("INFLAB_BUILD", Path(__file__).resolve().parents[2] / "build"))
 SOURCE = Path(__file__).resolve().parents[2]
@@ -203,3 +204,36 @@ def test_run_returns_the_metrics_it_writes(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+PINNED_VARIABLES = ("OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def numerics_of_fresh_python(code, **variables):
+    """inflab.numerics() in a new interpreter whose environment pins nothing (as a user's shell)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in PINNED_VARIABLES and not k.startswith("INFLAB_PRESET_") and k != "INFLAB_KERNELS"}
+    env.update(variables)
+    done = subprocess.run([sys.executable, "-c", code + "\nimport json\nprint(json.dumps(inflab.numerics()))"],
+                          env=env, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+def cpu_flags():
+    with open("/proc/cpuinfo") as cpuinfo:
+        return next(line.split() for line in cpuinfo if line.startswith("flags"))
+
+
+@pytest.mark.skipif("avx2" not in cpu_flags() or "fma" not in cpu_flags(), reason="pinned kernels need AVX2 and FMA")
+def test_import_pins_kernels_unless_openblas_was_loaded_first_or_native_is_asked():
+    pinned, _ = numerics_of_fresh_python("import inflab")
+    assert pinned["requested"] == "pinned" and pinned["pinned"], pinned
+    assert pinned["blas_kernel"] == "Haswell" and pinned["aten_capability"] == "avx2"
+    native, _ = numerics_of_fresh_python("import inflab", INFLAB_KERNELS="native")
+    assert native["requested"] == "native" and not native["pinned"]
+    # NumPy first: OpenBLAS chose its kernels already; inflab says so (log and numerics) and goes on.
+    late, stderr = numerics_of_fresh_python("import numpy\nimport inflab")
+    if late["blas_kernel"] == "Haswell":
+        pytest.skip("this processor's own OpenBLAS kernels are the pinned ones")
+    assert not late["pinned"] and "OPENBLAS_CORETYPE=Haswell" in late["note"], late
+    assert "kernels not pinned" in stderr

@@ -18,8 +18,7 @@ import math
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-import numpy as np
-
+# Both below only take effect before NumPy (or torch) loads OpenBLAS and libgomp: they come first.
 # Sleeping rather than spinning OpenMP threads (docs/performance.md, "Threads"); libgomp reads this
 # when it loads, so it only takes effect if nothing in this process (torch, say) loaded it first.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
@@ -44,6 +43,8 @@ def _pin_kernels_if_unloaded() -> None:
 
 
 _pin_kernels_if_unloaded()
+
+import numpy as np  # noqa: E402
 
 from . import _inflab  # noqa: E402
 from ._inflab import Error
