@@ -5,6 +5,10 @@
 
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <unistd.h>
 #include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -44,6 +48,28 @@ struct Common {
 // may start the process again (numerics.hpp), so it comes before any computation.
 const Numerics& use_kernels(const Common& common, const std::vector<ExperimentConfig>& runs = {}) {
   return select_kernels(requested_kernel_mode(common.kernels, runs.empty() ? "" : runs.front().kernels));
+}
+
+// A folder results or caches go to, checked before any work: created if absent, and writable.
+void check_writable_folder(const fs::path& dir, const std::string& option) {
+  std::error_code error;
+  fs::create_directories(dir, error);
+  if (error || !fs::is_directory(dir))
+    throw Error(fmt::format("{} {}: cannot be used as a folder: {}", option, dir.string(),
+                            error ? error.message() : "it exists and is not a folder"));
+  const fs::path probe = dir / fmt::format(".inflab-write-check-{}", ::getpid());
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+  if (fd < 0)
+    throw Error(fmt::format("{} {}: cannot write there: {}", option, dir.string(), std::strerror(errno)));
+  ::close(fd);
+  ::unlink(probe.c_str());
+}
+
+bool is_inside(const fs::path& inner, const fs::path& outer) {
+  const fs::path a = fs::weakly_canonical(fs::absolute(inner)), b = fs::weakly_canonical(fs::absolute(outer));
+  auto [end_b, end_a] = std::mismatch(b.begin(), b.end(), a.begin(), a.end());
+  (void)end_a;
+  return end_b == b.end();
 }
 
 void load_plugins(Registry& registry, const Common& common) {
@@ -86,12 +112,14 @@ void join_distributed_from_environment() {
 }
 
 int command_run(const fs::path& file, const std::vector<std::string>& sets, const fs::path& out,
-                const fs::path& cache, bool no_resume, const Common& common) {
+                const fs::path& cache, bool no_resume, bool replace, const Common& common) {
   Registry registry;
   load_plugins(registry, common);
   auto runs = load_experiment(file, sets, registry);
   const Numerics& numerics = use_kernels(common, runs);
   join_distributed_from_environment();  // after use_kernels, which may start the process again
+  check_writable_folder(out, "--out");
+  check_writable_folder(cache.empty() ? default_cache_root() : cache, cache.empty() ? "cache" : "--cache");
   int threads = current_threads();
   const int rank = distributed_rank(), world_size = distributed_world_size();
   if (!common.quiet && world_size > 1)
@@ -107,7 +135,7 @@ int command_run(const fs::path& file, const std::vector<std::string>& sets, cons
   for (std::size_t k = 0; k < runs.size(); ++k) {
     if (rank == 0 && !common.quiet)
       std::cerr << fmt::format("[inflab] run {}/{}: {}\n", k + 1, runs.size(), runs[k].run_name);
-    outcomes.push_back(run_experiment(runs[k], registry, paths, !no_resume));
+    outcomes.push_back(run_experiment(runs[k], registry, paths, !no_resume, replace));
     if (outcomes.back().skipped && !common.quiet)
       std::cerr << fmt::format("[inflab]   already finished in {} (use --no-resume to redo)\n",
                                outcomes.back().directory.string());
@@ -162,8 +190,14 @@ int command_plugins(const std::string& name, const Common& common) {
       std::cout << fmt::format("{} {} {} -- {}\n  file: {}\n  options:\n", to_string(r.info->kind),
                                r.info->name, r.info->version, r.info->description, r.file.string());
       for (const auto& o : r.info->options())
-        std::cout << fmt::format("    {:<22} {:<18} {:<12} {}\n", o.name, to_string(o.type),
-                                 o.required ? "(required)" : format_value(o.default_value), o.help);
+      {
+        const bool numeric = o.type == OptionType::Int || o.type == OptionType::Double ||
+                             o.type == OptionType::IntList || o.type == OptionType::DoubleList;
+        const std::string range = numeric ? o.range.describe() : "";
+        std::cout << fmt::format("    {:<22} {:<18} {:<12} {}{}\n", o.name, to_string(o.type),
+                                 o.required ? "(required)" : format_value(o.default_value), o.help,
+                                 range.empty() || range == "finite" ? "" : " [" + range + "]");
+      }
     }
     if (!found) {  // any kind: the closest name among all plugins
       std::vector<std::string> names;
@@ -188,6 +222,8 @@ int command_gradients(const fs::path& file, const std::vector<std::string>& sets
   load_plugins(registry, common);
   auto runs = load_experiment(file, sets, registry);
   use_kernels(common, runs);
+  check_writable_folder(out, "--out");
+  check_writable_folder(cache.empty() ? default_cache_root() : cache, cache.empty() ? "cache" : "--cache");
   for (const auto& run : runs) {
     fs::path dir = runs.size() == 1 ? out : out / run.run_name;
     GradientStore store = prepare_gradients(run, registry, RunPaths{"results", cache});
@@ -208,6 +244,11 @@ int command_score(const fs::path& gradients, const std::string& estimator_name,
   Registry registry;
   load_plugins(registry, common);
   registry.find(PluginKind::Estimator, estimator_name);  // a misspelt name fails before the reading
+  if (is_inside(out, gradients))
+    throw Error(fmt::format("--out {}: inside the gradient directory {} that it reads; write the scores "
+                            "elsewhere",
+                            out.string(), gradients.string()));
+  check_writable_folder(fs::absolute(out).parent_path(), "--out's folder");
   GradientStore store = load_gradient_store(gradients);
   if (!blocks.empty()) select_blocks(store, blocks);
   ScoredBlocks scored = score_with_estimator(registry, estimator_name, sets, mode, store.train, store.query);
@@ -408,7 +449,8 @@ static int run_cli(int argc, char** argv) {
   CLI::App app{"inflab: influence of training examples on LoRA-fine-tuned models (DataInf and baselines)"};
   app.require_subcommand(1);
   Common common;
-  app.add_option("--threads", common.threads, "LibTorch threads (default: $INFLAB_THREADS or all cores)");
+  app.add_option("--threads", common.threads, "LibTorch threads (default: $INFLAB_THREADS or all cores)")
+      ->check(CLI::Range(1, 4096));
   app.add_flag("--quiet", common.quiet, "no progress output");
   app.add_option("--kernels", common.kernels,
                  "pinned (default: the same numbers on every x86-64 processor with AVX2) or native (this "
@@ -420,7 +462,7 @@ static int run_cli(int argc, char** argv) {
 
   fs::path file, out = "results", cache, gradients_dir, score_out;
   std::vector<std::string> sets;
-  bool no_resume = false;
+  bool no_resume = false, replace = false;
   std::string plugin_name, estimator_name, mode = "aggregate";
 
   auto* run = app.add_subcommand("run", "run an experiment (all sweep points) and print a results table");
@@ -429,6 +471,9 @@ static int run_cli(int argc, char** argv) {
   run->add_option("--out", out, "results root (default: results); runs go to OUT/<experiment>/<run>/");
   run->add_option("--cache", cache, "stage cache (default: $INFLAB_CACHE or ~/.cache/inflab)");
   run->add_flag("--no-resume", no_resume, "recompute runs that already finished");
+  run->add_flag("--replace", replace,
+                "replace finished runs of another configuration or other kernels in --out (without it, such a "
+                "run is an error, never overwritten)");
 
   auto* validate = app.add_subcommand(
       "validate", "check an experiment file (and its plugins' options) without running it");
@@ -563,7 +608,7 @@ static int run_cli(int argc, char** argv) {
     const bool reads_experiment =
         *run || *validate || *gradients || *sample || *export_command || (*generate && !lora_run.empty());
     if (!reads_experiment && !*plugins) use_kernels(common);
-    if (*run) return command_run(file, sets, out, cache, no_resume, common);
+    if (*run) return command_run(file, sets, out, cache, no_resume, replace, common);
     if (*validate) return command_validate(file, sets, common);
     if (*plugins) return command_plugins(plugin_name, common);
     if (*gradients) return command_gradients(file, sets, gradients_dir, cache, safetensors, common);

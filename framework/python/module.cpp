@@ -124,7 +124,7 @@ py::list plugins() {
 }
 
 py::list run(const std::string& path, const std::vector<std::string>& overrides, const std::string& out,
-             const std::string& cache, bool resume, bool quiet) {
+             const std::string& cache, bool resume, bool replace, bool quiet) {
   Progress::set_quiet(quiet);
   std::vector<RunOutcome> outcomes;
   std::vector<std::string> names;
@@ -138,7 +138,7 @@ py::list run(const std::string& path, const std::vector<std::string>& overrides,
     if (!configs.empty()) select_kernels(requested_kernel_mode("", configs.front().kernels), false);
     for (const auto& config : configs) {
       names.push_back(config.run_name);
-      outcomes.push_back(run_experiment(config, registry, RunPaths{out, cache}, resume));
+      outcomes.push_back(run_experiment(config, registry, RunPaths{out, cache}, resume, replace));
     }
   }
   py::list result;
@@ -172,7 +172,7 @@ PYBIND11_MODULE(_inflab, m) {
         py::arg("assignments"));
   m.def("plugins", &plugins);
   m.def("run", &run, py::arg("path"), py::arg("overrides"), py::arg("out"), py::arg("cache"),
-        py::arg("resume"), py::arg("quiet"));
+        py::arg("resume"), py::arg("replace"), py::arg("quiet"));
   m.def("set_threads", &configure_threads, py::arg("threads"));
   m.def("threads", &current_threads);
   m.def("numerics", [] {

@@ -164,7 +164,10 @@ struct Validator {
                          list),
              path);
       }
-      out.set(name, convert(node, *spec, path));
+      Value value = convert(node, *spec, path);
+      if (const std::string expected = out_of_range(*spec, value); !expected.empty())
+        fail(node.source(), fmt::format("key '{}': expected {}, found {}", path, expected, describe(node)), path);
+      out.set(name, std::move(value));
     }
     for (const auto& spec : specs) {
       if (out.has(spec.name)) continue;
@@ -193,13 +196,17 @@ struct Validator {
 OptionSpec spec(std::string name, OptionType type, Value value, std::string help, bool required = false) {
   return OptionSpec{std::move(name), type, std::move(value), std::move(help), required};
 }
+// A numeric option with the values it may take (checked before any work, file:line and range named).
+OptionSpec spec(std::string name, OptionType type, Value value, std::string help, Range range) {
+  return OptionSpec{std::move(name), type, std::move(value), std::move(help), false, range};
+}
 
 const std::vector<OptionSpec>& experiment_specs() {
   static const std::vector<OptionSpec> specs{
       spec("name", OptionType::String, std::string(), "experiment name; results go to results/<name>/", true),
       spec("description", OptionType::String, std::string(), "free text"),
       spec("seed", OptionType::Int, std::int64_t{0}, "seed of LoRA initialisation and training order"),
-      spec("repeats", OptionType::Int, std::int64_t{1}, "runs with seeds seed, seed+1, ..."),
+      spec("repeats", OptionType::Int, std::int64_t{1}, "runs with seeds seed, seed+1, ...", between(1, 10000)),
       spec("plugin_paths", OptionType::StringList, std::vector<std::string>{},
            "extra plugin directories, relative to this file"),
   };
@@ -217,7 +224,9 @@ const std::vector<OptionSpec>& numerics_specs() {
 const std::vector<OptionSpec>& dataset_specs() {
   static const std::vector<OptionSpec> specs{
       spec("plugin", OptionType::String, std::string(), "dataset plugin name", true),
-      spec("label_noise", OptionType::Double, 0.0, "fraction of training labels flipped to another class"),
+      spec("label_noise", OptionType::Double, 0.0,
+           "fraction of training labels flipped to another class (below 1: some must stay clean)",
+           Range{0, 1, false, true}),
       spec("noise_seed", OptionType::Int, std::int64_t{0}, "seed choosing which labels flip"),
   };
   return specs;
@@ -232,10 +241,11 @@ const std::vector<OptionSpec>& model_specs() {
 }
 const std::vector<OptionSpec>& lora_specs() {
   static const std::vector<OptionSpec> specs{
-      spec("rank", OptionType::Int, std::int64_t{4}, "LoRA rank r"),
+      spec("rank", OptionType::Int, std::int64_t{4}, "LoRA rank r", between(1, 65536)),
       spec("alpha", OptionType::Double, -1.0,
            "LoRA alpha; the scale is alpha/r (default: alpha = r, as in the paper)"),
-      spec("dropout", OptionType::Double, 0.05, "LoRA dropout during fine-tuning (off for gradients)"),
+      spec("dropout", OptionType::Double, 0.05, "LoRA dropout during fine-tuning (off for gradients)",
+           Range{0, 1, false, true}),
       spec("targets", OptionType::StringList, std::vector<std::string>{"*"},
            "glob patterns of layer names that get adapters"),
   };
@@ -244,15 +254,15 @@ const std::vector<OptionSpec>& lora_specs() {
 const std::vector<OptionSpec>& training_specs() {
   static const TrainingConfig d;
   static const std::vector<OptionSpec> specs{
-      spec("epochs", OptionType::Int, d.epochs, "LoRA fine-tuning epochs"),
-      spec("learning_rate", OptionType::Double, d.learning_rate, "fine-tuning learning rate"),
-      spec("batch_size", OptionType::Int, d.batch_size, "fine-tuning batch size"),
+      spec("epochs", OptionType::Int, d.epochs, "LoRA fine-tuning epochs", between(0, 1e6)),
+      spec("learning_rate", OptionType::Double, d.learning_rate, "fine-tuning learning rate", greater_than(0)),
+      spec("batch_size", OptionType::Int, d.batch_size, "fine-tuning batch size", between(1, 1e9)),
       spec("optimizer", OptionType::String, d.optimizer, "adam or sgd"),
-      spec("weight_decay", OptionType::Double, d.weight_decay, "L2 weight decay"),
+      spec("weight_decay", OptionType::Double, d.weight_decay, "L2 weight decay", at_least(0)),
       spec("pretrain_epochs", OptionType::Int, d.pretrain_epochs,
-           "base pretraining epochs (models without packaged weights)"),
+           "base pretraining epochs (models without packaged weights)", between(0, 1e6)),
       spec("pretrain_learning_rate", OptionType::Double, d.pretrain_learning_rate,
-           "base pretraining learning rate"),
+           "base pretraining learning rate", greater_than(0)),
   };
   return specs;
 }
@@ -260,8 +270,9 @@ const std::vector<OptionSpec>& queries_specs() {
   static const std::vector<OptionSpec> specs{
       spec(
           "generated_per_class", OptionType::Int, std::int64_t{10},
-          "images the fine-tuned denoiser generates per training class; they replace the validation queries"),
-      spec("sampling_steps", OptionType::Int, std::int64_t{50}, "DDIM steps"),
+          "images the fine-tuned denoiser generates per training class; they replace the validation queries",
+          between(1, 1e6)),
+      spec("sampling_steps", OptionType::Int, std::int64_t{50}, "DDIM steps", between(1, 1e6)),
       spec("seed", OptionType::Int, std::int64_t{0}, "seed of the starting noise"),
   };
   return specs;
@@ -269,8 +280,11 @@ const std::vector<OptionSpec>& queries_specs() {
 const std::vector<OptionSpec>& ground_truth_specs() {
   static const std::vector<OptionSpec> specs{
       spec("subsets", OptionType::Int, std::int64_t{100},
-           "fine-tunings on random subsets of the training set (metric lds)"),
-      spec("fraction", OptionType::Double, 0.5, "share of the training examples in each subset"),
+           "fine-tunings on random subsets of the training set (metric lds; at least 5 for a rank correlation)",
+           between(5, 1e6)),
+      spec("fraction", OptionType::Double, 0.5,
+           "share of the training examples in each subset (1: every subset is the whole set, a check)",
+           Range{0, 1, true, false}),
       spec("seed", OptionType::Int, std::int64_t{0}, "seed drawing the subsets"),
   };
   return specs;
@@ -279,9 +293,11 @@ const std::vector<OptionSpec>& leave_one_out_specs() {
   static const std::vector<OptionSpec> specs{
       spec("examples", OptionType::Int, std::int64_t{5},
            "per estimator, its k most helpful and k most harmful training examples are each left out "
-           "(metric loo)"),
+           "(metric loo)",
+           between(1, 1e6)),
       spec("repeats", OptionType::Int, std::int64_t{3},
-           "training seeds each removal (and the full fine-tuning) is repeated with; their mean is reported"),
+           "training seeds each removal (and the full fine-tuning) is repeated with; their mean is reported",
+           between(1, 1e6)),
   };
   return specs;
 }
@@ -293,9 +309,10 @@ const std::vector<OptionSpec>& evaluation_specs() {
       spec("reference", OptionType::String, d.reference, "estimator name correlations are measured against"),
       spec("mode", OptionType::String, d.mode, "aggregate (mean validation gradient) or pairwise"),
       spec("gradient_batch_size", OptionType::Int, d.gradient_batch_size,
-           "batch size of per-example gradient extraction"),
+           "batch size of per-example gradient extraction", between(1, 1e9)),
       spec("gradient_memory_mb", OptionType::Double, d.gradient_memory_mb,
-           "training gradients larger than this are written to memory-mapped files during extraction"),
+           "training gradients larger than this are written to memory-mapped files during extraction",
+           at_least(0)),
       spec("gradient_dtype", OptionType::String, d.gradient_dtype,
            "float32 or float16 (stored; arithmetic is float32)"),
       spec("blocks", OptionType::StringList, d.blocks,
@@ -452,6 +469,17 @@ std::string to_text(const toml::table& table) {
   return out.str();
 }
 
+// Why `name` cannot be one folder's name ("" when it can).
+std::string path_component_problem(const std::string& name) {
+  if (name.empty()) return "it is empty";
+  if (name == "." || name == "..") return "it names a folder relative to another";
+  if (name.size() > 100) return fmt::format("it has {} characters", name.size());
+  for (char c : name)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.')
+      return c == '/' ? "it contains '/', a path" : fmt::format("it contains '{}'", c < 32 ? '?' : c);
+  return "";
+}
+
 std::string label_of(const toml::node& node) {
   if (auto s = node.value_exact<std::string>()) return *s;
   std::ostringstream out;
@@ -494,6 +522,13 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   Options experiment("[experiment]");
   v.validate(v.section(root, "experiment", true), "experiment", experiment_specs(), {}, experiment);
   config.name = experiment.get_string("name");
+  // The name is a folder under --out: a plain name, never a path that could land elsewhere.
+  if (const std::string problem = path_component_problem(config.name); !problem.empty())
+    v.fail(v.section(root, "experiment", true).get("name")->source(),
+           fmt::format("key 'experiment.name': expected a plain folder name (letters, digits, '-', '_', '.'; "
+                       "at most 100 characters), found \"{}\": {}",
+                       config.name, problem),
+           "experiment.name");
   config.seed = experiment.get_int("seed");
   for (const auto& p : experiment.get_string_list("plugin_paths"))
     config.plugin_paths.push_back(fs::absolute(file.parent_path() / p));
@@ -534,11 +569,6 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   v.validate(dataset, "dataset", all_dataset_specs, {}, dataset_all);
   config.label_noise = dataset_all.get_double("label_noise");
   config.noise_seed = dataset_all.get_int("noise_seed");
-  if (config.label_noise < 0 || config.label_noise > 1)
-    v.fail(
-        dataset.get("label_noise")->source(),
-        fmt::format("key 'dataset.label_noise': expected a fraction in [0, 1], found {}", config.label_noise),
-        "dataset.label_noise");
   config.dataset.options = Options("dataset " + config.dataset.plugin);
   for (const auto& s : dataset_plugin_specs)
     config.dataset.options.set(s.name, dataset_all.values().at(s.name));
@@ -571,18 +601,16 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   v.validate(lora_node ? *lora_node->as_table() : no_lora, "model.lora", lora_specs(), {}, lora);
   config.lora.rank = lora.get_int("rank");
   config.lora.alpha = lora.get_double("alpha");
+  if (const toml::node* alpha = lora_node ? lora_node->as_table()->get("alpha") : nullptr;
+      alpha && !(config.lora.alpha > 0))  // a zero scale would train nothing and divide by zero later
+    v.fail(alpha->source(),
+           fmt::format("key 'model.lora.alpha': expected a number > 0 (leave it out for alpha = rank), found {}",
+                       describe(*alpha)),
+           "model.lora.alpha");
   if (config.lora.alpha < 0) config.lora.alpha = static_cast<double>(config.lora.rank);
   lora.set("alpha", config.lora.alpha);
   config.lora.dropout = lora.get_double("dropout");
   config.lora.targets = lora.get_string_list("targets");
-  if (config.lora.rank < 1)
-    v.fail(lora_node ? lora_node->as_table()->get("rank")->source() : model.source(),
-           fmt::format("key 'model.lora.rank': expected a positive integer, found {}", config.lora.rank),
-           "model.lora.rank");
-  if (config.lora.dropout < 0 || config.lora.dropout >= 1)
-    v.fail(lora_node ? lora_node->as_table()->get("dropout")->source() : model.source(),
-           fmt::format("key 'model.lora.dropout': expected a value in [0, 1), found {}", config.lora.dropout),
-           "model.lora.dropout");
   toml::table model_resolved = options_table(model_all);
   model_resolved.insert("lora", options_table(lora));
   // An adapter is resolved only when given, so configurations without one keep their keys.
@@ -615,9 +643,6 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
            fmt::format("key 'training.optimizer': expected \"adam\" or \"sgd\", found \"{}\"",
                        config.training.optimizer),
            "training.optimizer");
-  if (config.training.batch_size < 1 || config.training.epochs < 0)
-    v.fail(v.section(root, "training", false).source(),
-           "training.batch_size must be >= 1 and training.epochs >= 0");
   resolved.insert("training", options_table(training));
 
   // [[estimator]]
@@ -769,15 +794,6 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
     if (!wants_lds)
       v.fail(ground_truth_node->source(),
              "[ground_truth] is only used by metric \"lds\": add \"lds\" to evaluation.metrics or remove it");
-    if (ground_truth.get_int("subsets") < 5)
-      v.fail(table.get("subsets") ? table.get("subsets")->source() : table.source(),
-             fmt::format("key 'ground_truth.subsets': expected at least 5 subsets (a rank correlation over "
-                         "them), found {}",
-                         ground_truth.get_int("subsets")));
-    const double fraction = ground_truth.get_double("fraction");
-    if (!(fraction > 0 && fraction <= 1))  // 1: every subset is the whole set (a check of the retraining)
-      v.fail(table.get("fraction") ? table.get("fraction")->source() : table.source(),
-             fmt::format("key 'ground_truth.fraction': expected a share in (0, 1], found {}", fraction));
     resolved.insert("ground_truth", options_table(ground_truth));
   }
 
@@ -792,10 +808,6 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
       v.fail(
           loo_node->source(),
           "[leave_one_out] is only used by metric \"loo\": add \"loo\" to evaluation.metrics or remove it");
-    for (const char* key : {"examples", "repeats"})
-      if (loo.get_int(key) < 1)
-        v.fail(table.get(key) ? table.get(key)->source() : table.source(),
-               fmt::format("key 'leave_one_out.{}': expected at least 1, found {}", key, loo.get_int(key)));
     resolved.insert("leave_one_out", options_table(loo));
   }
 
@@ -827,7 +839,11 @@ Options options_from_assignments(const std::string& who, const std::vector<Optio
                               suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
                               fmt::join(names, ", ")));
     }
-    options.set(key, parse_value(value, spec->type, "--set " + assignment));
+    Value parsed = parse_value(value, spec->type, "--set " + assignment);
+    if (const std::string expected = out_of_range(*spec, parsed); !expected.empty())
+      throw Error(fmt::format("--set {}: {} option '{}': expected {}, found {}", assignment, who, key, expected,
+                              format_value(parsed)));
+    options.set(key, std::move(parsed));
   }
   for (const auto& s : specs)
     if (s.required && !options.has(s.name)) throw Error(fmt::format("{} needs --set {}=...", who, s.name));

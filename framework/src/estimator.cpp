@@ -19,13 +19,13 @@
 
 namespace inflab {
 
-double Damping::for_block(const at::Tensor& gradients) const {
+double Damping::for_block(const at::Tensor& gradients, const std::string& block) const {
   if (fixed > 0) return fixed;
   // Row norms are a reduction (no n x d temporary).
-  return for_norms(squared_row_norms(gradients), gradients.size(1));
+  return for_norms(squared_row_norms(gradients), gradients.size(1), block);
 }
 
-double Damping::for_norms(const at::Tensor& squared_norms, std::int64_t dim) const {
+double Damping::for_norms(const at::Tensor& squared_norms, std::int64_t dim, const std::string& block) const {
   if (fixed > 0) return fixed;
   // scale * (1 / (n d)) * sum_i ||g_i||^2: the mean squared gradient entry, times the scale.
   // Sums over every rank's training rows in a distributed run.
@@ -33,10 +33,15 @@ double Damping::for_norms(const at::Tensor& squared_norms, std::int64_t dim) con
       sum_over_ranks(squared_norms.to(c10::kDouble).sum().item<double>()) /
       (static_cast<double>(rows_over_ranks(squared_norms.numel())) * static_cast<double>(dim));
   double lambda = scale * mean_square;
-  if (!(lambda > 0))
+  if (lambda == 0)
     throw Error(fmt::format(
-        "damping rule gave lambda = {} (all gradients of a block are zero?); set a fixed damping > 0",
-        lambda));
+        "block '{}': every training gradient is zero, so the damping rule has no scale (a LoRA A block "
+        "whose B is still zero: fine-tune first; or a layer the loss does not reach): leave the block out "
+        "(evaluation.blocks, --blocks) or set a fixed damping > 0",
+        block.empty() ? "?" : block));
+  if (!(lambda > 0))
+    throw Error(fmt::format("block '{}': the damping rule gave lambda = {} (non-finite gradients?)",
+                            block.empty() ? "?" : block, lambda));
   return lambda;
 }
 
@@ -100,8 +105,10 @@ NonFiniteRows nonfinite_rows(const at::Tensor& gradients) {
 std::vector<OptionSpec> damping_option_specs() {
   return {
       {"damping_scale", OptionType::Double, 0.1,
-       "lambda_l = damping_scale * mean squared gradient entry of block l (paper: 0.1)"},
-      {"damping", OptionType::Double, 0.0, "a fixed lambda for every block (> 0 overrides the rule)"},
+       "lambda_l = damping_scale * mean squared gradient entry of block l (paper: 0.1)", false,
+       greater_than(0)},
+      {"damping", OptionType::Double, 0.0, "a fixed lambda for every block (> 0 overrides the rule)", false,
+       at_least(0)},
   };
 }
 
@@ -117,6 +124,14 @@ Damping damping_from(const Options& options) {
   return d;
 }
 
+namespace {
+std::string shape_text(const at::Tensor& t) {
+  std::string text = "(";
+  for (std::int64_t k = 0; k < t.dim(); ++k) text += (k ? ", " : "") + std::to_string(t.size(k));
+  return text + (t.dim() == 1 ? ",)" : ")");
+}
+}  // namespace
+
 void check_blocks(const GradientBlocks& train, const GradientBlocks& queries) {
   if (train.empty()) throw Error("no gradient blocks to score");
   // An empty set is named as such (its mean gradient would otherwise surface as "not finite").
@@ -128,6 +143,12 @@ void check_blocks(const GradientBlocks& train, const GradientBlocks& queries) {
                             train[0].name));
   if (train.size() != queries.size())
     throw Error(fmt::format("{} training gradient blocks but {} query blocks", train.size(), queries.size()));
+  for (std::size_t b = 0; b < train.size(); ++b)
+    for (std::size_t c = 0; c < b; ++c)
+      if (train[b].name == train[c].name)
+        throw Error(fmt::format("block '{}' is given twice (blocks {} and {}): each block once, or its "
+                                "influence is counted twice",
+                                train[b].name, c, b));
   for (std::size_t b = 0; b < train.size(); ++b) {
     for (const auto* side : {&train, &queries})
       if ((*side)[b].values.dim() == 2 && (*side)[b].values.size(0) != (*side)[0].values.size(0))
@@ -141,8 +162,9 @@ void check_blocks(const GradientBlocks& train, const GradientBlocks& queries) {
                               queries[b].name));
     if (train[b].values.dim() != 2 || queries[b].values.dim() != 2 ||
         train[b].values.size(1) != queries[b].values.size(1))
-      throw Error(fmt::format("block '{}': training and query gradients must be 2-D with equal widths",
-                              train[b].name));
+      throw Error(fmt::format("block '{}': training and query gradients must be 2-D with equal widths, found "
+                              "training {} and query {}",
+                              train[b].name, shape_text(train[b].values), shape_text(queries[b].values)));
   }
 }
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "inflab/distributed.hpp"
 #include "inflab/error.hpp"
@@ -224,8 +225,9 @@ at::Tensor checked_gradient_values(const at::Tensor& values, const std::string& 
     throw Error(fmt::format("{}: expected a 2-D array (examples x values), found {} dimension(s) of sizes {}",
                             where, values.dim(), fmt::join(values.sizes(), " x ")));
   if (!values.is_floating_point())
-    throw Error(fmt::format("{}: expected floating-point gradients, found {}", where,
-                            c10::toString(values.scalar_type())));
+    throw Error(fmt::format("{}: expected gradients of little-endian float32, float64 or float16 (the "
+                            "dtypes a gradient file may have), found {}",
+                            where, c10::toString(values.scalar_type())));
   at::Tensor checked = values.scalar_type() == torch::kFloat32 && values.is_contiguous()
                            ? values
                            : values.to(torch::kFloat32).contiguous();
@@ -254,6 +256,7 @@ GradientStore load_gradient_store(const fs::path& dir) {
                             manifest.string()));
   GradientStore store;
   std::int64_t n_train = -1, n_query = -1;
+  std::set<std::string> seen;
   for (const auto& block : j["blocks"]) {
     if (!block.contains("name") || !block["name"].is_string() || !block.contains("dim") ||
         !block["dim"].is_number_integer())
@@ -270,6 +273,10 @@ GradientStore load_gradient_store(const fs::path& dir) {
                       manifest.string(), nlohmann::json(name).dump()));
     if (dim < 1)
       throw Error(fmt::format("{}: block '{}' has dim {}, expected >= 1", manifest.string(), name, dim));
+    if (!seen.insert(name).second)
+      throw Error(fmt::format("{}: block '{}' is listed twice; list each block once (twice would count its "
+                              "influence twice)",
+                              manifest.string(), name));
     auto read = [&](const char* side, std::int64_t& rows) {
       fs::path file = dir / side / (name + ".npy");
       if (!fs::exists(file))

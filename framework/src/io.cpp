@@ -171,8 +171,8 @@ NpyHeader read_npy_header(std::ifstream& in, const fs::path& path) {
   if (descr == "<i1" || descr == "|i1") result.type = c10::kChar;
   if (result.type == c10::ScalarType::Undefined)
     throw Error(
-        fmt::format("{}: unsupported dtype '{}' (expected little-endian float32, "
-                    "float64, float16, int64, int32 or bool)",
+        fmt::format("{}: unsupported dtype '{}' (.npy files inflab reads: little-endian float32, float64, "
+                    "float16, int64, int32, int8, uint8 or bool; gradient files: the three floating-point ones)",
                     path.string(), descr));
   return result;
 }

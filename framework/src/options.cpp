@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <cmath>
 #include <sstream>
 
 #include "inflab/error.hpp"
@@ -102,6 +103,40 @@ std::vector<std::string> Options::get_string_list(const std::string& name) const
   if (auto* l = std::get_if<std::vector<std::string>>(&v)) return *l;
   throw Error(
       fmt::format("{}: option '{}' expected array of strings, found {}", owner_, name, format_value(v)));
+}
+
+bool Range::contains(double value) const {
+  if (!std::isfinite(value)) return false;
+  if (value < minimum || (minimum_excluded && value == minimum)) return false;
+  if (value > maximum || (maximum_excluded && value == maximum)) return false;
+  return true;
+}
+
+std::string Range::describe() const {
+  const bool low = std::isfinite(minimum), high = std::isfinite(maximum);
+  if (low && high)
+    return fmt::format("in {}{}, {}{}", minimum_excluded ? "(" : "[", minimum, maximum, maximum_excluded ? ")" : "]");
+  if (low) return fmt::format("{} {}", minimum_excluded ? ">" : ">=", minimum);
+  if (high) return fmt::format("{} {}", maximum_excluded ? "<" : "<=", maximum);
+  return "finite";
+}
+
+std::string out_of_range(const OptionSpec& spec, const Value& value) {
+  const bool integer = spec.type == OptionType::Int || spec.type == OptionType::IntList;
+  const std::string expected =
+      fmt::format("{} {}", integer ? "an integer" : "a finite number", spec.range.describe());
+  auto check = [&](double v) { return spec.range.contains(v); };
+  if (auto* i = std::get_if<std::int64_t>(&value)) return check(static_cast<double>(*i)) ? "" : expected;
+  if (auto* d = std::get_if<double>(&value)) return check(*d) ? "" : expected;
+  if (auto* l = std::get_if<std::vector<std::int64_t>>(&value)) {
+    for (auto v : *l)
+      if (!check(static_cast<double>(v))) return "every element " + expected;
+  }
+  if (auto* l = std::get_if<std::vector<double>>(&value)) {
+    for (auto v : *l)
+      if (!check(v)) return "every element " + expected;
+  }
+  return "";
 }
 
 Options default_options(const std::string& owner, const std::vector<OptionSpec>& specs) {

@@ -1,9 +1,16 @@
 #include "inflab/pipeline.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
 #include <cstdlib>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -262,6 +269,59 @@ double linear_datamodeling_score(const torch::Tensor& scores, const GroundTruth&
 }  // namespace
 
 namespace {
+// The first lines (up to three) where two resolved configurations differ, with their sections.
+std::string first_difference(const std::string& before, const std::string& after) {
+  std::istringstream a(before), b(after);
+  std::string line_a, line_b, section;
+  std::vector<std::string> differences;
+  auto trimmed = [](std::string& line) { line.erase(0, line.find_first_not_of(" \t")); };
+  while (differences.size() < 3) {
+    const bool more_a = static_cast<bool>(std::getline(a, line_a)), more_b = static_cast<bool>(std::getline(b, line_b));
+    if (!more_a && !more_b) break;
+    trimmed(line_a), trimmed(line_b);
+    if (more_a && more_b && line_a == line_b) {
+      if (!line_a.empty() && line_a.front() == '[') section = line_a;
+      continue;
+    }
+    differences.push_back(fmt::format("{}'{}' there, '{}' now", section.empty() ? "" : section + " ",
+                                      more_a ? line_a : "(end)", more_b ? line_b : "(end)"));
+  }
+  return differences.empty() ? "no difference in the text" : "differs at " + fmt::format("{}", fmt::join(differences, "; "));
+}
+
+// A fresh hidden folder beside `final` for this process's run; folders left by processes that
+// no longer run (killed) are removed.
+fs::path staging_directory(const fs::path& final) {
+  const fs::path parent = final.parent_path();
+  const std::string prefix = "." + final.filename().string() + ".partial-";
+  fs::create_directories(parent);
+  for (const auto& entry : fs::directory_iterator(parent)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) != 0) continue;
+    const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
+    if (pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM)) continue;  // still running
+    std::error_code ignored;
+    fs::remove_all(entry.path(), ignored);
+  }
+  const fs::path staging = parent / (prefix + std::to_string(::getpid()));
+  fs::remove_all(staging);
+  fs::create_directories(staging);
+  return staging;
+}
+
+// Puts the finished `staging` folder at `final` in one step (exchanging it with a previous run,
+// which is then removed), so a reader or an interruption sees the old run or the new one, whole.
+void swap_into_place(const fs::path& staging, const fs::path& final) {
+  if (::renameat2(AT_FDCWD, staging.c_str(), AT_FDCWD, final.c_str(), RENAME_EXCHANGE) == 0) {
+    fs::remove_all(staging);  // now the previous run
+    return;
+  }
+  if (errno != ENOENT)
+    throw Error(fmt::format("cannot put the finished run {} in place of {}: {}", staging.string(), final.string(),
+                            std::strerror(errno)));
+  fs::rename(staging, final);  // no previous run
+}
+
 // The kernels a run was computed on, as its manifest records them ("" when it does not).
 std::string recorded_numerics_key(const fs::path& manifest_file) {
   try {
@@ -289,34 +349,41 @@ nlohmann::json numerics_json(const Numerics& n) {
 }  // namespace
 
 RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
-                          bool resume) {
+                          bool resume, bool replace) {
   RunOutcome outcome;
-  outcome.directory = paths.results_root / config.name / config.run_name;
-  fs::path metrics_file = outcome.directory / "metrics.csv";
+  const fs::path final_directory = paths.results_root / config.name / config.run_name;
+  outcome.directory = final_directory;
+  const fs::path finished_metrics = final_directory / "metrics.csv";
   // Distributed: every rank computes, rank 0 alone writes the results (identical to one process).
   const int world_size = distributed_world_size();
   const bool writer = distributed_rank() == 0;
   const std::uint64_t run_bytes_before = distributed_bytes_communicated();
-  // A run is finished when metrics.csv (written last) exists for the same resolved config.
-  bool finished = resume && fs::exists(metrics_file) && fs::exists(outcome.directory / "config.toml") &&
-                  read_file(outcome.directory / "config.toml") == config.resolved_toml;
-  // ... and on the same kernels: a run of other numerics is neither reused nor silently replaced.
-  if (finished) {
-    const std::string made_on = recorded_numerics_key(outcome.directory / "manifest.json");
-    if (made_on != current_numerics().key())
-      throw Error(fmt::format(
-          "{} holds a finished run of this configuration computed on other kernels ({}; this process: {}): "
-          "rerun with the kernels it was made with (--kernels pinned|native), choose another --out, or pass "
-          "--no-resume to replace it",
-          outcome.directory.string(),
-          made_on.empty() ? "not recorded: made before inflab recorded kernels" : made_on,
-          current_numerics().key()));
-  }
+  // A run is finished when metrics.csv (written last) exists; it is this run when its resolved
+  // config and the kernels it was computed on are this process's.
+  const bool exists = fs::exists(finished_metrics);
+  const bool same_config = exists && fs::exists(final_directory / "config.toml") &&
+                           read_file(final_directory / "config.toml") == config.resolved_toml;
+  const std::string made_on = exists ? recorded_numerics_key(final_directory / "manifest.json") : "";
+  const bool same_numerics = made_on == current_numerics().key();
+  if (exists && !replace && !same_config)
+    throw Error(fmt::format(
+        "{} holds a finished run of another configuration ({}): choose another --out (or experiment name), "
+        "or pass --replace to replace it",
+        final_directory.string(), first_difference(read_file(final_directory / "config.toml"),
+                                                   config.resolved_toml)));
+  if (exists && !replace && !same_numerics)
+    throw Error(fmt::format(
+        "{} holds a finished run of this configuration computed on other kernels ({}; this process: {}): "
+        "rerun with the kernels it was made with (--kernels pinned|native), choose another --out, or pass "
+        "--replace to replace it",
+        final_directory.string(), made_on.empty() ? "not recorded: made before inflab recorded kernels" : made_on,
+        current_numerics().key()));
+  bool finished = resume && exists && same_config && same_numerics;
   if (world_size > 1)  // all ranks must take the same path, or one would wait for the others
     finished = sum_over_ranks(finished ? 1.0 : 0.0) == world_size;
   if (finished) {
     outcome.skipped = true;
-    outcome.estimators = read_metrics_csv(metrics_file);
+    outcome.estimators = read_metrics_csv(finished_metrics);
     return outcome;
   }
   if (world_size > 1)
@@ -328,11 +395,11 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
             "`inflab plugins {}`); run it in one process or remove it",
             spec.label, spec.plugin, spec.plugin));
     }
-  if (writer) {
-    fs::create_directories(outcome.directory);
-    fs::remove(metrics_file);
-    write_file_atomic(outcome.directory / "config.toml", config.resolved_toml);
-  }
+  // The run is written into a hidden folder of this process and swapped in when complete.
+  const fs::path staging = writer ? staging_directory(final_directory) : final_directory;
+  outcome.directory = staging;
+  fs::path metrics_file = staging / "metrics.csv";
+  if (writer) write_file_atomic(staging / "config.toml", config.resolved_toml);
 
   GradientStore store = prepare_gradients(config, registry, paths, &outcome);
   const auto versions = plugin_versions(config, registry);
@@ -467,7 +534,9 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   if (writer) {
     write_file_atomic(outcome.directory / "manifest.json", manifest.dump(2) + "\n");
     write_file_atomic(metrics_file, metrics_csv(outcome.estimators));  // last: marks the run finished
+    swap_into_place(staging, final_directory);
   }
+  outcome.directory = final_directory;
   barrier_over_ranks();  // no rank starts the next run before this one is marked finished
   return outcome;
 }

@@ -156,9 +156,9 @@ std::vector<OptionSpec> task_option_specs() {
                  "classification, causal_lm or denoising: what an example's loss is", false},
       OptionSpec{"timesteps", OptionType::IntList, std::vector<std::int64_t>{25, 225, 425, 525, 725, 925},
                  "denoising: timesteps whose losses are summed for gradients and queries (the paper's)",
-                 false},
+                 false, at_least(0)},
       OptionSpec{"diffusion_steps", OptionType::Int, std::int64_t{1000},
-                 "denoising: steps of the linear DDPM schedule (betas 1e-4 .. 0.02)", false},
+                 "denoising: steps of the linear DDPM schedule (betas 1e-4 .. 0.02)", false, between(1, 1e6)},
       OptionSpec{"noise_seed", OptionType::Int, std::int64_t{0},
                  "denoising: seed of the noise, fixed per example and timestep", false},
   };

@@ -3,7 +3,7 @@
 # quickstart, pinned and native, interleaved in one run (pinned, native, pinned, native, ...) so
 # that the machine's load falls on both alike; medians per mode and their ratio.
 #   tests/bench/kernels_price.sh BUILD_DIR [REPEATS] [OUT_DIR]
-# Writes OUT_DIR/kernels_price.json (every sample) and prints the table as Markdown.
+# Writes OUT_DIR/kernels_price.json (every sample) and OUT_DIR/kernels_price.md (the table).
 set -euo pipefail
 build="${1:?usage: kernels_price.sh BUILD_DIR [REPEATS] [OUT_DIR]}"
 repeats="${2:-3}"
@@ -36,7 +36,7 @@ for ((r = 1; r <= repeats; r++)); do
     grep -q "run  datainf" "$work/quickstart_${mode}_$r.txt" || { cat "$work/quickstart_${mode}_$r.txt"; exit 1; }
   done
 done
-/usr/bin/python3 - "$work" "$repeats" "$out/kernels_price.json" <<'PY'
+/usr/bin/python3 - "$work" "$repeats" "$out/kernels_price.json" <<'PY' | tee "$out/kernels_price.md"
 import glob, json, os, statistics, sys
 work, repeats, target = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 unit_ms = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}

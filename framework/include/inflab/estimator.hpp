@@ -65,9 +65,10 @@ class Estimator : public Plugin {
 struct Damping {
   double scale = 0.1;
   double fixed = 0.0;  // > 0 overrides the rule
-  double for_block(const at::Tensor& gradients) const;
+  // `block` names the block in the error when every gradient is zero (the rule has no scale then).
+  double for_block(const at::Tensor& gradients, const std::string& block = "") const;
   // The same, from precomputed squared row norms (saves a pass over the gradients).
-  double for_norms(const at::Tensor& squared_row_norms, std::int64_t dim) const;
+  double for_norms(const at::Tensor& squared_row_norms, std::int64_t dim, const std::string& block = "") const;
 };
 std::vector<OptionSpec> damping_option_specs();
 // Hands the heap's free pages back to the system (malloc_trim). glibc serves allocations up to
@@ -122,7 +123,7 @@ class BlockwiseEstimator : public Estimator {
     for (std::size_t b = 0; b < train.size(); ++b) {
       const GradientBlock& block = train[b];
       at::Tensor norms = squared_row_norms(block.values);
-      const double lambda = damping_.for_norms(norms, block.values.size(1));
+      const double lambda = damping_.for_norms(norms, block.values.size(1), block.name);
       names_.push_back(block.name);
       report(b, "lambda", lambda);
       states_.push_back(fit_block(BlockFit{b, block, lambda, norms}));

@@ -2,6 +2,7 @@
 // validates the experiment file against that declaration before the plugin ever sees a value.
 #pragma once
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <string>
 #include <variant>
@@ -16,13 +17,32 @@ using Value = std::variant<bool, std::int64_t, double, std::string, std::vector<
                            std::vector<double>, std::vector<std::string>>;
 std::string format_value(const Value& value);
 
+// The values a numeric option (or each element of a numeric list) may take. NaN and infinities are
+// never valid. Checked when an experiment is validated and for command-line assignments, so a
+// value that would fail deep inside a run is refused before any work, with the key and the range.
+struct Range {
+  double minimum = -std::numeric_limits<double>::infinity();
+  double maximum = std::numeric_limits<double>::infinity();
+  bool minimum_excluded = false;
+  bool maximum_excluded = false;
+  bool contains(double value) const;
+  std::string describe() const;  // "> 0", ">= 1", "in [0, 1)", "in 1..60000" (for integers: `integer`)
+};
+inline Range at_least(double minimum) { return {minimum}; }
+inline Range greater_than(double minimum) { return {minimum, std::numeric_limits<double>::infinity(), true}; }
+inline Range between(double minimum, double maximum) { return {minimum, maximum}; }
+
 struct OptionSpec {
   std::string name;
   OptionType type;
   Value default_value;
   std::string help;
   bool required = false;  // when true default_value is ignored and the key must be given
+  Range range = {};       // numeric types only
 };
+
+// "" when `value` fits `spec` (its range, finite numbers), else what was expected, e.g. "a number > 0".
+std::string out_of_range(const OptionSpec& spec, const Value& value);
 
 // Validated option values of one plugin (every declared option present, defaults filled).
 class Options {

@@ -53,15 +53,22 @@ __all__ = ["score", "plugins", "run", "set_threads", "threads", "numerics", "Err
 __version__ = _inflab.version()
 
 
-def _as_array(value: Any) -> Any:
+def _as_array(value: Any, where: str) -> Any:
     """A NumPy view of a PyTorch tensor (no copy on the CPU); anything else unchanged."""
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch.Tensor, without importing torch
         tensor = value.detach()
+        if str(getattr(tensor, "layout", "torch.strided")) != "torch.strided":
+            raise Error(f"{where}: a {tensor.layout} tensor; pass a dense one (tensor.to_dense())")
+        if tensor.device.type == "meta":
+            raise Error(f"{where}: a tensor on the meta device holds no values; pass one with data")
         if tensor.device.type != "cpu":
             tensor = tensor.cpu()
         if str(tensor.dtype) == "torch.bfloat16":  # NumPy has no bfloat16
             tensor = tensor.float()
-        return tensor.numpy()
+        try:
+            return tensor.numpy()
+        except (RuntimeError, TypeError) as error:
+            raise Error(f"{where}: cannot read this tensor as an array ({error})") from None
     return value
 
 
@@ -69,7 +76,7 @@ def _blocks(side: str, blocks: Mapping[str, Any]) -> Dict[str, Any]:
     if not isinstance(blocks, Mapping):
         raise Error(f"{side}: expected a dict of block name -> (examples x values) array, "
                     f"found {type(blocks).__name__}")
-    return {name: _as_array(values) for name, values in blocks.items()}
+    return {name: _as_array(values, f"{side}['{name}']") for name, values in blocks.items()}
 
 
 def _option_text(key: str, value: Any) -> str:
@@ -132,10 +139,11 @@ def _toml_value(value: Any, key: str) -> str:
 
 def run(path: Union[str, os.PathLike], set: Optional[Union[Mapping[str, Any], Sequence[str]]] = None, *,
         out: Union[str, os.PathLike] = "results", cache: Union[str, os.PathLike] = "",
-        resume: bool = True, quiet: bool = False) -> List[Dict[str, Any]]:
+        resume: bool = True, replace: bool = False, quiet: bool = False) -> List[Dict[str, Any]]:
     """Runs an experiment file as `inflab run` does; returns one dict per run: its name, results
     directory, whether it was already finished (skipped), each estimator's metrics and seconds,
     and the stages' seconds. set: overrides, {"training.epochs": 2} or ["training.epochs=2"].
+    A finished run of another configuration in `out` is an error unless replace=True.
     Data and weights must be prepared (`./inflab setup`); nothing is downloaded here."""
     if set is None:
         overrides: List[str] = []
@@ -145,7 +153,7 @@ def run(path: Union[str, os.PathLike], set: Optional[Union[Mapping[str, Any], Se
         overrides = [str(s) for s in set]
     else:
         raise Error(f"set: expected a dict or a list of 'key=value' strings, found {type(set).__name__}")
-    return _inflab.run(os.fspath(path), overrides, os.fspath(out), os.fspath(cache), resume, quiet)
+    return _inflab.run(os.fspath(path), overrides, os.fspath(out), os.fspath(cache), resume, replace, quiet)
 
 
 def set_threads(count: int) -> int:

@@ -140,8 +140,12 @@ std::unique_ptr<Model> build_model(const StageInputs& inputs, Registry& registry
     model->build(shape, lora, static_cast<std::uint64_t>(inputs.get_int("experiment.seed")));
   });
   bool adapters = false;
-  for (auto* layer : model->lora_layers()) adapters |= layer->has_adapter();
-  if (!adapters) throw Error(fmt::format("model '{}': no layer matches model.lora.targets", plugin));
+  std::vector<std::string> layer_names;
+  for (auto* layer : model->lora_layers()) adapters |= layer->has_adapter(), layer_names.push_back(layer->name());
+  if (!adapters)
+    throw Error(fmt::format("key 'model.lora.targets': no layer of model '{}' matches {} (its layers: {})", plugin,
+                            fmt::format("[\"{}\"]", fmt::join(lora.targets, "\", \"")),
+                            fmt::join(layer_names, ", ")));
   out.train = as_batch(data.train, torch::tensor(out.train_meta.observed_labels, torch::kLong));
   out.validation = as_batch(data.validation, data.validation.labels);
   if (data.pretrain.size() > 0) out.pretrain = as_batch(data.pretrain, data.pretrain.labels);

@@ -70,10 +70,12 @@ std::vector<inflab::OptionSpec> options() {
   return {
       {"path", OptionType::String, std::string(),
        "digits.csv.gz (default: $INFLAB_DATA/sklearn/digits.csv.gz, prepared by ./inflab setup)"},
-      {"n_train", OptionType::Int, std::int64_t{800}, "training examples (the ones scored)"},
-      {"n_validation", OptionType::Int, std::int64_t{300}, "validation examples (queries)"},
+      {"n_train", OptionType::Int, std::int64_t{800}, "training examples (the ones scored)", false,
+       inflab::between(1, 1797)},
+      {"n_validation", OptionType::Int, std::int64_t{300}, "validation examples (queries)", false,
+       inflab::between(1, 1797)},
       {"n_pretrain", OptionType::Int, std::int64_t{600},
-       "examples for base pretraining, disjoint from the others"},
+       "examples for base pretraining, disjoint from the others", false, inflab::between(0, 1797)},
       {"shuffle_seed", OptionType::Int, std::int64_t{0}, "which examples go to which split"},
   };
 }

@@ -79,7 +79,8 @@ std::vector<inflab::OptionSpec> options() {
   specs.push_back({"method", inflab::OptionType::String, std::string("auto"),
                    "auto (Cholesky when d <= n, else Woodbury), cholesky or woodbury"});
   specs.push_back({"memory_budget_mb", inflab::OptionType::Double, 4096.0,
-                   "refuse a block whose factorization would need more memory than this"});
+                   "refuse a block whose factorization would need more memory than this", false,
+                   inflab::greater_than(0)});
   return specs;
 }
 

@@ -17,7 +17,7 @@ KroneckerBasis kronecker_basis(const GradientBlock& block, const std::string& es
     throw Error(fmt::format(
         "{}: block '{}' has no Kronecker factors. They are captured with the gradients by `inflab run` "
         "and `inflab gradients` (DIR/factors/<block>.activation.npy and .gradient.npy); gradients "
-        "written elsewhere need those two files too (docs/gradient-store.md)",
+        "written elsewhere need those two files too (docs/gradient-store.md, \"K-FAC factors\")",
         estimator, block.name));
   KroneckerBasis basis;
   basis.in = block.activation_covariance.size(0);

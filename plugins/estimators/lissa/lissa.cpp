@@ -106,12 +106,15 @@ class Lissa : public inflab::BlockwiseEstimator<Fitted> {
 std::vector<inflab::OptionSpec> options() {
   auto specs = inflab::damping_option_specs();
   specs.push_back(
-      {"iterations", inflab::OptionType::Int, std::int64_t{100}, "LiSSA iterations (reference code: 10)"});
+      {"iterations", inflab::OptionType::Int, std::int64_t{100}, "LiSSA iterations (reference code: 10)", false,
+       inflab::between(1, 1e9)});
   specs.push_back({"scale", inflab::OptionType::Double, 0.0,
                    "s in r <- v + (I - H/s) r; 0 = automatic (1.1 x power-iteration estimate of H's top "
-                   "eigenvalue; reference code: 1)"});
+                   "eigenvalue; reference code: 1)",
+                   false, inflab::at_least(0)});
   specs.push_back({"batch_size", inflab::OptionType::Int, std::int64_t{0},
-                   "training examples per iteration; 0 = full batch (distributed runs need 0)"});
+                   "training examples per iteration; 0 = full batch (distributed runs need 0)", false,
+                   inflab::at_least(0)});
   specs.push_back({"seed", inflab::OptionType::Int, std::int64_t{0}, "mini-batch order"});
   specs.push_back({"variant", inflab::OptionType::String, std::string("paper"),
                    "paper: H = G + lambda I; reference_code: H = G - lambda I, as the paper's code does"});

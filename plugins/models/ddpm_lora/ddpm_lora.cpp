@@ -180,10 +180,11 @@ class DdpmLora : public inflab::Model {
 std::vector<inflab::OptionSpec> options() {
   return {
       {"channels", inflab::OptionType::IntList, std::vector<std::int64_t>{32, 64},
-       "channels at full and at half resolution"},
+       "channels at full and at half resolution", false, inflab::between(1, 65536)},
       {"embedding", inflab::OptionType::Int, std::int64_t{64},
-       "width of the timestep and condition embedding"},
-      {"groups", inflab::OptionType::Int, std::int64_t{8}, "GroupNorm groups (divides both channel counts)"},
+       "width of the timestep and condition embedding", false, inflab::between(1, 65536)},
+      {"groups", inflab::OptionType::Int, std::int64_t{8}, "GroupNorm groups (divides both channel counts)", false,
+       inflab::between(1, 65536)},
   };
 }
 
