@@ -174,7 +174,12 @@ TEST_CASE("an experiment runs end to end, caches its stages and resumes", "[pipe
   auto other_rank = inflab::load_experiment(file, {"model.lora.rank=3"}, registry).at(0);
   CHECK(key("gradients", other_rank) != key("gradients", config));
   CHECK(key("base", other_rank) == key("base", config));
-  auto rerun = inflab::run_experiment(other_rank, registry, paths);
+  // Another configuration into the same folder: refused, then replaced when asked.
+  CHECK_THROWS_WITH(inflab::run_experiment(other_rank, registry, paths),
+                    Contains("holds a finished run of another configuration") && Contains("rank = 3") &&
+                        Contains("--replace"));
+  CHECK(inflab::load_npy(run / "scores_datainf.npy").equal(scores));  // the finished run is untouched
+  auto rerun = inflab::run_experiment(other_rank, registry, paths, /*resume=*/true, /*replace=*/true);
   CHECK(rerun.stage_cached["pretrain"]);
   CHECK_FALSE(rerun.stage_cached["finetune"]);
 }
@@ -262,7 +267,7 @@ TEST_CASE("ground truth retrains on subsets and resumes, LDS equals a hand-compu
   // equal the fine-tuned model's (its mean validation loss, measured by the gradients stage).
   auto whole =
       inflab::load_experiment(file, {"ground_truth.fraction=1.0", "ground_truth.subsets=5"}, registry).at(0);
-  auto outcome = inflab::run_experiment(whole, registry, paths);
+  auto outcome = inflab::run_experiment(whole, registry, paths, /*resume=*/true, /*replace=*/true);
   const fs::path whole_dir =
       dir.path / "cache" / "ground_truth" / inflab::stage_key("ground_truth", whole, registry);
   for (int m = 0; m < 5; ++m) {
@@ -390,7 +395,7 @@ TEST_CASE("leave-one-out retrains without each estimator's extreme examples, loo
   CHECK_THROWS_WITH(inflab::load_experiment(orphan, {}, registry),
                     Contains("orphan.toml:") && Contains("only used by metric \"loo\""));
   CHECK_THROWS_WITH(inflab::load_experiment(file, {"leave_one_out.repeats=0"}, registry),
-                    Contains("leave_one_out.repeats") && Contains("at least 1"));
+                    Contains("leave_one_out.repeats") && Contains("an integer in [1,"));
 }
 
 TEST_CASE("a faulty estimator plugin ends the run with an error naming it, earlier outputs stay",
@@ -599,6 +604,6 @@ TEST_CASE("K-FAC/EK-FAC fits are cached by gradients and options and give identi
   // Other damping: another fit.
   auto damped = inflab::load_experiment(file, {}, registry).at(0);
   damped.estimators[1].options.set("damping_scale", 0.5);
-  auto third = inflab::run_experiment(damped, registry, paths, /*resume=*/false);
+  auto third = inflab::run_experiment(damped, registry, paths, /*resume=*/false, /*replace=*/true);
   CHECK_FALSE(third.stage_cached["fit:ekfac"]);
 }

@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <unistd.h>
 #include <cstdlib>
+#include <exception>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -398,6 +399,19 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   // The run is written into a hidden folder of this process and swapped in when complete.
   const fs::path staging = writer ? staging_directory(final_directory) : final_directory;
   outcome.directory = staging;
+  // A run that fails (an estimator that throws) shows what it did finish, unmarked (no metrics.csv),
+  // unless that would replace a finished run: then the finished one stays.
+  struct RevealOnFailure {
+    fs::path staging, final;
+    bool active;
+    ~RevealOnFailure() {
+      if (!active || std::uncaught_exceptions() == 0) return;
+      try {
+        if (!fs::exists(final / "metrics.csv")) swap_into_place(staging, final);
+      } catch (const std::exception&) {  // the error in flight is the one to report
+      }
+    }
+  } reveal_on_failure{staging, final_directory, writer};
   fs::path metrics_file = staging / "metrics.csv";
   if (writer) write_file_atomic(staging / "config.toml", config.resolved_toml);
 

@@ -53,7 +53,7 @@ __all__ = ["score", "plugins", "run", "set_threads", "threads", "numerics", "Err
 __version__ = _inflab.version()
 
 
-def _as_array(value: Any, where: str) -> Any:
+def _as_array(value: Any, where: str = "tensor") -> Any:
     """A NumPy view of a PyTorch tensor (no copy on the CPU); anything else unchanged."""
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch.Tensor, without importing torch
         tensor = value.detach()
