@@ -37,7 +37,8 @@ CRASH_SIGNS = ("internal error", "frame #", "Exception raised from", "terminate 
 
 
 class Sweep:
-    def __init__(self, build: Path, work: Path):
+    def __init__(self, build: Path, work: Path, timeout: float = 600):
+        self.timeout = timeout
         self.cli = build / "bin" / "inflab"
         self.build = build
         self.work = work
@@ -49,9 +50,12 @@ class Sweep:
         self.experiment.write_text(text)
         self.env = dict(os.environ, INFLAB_THREADS="2")
 
-    def inflab(self, *args, env=None, timeout=600):
-        done = subprocess.run([str(self.cli), "--quiet", *map(str, args)], capture_output=True, text=True,
-                              env=env or self.env, timeout=timeout)
+    def inflab(self, *args, env=None, timeout=None):
+        try:
+            done = subprocess.run([str(self.cli), "--quiet", *map(str, args)], capture_output=True, text=True,
+                                  env=env or self.env, timeout=timeout or self.timeout)
+        except subprocess.TimeoutExpired:
+            return -1, f"still running after {timeout or self.timeout} s (stopped)"
         return done.returncode, done.stdout + done.stderr
 
     def record(self, group, case, expected, ok, outcome):
@@ -371,7 +375,7 @@ print(json.dumps(cases))
             sets = [a for s in SMALL for a in ("--set", s)] + ["--set", f"{key}={value}"]
             v_code, v_output = self.inflab("validate", self.experiment, *sets)
             r_code, r_output = self.inflab("run", self.experiment, *sets, "--out", self.work / f"prop-{draw}",
-                                           "--cache", self.work / "prop-cache", timeout=900)
+                                           "--cache", self.work / "prop-cache")
             case = f"{key} = {value}"
             crash = [s for s in CRASH_SIGNS if s in v_output + r_output]
             if crash:
@@ -414,11 +418,12 @@ def main():
     parser.add_argument("--table", type=Path, help="also write the results as a Markdown table")
     parser.add_argument("--draws", type=int, default=30, help="random draws of the property test")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=600, help="seconds one command may take")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "sweep"
         work.mkdir()
-        sweep = Sweep(args.build.resolve(), work)
+        sweep = Sweep(args.build.resolve(), work, args.timeout)
         for part in (sweep.values, sweep.command_line, sweep.score, sweep.results, sweep.python):
             part()
         sweep.property(args.draws, args.seed)

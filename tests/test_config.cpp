@@ -228,7 +228,7 @@ TEST_CASE("`inflab validate` reports errors on stderr with exit code 2", "[confi
   auto result = test::run_command(std::string(INFLAB_BINARY) + " validate " + file.string());
   CHECK(result.exit_code == 2);
   CHECK_THAT(result.output, Contains("model.lora.rank") && Contains("an integer in [1, 65536]") &&
-                               Contains("found integer -1"));
+                                Contains("found integer -1"));
   auto good = dir.write("good.toml", kValid);
   auto ok = test::run_command(std::string(INFLAB_BINARY) + " validate " + good.string());
   CHECK(ok.exit_code == 0);

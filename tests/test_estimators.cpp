@@ -245,8 +245,9 @@ TEST_CASE("numerical edge cases give finite answers or clear errors, never silen
   }
   // An all-zero block: the damping rule has nothing to scale; the error says what to do.
   inflab::GradientBlocks zero{{"fc1.lora_B", torch::zeros({5, 4}), {}, {}}};
-  REQUIRE_THROWS_WITH(make("datainf")->fit(zero), Contains("'fc1.lora_B'") && Contains("every training gradient is zero") &&
-                                                   Contains("fixed damping"));
+  REQUIRE_THROWS_WITH(make("datainf")->fit(zero), Contains("'fc1.lora_B'") &&
+                                                      Contains("every training gradient is zero") &&
+                                                      Contains("fixed damping"));
   // NaN in the gradients: scoring stops and names the block instead of writing NaN scores.
   auto bad = torch::randn({6, 3});
   bad[2][1] = std::numeric_limits<float>::quiet_NaN();

@@ -1,14 +1,14 @@
 // The `inflab` command line: run experiments, validate them, list plugins, extract gradients,
 // and score gradient files written by inflab or by anyone else.
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
-#include <fcntl.h>
-#include <unistd.h>
 #include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -189,8 +189,7 @@ int command_plugins(const std::string& name, const Common& common) {
       found = true;
       std::cout << fmt::format("{} {} {} -- {}\n  file: {}\n  options:\n", to_string(r.info->kind),
                                r.info->name, r.info->version, r.info->description, r.file.string());
-      for (const auto& o : r.info->options())
-      {
+      for (const auto& o : r.info->options()) {
         const bool numeric = o.type == OptionType::Int || o.type == OptionType::Double ||
                              o.type == OptionType::IntList || o.type == OptionType::DoubleList;
         const std::string range = numeric ? o.range.describe() : "";
@@ -245,9 +244,10 @@ int command_score(const fs::path& gradients, const std::string& estimator_name,
   load_plugins(registry, common);
   registry.find(PluginKind::Estimator, estimator_name);  // a misspelt name fails before the reading
   if (is_inside(out, gradients))
-    throw Error(fmt::format("--out {}: inside the gradient directory {} that it reads; write the scores "
-                            "elsewhere",
-                            out.string(), gradients.string()));
+    throw Error(
+        fmt::format("--out {}: inside the gradient directory {} that it reads; write the scores "
+                    "elsewhere",
+                    out.string(), gradients.string()));
   check_writable_folder(fs::absolute(out).parent_path(), "--out's folder");
   GradientStore store = load_gradient_store(gradients);
   if (!blocks.empty()) select_blocks(store, blocks);
@@ -471,9 +471,10 @@ static int run_cli(int argc, char** argv) {
   run->add_option("--out", out, "results root (default: results); runs go to OUT/<experiment>/<run>/");
   run->add_option("--cache", cache, "stage cache (default: $INFLAB_CACHE or ~/.cache/inflab)");
   run->add_flag("--no-resume", no_resume, "recompute runs that already finished");
-  run->add_flag("--replace", replace,
-                "replace finished runs of another configuration or other kernels in --out (without it, such a "
-                "run is an error, never overwritten)");
+  run->add_flag(
+      "--replace", replace,
+      "replace finished runs of another configuration or other kernels in --out (without it, such a "
+      "run is an error, never overwritten)");
 
   auto* validate = app.add_subcommand(
       "validate", "check an experiment file (and its plugins' options) without running it");

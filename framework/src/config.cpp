@@ -166,7 +166,8 @@ struct Validator {
       }
       Value value = convert(node, *spec, path);
       if (const std::string expected = out_of_range(*spec, value); !expected.empty())
-        fail(node.source(), fmt::format("key '{}': expected {}, found {}", path, expected, describe(node)), path);
+        fail(node.source(), fmt::format("key '{}': expected {}, found {}", path, expected, describe(node)),
+             path);
       out.set(name, std::move(value));
     }
     for (const auto& spec : specs) {
@@ -206,7 +207,8 @@ const std::vector<OptionSpec>& experiment_specs() {
       spec("name", OptionType::String, std::string(), "experiment name; results go to results/<name>/", true),
       spec("description", OptionType::String, std::string(), "free text"),
       spec("seed", OptionType::Int, std::int64_t{0}, "seed of LoRA initialisation and training order"),
-      spec("repeats", OptionType::Int, std::int64_t{1}, "runs with seeds seed, seed+1, ...", between(1, 10000)),
+      spec("repeats", OptionType::Int, std::int64_t{1}, "runs with seeds seed, seed+1, ...",
+           between(1, 10000)),
       spec("plugin_paths", OptionType::StringList, std::vector<std::string>{},
            "extra plugin directories, relative to this file"),
   };
@@ -255,7 +257,8 @@ const std::vector<OptionSpec>& training_specs() {
   static const TrainingConfig d;
   static const std::vector<OptionSpec> specs{
       spec("epochs", OptionType::Int, d.epochs, "LoRA fine-tuning epochs", between(0, 1e6)),
-      spec("learning_rate", OptionType::Double, d.learning_rate, "fine-tuning learning rate", greater_than(0)),
+      spec("learning_rate", OptionType::Double, d.learning_rate, "fine-tuning learning rate",
+           greater_than(0)),
       spec("batch_size", OptionType::Int, d.batch_size, "fine-tuning batch size", between(1, 1e9)),
       spec("optimizer", OptionType::String, d.optimizer, "adam or sgd"),
       spec("weight_decay", OptionType::Double, d.weight_decay, "L2 weight decay", at_least(0)),
@@ -268,10 +271,9 @@ const std::vector<OptionSpec>& training_specs() {
 }
 const std::vector<OptionSpec>& queries_specs() {
   static const std::vector<OptionSpec> specs{
-      spec(
-          "generated_per_class", OptionType::Int, std::int64_t{10},
-          "images the fine-tuned denoiser generates per training class; they replace the validation queries",
-          between(1, 1e6)),
+      spec("generated_per_class", OptionType::Int, std::int64_t{10},
+           "images the fine-tuned denoiser generates per training class; they replace the validation queries",
+           between(1, 1e6)),
       spec("sampling_steps", OptionType::Int, std::int64_t{50}, "DDIM steps", between(1, 1e6)),
       spec("seed", OptionType::Int, std::int64_t{0}, "seed of the starting noise"),
   };
@@ -280,7 +282,8 @@ const std::vector<OptionSpec>& queries_specs() {
 const std::vector<OptionSpec>& ground_truth_specs() {
   static const std::vector<OptionSpec> specs{
       spec("subsets", OptionType::Int, std::int64_t{100},
-           "fine-tunings on random subsets of the training set (metric lds; at least 5 for a rank correlation)",
+           "fine-tunings on random subsets of the training set (metric lds; at least 5 for a rank "
+           "correlation)",
            between(5, 1e6)),
       spec("fraction", OptionType::Double, 0.5,
            "share of the training examples in each subset (1: every subset is the whole set, a check)",
@@ -603,10 +606,11 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   config.lora.alpha = lora.get_double("alpha");
   if (const toml::node* alpha = lora_node ? lora_node->as_table()->get("alpha") : nullptr;
       alpha && !(config.lora.alpha > 0))  // a zero scale would train nothing and divide by zero later
-    v.fail(alpha->source(),
-           fmt::format("key 'model.lora.alpha': expected a number > 0 (leave it out for alpha = rank), found {}",
-                       describe(*alpha)),
-           "model.lora.alpha");
+    v.fail(
+        alpha->source(),
+        fmt::format("key 'model.lora.alpha': expected a number > 0 (leave it out for alpha = rank), found {}",
+                    describe(*alpha)),
+        "model.lora.alpha");
   if (config.lora.alpha < 0) config.lora.alpha = static_cast<double>(config.lora.rank);
   lora.set("alpha", config.lora.alpha);
   config.lora.dropout = lora.get_double("dropout");
@@ -841,8 +845,8 @@ Options options_from_assignments(const std::string& who, const std::vector<Optio
     }
     Value parsed = parse_value(value, spec->type, "--set " + assignment);
     if (const std::string expected = out_of_range(*spec, parsed); !expected.empty())
-      throw Error(fmt::format("--set {}: {} option '{}': expected {}, found {}", assignment, who, key, expected,
-                              format_value(parsed)));
+      throw Error(fmt::format("--set {}: {} option '{}': expected {}, found {}", assignment, who, key,
+                              expected, format_value(parsed)));
     options.set(key, std::move(parsed));
   }
   for (const auto& s : specs)

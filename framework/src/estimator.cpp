@@ -146,9 +146,10 @@ void check_blocks(const GradientBlocks& train, const GradientBlocks& queries) {
   for (std::size_t b = 0; b < train.size(); ++b)
     for (std::size_t c = 0; c < b; ++c)
       if (train[b].name == train[c].name)
-        throw Error(fmt::format("block '{}' is given twice (blocks {} and {}): each block once, or its "
-                                "influence is counted twice",
-                                train[b].name, c, b));
+        throw Error(
+            fmt::format("block '{}' is given twice (blocks {} and {}): each block once, or its "
+                        "influence is counted twice",
+                        train[b].name, c, b));
   for (std::size_t b = 0; b < train.size(); ++b) {
     for (const auto* side : {&train, &queries})
       if ((*side)[b].values.dim() == 2 && (*side)[b].values.size(0) != (*side)[0].values.size(0))
@@ -162,9 +163,10 @@ void check_blocks(const GradientBlocks& train, const GradientBlocks& queries) {
                               queries[b].name));
     if (train[b].values.dim() != 2 || queries[b].values.dim() != 2 ||
         train[b].values.size(1) != queries[b].values.size(1))
-      throw Error(fmt::format("block '{}': training and query gradients must be 2-D with equal widths, found "
-                              "training {} and query {}",
-                              train[b].name, shape_text(train[b].values), shape_text(queries[b].values)));
+      throw Error(
+          fmt::format("block '{}': training and query gradients must be 2-D with equal widths, found "
+                      "training {} and query {}",
+                      train[b].name, shape_text(train[b].values), shape_text(queries[b].values)));
   }
 }
 

@@ -225,9 +225,10 @@ at::Tensor checked_gradient_values(const at::Tensor& values, const std::string& 
     throw Error(fmt::format("{}: expected a 2-D array (examples x values), found {} dimension(s) of sizes {}",
                             where, values.dim(), fmt::join(values.sizes(), " x ")));
   if (!values.is_floating_point())
-    throw Error(fmt::format("{}: expected gradients of little-endian float32, float64 or float16 (the "
-                            "dtypes a gradient file may have), found {}",
-                            where, c10::toString(values.scalar_type())));
+    throw Error(
+        fmt::format("{}: expected gradients of little-endian float32, float64 or float16 (the "
+                    "dtypes a gradient file may have), found {}",
+                    where, c10::toString(values.scalar_type())));
   at::Tensor checked = values.scalar_type() == torch::kFloat32 && values.is_contiguous()
                            ? values
                            : values.to(torch::kFloat32).contiguous();
@@ -274,9 +275,10 @@ GradientStore load_gradient_store(const fs::path& dir) {
     if (dim < 1)
       throw Error(fmt::format("{}: block '{}' has dim {}, expected >= 1", manifest.string(), name, dim));
     if (!seen.insert(name).second)
-      throw Error(fmt::format("{}: block '{}' is listed twice; list each block once (twice would count its "
-                              "influence twice)",
-                              manifest.string(), name));
+      throw Error(
+          fmt::format("{}: block '{}' is listed twice; list each block once (twice would count its "
+                      "influence twice)",
+                      manifest.string(), name));
     auto read = [&](const char* side, std::int64_t& rows) {
       fs::path file = dir / side / (name + ".npy");
       if (!fs::exists(file))

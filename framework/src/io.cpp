@@ -170,10 +170,10 @@ NpyHeader read_npy_header(std::ifstream& in, const fs::path& path) {
     if (descr == t.descr) result.type = t.type;
   if (descr == "<i1" || descr == "|i1") result.type = c10::kChar;
   if (result.type == c10::ScalarType::Undefined)
-    throw Error(
-        fmt::format("{}: unsupported dtype '{}' (.npy files inflab reads: little-endian float32, float64, "
-                    "float16, int64, int32, int8, uint8 or bool; gradient files: the three floating-point ones)",
-                    path.string(), descr));
+    throw Error(fmt::format(
+        "{}: unsupported dtype '{}' (.npy files inflab reads: little-endian float32, float64, "
+        "float16, int64, int32, int8, uint8 or bool; gradient files: the three floating-point ones)",
+        path.string(), descr));
   return result;
 }
 

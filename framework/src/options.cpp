@@ -115,7 +115,8 @@ bool Range::contains(double value) const {
 std::string Range::describe() const {
   const bool low = std::isfinite(minimum), high = std::isfinite(maximum);
   if (low && high)
-    return fmt::format("in {}{}, {}{}", minimum_excluded ? "(" : "[", minimum, maximum, maximum_excluded ? ")" : "]");
+    return fmt::format("in {}{}, {}{}", minimum_excluded ? "(" : "[", minimum, maximum,
+                       maximum_excluded ? ")" : "]");
   if (low) return fmt::format("{} {}", minimum_excluded ? ">" : ">=", minimum);
   if (high) return fmt::format("{} {}", maximum_excluded ? "<" : "<=", maximum);
   return "finite";

@@ -1,17 +1,17 @@
 #include "inflab/pipeline.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-#include <torch/torch.h>
-
-#include <chrono>
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
-#include <fcntl.h>
 #include <signal.h>
+#include <torch/torch.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -277,7 +277,8 @@ std::string first_difference(const std::string& before, const std::string& after
   std::vector<std::string> differences;
   auto trimmed = [](std::string& line) { line.erase(0, line.find_first_not_of(" \t")); };
   while (differences.size() < 3) {
-    const bool more_a = static_cast<bool>(std::getline(a, line_a)), more_b = static_cast<bool>(std::getline(b, line_b));
+    const bool more_a = static_cast<bool>(std::getline(a, line_a)),
+               more_b = static_cast<bool>(std::getline(b, line_b));
     if (!more_a && !more_b) break;
     trimmed(line_a), trimmed(line_b);
     if (more_a && more_b && line_a == line_b) {
@@ -287,7 +288,8 @@ std::string first_difference(const std::string& before, const std::string& after
     differences.push_back(fmt::format("{}'{}' there, '{}' now", section.empty() ? "" : section + " ",
                                       more_a ? line_a : "(end)", more_b ? line_b : "(end)"));
   }
-  return differences.empty() ? "no difference in the text" : "differs at " + fmt::format("{}", fmt::join(differences, "; "));
+  return differences.empty() ? "no difference in the text"
+                             : "differs at " + fmt::format("{}", fmt::join(differences, "; "));
 }
 
 // A fresh hidden folder beside `final` for this process's run; folders left by processes that
@@ -318,8 +320,8 @@ void swap_into_place(const fs::path& staging, const fs::path& final) {
     return;
   }
   if (errno != ENOENT)
-    throw Error(fmt::format("cannot put the finished run {} in place of {}: {}", staging.string(), final.string(),
-                            std::strerror(errno)));
+    throw Error(fmt::format("cannot put the finished run {} in place of {}: {}", staging.string(),
+                            final.string(), std::strerror(errno)));
   fs::rename(staging, final);  // no previous run
 }
 
@@ -370,14 +372,15 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
     throw Error(fmt::format(
         "{} holds a finished run of another configuration ({}): choose another --out (or experiment name), "
         "or pass --replace to replace it",
-        final_directory.string(), first_difference(read_file(final_directory / "config.toml"),
-                                                   config.resolved_toml)));
+        final_directory.string(),
+        first_difference(read_file(final_directory / "config.toml"), config.resolved_toml)));
   if (exists && !replace && !same_numerics)
     throw Error(fmt::format(
         "{} holds a finished run of this configuration computed on other kernels ({}; this process: {}): "
         "rerun with the kernels it was made with (--kernels pinned|native), choose another --out, or pass "
         "--replace to replace it",
-        final_directory.string(), made_on.empty() ? "not recorded: made before inflab recorded kernels" : made_on,
+        final_directory.string(),
+        made_on.empty() ? "not recorded: made before inflab recorded kernels" : made_on,
         current_numerics().key()));
   bool finished = resume && exists && same_config && same_numerics;
   if (world_size > 1)  // all ranks must take the same path, or one would wait for the others

@@ -68,7 +68,8 @@ struct Damping {
   // `block` names the block in the error when every gradient is zero (the rule has no scale then).
   double for_block(const at::Tensor& gradients, const std::string& block = "") const;
   // The same, from precomputed squared row norms (saves a pass over the gradients).
-  double for_norms(const at::Tensor& squared_row_norms, std::int64_t dim, const std::string& block = "") const;
+  double for_norms(const at::Tensor& squared_row_norms, std::int64_t dim,
+                   const std::string& block = "") const;
 };
 std::vector<OptionSpec> damping_option_specs();
 // Hands the heap's free pages back to the system (malloc_trim). glibc serves allocations up to

@@ -141,10 +141,11 @@ std::unique_ptr<Model> build_model(const StageInputs& inputs, Registry& registry
   });
   bool adapters = false;
   std::vector<std::string> layer_names;
-  for (auto* layer : model->lora_layers()) adapters |= layer->has_adapter(), layer_names.push_back(layer->name());
+  for (auto* layer : model->lora_layers())
+    adapters |= layer->has_adapter(), layer_names.push_back(layer->name());
   if (!adapters)
-    throw Error(fmt::format("key 'model.lora.targets': no layer of model '{}' matches {} (its layers: {})", plugin,
-                            fmt::format("[\"{}\"]", fmt::join(lora.targets, "\", \"")),
+    throw Error(fmt::format("key 'model.lora.targets': no layer of model '{}' matches {} (its layers: {})",
+                            plugin, fmt::format("[\"{}\"]", fmt::join(lora.targets, "\", \"")),
                             fmt::join(layer_names, ", ")));
   out.train = as_batch(data.train, torch::tensor(out.train_meta.observed_labels, torch::kLong));
   out.validation = as_batch(data.validation, data.validation.labels);

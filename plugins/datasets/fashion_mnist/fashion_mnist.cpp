@@ -99,12 +99,12 @@ std::vector<inflab::OptionSpec> options() {
        "directory of the gzip IDX files"},
       {"n_train", OptionType::Int, std::int64_t{1000}, "training examples (the ones scored)", false,
        inflab::between(1, 60000)},
-      {"n_validation", OptionType::Int, std::int64_t{200}, "validation examples (queries), from the test file",
-       false, inflab::between(1, 10000)},
-      {"n_pretrain", OptionType::Int, std::int64_t{5000}, "examples for base pretraining, disjoint from train",
-       false, inflab::between(0, 60000)},
-      {"classes", OptionType::IntList, std::vector<std::int64_t>{}, "class subset, e.g. [0, 6] (default: all 10)",
-       false, inflab::between(0, 9)},
+      {"n_validation", OptionType::Int, std::int64_t{200},
+       "validation examples (queries), from the test file", false, inflab::between(1, 10000)},
+      {"n_pretrain", OptionType::Int, std::int64_t{5000},
+       "examples for base pretraining, disjoint from train", false, inflab::between(0, 60000)},
+      {"classes", OptionType::IntList, std::vector<std::int64_t>{},
+       "class subset, e.g. [0, 6] (default: all 10)", false, inflab::between(0, 9)},
       {"shuffle_seed", OptionType::Int, std::int64_t{0}, "which examples are drawn"},
   };
 }

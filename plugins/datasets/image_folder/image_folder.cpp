@@ -277,8 +277,8 @@ std::vector<inflab::OptionSpec> options() {
       {"validation_share", OptionType::Double, 0.2,
        "without a validation folder: the share of the training images that become the queries", false,
        inflab::Range{0, 1, true, true}},
-      {"n_train", OptionType::Int, std::int64_t{0}, "training images (the ones scored); 0: all that remain", false,
-       inflab::between(0, 1e9)},
+      {"n_train", OptionType::Int, std::int64_t{0}, "training images (the ones scored); 0: all that remain",
+       false, inflab::between(0, 1e9)},
       {"n_validation", OptionType::Int, std::int64_t{0},
        "validation images (queries); 0: all of the validation folder, or validation_share of the training "
        "one",

@@ -166,8 +166,8 @@ std::vector<inflab::OptionSpec> options() {
        inflab::between(1, 1797)},
       {"test_per_class", OptionType::Int, std::int64_t{10}, "validation images per style or subject", false,
        inflab::between(1, 1797)},
-      {"n_pretrain", OptionType::Int, std::int64_t{1000}, "plain digits for the base (never a subject)", false,
-       inflab::between(0, 1797)},
+      {"n_pretrain", OptionType::Int, std::int64_t{1000}, "plain digits for the base (never a subject)",
+       false, inflab::between(0, 1797)},
       {"seed", OptionType::Int, std::int64_t{0}, "which digits go where"},
       {"path", OptionType::String, std::string(), "digits.csv.gz (default: the data cache)"},
   };

@@ -124,8 +124,8 @@ std::vector<inflab::OptionSpec> options() {
   specs.push_back({"validation", OptionType::String, std::string(),
                    "a validation file in the same format (default: a share of the training file)"});
   specs.push_back({"validation_share", OptionType::Double, 0.2,
-                   "without a validation file: the share of the training file that becomes the queries", false,
-                   inflab::Range{0, 1, true, true}});
+                   "without a validation file: the share of the training file that becomes the queries",
+                   false, inflab::Range{0, 1, true, true}});
   specs.push_back(
       {"format", OptionType::String, std::string("auto"), "\"jsonl\", \"csv\" or \"auto\" (by extension)"});
   specs.push_back(

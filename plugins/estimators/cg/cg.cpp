@@ -80,9 +80,8 @@ std::vector<inflab::OptionSpec> options() {
   specs.push_back({"tolerance", inflab::OptionType::Double, 1e-6,
                    "stop when ||(G + lambda I) r - v|| <= tolerance ||v|| for every query", false,
                    inflab::at_least(0)});
-  specs.push_back(
-      {"max_iterations", inflab::OptionType::Int, std::int64_t{500}, "iteration limit per block", false,
-       inflab::between(1, 1e9)});
+  specs.push_back({"max_iterations", inflab::OptionType::Int, std::int64_t{500}, "iteration limit per block",
+                   false, inflab::between(1, 1e9)});
   return specs;
 }
 

@@ -105,9 +105,8 @@ class Lissa : public inflab::BlockwiseEstimator<Fitted> {
 
 std::vector<inflab::OptionSpec> options() {
   auto specs = inflab::damping_option_specs();
-  specs.push_back(
-      {"iterations", inflab::OptionType::Int, std::int64_t{100}, "LiSSA iterations (reference code: 10)", false,
-       inflab::between(1, 1e9)});
+  specs.push_back({"iterations", inflab::OptionType::Int, std::int64_t{100},
+                   "LiSSA iterations (reference code: 10)", false, inflab::between(1, 1e9)});
   specs.push_back({"scale", inflab::OptionType::Double, 0.0,
                    "s in r <- v + (I - H/s) r; 0 = automatic (1.1 x power-iteration estimate of H's top "
                    "eigenvalue; reference code: 1)",

@@ -80,7 +80,8 @@ std::vector<inflab::OptionSpec> options() {
   return {
       {"channels", inflab::OptionType::IntList, std::vector<std::int64_t>{16, 32},
        "output channels of conv1 and conv2", false, inflab::between(1, 65536)},
-      {"hidden", inflab::OptionType::Int, std::int64_t{64}, "width of fc1", false, inflab::between(1, 1 << 20)},
+      {"hidden", inflab::OptionType::Int, std::int64_t{64}, "width of fc1", false,
+       inflab::between(1, 1 << 20)},
   };
 }
 

@@ -183,8 +183,8 @@ std::vector<inflab::OptionSpec> options() {
        "channels at full and at half resolution", false, inflab::between(1, 65536)},
       {"embedding", inflab::OptionType::Int, std::int64_t{64},
        "width of the timestep and condition embedding", false, inflab::between(1, 65536)},
-      {"groups", inflab::OptionType::Int, std::int64_t{8}, "GroupNorm groups (divides both channel counts)", false,
-       inflab::between(1, 65536)},
+      {"groups", inflab::OptionType::Int, std::int64_t{8}, "GroupNorm groups (divides both channel counts)",
+       false, inflab::between(1, 65536)},
   };
 }
 

@@ -66,8 +66,8 @@ class MlpLora : public inflab::Model {
 };
 
 std::vector<inflab::OptionSpec> options() {
-  return {{"hidden", inflab::OptionType::IntList, std::vector<std::int64_t>{128}, "hidden layer widths", false,
-           inflab::between(1, 1 << 20)}};
+  return {{"hidden", inflab::OptionType::IntList, std::vector<std::int64_t>{128}, "hidden layer widths",
+           false, inflab::between(1, 1 << 20)}};
 }
 
 }  // namespace

