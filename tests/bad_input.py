@@ -151,6 +151,7 @@ class Sweep:
                                            self.work / "cli-out", "--cache", self.work / "values-cache")
             self.expect_error("flags", f"{flag} {value}", code, output, needle)
         for variable, value in [("INFLAB_THREADS", "0"), ("INFLAB_THREADS", "abc"), ("INFLAB_THREADS", "-2"),
+                                ("INFLAB_THREADS", "100000"),
                                 ("INFLAB_KERNELS", "fast"), ("INFLAB_DISTRIBUTED_TIMEOUT", "-1"),
                                 ("INFLAB_DISTRIBUTED_TIMEOUT", "soon")]:
             env = dict(self.env, **{variable: value})
@@ -336,6 +337,8 @@ try:
     attempt("a meta tensor", lambda: inflab.score({"a": torch.empty(10, 6, device="meta")}, {"a": t[:2]}), "meta")
 except ImportError:
     pass
+attempt("set_threads(-1)", lambda: inflab.set_threads(-1), "set_threads", "-1")
+attempt("set_threads(10**6)", lambda: inflab.set_threads(10**6), "set_threads")
 attempt("run: a bad value", lambda: inflab.run(sys.argv[1], {"training.learning_rate": -0.1}, out=sys.argv[2]),
         "training.learning_rate")
 print(json.dumps(cases))

@@ -16,16 +16,22 @@
 namespace inflab {
 
 int configure_threads(int requested) {
+  constexpr int kMaxThreads = 4096;  // as --threads: beyond it, a typo, not a machine
+  if (requested > kMaxThreads)
+    throw Error("threads: expected an integer in [1, 4096] (0: $INFLAB_THREADS or every core), found " +
+                std::to_string(requested));
   int threads = requested;
   if (threads <= 0) {
     if (const char* env = std::getenv("INFLAB_THREADS"); env && *env) {
       try {
-        threads = std::stoi(env);
+        std::size_t used = 0;
+        threads = std::stoi(env, &used);
+        if (env[used] != '\0') threads = -1;  // "2x": not a number
       } catch (const std::exception&) {
-        throw Error(std::string("INFLAB_THREADS: expected a positive integer, found '") + env + "'");
+        throw Error(std::string("INFLAB_THREADS: expected an integer in [1, 4096], found '") + env + "'");
       }
-      if (threads <= 0)
-        throw Error(std::string("INFLAB_THREADS: expected a positive integer, found '") + env + "'");
+      if (threads <= 0 || threads > kMaxThreads)
+        throw Error(std::string("INFLAB_THREADS: expected an integer in [1, 4096], found '") + env + "'");
     }
   }
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

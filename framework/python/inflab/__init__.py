@@ -159,6 +159,9 @@ def run(path: Union[str, os.PathLike], set: Optional[Union[Mapping[str, Any], Se
 def set_threads(count: int) -> int:
     """LibTorch threads for inflab (and for torch in the same process: it is one library).
     0 = $INFLAB_THREADS, else every core (the default at import). Returns the count in effect."""
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 0 <= count <= 4096:
+        raise Error(f"set_threads: expected an integer in [0, 4096] (0: $INFLAB_THREADS, else every core), "
+                    f"found {count!r}")
     return _inflab.set_threads(int(count))
 
 
