@@ -257,7 +257,9 @@ const Numerics& select_kernels(KernelMode mode, bool may_restart) {
     for (const auto& v : kPinnedVariables) {
       const auto original = original_value(v);
       const std::string recorded = std::string(kPresetPrefix) + v.name;
-      preset |= std::getenv(recorded.c_str()) && original != std::optional<std::string>(environment(v.name));
+      const char* now = std::getenv(v.name);
+      preset |=
+          std::getenv(recorded.c_str()) && original != (now ? std::optional<std::string>(now) : std::nullopt);
       original ? setenv(v.name, original->c_str(), 1) : unsetenv(v.name);
       unsetenv(recorded.c_str());
     }
