@@ -24,7 +24,9 @@ namespace inflab {
 namespace {
 
 // The kernels pinned mode selects: present on every x86-64 processor with AVX2 and FMA. OpenBLAS
-// reads its variable when it loads; ATen and oneDNN read theirs at their first use.
+// reads its variable when it loads; ATen and oneDNN read theirs at their first use. The same table
+// stands in the launcher (preset_pinned_kernels in ./inflab) and in framework/python/inflab/__init__.py
+// (_pin_kernels_if_unloaded), which must set it before this library loads: change all three together.
 constexpr const char* kPinnedOpenblasCore = "Haswell";
 struct PinnedVariable {
   const char* name;

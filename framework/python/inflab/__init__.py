@@ -27,7 +27,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 def _pin_kernels_if_unloaded() -> None:
     """Pinned kernels (docs/performance.md, "Pinned kernels"): OpenBLAS reads its core type when it
     loads, so the environment is set here, before NumPy loads it, unless INFLAB_KERNELS=native or
-    this process already holds an OpenBLAS (then inflab.numerics() says what runs)."""
+    this process already holds an OpenBLAS (then inflab.numerics() says what runs). The variables
+    are framework/src/numerics.cpp's kPinnedVariables: change them together."""
     if os.environ.get("INFLAB_KERNELS", "pinned") != "pinned":
         return
     try:
