@@ -284,3 +284,21 @@ TEST_CASE("a bad kernel mode on the command line or in the environment is a clea
       test::run_command("INFLAB_KERNELS=native " + std::string(INFLAB_BINARY) + " validate " + good.string());
   CHECK_THAT(native.output, Contains("valid, 1 run(s), native kernels"));
 }
+
+TEST_CASE("causal-LM and schedule choices are checked before a run, naming the key and the choices",
+          "[config]") {
+  Fixture f;
+  CHECK_THAT(f.error_of(kValid, {"task.name=causal_lm", "task.scored=prompts"}),
+             Contains("task.scored") && Contains("\"response\", \"prompt\", \"all\"") &&
+                 Contains("found \"prompts\""));
+  CHECK_THAT(f.error_of(kValid, {"task.name=causal_lm", "task.padding=max"}),
+             Contains("task.padding") && Contains("\"none\", \"longest\""));
+  CHECK_THAT(f.error_of(kValid, {"task.name=causal_lm", "task.fine_tune_scored=prompt"}),
+             Contains("task.fine_tune_scored") && Contains("\"response\", \"all\""));
+  CHECK_THAT(f.error_of(kValid, {"training.schedule=cosine"}),
+             Contains("training.schedule") && Contains("found \"cosine\""));
+  CHECK_THAT(f.error_of(kValid, {"training.accumulation_steps=0"}), Contains("training.accumulation_steps"));
+  auto runs = f.load(
+      kValid, {"training.accumulation_steps=16", "training.schedule=linear", "training.max_grad_norm=1"});
+  CHECK(runs.size() == 1);
+}

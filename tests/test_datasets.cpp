@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -485,4 +486,58 @@ plugin = "datainf"
   fs::last_write_time(dir.path / "images" / "b" / "1.png",
                       fs::last_write_time(dir.path / "images" / "b" / "1.png") + std::chrono::seconds(2));
   CHECK(key() != added);  // an image's content
+}
+
+TEST_CASE("paper_generation_tasks reads the paper's files verbatim and refuses a changed byte",
+          "[datasets][paper_generation_tasks]") {
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  const fs::path dir = fs::path(INFLAB_SOURCE_DIR) / "data" / "datainf-generation-tasks";
+  for (const std::string task : {"grammars", "math_without_reason", "math_with_reason"}) {
+    INFO(task);
+    auto splits = dataset(registry, "paper_generation_tasks", {{"task", task}})->load();
+    REQUIRE(splits.train.size() == 900);
+    REQUIRE(splits.validation.size() == 100);
+    REQUIRE(splits.class_names.size() == 10);
+    // Oracle: the file read here line by line; text = prompt + response + "</s>", class = variation.
+    std::ifstream in(dir / (task + "_train.jsonl"));
+    std::int64_t row = 0;
+    std::vector<std::int64_t> per_class(10, 0);
+    for (std::string line; std::getline(in, line); ++row) {
+      const auto record = nlohmann::json::parse(line);
+      CHECK(splits.train.texts[row] == record["prompt"].get<std::string>());
+      CHECK(splits.train.texts[row] + splits.train.responses[row] + "</s>" ==
+            record["text"].get<std::string>());
+      const auto label = splits.train.labels[row].item<std::int64_t>();
+      CHECK(splits.class_names[label] == record["variation"].get<std::string>());
+      ++per_class[label];
+    }
+    CHECK(row == 900);
+    CHECK(per_class == std::vector<std::int64_t>(10, 90));
+    CHECK(splits.validation.ids.front() == 900);
+  }
+  auto subset = dataset(registry, "paper_generation_tasks",
+                        {{"train_per_class", std::int64_t{3}}, {"test_per_class", std::int64_t{1}}})
+                    ->load();
+  CHECK(subset.train.size() == 30);
+  CHECK(subset.validation.size() == 10);
+  CHECK(subset.train.ids[3] == 90);  // the first rows of each class keep their row numbers
+
+  // One changed byte: an error naming the file and both checksums.
+  test::TempDir copy;
+  for (const auto& entry : fs::directory_iterator(dir))
+    fs::copy(entry.path(), copy.path / entry.path().filename());
+  {
+    std::fstream file(copy.path / "math_without_reason_test.jsonl",
+                      std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(20);
+    file.put('X');
+  }
+  auto changed = dataset(registry, "paper_generation_tasks", {{"data_dir", copy.path.string()}});
+  CHECK_THROWS_WITH(
+      changed->load(),
+      Contains("math_without_reason_test.jsonl has SHA-256") &&
+          Contains("expected 6bdedef78ce595977a424638733860e79eab42a7709352c0e61fac6c0accddfe"));
+  fs::remove(copy.path / "math_without_reason_train.jsonl");
+  CHECK_THROWS_WITH(changed->load(), Contains("cannot read") && Contains("math_without_reason_train.jsonl"));
 }

@@ -262,6 +262,18 @@ const std::vector<OptionSpec>& training_specs() {
       spec("batch_size", OptionType::Int, d.batch_size, "fine-tuning batch size", between(1, 1e9)),
       spec("optimizer", OptionType::String, d.optimizer, "adam or sgd"),
       spec("weight_decay", OptionType::Double, d.weight_decay, "L2 weight decay", at_least(0)),
+      spec(
+          "accumulation_steps", OptionType::Int, std::int64_t{1},
+          "batches whose gradients are summed (each batch's loss divided by this) before one optimizer step; "
+          "an epoch's last step takes what is left (Hugging Face's gradient_accumulation_steps)",
+          between(1, 1e6)),
+      spec("schedule", OptionType::String, std::string("constant"),
+           "learning rate: \"constant\", or \"linear\" decay to 0 over all optimizer steps (Hugging Face's "
+           "default)"),
+      spec(
+          "max_grad_norm", OptionType::Double, 0.0,
+          "clip the gradient of each optimizer step to this norm (Hugging Face's default: 1); 0: no clipping",
+          at_least(0)),
       spec("pretrain_epochs", OptionType::Int, d.pretrain_epochs,
            "base pretraining epochs (models without packaged weights)", between(0, 1e6)),
       spec("pretrain_learning_rate", OptionType::Double, d.pretrain_learning_rate,
@@ -647,6 +659,11 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
            fmt::format("key 'training.optimizer': expected \"adam\" or \"sgd\", found \"{}\"",
                        config.training.optimizer),
            "training.optimizer");
+  if (const auto& schedule = training.get_string("schedule"); schedule != "constant" && schedule != "linear")
+    v.fail(
+        v.section(root, "training", false).get("schedule")->source(),
+        fmt::format("key 'training.schedule': expected \"constant\" or \"linear\", found \"{}\"", schedule),
+        "training.schedule");
   resolved.insert("training", options_table(training));
 
   // [[estimator]]
@@ -691,6 +708,15 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   const toml::table& task_table = v.section(root, "task", false);
   v.validate(task_table, "task", task_option_specs(), {}, task);
   config.task = task.get_string("name");
+  if (config.task == "causal_lm") try {
+      make_task(config.task, task);  // the causal-LM choices (template, scored, ...)
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      const auto start = what.find("'task.") + 6;
+      const std::string key = what.substr(start, what.find('\'', start) - start);
+      const toml::node* node = task_table.get(key);
+      v.fail(node ? node->source() : task_table.source(), what, "task." + key);
+    }
   {
     auto names = task_names();
     if (std::find(names.begin(), names.end(), config.task) == names.end()) {

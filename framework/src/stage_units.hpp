@@ -93,7 +93,8 @@ std::filesystem::path cache_root_of(const RunPaths& paths);
 struct LoadedData {
   DatasetSplits splits;
   ExampleMeta train_meta, query_meta;
-  Batch train, validation, pretrain;  // as the task sees them (train: observed labels)
+  Batch train, validation, pretrain;  // as the task's influence loss sees them (train: observed labels)
+  Batch train_fit;  // the training split as fine-tuning sees it (causal_lm may encode it otherwise)
 };
 LoadedData load_data(const StageInputs& inputs, Registry& registry, RunOutcome& outcome);
 // The model with its LoRA adapters (read by the base, finetune and gradients stages: declared by
@@ -144,7 +145,10 @@ bool fit_estimator(const StageInputs& inputs, Estimator& estimator, const Gradie
 // A training loop over `examples` minimising `loss` (batch -> scalar) with Adam or SGD.
 struct TrainingSchedule {
   std::int64_t epochs = 1, batch_size = 32, seed = 0;
+  std::int64_t accumulation_steps = 1;  // batches per optimizer step (the last of an epoch takes the rest)
   double learning_rate = 1e-3, weight_decay = 0;
+  double max_grad_norm = 0;   // 0: no clipping
+  bool linear_decay = false;  // learning rate decays linearly to 0 over all optimizer steps
   std::string optimizer = "adam", label;
   bool show_progress = true;
 };

@@ -5,6 +5,7 @@
 #include <fmt/ranges.h>
 #include <torch/torch.h>
 
+#include "inflab/causal_lm.hpp"
 #include "inflab/error.hpp"
 #include "inflab/model.hpp"
 
@@ -46,11 +47,25 @@ class ClassificationTask : public Task {
   }
 };
 
-// Next-token cross-entropy summed over each example's scored positions (targets >= 0).
+// Next-token cross-entropy over each example's scored positions (targets >= 0), summed or averaged
+// per example (`reduction`). Fine-tuning: the mean over the batch of the examples' sums, or with
+// reduction = "mean" Hugging Face's mean over every scored token of the batch.
 class CausalLmTask : public Task {
  public:
+  explicit CausalLmTask(bool mean) : mean_(mean) {}
   std::string name() const override { return "causal_lm"; }
   at::Tensor example_losses(Model& model, const Batch& batch) const override {
+    auto [sums, counts] = token_losses(model, batch);
+    return mean_ ? sums / counts.clamp_min(1) : sums;
+  }
+  at::Tensor training_loss(Model& model, const Batch& batch) const override {
+    auto [sums, counts] = token_losses(model, batch);
+    return mean_ ? sums.sum() / counts.sum().clamp_min(1) : sums.mean();
+  }
+
+ private:
+  // Per example: the summed loss of its scored tokens, and how many there are.
+  std::pair<torch::Tensor, torch::Tensor> token_losses(Model& model, const Batch& batch) const {
     const auto& targets = batch.targets;
     if (targets.dim() != 2 || targets.size(0) != batch.size())
       throw Error(fmt::format(
@@ -66,8 +81,11 @@ class CausalLmTask : public Task {
     torch::Tensor token_loss = F::cross_entropy(logits, targets.reshape({-1}).index_select(0, flat),
                                                 F::CrossEntropyFuncOptions().reduction(torch::kNone));
     torch::Tensor example_of = flat.div(targets.size(1), "floor");
-    return torch::zeros({batch.size()}, token_loss.options()).index_add(0, example_of, token_loss);
+    torch::Tensor sums =
+        torch::zeros({batch.size()}, token_loss.options()).index_add(0, example_of, token_loss);
+    return {sums, scored.sum(1).to(token_loss.scalar_type())};
   }
+  bool mean_;
 };
 
 // DDPM epsilon-prediction loss at fixed timesteps (the paper: 25, 225, ..., 925 of 1000).
@@ -154,6 +172,28 @@ std::vector<OptionSpec> task_option_specs() {
   return {
       OptionSpec{"name", OptionType::String, std::string("classification"),
                  "classification, causal_lm or denoising: what an example's loss is", false},
+      OptionSpec{"template", OptionType::String, std::string("chat"),
+                 "causal_lm: \"chat\" (the prompt in the model's chat template, the answer, end of turn) or "
+                 "\"raw\" (prompt text, answer, end-of-sequence token)",
+                 false},
+      OptionSpec{"scored", OptionType::String, std::string("response"),
+                 "causal_lm: which tokens the influence loss covers: \"response\" (the answer and its end), "
+                 "\"prompt\" (the prompt alone, the paper's code) or \"all\" (prompt and answer as one text)",
+                 false},
+      OptionSpec{
+          "reduction", OptionType::String, std::string("sum"),
+          "causal_lm: \"sum\" or \"mean\" over an example's scored tokens (mean: fine-tuning takes the "
+          "mean over the batch's tokens, as Hugging Face does)",
+          false},
+      OptionSpec{"padding", OptionType::String, std::string("none"),
+                 "causal_lm: \"longest\" pads each split's examples with the end-of-sequence token to its "
+                 "longest and scores the padding, which no token attends to (the paper's code); \"none\"",
+                 false},
+      OptionSpec{
+          "fine_tune_scored", OptionType::String, std::string("response"),
+          "causal_lm: which tokens fine-tuning learns: \"response\" or \"all\" (supervised on the whole "
+          "text, the paper's recipe)",
+          false},
       OptionSpec{"timesteps", OptionType::IntList, std::vector<std::int64_t>{25, 225, 425, 525, 725, 925},
                  "denoising: timesteps whose losses are summed for gradients and queries (the paper's)",
                  false, at_least(0)},
@@ -168,7 +208,10 @@ std::unique_ptr<Task> make_classification_task() { return std::make_unique<Class
 
 std::unique_ptr<Task> make_task(const std::string& name, const Options& options) {
   if (name == "classification") return make_classification_task();
-  if (name == "causal_lm") return std::make_unique<CausalLmTask>();
+  if (name == "causal_lm") {
+    influence_encoding(options), fine_tuning_encoding(options);  // the choices are checked here
+    return std::make_unique<CausalLmTask>(options.get_string("reduction") == "mean");
+  }
   if (name == "denoising")
     return std::make_unique<DenoisingTask>(options.get_int_list("timesteps"), options.get_int("noise_seed"),
                                            options.get_int("diffusion_steps"));

@@ -20,7 +20,7 @@ namespace inflab {
 // number does not; `tests/abi_headers.sh --update` records the new state.
 // 2: Kronecker factors; 3: text; 4: fit cache; 5: token masks; 6: distributed runs;
 // 7: tasks (Split::targets, Model::token_logits/denoise), build fingerprint.
-#define INFLAB_ABI_VERSION 10
+#define INFLAB_ABI_VERSION 11
 inline constexpr std::uint32_t kAbiVersion = INFLAB_ABI_VERSION;
 
 #define INFLAB_STRINGIFY_(x) #x

@@ -4,6 +4,7 @@
 #include <random>
 
 #include "../stage_units.hpp"
+#include "inflab/causal_lm.hpp"
 #include "inflab/config.hpp"
 #include "inflab/language_model.hpp"
 #include "inflab/lora.hpp"
@@ -105,7 +106,9 @@ std::unique_ptr<Model> build_model(const StageInputs& inputs, Registry& registry
   Options options = plugin_options(inputs, "model", PluginKind::Model, plugin, registry);
   auto model = registry.create_as<Model>(PluginKind::Model, plugin, options);
   DatasetSplits& data = out.splits;
-  // Instruction datasets: a language model encodes prompt and response, with targets on the response.
+  // Instruction datasets: prompt and response as the task encodes them (inflab/causal_lm.hpp); the
+  // training split a second time as fine-tuning sees it when that differs.
+  const Options task = inputs.section("task");
   for (Split* split : {&data.train, &data.validation, &data.pretrain})
     if (!split->responses.empty() && !split->inputs.defined()) {
       auto* language = dynamic_cast<LanguageModel*>(model.get());
@@ -114,7 +117,13 @@ std::unique_ptr<Model> build_model(const StageInputs& inputs, Registry& registry
             fmt::format("dataset '{}' gives instructions and responses; model '{}' is not a language model",
                         inputs.get_string("dataset.plugin"), plugin));
       auto start = Clock::now();
-      std::tie(split->inputs, split->targets) = language->encode_instructions(split->texts, split->responses);
+      std::tie(split->inputs, split->targets) =
+          encode_causal_lm(*language, split->texts, split->responses, influence_encoding(task));
+      if (split == &data.train && fine_tuning_encoding(task) != influence_encoding(task)) {
+        auto [ids, targets] =
+            encode_causal_lm(*language, split->texts, split->responses, fine_tuning_encoding(task));
+        out.train_fit = Batch{ids, targets, torch::tensor(split->ids, torch::kLong)};
+      }
       outcome.stage_seconds["tokenize"] += seconds_since(start);
     }
   // Text datasets: the model's tokenizer turns texts into its input tensor.
@@ -148,6 +157,7 @@ std::unique_ptr<Model> build_model(const StageInputs& inputs, Registry& registry
                             plugin, fmt::format("[\"{}\"]", fmt::join(lora.targets, "\", \"")),
                             fmt::join(layer_names, ", ")));
   out.train = as_batch(data.train, torch::tensor(out.train_meta.observed_labels, torch::kLong));
+  if (!out.train_fit.inputs.defined()) out.train_fit = out.train;
   out.validation = as_batch(data.validation, data.validation.labels);
   if (data.pretrain.size() > 0) out.pretrain = as_batch(data.pretrain, data.pretrain.labels);
   return model;

@@ -63,7 +63,7 @@ std::map<std::string, double> measure_classifier(Model& model, const Task& task,
 }
 
 ModelMeasurements measure_model(Model& model, const Task& task, const LoadedData& data,
-                                std::int64_t batch_size) {
+                                std::int64_t batch_size, bool chat) {
   if (task.name() == "classification") return {measure_classifier(model, task, data, batch_size), {}};
   auto* language = dynamic_cast<LanguageModel*>(&model);
   const Split& test = data.splits.validation;
@@ -76,8 +76,10 @@ ModelMeasurements measure_model(Model& model, const Task& task, const LoadedData
     const auto expected = language->tokenize(test.responses[i], false);
     GenerationOptions options;
     options.max_tokens = 2 * static_cast<std::int64_t>(expected.size()) + 8;
-    const auto answer =
-        language->generate(language->tokenize(language->chat_prompt(test.texts[i]), true), options);
+    // The prompt as fine-tuning saw it: in the chat template, or raw text (template = "raw").
+    const auto prompt = chat ? language->tokenize(language->chat_prompt(test.texts[i]), true)
+                             : language->tokenize(test.texts[i], false);
+    const auto answer = language->generate(prompt, options);
     measured.answers.push_back(language->detokenize(answer));
     correct += measured.answers.back() == test.responses[i];
     progress.advance();
@@ -193,7 +195,8 @@ GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedD
   store.train = per_example_gradients(model, *task, train, request);
   store.query = per_example_gradients(model, *task, data.validation,
                                       {batch_size, "validation gradients", false, true, {}});
-  ModelMeasurements measured = measure_model(model, *task, data, batch_size);
+  ModelMeasurements measured =
+      measure_model(model, *task, data, batch_size, inputs.get_string("task.template") == "chat");
   store.model_metrics = measured.metrics;
   store.train_meta = std::move(train_meta);
   store.query_meta = data.query_meta;

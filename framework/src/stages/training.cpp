@@ -16,18 +16,26 @@ namespace inflab {
 // The base's weights do not depend on the LoRA adapters or the experiment seed (a model plugin's
 // contract: it initialises its base from a fixed seed), nor on label noise.
 const StageDeclaration& base_stage() {
-  static const StageDeclaration stage{
-      "base",
-      3,
-      {},
-      {"dataset", "model", "task", "training.pretrain_epochs", "training.pretrain_learning_rate",
-       "training.batch_size"},
-      {"dataset.label_noise", "dataset.noise_seed", "model.lora", "model.adapter"},
-      {"dataset", "model"}};
+  static const StageDeclaration stage{"base",
+                                      3,
+                                      {},
+                                      {"dataset", "model", "task", "training.pretrain_epochs",
+                                       "training.pretrain_learning_rate", "training.batch_size"},
+                                      {"dataset.label_noise", "dataset.noise_seed", "model.lora",
+                                       "model.adapter", "task.scored", "task.padding"},
+                                      {"dataset", "model"}};
   return stage;
 }
 
 namespace {
+// The task as a training stage sees it: options it does not declare (the influence loss's) at
+// their defaults, which training never uses.
+std::unique_ptr<Task> stage_task(const StageInputs& inputs) {
+  Options options = default_options("[task]", task_option_specs());
+  const Options declared = inputs.section("task");
+  for (const auto& [name, value] : declared.values()) options.set(name, value);
+  return make_task(inputs.get_string("task.name"), options);
+}
 // What one fine-tuning of the adapters reads: the finetune stage, and each retraining of the
 // ground-truth and leave-one-out stages (plus what they add).
 std::vector<std::string> fine_tuning_reads(std::vector<std::string> extra = {}) {
@@ -39,14 +47,19 @@ std::vector<std::string> fine_tuning_reads(std::vector<std::string> extra = {}) 
                                  "training.learning_rate",
                                  "training.batch_size",
                                  "training.optimizer",
-                                 "training.weight_decay"};
+                                 "training.weight_decay",
+                                 "training.accumulation_steps",
+                                 "training.schedule",
+                                 "training.max_grad_norm"};
   reads.insert(reads.end(), extra.begin(), extra.end());
   return reads;
 }
 }  // namespace
 
+// What the influence loss covers (task.scored, task.padding) is not what fine-tuning learns.
 const StageDeclaration& finetune_stage() {
-  static const StageDeclaration stage{"finetune", 3, {"base"}, fine_tuning_reads(), {}, {"dataset", "model"}};
+  static const StageDeclaration stage{
+      "finetune", 3, {"base"}, fine_tuning_reads(), {"task.scored", "task.padding"}, {"dataset", "model"}};
   return stage;
 }
 
@@ -89,20 +102,31 @@ void train(Model& model, const std::function<at::Tensor(const Batch&)>& loss,
     optimizer = std::make_unique<torch::optim::Adam>(
         parameters, torch::optim::AdamOptions(schedule.learning_rate).weight_decay(schedule.weight_decay));
   const std::int64_t n = examples.size(), batch_size = schedule.batch_size;
-  const std::int64_t batches = (n + batch_size - 1) / batch_size;
+  const std::int64_t batches = (n + batch_size - 1) / batch_size, accumulation = schedule.accumulation_steps;
+  const std::int64_t steps_per_epoch = (batches + accumulation - 1) / accumulation;
+  const double total_steps = static_cast<double>(schedule.epochs * steps_per_epoch);
   auto generator = at::detail::createCPUGenerator(static_cast<std::uint64_t>(schedule.seed));
   model.set_training(true);
   std::optional<Progress> progress;
   if (schedule.show_progress) progress.emplace(schedule.label, schedule.epochs * batches, "batches");
+  std::int64_t step = 0;
   for (std::int64_t epoch = 0; epoch < schedule.epochs; ++epoch) {
     torch::Tensor order = torch::randperm(n, generator, torch::kLong);
     for (std::int64_t b = 0; b < batches; ++b) {
       torch::Tensor index = order.narrow(0, b * batch_size, std::min(batch_size, n - b * batch_size));
-      optimizer->zero_grad();
+      if (b % accumulation == 0) optimizer->zero_grad();
       Batch batch{examples.inputs.index_select(0, index), examples.targets.index_select(0, index),
                   examples.example_ids.index_select(0, index)};
-      loss(batch).backward();
-      optimizer->step();
+      torch::Tensor value = loss(batch);
+      (accumulation == 1 ? value : value / static_cast<double>(accumulation)).backward();
+      if ((b + 1) % accumulation == 0 || b + 1 == batches) {
+        if (schedule.max_grad_norm > 0) torch::nn::utils::clip_grad_norm_(parameters, schedule.max_grad_norm);
+        if (schedule.linear_decay)  // Hugging Face's linear schedule without warm-up
+          for (auto& group : optimizer->param_groups())
+            group.options().set_lr(schedule.learning_rate * (1.0 - static_cast<double>(step) / total_steps));
+        optimizer->step();
+        ++step;
+      }
       if (progress) progress->advance();
     }
   }
@@ -189,13 +213,16 @@ void fine_tune_adapters(const StageInputs& inputs, Model& model, const std::vect
                         std::optional<std::int64_t> training_seed = std::nullopt) {
   const std::int64_t seed = training_seed.value_or(inputs.get_int("experiment.seed"));
   torch::manual_seed(static_cast<std::uint64_t>(seed));  // dropout masks (and a task's own draws)
-  auto task = make_task(inputs.get_string("task.name"), inputs.section("task"));
+  auto task = stage_task(inputs);
   TrainingSchedule schedule;
   schedule.epochs = inputs.get_int("training.epochs");
   schedule.learning_rate = inputs.get_double("training.learning_rate");
   schedule.batch_size = inputs.get_int("training.batch_size");
   schedule.optimizer = inputs.get_string("training.optimizer");
   schedule.weight_decay = inputs.get_double("training.weight_decay");
+  schedule.accumulation_steps = inputs.get_int("training.accumulation_steps");
+  schedule.linear_decay = inputs.get_string("training.schedule") == "linear";
+  schedule.max_grad_norm = inputs.get_double("training.max_grad_norm");
   schedule.seed = seed;
   schedule.label = label;
   schedule.show_progress = show_progress;
@@ -239,8 +266,8 @@ torch::Tensor losses_after_fine_tuning(const StageInputs& inputs, Model& model, 
     torch::NoGradGuard no_grad;
     for (auto* layer : model.lora_layers()) layer->reset_adapter(static_cast<std::uint64_t>(*seed));
   }
-  Batch subset{data.train.inputs.index_select(0, kept), data.train.targets.index_select(0, kept),
-               data.train.example_ids.index_select(0, kept)};
+  Batch subset{data.train_fit.inputs.index_select(0, kept), data.train_fit.targets.index_select(0, kept),
+               data.train_fit.example_ids.index_select(0, kept)};
   fine_tune_adapters(inputs, model, adapters.live, subset, "", /*show_progress=*/false, seed);
   return query_losses(model, task, data, inputs.get_int("evaluation.gradient_batch_size"));
 }
@@ -270,7 +297,7 @@ void prepare_base(const StageInputs& inputs, Model& model, const LoadedData& dat
         train_probe_head(inputs, model, data.pretrain, base, schedule);
       } else {
         schedule.label = "pretraining base";
-        auto task = make_task(inputs.get_string("task.name"), inputs.section("task"));
+        auto task = stage_task(inputs);
         train(
             model, [&](const Batch& b) { return task->training_loss(model, b); }, base, data.pretrain,
             schedule);
@@ -298,7 +325,7 @@ void finetune(const StageInputs& inputs, Model& model, const LoadedData& data, c
   fs::path file = cache_root_of(paths) / "finetune" / (inputs.key() + ".pt");
   outcome.stage_cached["finetune"] = load_tensors(file, lora);
   if (!outcome.stage_cached["finetune"]) {
-    fine_tune_adapters(inputs, model, lora, data.train, "fine-tuning LoRA");
+    fine_tune_adapters(inputs, model, lora, data.train_fit, "fine-tuning LoRA");
     save_tensors(file, lora);
   }
   outcome.stage_seconds["finetune"] = seconds_since(start);
@@ -314,7 +341,7 @@ GroundTruth ground_truth(const StageInputs& inputs, Model& model, const LoadedDa
   const fs::path directory = cache_root_of(paths) / "ground_truth" / inputs.key();
   fs::create_directories(directory);
   remove_stale_temporaries(directory);
-  auto task = make_task(inputs.get_string("task.name"), inputs.section("task"));
+  auto task = stage_task(inputs);
   AdapterSnapshot adapters(model);
   GroundTruth truth;
   truth.subsets = torch::zeros({subsets, n}, torch::kBool);
@@ -356,7 +383,7 @@ LeaveOneOut leave_one_out(const StageInputs& inputs, Model& model, const LoadedD
   const fs::path directory = cache_root_of(paths) / "leave_one_out" / inputs.key();
   fs::create_directories(directory);
   remove_stale_temporaries(directory);
-  auto task = make_task(inputs.get_string("task.name"), inputs.section("task"));
+  auto task = stage_task(inputs);
   AdapterSnapshot adapters(model);
   const std::int64_t ids_total = static_cast<std::int64_t>(rows.size());
   std::int64_t reused = 0;

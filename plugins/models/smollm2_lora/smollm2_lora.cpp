@@ -115,7 +115,7 @@ class SmolLm2Lora : public inflab::Model, public inflab::LanguageModel {
   }
 
   at::Tensor token_mask(const at::Tensor& ids) override {
-    return ids.narrow(1, 0, trimmed_width(ids)).ge(0).to(torch::kLong);
+    return ids.narrow(1, 0, trimmed_width(ids)).ne(-1).to(torch::kLong);
   }
 
   inflab::NamedTensors base_parameters() override { return {}; }  // packaged, frozen
@@ -176,43 +176,11 @@ class SmolLm2Lora : public inflab::Model, public inflab::LanguageModel {
     return "<|im_start|>system\n" + system_prompt_ + "<|im_end|>\n<|im_start|>user\n" + user +
            "<|im_end|>\n<|im_start|>assistant\n";
   }
-  std::pair<at::Tensor, at::Tensor> encode_instructions(const std::vector<std::string>& prompts,
-                                                        const std::vector<std::string>& responses) override {
-    if (prompts.size() != responses.size())
-      throw inflab::Error(
-          fmt::format("smollm2_lora: {} prompts but {} responses", prompts.size(), responses.size()));
-    const std::int64_t end_of_turn = tokenizer().id_of("<|im_end|>");
-    std::vector<std::vector<std::int64_t>> all;
-    std::vector<std::size_t> prompt_lengths;
-    std::int64_t longest = 2;
-    for (std::size_t i = 0; i < prompts.size(); ++i) {
-      auto ids = tokenizer().encode(chat_prompt(prompts[i]), true);
-      prompt_lengths.push_back(ids.size());
-      auto answer = tokenizer().encode(responses[i], false);
-      ids.insert(ids.end(), answer.begin(), answer.end());
-      ids.push_back(end_of_turn);  // the model learns to stop
-      if (static_cast<std::int64_t>(ids.size()) > max_length_)
-        throw inflab::Error(fmt::format(
-            "smollm2_lora: example {} has {} tokens with the chat template, over max_length = {}; raise "
-            "model.max_length or shorten the system_prompt",
-            i, ids.size(), max_length_));
-      longest = std::max<std::int64_t>(longest, static_cast<std::int64_t>(ids.size()));
-      all.push_back(std::move(ids));
-    }
-    const auto n = static_cast<std::int64_t>(all.size());
-    torch::Tensor ids = torch::full({n, longest}, -1, torch::kLong),
-                  targets = torch::full({n, longest}, -100, torch::kLong);
-    for (std::int64_t i = 0; i < n; ++i) {
-      const auto& e = all[static_cast<std::size_t>(i)];
-      auto* row = ids[i].data_ptr<std::int64_t>();
-      auto* target = targets[i].data_ptr<std::int64_t>();
-      for (std::size_t t = 0; t < e.size(); ++t) row[t] = e[t];
-      // Position t predicts token t + 1: scored from the last prompt token to the one before the end.
-      for (std::size_t t = prompt_lengths[static_cast<std::size_t>(i)] - 1; t + 1 < e.size(); ++t)
-        target[t] = e[t + 1];
-    }
-    return {ids, targets};
+  std::int64_t end_token(bool chat) override {
+    if (chat) return tokenizer().id_of("<|im_end|>");
+    return gguf().get_int("tokenizer.ggml.eos_token_id");
   }
+  std::int64_t max_tokens() override { return max_length_; }
   at::Tensor last_logits(const std::vector<std::int64_t>& prompt) override {
     ensure_built();
     torch::NoGradGuard no_grad;
@@ -244,7 +212,7 @@ class SmolLm2Lora : public inflab::Model, public inflab::LanguageModel {
                    .item<std::int64_t>();
       else
         next = logits.argmax().item<std::int64_t>();
-      if (next == end_of_turn || next == end_of_text) break;
+      if (next == end_of_turn || next == end_of_text || next == end_token(false)) break;
       out.push_back(next);
       step = torch::tensor({next}, torch::kLong).unsqueeze(0);
     }
@@ -271,8 +239,9 @@ class SmolLm2Lora : public inflab::Model, public inflab::LanguageModel {
     if (!built_) build({}, inflab::LoraConfig{1, 1.0, 0.0, {}}, 0);
   }
 
+  // Real tokens and scored padding (ids <= -2) count; -1 is nothing.
   static std::int64_t trimmed_width(const at::Tensor& ids) {
-    return std::max<std::int64_t>(1, ids.ge(0).sum(1).max().item<std::int64_t>());
+    return std::max<std::int64_t>(1, ids.ne(-1).sum(1).max().item<std::int64_t>());
   }
 
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w) const {
@@ -299,11 +268,19 @@ class SmolLm2Lora : public inflab::Model, public inflab::LanguageModel {
     ensure_built();
     const std::int64_t b = ids.size(0), t = ids.size(1), d = config_.head_dim;
     const std::int64_t group = config_.heads / config_.kv_heads;
-    torch::Tensor x =
-        embedding_.index_select(0, ids.clamp_min(0).reshape({-1})).reshape({b, t, config_.width});
+    // ids <= -2: scored padding of token -id - 2, which no position attends to (language_model.hpp).
+    torch::Tensor padding = ids.le(-2);
+    const bool scored_padding = padding.any().item<bool>();
+    torch::Tensor tokens =
+        scored_padding ? torch::where(padding, -ids - 2, ids.clamp_min(0)) : ids.clamp_min(0);
+    torch::Tensor x = embedding_.index_select(0, tokens.reshape({-1})).reshape({b, t, config_.width});
     const std::int64_t total = offset + t;
     // Causal: query i (absolute offset + i) sees keys 0..offset + i. Right padding sees nothing new.
     torch::Tensor mask = torch::ones({t, total}, torch::kBool).tril(offset).logical_not();
+    if (scored_padding) {
+      if (offset != 0) throw inflab::Error("smollm2_lora: scored padding in a cached (offset) forward");
+      mask = mask.unsqueeze(0).logical_or(padding.unsqueeze(1)).unsqueeze(1);  // b, 1, t, total
+    }
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
       Block& blk = blocks_[l];
       torch::Tensor h = rms_norm(x, blk.attn_norm);
