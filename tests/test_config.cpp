@@ -298,6 +298,10 @@ TEST_CASE("causal-LM and schedule choices are checked before a run, naming the k
   CHECK_THAT(f.error_of(kValid, {"training.schedule=cosine"}),
              Contains("training.schedule") && Contains("found \"cosine\""));
   CHECK_THAT(f.error_of(kValid, {"training.accumulation_steps=0"}), Contains("training.accumulation_steps"));
+  CHECK_THAT(f.error_of(kValid, {"evaluation.class_recall_at=validation"}),
+             Contains("evaluation.class_recall_at") && Contains("\"training\" or \"queries\""));
+  CHECK_THAT(f.error_of(kValid, {"task.name=denoising", "task.timestep_gradients=stack"}),
+             Contains("task.timestep_gradients"));
   auto runs = f.load(
       kValid, {"training.accumulation_steps=16", "training.schedule=linear", "training.max_grad_norm=1"});
   CHECK(runs.size() == 1);

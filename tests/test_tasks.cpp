@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <limits>
 #include <set>
 
 #include "helpers.hpp"
@@ -219,6 +220,61 @@ TEST_CASE("denoising: per-example gradients of the summed timestep losses equal 
   inflab::Batch reversed{images.index_select(0, order), condition.index_select(0, order),
                          ids.index_select(0, order)};
   CHECK(task->example_losses(model, reversed).allclose(losses.index_select(0, order), 1e-6, 1e-7));
+}
+
+TEST_CASE("denoising, the paper's notebook: shared noise, per-timestep gradients concatenated, equal a loop",
+          "[task]") {
+  TinyDenoiser model;
+  model.build({}, inflab::LoraConfig{2, 4.0, 0.0, {"*"}}, 3);
+  perturb(model);
+  torch::manual_seed(10);
+  const std::int64_t n = 4;
+  auto images = torch::randn({n, 1, 6, 6});
+  auto condition = torch::randint(0, 3, {n}, torch::kLong);
+  auto ids = torch::tensor({8, 2, 31, 5}, torch::kLong);
+  const std::vector<std::int64_t> timesteps{25, 525, 925};
+  auto options = task_options(timesteps, 11);
+  options.set("shared_noise", true);
+  options.set("timestep_gradients", std::string("concatenate"));
+  auto task = inflab::make_task("denoising", options);
+  CHECK(task->gradient_parts() == 3);
+  inflab::Batch examples{images, condition, ids};
+
+  // Oracle: one (example, timestep) at a time, the same noise for every example at a timestep.
+  auto alpha_bar = inflab::ddpm_alphas_cumprod(1000);
+  std::vector<torch::Tensor> shared;
+  for (auto t : timesteps)
+    shared.push_back(inflab::denoising_noise(11, std::numeric_limits<std::int64_t>::min(), t, images[0]));
+  CHECK_FALSE(shared[0].equal(inflab::denoising_noise(11, 8, 25, images[0])));
+  auto one_timestep = [&](std::int64_t i, std::size_t k) {
+    const auto t = timesteps[k];
+    auto eps = shared[k].unsqueeze(0);
+    const double a = alpha_bar[t].item<double>();
+    auto noisy = std::sqrt(a) * images.narrow(0, i, 1) + std::sqrt(1 - a) * eps;
+    return (model.denoise(noisy, torch::tensor({t}, torch::kLong), condition.narrow(0, i, 1)) - eps)
+        .square()
+        .mean();
+  };
+  auto engine = inflab::per_example_gradients(model, *task, examples, {3, "", false, false, {}});
+  std::vector<inflab::GradientBlocks> per_timestep;
+  for (std::size_t k = 0; k < timesteps.size(); ++k)
+    per_timestep.push_back(loop(model, n, [&](std::int64_t i) { return one_timestep(i, k); }));
+  REQUIRE(engine.size() == per_timestep[0].size());
+  for (std::size_t b = 0; b < engine.size(); ++b) {
+    INFO("block " << engine[b].name);
+    std::vector<torch::Tensor> parts;
+    for (const auto& blocks : per_timestep) parts.push_back(blocks[b].values);
+    torch::Tensor expected = torch::cat(parts, 1);  // timestep 25's gradient, then 525's, then 925's
+    REQUIRE(engine[b].values.sizes() == expected.sizes());
+    CHECK((engine[b].values - expected).norm().item<double>() / expected.norm().item<double>() < 1e-4);
+  }
+  // The loss is still the sum over timesteps; Kronecker factors are refused with the reason.
+  CHECK(task->example_losses(model, examples)[1].item<double>() ==
+        Approx((one_timestep(1, 0) + one_timestep(1, 1) + one_timestep(1, 2)).item<double>()).epsilon(1e-5));
+  CHECK_THROWS_WITH(inflab::per_example_gradients(model, *task, examples, {3, "", true, false, {}}),
+                    Contains("concatenate") && Contains("kfac"));
+  options.set("timestep_gradients", std::string("stack"));
+  CHECK_THROWS_WITH(inflab::make_task("denoising", options), Contains("task.timestep_gradients"));
 }
 
 TEST_CASE("ddpm_lora (U-Net: LoRA convolutions, strided and attention): denoising gradients equal a loop",

@@ -332,6 +332,11 @@ const std::vector<OptionSpec>& evaluation_specs() {
            "float32 or float16 (stored; arithmetic is float32)"),
       spec("blocks", OptionType::StringList, d.blocks,
            "glob patterns over block names taking part in influence, e.g. [\"*.lora_B\"] or [\"fc2.*\"]"),
+      spec(
+          "class_recall_at", OptionType::String, d.class_recall_at,
+          "class_detection's recall counts the query's class among its s most helpful training examples: s = "
+          "the class's \"training\" examples (the paper's text code) or its \"queries\" (the diffusion "
+          "notebook)"),
   };
   return specs;
 }
@@ -708,14 +713,16 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   const toml::table& task_table = v.section(root, "task", false);
   v.validate(task_table, "task", task_option_specs(), {}, task);
   config.task = task.get_string("name");
-  if (config.task == "causal_lm") try {
-      make_task(config.task, task);  // the causal-LM choices (template, scored, ...)
+  if (config.task == "causal_lm" || config.task == "denoising") try {
+      make_task(config.task, task);  // the choices of causal_lm (template, scored, ...) and denoising
     } catch (const Error& e) {
       const std::string what = e.what();
-      const auto start = what.find("'task.") + 6;
-      const std::string key = what.substr(start, what.find('\'', start) - start);
-      const toml::node* node = task_table.get(key);
-      v.fail(node ? node->source() : task_table.source(), what, "task." + key);
+      // The message names its key ("key 'task.scored': ..."): point at that line when it has one.
+      const auto named = what.find("'task.");
+      const std::string key =
+          named == std::string::npos ? "" : what.substr(named + 6, what.find('\'', named + 6) - named - 6);
+      const toml::node* node = key.empty() ? nullptr : task_table.get(key);
+      v.fail(node ? node->source() : task_table.source(), what, key.empty() ? "task" : "task." + key);
     }
   {
     auto names = task_names();
@@ -767,6 +774,12 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   config.evaluation.gradient_memory_mb = evaluation.get_double("gradient_memory_mb");
   config.evaluation.gradient_dtype = evaluation.get_string("gradient_dtype");
   config.evaluation.blocks = evaluation.get_string_list("blocks");
+  config.evaluation.class_recall_at = evaluation.get_string("class_recall_at");
+  if (config.evaluation.class_recall_at != "training" && config.evaluation.class_recall_at != "queries")
+    v.fail(evaluation_table.get("class_recall_at")->source(),
+           fmt::format("key 'evaluation.class_recall_at': expected \"training\" or \"queries\", found \"{}\"",
+                       config.evaluation.class_recall_at),
+           "evaluation.class_recall_at");
   if (config.evaluation.blocks.empty())
     v.fail(evaluation_table.get("blocks")->source(),
            "key 'evaluation.blocks': expected at least one pattern (\"*\" selects every block), found []");

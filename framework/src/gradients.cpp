@@ -33,6 +33,14 @@ GradientBlocks per_example_gradients(Model& model, const Task& task, const Batch
                                      const GradientRequest& request) {
   const std::int64_t n = examples.size(), batch_size = request.batch_size;
   const bool factors = request.factors;
+  // Rows per example kept apart (Task::gradient_parts): a block is their gradients side by side.
+  const std::int64_t parts = task.gradient_parts();
+  if (parts > 1 && factors)
+    throw Error(fmt::format(
+        "task {}: its blocks concatenate {} per-row gradients (task.timestep_gradients = \"concatenate\"), "
+        "which have no Kronecker factors: use estimators without them (datainf, hessian_free, exact, lissa, "
+        "cg), or timestep_gradients = \"sum\" for kfac and ekfac",
+        task.name(), parts));
   const BlockAllocator& allocate = request.allocate;
   std::vector<LoraLayer*> layers;
   for (auto* layer : model.lora_layers())
@@ -46,8 +54,8 @@ GradientBlocks per_example_gradients(Model& model, const Task& task, const Batch
     auto make = [&](const std::string& name, std::int64_t cols) {
       return allocate ? allocate(name, n, cols) : torch::empty({n, cols});
     };
-    blocks.push_back({layer->name() + ".lora_A", make(layer->name() + ".lora_A", rank * in)});
-    blocks.push_back({layer->name() + ".lora_B", make(layer->name() + ".lora_B", out * rank)});
+    blocks.push_back({layer->name() + ".lora_A", make(layer->name() + ".lora_A", parts * rank * in)});
+    blocks.push_back({layer->name() + ".lora_B", make(layer->name() + ".lora_B", parts * out * rank)});
     if (factors) {  // accumulated in float64, normalised at the end
       blocks[blocks.size() - 2].activation_covariance = torch::zeros({in, in}, torch::kDouble);
       blocks[blocks.size() - 2].gradient_covariance = torch::zeros({rank, rank}, torch::kDouble);
@@ -68,6 +76,11 @@ GradientBlocks per_example_gradients(Model& model, const Task& task, const Batch
     // and the reshape to (count, positions, features) below folds them into the example.
     torch::Tensor loss = request.measure ? task.measurement(model, batch) : task.summed_loss(model, batch);
     torch::Tensor mask = model.token_mask(batch.inputs);
+    if (mask.defined() && parts > 1)
+      throw Error(
+          fmt::format("task {} keeps {} rows per example apart, which a token model's padding mask "
+                      "does not describe",
+                      task.name(), parts));
     if (mask.defined() && (mask.dim() != 2 || mask.size(0) != count))
       throw Error(fmt::format("the model's token mask has shape ({}); expected ({}, positions)",
                               fmt::join(mask.sizes(), ", "), count));
@@ -80,12 +93,13 @@ GradientBlocks per_example_gradients(Model& model, const Task& task, const Batch
     for (std::size_t l = 0; l < layers.size(); ++l) {
       LoraLayer& layer = *layers[l];
       // Token models have inputs (batch, ..., features): sum over every position in between.
-      auto flat = [count](const torch::Tensor& t) { return t.reshape({count, -1, t.size(-1)}); };
+      // With parts > 1 each example's rows are split into its parts (example-major, part-minor).
+      auto flat = [&](const torch::Tensor& t) { return t.reshape({count * parts, -1, t.size(-1)}); };
       torch::Tensor input = flat(layer.captured_input.detach());
       torch::Tensor hidden = flat(layer.captured_hidden.detach());
       torch::Tensor grad_hidden = flat(grads[2 * l]);
       torch::Tensor grad_output = flat(grads[2 * l + 1]);
-      std::int64_t real_tokens = input.size(0) * input.size(1);
+      std::int64_t real_tokens = input.size(0) * input.size(1);  // statistics: parts == 1
       torch::Tensor token_weight;  // (batch, positions, 1) 0/1 when the layer sees padding
       // Padding leaves the gradients and the statistics. A layer after pooling has one position.
       if (mask.defined() && input.size(1) > 1) {

@@ -131,18 +131,20 @@ std::vector<double> to_doubles(const torch::Tensor& t) {
 
 // Paper Table 2: per query (a column of the n x q pairwise scores), the AUC of "same class as the
 // query" against the influence ranking and the recall among the top s, s = training examples of
-// the query's class; both averaged over queries (class_detection ranks the most helpful, i.e.
-// most negative, scores first).
+// the query's class (or, recall_at_queries, the queries of its class: the diffusion notebook);
+// both averaged over queries (class_detection ranks the most helpful, i.e. most negative, first).
 std::pair<double, double> mean_class_detection(const torch::Tensor& scores,
                                                const std::vector<std::int64_t>& train_labels,
-                                               const std::vector<std::int64_t>& query_labels) {
+                                               const std::vector<std::int64_t>& query_labels,
+                                               bool recall_at_queries) {
   if (train_labels.empty() || query_labels.size() != static_cast<std::size_t>(scores.size(1)))
     throw Error("metric class_detection needs the class labels of the training and query examples");
   torch::Tensor columns = scores.to(torch::kDouble).contiguous();
   double auc = 0, recall = 0;
   for (std::int64_t q = 0; q < scores.size(1); ++q) {
     const auto label = query_labels[static_cast<std::size_t>(q)];
-    const auto s = std::count(train_labels.begin(), train_labels.end(), label);
+    const auto s = recall_at_queries ? std::count(query_labels.begin(), query_labels.end(), label)
+                                     : std::count(train_labels.begin(), train_labels.end(), label);
     auto column = to_doubles(columns.select(1, q));
     const ClassDetection d = class_detection(column, train_labels, label, s);
     auc += d.auc, recall += d.recall;
@@ -473,7 +475,8 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
     }
     if (!aggregate && asked("class_detection")) {
       const auto [auc, recall] =
-          mean_class_detection(scores, store.train_meta.labels, store.query_meta.labels);
+          mean_class_detection(scores, store.train_meta.labels, store.query_meta.labels,
+                               config.evaluation.class_recall_at == "queries");
       result.metrics["class_auc"] = auc;
       result.metrics["class_recall"] = recall;
     }

@@ -5,6 +5,8 @@
 #include <fmt/ranges.h>
 #include <torch/torch.h>
 
+#include <limits>
+
 #include "inflab/causal_lm.hpp"
 #include "inflab/error.hpp"
 #include "inflab/model.hpp"
@@ -91,12 +93,19 @@ class CausalLmTask : public Task {
 // DDPM epsilon-prediction loss at fixed timesteps (the paper: 25, 225, ..., 925 of 1000).
 class DenoisingTask : public Task {
  public:
-  DenoisingTask(std::vector<std::int64_t> timesteps, std::int64_t seed, std::int64_t steps)
-      : timesteps_(std::move(timesteps)), seed_(seed), steps_(steps), alpha_bar_(ddpm_alphas_cumprod(steps)) {
+  DenoisingTask(std::vector<std::int64_t> timesteps, std::int64_t seed, std::int64_t steps, bool concatenate,
+                bool shared_noise)
+      : timesteps_(std::move(timesteps)),
+        seed_(seed),
+        steps_(steps),
+        concatenate_(concatenate),
+        shared_noise_(shared_noise),
+        alpha_bar_(ddpm_alphas_cumprod(steps)) {
     if (timesteps_.empty()) throw Error("task denoising: task.timesteps must not be empty");
     for (auto t : timesteps_)
       if (t < 0 || t >= steps_)
-        throw Error(fmt::format("task denoising: timestep {} is outside [0, {})", t, steps_));
+        throw Error(fmt::format("key 'task.timesteps': timestep {} is outside [0, {}) (task.diffusion_steps)",
+                                t, steps_));
   }
   std::string name() const override { return "denoising"; }
 
@@ -110,11 +119,16 @@ class DenoisingTask : public Task {
     auto ids = batch.example_ids.to(torch::kLong).contiguous();
     for (std::int64_t i = 0; i < n; ++i)
       for (auto step : timesteps_)
-        noise.push_back(denoising_noise(seed_, ids.data_ptr<std::int64_t>()[i], step, x0[0]));
+        noise.push_back(denoising_noise(seed_, shared_noise_ ? kSharedNoise : ids.data_ptr<std::int64_t>()[i],
+                                        step, x0[0]));
     return losses(model, x0.repeat_interleave(k, 0), t, torch::stack(noise),
                   batch.targets.repeat_interleave(k, 0))
         .reshape({n, k})
         .sum(1);
+  }
+
+  std::int64_t gradient_parts() const override {
+    return concatenate_ ? static_cast<std::int64_t>(timesteps_.size()) : 1;
   }
 
   // Fine-tuning draws one uniform timestep and fresh noise per example, as DDPM training does.
@@ -138,8 +152,11 @@ class DenoisingTask : public Task {
     return (predicted - noise).square().reshape({x0.size(0), -1}).mean(1);
   }
 
+  // The id whose noise every example shares under shared_noise (no example has it).
+  static constexpr std::int64_t kSharedNoise = std::numeric_limits<std::int64_t>::min();
   std::vector<std::int64_t> timesteps_;
   std::int64_t seed_, steps_;
+  bool concatenate_, shared_noise_;
   torch::Tensor alpha_bar_;
 };
 
@@ -201,6 +218,15 @@ std::vector<OptionSpec> task_option_specs() {
                  "denoising: steps of the linear DDPM schedule (betas 1e-4 .. 0.02)", false, between(1, 1e6)},
       OptionSpec{"noise_seed", OptionType::Int, std::int64_t{0},
                  "denoising: seed of the noise, fixed per example and timestep", false},
+      OptionSpec{"shared_noise", OptionType::Bool, false,
+                 "denoising: every example gets the same noise at a timestep (the paper's notebook seeds the "
+                 "noise by the timestep alone)",
+                 false},
+      OptionSpec{"timestep_gradients", OptionType::String, std::string("sum"),
+                 "denoising: \"sum\" (a block's gradient is that of the summed timestep losses) or "
+                 "\"concatenate\" (the per-timestep gradients side by side, the paper's notebook: damping "
+                 "and every estimator see that longer vector)",
+                 false},
   };
 }
 
@@ -212,9 +238,15 @@ std::unique_ptr<Task> make_task(const std::string& name, const Options& options)
     influence_encoding(options), fine_tuning_encoding(options);  // the choices are checked here
     return std::make_unique<CausalLmTask>(options.get_string("reduction") == "mean");
   }
-  if (name == "denoising")
+  if (name == "denoising") {
+    const std::string& parts = options.get_string("timestep_gradients");
+    if (parts != "sum" && parts != "concatenate")
+      throw Error(fmt::format(
+          "key 'task.timestep_gradients': expected one of \"sum\", \"concatenate\", found \"{}\"", parts));
     return std::make_unique<DenoisingTask>(options.get_int_list("timesteps"), options.get_int("noise_seed"),
-                                           options.get_int("diffusion_steps"));
+                                           options.get_int("diffusion_steps"), parts == "concatenate",
+                                           options.get_bool("shared_noise"));
+  }
   auto names = task_names();
   std::string suggestion = closest_match(name, names);
   throw Error(fmt::format("unknown task '{}'{}; tasks: {}", name,

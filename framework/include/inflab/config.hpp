@@ -37,6 +37,8 @@ struct EvaluationConfig {
   double gradient_memory_mb = 4096;        // above this, training gradients go straight to mapped files
   std::string gradient_dtype = "float32";  // float32 | float16 (on disk; arithmetic stays float32)
   std::vector<std::string> blocks{"*"};    // glob patterns: which gradient blocks take part
+  std::string class_recall_at =
+      "training";  // class_detection's s: the query class's training | query examples
 };
 
 struct ExperimentConfig {

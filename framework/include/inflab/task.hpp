@@ -5,7 +5,9 @@
 //   causal_lm       sum of next-token cross-entropy over the scored positions of each example
 //                   (targets >= 0: response tokens; prompt and padding carry -100)
 //   denoising       DDPM: sum over fixed timesteps of the mean squared error of the predicted
-//                   noise, the noise fixed per (seed, example id, timestep)
+//                   noise, the noise fixed per (seed, example id, timestep), or per (seed,
+//                   timestep) with shared_noise; timestep_gradients = "concatenate" keeps each
+//                   timestep's gradient apart (the paper's notebook)
 // A task calls the model exactly once per loss: the gradient engine reads what that one forward
 // captured. docs/design.md says how a new task is added.
 #pragma once
@@ -46,10 +48,14 @@ class Task {
   virtual at::Tensor training_loss(Model& model, const Batch& batch) const;
   // The scalar whose gradient is a query's gradient. Default: summed_loss (the query's own loss).
   virtual at::Tensor measurement(Model& model, const Batch& batch) const { return summed_loss(model, batch); }
+  // Rows per example whose gradients are kept apart: each block's gradient is then the
+  // concatenation of the example's per-row gradients (denoising with timestep_gradients =
+  // "concatenate": one part per timestep). 1 (the default): the rows' gradients are summed.
+  virtual std::int64_t gradient_parts() const { return 1; }
 };
 // A task may feed the model several rows per example (denoising: one per timestep), in
 // example-major order: the engine folds them into that example's positions, so its gradient is
-// the sum over them.
+// the sum over them (or, with gradient_parts() = rows, their concatenation).
 
 // The [task] section: `name` and the options of the built-in tasks.
 std::vector<OptionSpec> task_option_specs();
