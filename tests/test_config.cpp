@@ -306,3 +306,22 @@ TEST_CASE("causal-LM and schedule choices are checked before a run, naming the k
       kValid, {"training.accumulation_steps=16", "training.schedule=linear", "training.max_grad_norm=1"});
   CHECK(runs.size() == 1);
 }
+
+TEST_CASE("a zipped axis whose first key repeats a value is named by all its keys, so runs never collide",
+          "[config]") {
+  Fixture f;
+  auto runs =
+      f.load(std::string(kValid) +
+             "\n[sweep.zip]\n\"training.epochs\" = [1, 1, 2]\n\"training.batch_size\" = [8, 16, 16]\n");
+  REQUIRE(runs.size() == 3);
+  CHECK(runs[0].run_name == "epochs1_batch_size8");
+  CHECK(runs[1].run_name == "epochs1_batch_size16");
+  CHECK(runs[2].run_name == "epochs2_batch_size16");
+  // Distinct first values keep the short name.
+  auto seeds = f.load(std::string(kValid) +
+                      "\n[sweep.zip]\n\"experiment.seed\" = [0, 1]\n\"training.epochs\" = [1, 1]\n");
+  CHECK(seeds[1].run_name == "seed1");
+  CHECK_THAT(f.error_of(std::string(kValid) +
+                        "\n[sweep.zip]\n\"training.epochs\" = [1, 1]\n\"training.batch_size\" = [8, 8]\n"),
+             Contains("both be run 'epochs1_batch_size8'"));
+}

@@ -103,6 +103,17 @@ def test_magnitude_auc_counts_pairs():
         assert abs(auc - np.mean(pairs)) < 1e-12
 
 
+def test_recall_at_s_counts_the_s_most_helpful():
+    column = np.array([-3.0, 2.0, -1.0, -2.0, 0.5, 1.0])  # helpfulness order: 0, 3, 2, 4, 5, 1
+    same = np.array([True, True, False, True, False, False])
+    _, recall, _ = class_detection.detection(column, same)  # s = 3 (the same-class count): 0, 3, 2
+    assert abs(recall - 2 / 3) < 1e-12
+    _, recall, _ = class_detection.detection(column, same, 2)  # s = 2 (e.g. queries per class): 0, 3
+    assert recall == 1.0
+    _, recall, _ = class_detection.detection(column, same, 4)  # 0, 3, 2, 4
+    assert recall == 0.5
+
+
 def test_leave_one_out_noise():
     import report  # noqa: E402
 

@@ -5,7 +5,7 @@
 
 For every finished pairwise run with examples.jsonl and scores_<estimator>.npy (n_train x
 n_query), recomputes each query's class-detection AUC and recall at s (s = training examples of
-the query's class; the most helpful, i.e. most negative, scores ranked first) independently of
+the query's class, or its query examples when the run set evaluation.class_recall_at = "queries"; the most helpful, i.e. most negative, scores ranked first) independently of
 the C++ metric, and checks that their means equal the run's metrics.csv. Runs of one experiment
 that differ only in the seed are pooled: every (seed, test example) pair is one unit. Writes
 <root>/class_detection.csv: per experiment group and estimator (with its number of classes: chance
@@ -21,6 +21,7 @@ import csv
 import json
 import os
 import sys
+import tomllib
 import zlib
 
 import numpy as np
@@ -56,12 +57,12 @@ def auc_of(ranking, same):
     return (mid_ranks(ranking)[same].sum() - positives * (positives + 1) / 2) / (positives * negatives)
 
 
-def detection(column, same):
-    """AUC of `same` when helpfulness (-score) ranks, recall at s, and (a diagnostic, not the
-    paper's ranking) the AUC when the magnitude |score| ranks: whether same-class examples are
-    influential in either direction."""
+def detection(column, same, s=None):
+    """AUC of `same` when helpfulness (-score) ranks, recall at s (default: the same-class count),
+    and (a diagnostic, not the paper's ranking) the AUC when the magnitude |score| ranks: whether
+    same-class examples are influential in either direction."""
     helpfulness = -np.asarray(column, dtype=np.float64)
-    top = np.argsort(-helpfulness, kind="mergesort")[:same.sum()]
+    top = np.argsort(-helpfulness, kind="mergesort")[:same.sum() if s is None else s]
     return auc_of(helpfulness, same), same[top].mean(), auc_of(np.abs(helpfulness), same)
 
 
@@ -80,6 +81,9 @@ def run_units(run_dir):
     for row in csv.DictReader(open(os.path.join(run_dir, "metrics.csv"))):
         metrics.setdefault(row["estimator"], {})[row["metric"]] = float(row["value"])
     units = {"classes": len(set(train.tolist()))}
+    # evaluation.class_recall_at = "queries": s = the query class's query examples (the notebook).
+    with open(os.path.join(run_dir, "config.toml"), "rb") as f:
+        at_queries = tomllib.load(f).get("evaluation", {}).get("class_recall_at", "training") == "queries"
     for estimator, values in metrics.items():
         if "class_auc" not in values:
             continue
@@ -87,7 +91,9 @@ def run_units(run_dir):
         if scores.shape != (len(train), len(query)):
             sys.exit(f"{run_dir}: scores_{estimator}.npy is {scores.shape}, examples.jsonl has "
                      f"{len(train)} training and {len(query)} query examples")
-        per_query = np.array([detection(scores[:, q], train == query[q]) for q in range(len(query))])
+        per_query = np.array([detection(scores[:, q], train == query[q],
+                                        int((query == query[q]).sum()) if at_queries else None)
+                              for q in range(len(query))])
         for k, metric in enumerate(("class_auc", "class_recall")):
             if abs(per_query[:, k].mean() - values[metric]) > 1e-6:
                 sys.exit(f"{run_dir}: {estimator} {metric} recomputed from the scores is "

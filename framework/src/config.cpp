@@ -893,6 +893,16 @@ Options options_from_assignments(const std::string& who, const std::vector<Optio
   return options;
 }
 
+namespace {
+// True when no two values of a sweep key have the same label (their run names differ).
+bool distinct_labels(const SweepDimension& key) {
+  std::set<std::string> labels;
+  for (const auto* value : key.values)
+    if (!labels.insert(label_of(*value)).second) return false;
+  return true;
+}
+}  // namespace
+
 std::vector<ExperimentConfig> load_experiment(const fs::path& file, const std::vector<std::string>& overrides,
                                               Registry& registry) {
   if (!fs::exists(file)) throw Error(fmt::format("{}: no such experiment file", file.string()));
@@ -996,15 +1006,27 @@ std::vector<ExperimentConfig> load_experiment(const fs::path& file, const std::v
         set_path(point, key->path, *value, where(value->source(), file.string()));
         origins[key->path] = where(value->source(), file.string());
       }
-      // A zipped axis is named by its first key alone: the others follow it.
-      auto parts = split_path(dims[d].path);
-      run_name += (run_name.empty() ? "" : "_") + parts.back() + label_of(*dims[d].values[index[d]]);
+      // A zipped axis is named by its first key alone when that tells its points apart (seed and
+      // dataset.seed: "seed1"); otherwise by every key of it ("scoredprompt_paddingnone").
+      for (const SweepDimension* key : keys) {
+        auto parts = split_path(key->path);
+        run_name += (run_name.empty() ? "" : "_") + parts.back() + label_of(*key->values[index[d]]);
+        if (distinct_labels(*keys.front())) break;
+      }
     }
     runs.push_back(validate_run(point, file, registry, run_name.empty() ? "run" : run_name, origins));
     std::size_t d = 0;
     while (d < dims.size() && ++index[d] == dims[d].values.size()) index[d++] = 0;
     if (d == dims.size()) break;
   }
+  // Two runs in one folder would overwrite each other (and the second refuse the first's results).
+  std::set<std::string> names;
+  for (const auto& run : runs)
+    if (!names.insert(run.run_name).second)
+      throw Error(
+          fmt::format("{}: two sweep points would both be run '{}'; give the swept values distinct "
+                      "labels",
+                      file.string(), run.run_name));
   return runs;
 }
 

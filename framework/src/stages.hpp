@@ -55,6 +55,11 @@ class StageInputs {
   void add(const std::string& name, const std::string& value);
   // The key of a stage this one follows (stage_inputs() fills these along the chain).
   void add_upstream(const std::string& stage, const std::string& key) { upstream_[stage] = key; }
+  // That key ("" when the stage does not follow `stage`).
+  std::string upstream_key(const std::string& stage) const {
+    auto it = upstream_.find(stage);
+    return it == upstream_.end() ? "" : it->second;
+  }
   // Canonical text of the declared inputs, the upstream keys and the plugin versions; and its hash.
   std::string key_text() const;
   std::string key() const;

@@ -2,6 +2,7 @@
 // measurements, written to a cached gradient store.
 #include <torch/torch.h>
 
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "../stage_units.hpp"
@@ -62,15 +63,39 @@ std::map<std::string, double> measure_classifier(Model& model, const Task& task,
           {"validation_loss", loss / static_cast<double>(std::max<std::int64_t>(1, data.validation.size()))}};
 }
 
+// A language model: its greedy answers to the test prompts, exact-match accuracy. They depend on
+// the fine-tuned adapter and the template alone, so they are cached under the finetune stage's key
+// (runs that differ in what the influence loss covers share them).
 ModelMeasurements measure_model(Model& model, const Task& task, const LoadedData& data,
-                                std::int64_t batch_size, bool chat) {
+                                std::int64_t batch_size, const StageInputs& inputs, const RunPaths& paths) {
   if (task.name() == "classification") return {measure_classifier(model, task, data, batch_size), {}};
   auto* language = dynamic_cast<LanguageModel*>(&model);
   const Split& test = data.splits.validation;
   if (!language || test.responses.empty()) return {};
+  const bool chat = inputs.get_string("task.template") == "chat";
+  const fs::path cache = cache_root_of(paths) / "answers" /
+                         (content_hash(fmt::format("answers 1\nafter finetune {}\ntemplate {}\n",
+                                                   inputs.upstream_key("finetune"), chat ? "chat" : "raw")) +
+                          ".json");
+  ModelMeasurements measured;
+  if (fs::exists(cache) && verify_checksum_sidecar(cache).empty()) {
+    try {
+      std::ifstream in(cache);
+      const auto saved = nlohmann::json::parse(in);
+      measured.answers = saved.at("answers").get<std::vector<std::string>>();
+      measured.metrics["test_accuracy"] = saved.at("test_accuracy").get<double>();
+      if (measured.answers.size() == test.responses.size()) {
+        log(fmt::format("test answers: cached ({} of {} exact)", saved.at("correct").get<std::int64_t>(),
+                        test.responses.size()));
+        return measured;
+      }
+    } catch (const std::exception& e) {
+      warn(fmt::format("cache entry {} is unreadable ({}); recomputing", cache.string(), e.what()));
+    }
+    measured = {};
+  }
   auto start = Clock::now();
   Progress progress("test answers", test.size(), "prompts");
-  ModelMeasurements measured;
   std::int64_t correct = 0;
   for (std::size_t i = 0; i < test.responses.size(); ++i) {
     const auto expected = language->tokenize(test.responses[i], false);
@@ -89,6 +114,16 @@ ModelMeasurements measure_model(Model& model, const Task& task, const LoadedData
   log(fmt::format("test answers: {} of {} exact ({:.1f} s)", correct, test.responses.size(),
                   seconds_since(start)));
   measured.metrics["test_accuracy"] = accuracy;
+  fs::create_directories(cache.parent_path());
+  PendingEntry pending(cache);
+  std::ofstream(pending.temporary) << nlohmann::json{
+      {"answers", measured.answers},
+      {"test_accuracy", accuracy},
+      {"correct", correct}}.dump();
+  fs::path sidecar = cache;
+  sidecar += ".checksum";
+  write_checksum_sidecar(pending.temporary, sidecar);
+  pending.commit();
   return measured;
 }
 
@@ -190,13 +225,13 @@ GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedD
   }
   GradientStore store;
   const std::int64_t batch_size = inputs.get_int("evaluation.gradient_batch_size");
-  GradientRequest request{batch_size, "train gradients", /*factors=*/true, /*measure=*/false,
-                          on_disk ? to_disk : BlockAllocator{}};
+  // Kronecker factors, unless a block concatenates per-row gradients (which have none).
+  GradientRequest request{batch_size, "train gradients", /*factors=*/task->gradient_parts() == 1,
+                          /*measure=*/false, on_disk ? to_disk : BlockAllocator{}};
   store.train = per_example_gradients(model, *task, train, request);
   store.query = per_example_gradients(model, *task, data.validation,
                                       {batch_size, "validation gradients", false, true, {}});
-  ModelMeasurements measured =
-      measure_model(model, *task, data, batch_size, inputs.get_string("task.template") == "chat");
+  ModelMeasurements measured = measure_model(model, *task, data, batch_size, inputs, paths);
   store.model_metrics = measured.metrics;
   store.train_meta = std::move(train_meta);
   store.query_meta = data.query_meta;

@@ -16,14 +16,15 @@ namespace inflab {
 // The base's weights do not depend on the LoRA adapters or the experiment seed (a model plugin's
 // contract: it initialises its base from a fixed seed), nor on label noise.
 const StageDeclaration& base_stage() {
-  static const StageDeclaration stage{"base",
-                                      3,
-                                      {},
-                                      {"dataset", "model", "task", "training.pretrain_epochs",
-                                       "training.pretrain_learning_rate", "training.batch_size"},
-                                      {"dataset.label_noise", "dataset.noise_seed", "model.lora",
-                                       "model.adapter", "task.scored", "task.padding"},
-                                      {"dataset", "model"}};
+  static const StageDeclaration stage{
+      "base",
+      3,
+      {},
+      {"dataset", "model", "task", "training.pretrain_epochs", "training.pretrain_learning_rate",
+       "training.batch_size"},
+      {"dataset.label_noise", "dataset.noise_seed", "model.lora", "model.adapter", "task.scored",
+       "task.padding", "task.shared_noise", "task.timestep_gradients"},
+      {"dataset", "model"}};
   return stage;
 }
 
@@ -56,10 +57,16 @@ std::vector<std::string> fine_tuning_reads(std::vector<std::string> extra = {}) 
 }
 }  // namespace
 
-// What the influence loss covers (task.scored, task.padding) is not what fine-tuning learns.
+// What the influence loss covers (task.scored, task.padding; the denoising gradients' noise and
+// timestep layout) is not what fine-tuning learns.
 const StageDeclaration& finetune_stage() {
   static const StageDeclaration stage{
-      "finetune", 3, {"base"}, fine_tuning_reads(), {"task.scored", "task.padding"}, {"dataset", "model"}};
+      "finetune",
+      3,
+      {"base"},
+      fine_tuning_reads(),
+      {"task.scored", "task.padding", "task.shared_noise", "task.timestep_gradients"},
+      {"dataset", "model"}};
   return stage;
 }
 
