@@ -20,13 +20,17 @@ DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "doc
 # (class_detection.csv group, task, what the protocol is)
 LLM = "class_detection_llm_paper_protocol_math"
 DIFFUSION = "class_detection_diffusion_style_notebook_protocol"
+ABLATION = "class_detection_diffusion_style_notebook_ablation"
 ROWS = [
     (LLM + "@scoredprompt_paddinglongest", "math (no reasoning)",
      "paper's code: prompt loss, mean, padding scored"),
     (LLM + "@scoredprompt_paddingnone", "math (no reasoning)", "prompt loss, mean, no padding"),
     (LLM + "@scoredresponse_paddingnone", "math (no reasoning)", "answer loss, mean, no padding"),
     (DIFFUSION, "diffusion style", "notebook: timesteps concatenated, shared noise, rank 2"),
-]
+] + [(f"{ABLATION}@shared_noise{shared}_timestep_gradients{parts}", "diffusion style",
+      f"ablation: {'shared' if shared == 'true' else 'per-image'} noise, timesteps "
+      f"{'concatenated' if parts == 'concatenate' else 'summed'}")
+     for shared in ("true", "false") for parts in ("concatenate", "sum")]
 # The paper's Table 2 (Hessian-free, DataInf) and, for the style notebook, its own recorded output.
 PAPER = {
     "math (no reasoning)": "Table 2 (Llama-2-13B-chat): Hessian-free 0.770 / 0.258, DataInf 1.000 / 0.999",
@@ -77,7 +81,7 @@ def section(root):
     if missing:
         lines += ["", "Not yet run (no rows in class_detection.csv): " + ", ".join(f"`{m}`" for m in missing) + "."]
     lines += ["", "Costs (from each run's manifest.json; 2 threads):", ""]
-    for experiment in (LLM, DIFFUSION):
+    for experiment in (LLM, DIFFUSION):  # the ablation reuses the notebook runs' fine-tunings
         for run, finetune, gradients, estimators, commit in costs(root, experiment):
             lines.append(f"- `{experiment}/{run}` (commit {commit}): fine-tuning {finetune}, gradients and "
                          f"test answers {gradients}; {estimators}.")
