@@ -55,7 +55,8 @@ def costs(root, experiment):
         stage = lambda name: ("cached" if m["stage_cached"].get(name) else
                               f"{m['stage_seconds'].get(name, 0):.0f} s")
         estimators = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(m.get("estimator_seconds", {}).items()))
-        out.append((run, stage("finetune"), stage("gradients"), estimators, m.get("git_commit", "?")))
+        finetune = stage("finetune") + (f" (base pretraining {stage('pretrain')})" if "pretrain" in m["stage_seconds"] else "")
+        out.append((run, finetune, stage("gradients"), estimators, m.get("git_commit", "?")))
     return out
 
 
@@ -80,7 +81,12 @@ def section(root):
     lines += [f"- {task}: {text}." for task, text in PAPER.items()]
     if missing:
         lines += ["", "Not yet run (no rows in class_detection.csv): " + ", ".join(f"`{m}`" for m in missing) + "."]
-    lines += ["", "Costs (from each run's manifest.json; 2 threads):", ""]
+    lines += ["", "Costs (from each run's manifest.json; 2 threads, other jobs beside some of them):", ""]
+    first = os.path.join(root, LLM, "fine_tuning_manifest.json")
+    if os.path.exists(first):  # the LLM runs reuse the adapter of a first run, whose manifest this is
+        m = json.load(open(first))
+        lines.append(f"- `{LLM}/fine_tuning_manifest.json` (the first run, which fine-tuned the adapter the three "
+                     f"runs share; commit {m.get('git_commit', '?')}): fine-tuning {m['stage_seconds']['finetune']:.0f} s.")
     for experiment in (LLM, DIFFUSION):  # the ablation reuses the notebook runs' fine-tunings
         for run, finetune, gradients, estimators, commit in costs(root, experiment):
             lines.append(f"- `{experiment}/{run}` (commit {commit}): fine-tuning {finetune}, gradients and "

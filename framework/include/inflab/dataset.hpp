@@ -21,7 +21,7 @@ struct Split {
   // (Model::encode_texts), since the vocabulary belongs to the model.
   std::vector<std::string> texts;
   // Instruction datasets: the response to each text (the prompt). A language model encodes both
-  // (LanguageModel::encode_instructions) and the causal-LM loss covers the response.
+  // (inflab/causal_lm.hpp, as the [task] options say) and the causal-LM loss covers what they choose.
   std::vector<std::string> responses;
   std::int64_t size() const { return static_cast<std::int64_t>(ids.size()); }
 };
