@@ -12,6 +12,10 @@ for file in "$source_dir"/experiments/paper/*.toml; do
     # The LLM studies: 2 training and 1 test instruction per class, adapters on two layers only.
     sizes=(--set dataset.train_per_class=2 --set dataset.test_per_class=1
       --set 'model.lora.targets=["blk.0.attn_q", "blk.29.attn_v"]')
+  elif grep -q 'plugin = "paper_generation_tasks"' "$file"; then
+    # The paper's own text data: its protocol (prompt loss, scored padding), 2 + 1 examples per class.
+    sizes=(--set dataset.train_per_class=2 --set dataset.test_per_class=1 --set task.scored=prompt
+      --set task.padding=longest --set 'model.lora.targets=["blk.0.attn_q", "blk.29.attn_v"]')
   elif grep -q 'plugin = "styled_digits"' "$file"; then
     # The diffusion studies: 3 images per class, a one-epoch base, 2 generated queries per class.
     sizes=(--set dataset.train_per_class=3 --set dataset.test_per_class=1 --set dataset.n_pretrain=40
@@ -65,4 +69,6 @@ grep -q "^class_detection_diffusion_style/run,6," "$work/results/generated_image
   { echo "missing figure fig8 (a generated image with its most and least helpful training images)"; exit 1; }
 grep -q "^class_detection_llm_math,datainf,1,10," "$work/results/class_detection.csv" ||
   { echo "class_detection.csv lacks the math row"; cat "$work/results/class_detection.csv"; exit 1; }
+grep -q "^class_detection_llm_paper_protocol_math,datainf,1,10," "$work/results/class_detection.csv" ||
+  { echo "class_detection.csv lacks the paper-protocol row"; cat "$work/results/class_detection.csv"; exit 1; }
 echo "paper studies smoke: ok"
