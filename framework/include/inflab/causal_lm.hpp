@@ -27,8 +27,11 @@ struct CausalLmEncoding {
   bool chat = true;
   std::string scored = "response";
   bool pad_to_longest = false;
-  bool operator==(const CausalLmEncoding&) const = default;
 };
+inline bool operator==(const CausalLmEncoding& a, const CausalLmEncoding& b) {
+  return a.chat == b.chat && a.scored == b.scored && a.pad_to_longest == b.pad_to_longest;
+}
+inline bool operator!=(const CausalLmEncoding& a, const CausalLmEncoding& b) { return !(a == b); }
 
 // From the [task] section: what the influence loss (gradients, queries, query losses) covers, and
 // what fine-tuning trains on. Throws an Error naming the key for a value outside its choices.
