@@ -109,6 +109,7 @@ std::unique_ptr<Model> build_model(const StageInputs& inputs, Registry& registry
   // Instruction datasets: prompt and response as the task encodes them (inflab/causal_lm.hpp); the
   // training split a second time as fine-tuning sees it when that differs.
   const Options task = inputs.section("task");
+  const CausalLmEncoding influence = influence_encoding(task), fitting = fine_tuning_encoding(task);
   for (Split* split : {&data.train, &data.validation, &data.pretrain})
     if (!split->responses.empty() && !split->inputs.defined()) {
       auto* language = dynamic_cast<LanguageModel*>(model.get());
@@ -118,10 +119,9 @@ std::unique_ptr<Model> build_model(const StageInputs& inputs, Registry& registry
                         inputs.get_string("dataset.plugin"), plugin));
       auto start = Clock::now();
       std::tie(split->inputs, split->targets) =
-          encode_causal_lm(*language, split->texts, split->responses, influence_encoding(task));
-      if (split == &data.train && fine_tuning_encoding(task) != influence_encoding(task)) {
-        auto [ids, targets] =
-            encode_causal_lm(*language, split->texts, split->responses, fine_tuning_encoding(task));
+          encode_causal_lm(*language, split->texts, split->responses, influence);
+      if (split == &data.train && fitting != influence) {
+        auto [ids, targets] = encode_causal_lm(*language, split->texts, split->responses, fitting);
         out.train_fit = Batch{ids, targets, torch::tensor(split->ids, torch::kLong)};
       }
       outcome.stage_seconds["tokenize"] += seconds_since(start);

@@ -198,7 +198,7 @@ class SmolLm2Lora : public inflab::Model, public inflab::LanguageModel {
     KvCache cache;
     auto generator = at::detail::createCPUGenerator(options.seed);
     const std::int64_t end_of_turn = tokenizer().id_of("<|im_end|>"),
-                       end_of_text = tokenizer().id_of("<|endoftext|>");
+                       end_of_text = tokenizer().id_of("<|endoftext|>"), end_of_sequence = end_token(false);
     std::vector<std::int64_t> out;
     torch::Tensor step = torch::tensor(prompt, torch::kLong).unsqueeze(0);
     std::int64_t position = 0;
@@ -212,7 +212,7 @@ class SmolLm2Lora : public inflab::Model, public inflab::LanguageModel {
                    .item<std::int64_t>();
       else
         next = logits.argmax().item<std::int64_t>();
-      if (next == end_of_turn || next == end_of_text || next == end_token(false)) break;
+      if (next == end_of_turn || next == end_of_text || next == end_of_sequence) break;
       out.push_back(next);
       step = torch::tensor({next}, torch::kLong).unsqueeze(0);
     }
