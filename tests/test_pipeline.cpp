@@ -14,6 +14,7 @@
 #include "inflab/config.hpp"
 #include "inflab/error.hpp"
 #include "inflab/io.hpp"
+#include "inflab/lora.hpp"
 #include "inflab/pipeline.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/runtime.hpp"
@@ -547,6 +548,96 @@ TEST_CASE("`inflab score` works on a hand-written gradient directory and checks 
   CHECK(nan_run.exit_code == 2);
   CHECK_THAT(nan_run.output, Contains("train/w.npy") && Contains("NaN or Inf") && Contains("row 1"));
   CHECK_FALSE(fs::exists(dir.path / "nan.npy"));
+}
+
+namespace {
+std::vector<at::Tensor> adapters_of(inflab::Model& model) {
+  std::vector<at::Tensor> out;
+  for (auto* layer : model.lora_layers())
+    if (layer->has_adapter()) out.push_back(layer->lora_a().clone()), out.push_back(layer->lora_b().clone());
+  return out;
+}
+bool same_tensors(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (!a[i].allclose(b[i], 1e-6, 1e-7)) return false;
+  return true;
+}
+}  // namespace
+
+TEST_CASE("model.adapter_from scores another experiment's adapter, found by its fine-tuning's key",
+          "[pipeline][adapter_from]") {
+  test::TempDir dir;
+  const std::string source_text = test::replace(test::replace(kExperiment, "n_train = 300", "n_train = 120"),
+                                                "n_pretrain = 2000", "n_pretrain = 500");
+  const auto source_file = dir.write("source.toml", source_text);
+  // The borrower: the same data without label noise (so the same pretrained base), and no fine-tuning of its
+  // own.
+  const std::string own_text = test::replace(source_text, "label_noise = 0.2", "label_noise = 0.0");
+  const std::string borrower_text =
+      test::replace(own_text, "hidden = [32]", "hidden = [32]\nadapter_from = \"source.toml\"");
+  const auto borrower_file = dir.write("borrower.toml", borrower_text);
+  const auto own_file = dir.write("own.toml", own_text);
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  inflab::RunPaths paths{dir.path / "results", dir.path / "cache"};
+  auto borrower = inflab::load_experiment(borrower_file, {}, registry).at(0);
+  REQUIRE(borrower.adapter_source);
+
+  // Nothing is cached: the borrower fine-tunes the source's adapter on the source's data first.
+  std::vector<at::Tensor> borrowed, fresh, own;
+  borrowed = adapters_of(*inflab::finetuned_model(borrower, registry, paths).model);
+  auto source = inflab::load_experiment(source_file, {}, registry).at(0);
+  CHECK(
+      fs::exists(paths.cache_root / "finetune" / (inflab::stage_key("finetune", source, registry) + ".pt")));
+  // Oracle: the source fine-tuned on its own in an empty cache; and the borrower's data trains another
+  // adapter.
+  fresh = adapters_of(
+      *inflab::finetuned_model(source, registry, {dir.path / "results", dir.path / "cache2"}).model);
+  own = adapters_of(
+      *inflab::finetuned_model(inflab::load_experiment(own_file, {}, registry).at(0), registry, paths).model);
+  CHECK(same_tensors(borrowed, fresh));
+  CHECK_FALSE(same_tensors(borrowed, own));
+
+  // The borrower's keys follow the source's fine-tuning: its seed picks the source's run, and a change
+  // to the source's training changes every borrower stage after the data.
+  auto seeded = inflab::load_experiment(borrower_file, {"experiment.seed=5"}, registry).at(0);
+  auto source5 = inflab::load_experiment(source_file, {"experiment.seed=5"}, registry).at(0);
+  CHECK_THAT(seeded.resolved_toml, Contains(inflab::stage_key("finetune", source5, registry)));
+  const std::string finetune_key = inflab::stage_key("finetune", borrower, registry),
+                    gradients_key = inflab::stage_key("gradients", borrower, registry);
+  dir.write("source.toml", test::replace(source_text, "learning_rate = 3e-3", "learning_rate = 1e-3"));
+  auto changed = inflab::load_experiment(borrower_file, {}, registry).at(0);
+  CHECK(inflab::stage_key("finetune", changed, registry) != finetune_key);
+  CHECK(inflab::stage_key("gradients", changed, registry) != gradients_key);
+  CHECK(inflab::stage_key("base", changed, registry) == inflab::stage_key("base", borrower, registry));
+  dir.write("source.toml", source_text);
+
+  // Each misuse is an error naming the key and what is wrong.
+  auto fails_with = [&](const std::string& name, const std::string& text, const std::string& message) {
+    INFO(name);
+    CHECK_THROWS_WITH(inflab::load_experiment(dir.write(name, text), {}, registry),
+                      Contains("model.adapter_from") && Contains(message));
+  };
+  fails_with("rank.toml", test::replace(borrower_text, "rank = 2", "rank = 4"),
+             "model.lora.rank is 4 here and 2 there");
+  fails_with("missing.toml", test::replace(borrower_text, "\"source.toml\"", "\"nope.toml\""),
+             "no such file");
+  fails_with("self.toml", test::replace(borrower_text, "\"source.toml\"", "\"self.toml\""),
+             "names this experiment itself");
+  fails_with("chain.toml", test::replace(borrower_text, "\"source.toml\"", "\"borrower.toml\""),
+             "takes its own adapter from another experiment");
+  fails_with("lds.toml", borrower_text + "\n[evaluation]\nmetrics = [\"auc\", \"lds\"]\n",
+             "retrain the LoRA");
+  dir.write("swept.toml", source_text + "\n[sweep]\ntraining.learning_rate = [1e-3, 3e-3]\n");
+  fails_with("from_swept.toml", test::replace(borrower_text, "\"source.toml\"", "\"swept.toml\""),
+             "fine-tune 2 different adapters");
+  // A base pretrained on other data would not match the adapter: refused when the run starts.
+  auto other_base = inflab::load_experiment(
+      dir.write("other_base.toml", test::replace(borrower_text, "n_pretrain = 500", "n_pretrain = 400")), {},
+      registry);
+  CHECK_THROWS_WITH(inflab::finetuned_model(other_base.at(0), registry, paths),
+                    Contains("pretrains its base"));
 }
 
 TEST_CASE("a store over its memory budget is memory-mapped and gives identical scores, float16 stays close",

@@ -12,6 +12,7 @@
 #include "inflab/numerics.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/task.hpp"
+#include "stages.hpp"
 
 namespace fs = std::filesystem;
 
@@ -238,7 +239,12 @@ const std::vector<OptionSpec>& model_specs() {
       spec("plugin", OptionType::String, std::string(), "model plugin name", true),
       spec("adapter", OptionType::String, std::string(),
            "a Hugging Face PEFT adapter directory (adapter_config.json, adapter_model.safetensors) trained "
-           "elsewhere: its LoRA replaces inflab's fine-tuning (docs/python.md, \"PEFT adapters\")")};
+           "elsewhere: its LoRA replaces inflab's fine-tuning (docs/python.md, \"PEFT adapters\")"),
+      spec("adapter_from", OptionType::String, std::string(),
+           "another experiment file (relative to this one) whose fine-tuned adapter this experiment scores "
+           "instead of fine-tuning its own: the adapter is found by that experiment's finetune stage key "
+           "(its run with this run's seed), fine-tuned first if the cache lacks it; the [model] sections "
+           "must agree (docs/experiments.md, \"One adapter for several experiments\")")};
   return specs;
 }
 const std::vector<OptionSpec>& lora_specs() {
@@ -517,6 +523,76 @@ std::string label_of(const toml::node& node) {
   return text;
 }
 
+// "path = value" for every leaf of a table: what two [model] sections differ in.
+void flatten(const toml::table& table, const std::string& prefix, std::map<std::string, std::string>& out) {
+  for (auto&& [key, node] : table) {
+    const std::string path = prefix + std::string(key.str());
+    if (const toml::table* child = node.as_table()) {
+      flatten(*child, path + ".", out);
+      continue;
+    }
+    std::ostringstream text;
+    node.visit([&](auto&& leaf) { text << leaf; });
+    out[path] = text.str();
+  }
+}
+
+// [model] adapter_from = "OTHER.toml": OTHER's run with this run's seed, whose finetune stage key
+// names the adapter this run scores (recorded as model.adapter_key, so every later stage's key
+// covers the other experiment's fine-tuning). The [model] sections must agree: the adapter is
+// loaded into this run's model as it is.
+std::shared_ptr<const ExperimentConfig> adapter_source(Validator& v, const toml::node& at,
+                                                       const fs::path& file, std::int64_t seed,
+                                                       const fs::path& peft_adapter,
+                                                       toml::table& model_resolved, Registry& registry) {
+  auto fail = [&](const std::string& what) {
+    v.fail(at.source(), "key 'model.adapter_from': " + what, "model.adapter_from");
+  };
+  if (!peft_adapter.empty())
+    fail("an adapter comes from a PEFT directory (model.adapter) or from another experiment, not both");
+  const fs::path source_file = file.parent_path() / *at.value<std::string>();
+  if (!fs::is_regular_file(source_file))
+    fail(fmt::format("expected an experiment file (a path relative to {}), found '{}': no such file",
+                     file.string(), source_file.string()));
+  std::error_code error;
+  if (fs::equivalent(source_file, file, error)) fail("names this experiment itself");
+  std::vector<ExperimentConfig> runs;
+  try {
+    runs = load_experiment(source_file, {fmt::format("experiment.seed={}", seed), "experiment.repeats=1"},
+                           registry);
+  } catch (const Error& e) {
+    fail(fmt::format("{} does not load: {}", source_file.string(), e.what()));
+  }
+  std::set<std::string> keys;
+  for (const auto& run : runs) {
+    if (run.adapter_source)
+      fail(fmt::format("{} takes its own adapter from another experiment; name that one",
+                       source_file.string()));
+    keys.insert(stage_inputs("finetune", run, registry).key());
+  }
+  if (keys.size() != 1)
+    fail(
+        fmt::format("the {} runs of {} (with experiment.seed = {}) fine-tune {} different adapters; name "
+                    "an experiment whose runs share one fine-tuning",
+                    runs.size(), source_file.string(), seed, keys.size()));
+  std::map<std::string, std::string> here, there;
+  flatten(model_resolved, "model.", here);
+  flatten(*toml::parse(runs.front().resolved_toml)["model"].as_table(), "model.", there);
+  here.erase("model.adapter_from");
+  std::vector<std::string> differences;
+  for (const auto& [path, value] : here)
+    if (there[path] != value)
+      differences.push_back(fmt::format("{} is {} here and {} there", path, value,
+                                        there[path].empty() ? "absent" : there[path]));
+  if (!differences.empty())
+    fail(fmt::format(
+        "the adapter of {} is loaded into this experiment's model as it is, so the [model] sections "
+        "must agree: {}",
+        source_file.string(), fmt::join(differences, "; ")));
+  model_resolved.insert_or_assign("adapter_key", *keys.begin());
+  return std::make_shared<const ExperimentConfig>(runs.front());
+}
+
 ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Registry& registry,
                               const std::string& run_name, const Origins& origins) {
   Validator v{file.string(), &origins};
@@ -647,6 +723,13 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
                fs::is_directory(adapter) ? "a directory without adapter_config.json" : "no such directory"),
            "model.adapter");
   }
+  // adapter_from: another experiment's fine-tuned adapter, found by that stage's key.
+  const std::string adapter_from = model_all.get_string("adapter_from");
+  if (adapter_from.empty())
+    model_resolved.erase("adapter_from");
+  else
+    config.adapter_source =
+        adapter_source(v, *model.get("adapter_from"), file, config.seed, adapter, model_resolved, registry);
   resolved.insert("model", model_resolved);
 
   // [training]
@@ -860,6 +943,12 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
         "key 'model.adapter': metrics \"lds\" and \"loo\" retrain the LoRA with inflab's fine-tuning, which "
         "cannot reproduce an adapter trained elsewhere; remove them or the adapter",
         "model.adapter");
+  if (config.adapter_source && (wants_lds || wants_loo))
+    v.fail(model.get("adapter_from")->source(),
+           "key 'model.adapter_from': metrics \"lds\" and \"loo\" retrain the LoRA on this experiment's "
+           "training set, which did not train the adapter taken from the other experiment; remove them or "
+           "the adapter_from",
+           "model.adapter_from");
   config.resolved_toml = to_text(resolved);  // the stages' cache keys are computed from it
   return config;
 }

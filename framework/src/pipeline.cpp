@@ -67,6 +67,35 @@ BaseModel base_model(const ExperimentConfig& config, const std::map<std::string,
   prepare_base(stage_inputs("base", config.resolved_toml, versions), *out.model, out.data, paths, outcome);
   return out;
 }
+
+// The finetune stage of `config`. With [model] adapter_from, the other experiment's fine-tuning
+// runs first (on its own data, if its cache lacks it) and this one's stage loads its adapters.
+void finetune_stage_of(const ExperimentConfig& config, const std::map<std::string, std::string>& versions,
+                       Registry& registry, Model& model, const LoadedData& data, const RunPaths& paths,
+                       RunOutcome& outcome) {
+  if (const auto& source = config.adapter_source) {
+    const auto source_versions = plugin_versions(*source, registry);
+    const StageInputs source_in = stage_inputs("finetune", source->resolved_toml, source_versions);
+    // A base pretrained here is the dataset's: the adapter must have been trained on the same one.
+    if (model.needs_base_pretraining() &&
+        stage_inputs("base", source->resolved_toml, source_versions).key() !=
+            stage_inputs("base", config.resolved_toml, versions).key())
+      throw Error(fmt::format(
+          "{}: key 'model.adapter_from': model '{}' pretrains its base on the dataset, and {} pretrains it "
+          "on "
+          "other data or with other settings, so its adapter belongs to another base; give both the same "
+          "[dataset] (label noise may differ) and pretraining, or use a model with packaged weights",
+          config.source.string(), config.model.plugin, source->source.string()));
+    if (!fs::exists(adapter_file(source_in.key(), paths))) {
+      log(fmt::format("fine-tuning the adapter of {} first (model.adapter_from)", source->source.string()));
+      RunOutcome source_outcome;
+      auto chain = base_model(*source, source_versions, registry, paths, source_outcome);
+      finetune(source_in, *chain.model, chain.data, paths, source_outcome);
+      outcome.stage_seconds["finetune (adapter_from)"] = source_outcome.stage_seconds["finetune"];
+    }
+  }
+  finetune(stage_inputs("finetune", config.resolved_toml, versions), model, data, paths, outcome);
+}
 }  // namespace
 
 FinetunedModel finetuned_model(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
@@ -75,7 +104,7 @@ FinetunedModel finetuned_model(const ExperimentConfig& config, Registry& registr
   const auto versions = plugin_versions(config, registry);
   auto [data_in, data, model] = base_model(config, versions, registry, paths, outcome);
   if (adapters == Adapters::finetuned)
-    finetune(stage_inputs("finetune", config.resolved_toml, versions), *model, data, paths, outcome);
+    finetune_stage_of(config, versions, registry, *model, data, paths, outcome);
   model->set_training(false);
   FinetunedModel out;
   out.model = std::move(model);
@@ -118,7 +147,7 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
     return store;
   }
   auto [data_in, data, model] = base_model(config, versions, registry, paths, out);
-  finetune(stage_inputs("finetune", config.resolved_toml, versions), *model, data, paths, out);
+  finetune_stage_of(config, versions, registry, *model, data, paths, out);
   return extract_gradients(gradients_in, *model, data, paths, out);
 }
 

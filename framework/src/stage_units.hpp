@@ -105,9 +105,12 @@ std::unique_ptr<Model> build_model(const StageInputs& inputs, Registry& registry
 // base: pretrains the model's base weights on the pretrain split (cached), when the model needs it.
 void prepare_base(const StageInputs& inputs, Model& model, const LoadedData& data, const RunPaths& paths,
                   RunOutcome& outcome);
-// finetune: trains the LoRA adapters on the training split (cached).
+// finetune: trains the LoRA adapters on the training split (cached), or (model.adapter_key, from
+// [model] adapter_from) loads the adapters another experiment's finetune stage cached under that key.
 void finetune(const StageInputs& inputs, Model& model, const LoadedData& data, const RunPaths& paths,
               RunOutcome& outcome);
+// Where the finetune stage caches the adapters it trained under `finetune_key`.
+std::filesystem::path adapter_file(const std::string& finetune_key, const RunPaths& paths);
 // ground_truth: the fine-tuning repeated on random subsets of the training set (same base, same
 // initialisation, same schedule), each query's loss recorded after each; one cache file per
 // subset, so an interrupted stage resumes. The model's adapters are left at their initialisation.

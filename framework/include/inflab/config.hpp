@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,9 @@ struct ExperimentConfig {
   // The whole config with every default filled in: what the stages read (framework/src/stages.hpp),
   // and so what their cache keys are computed from.
   std::string resolved_toml;
+  // [model] adapter_from: the experiment (its run with this run's seed) whose fine-tuned adapter
+  // this run scores instead of fine-tuning its own; null when the run fine-tunes its own.
+  std::shared_ptr<const ExperimentConfig> adapter_source;
 };
 
 // One plugin's options from its defaults and command-line assignments "key=value" (`inflab score

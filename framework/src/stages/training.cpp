@@ -22,8 +22,8 @@ const StageDeclaration& base_stage() {
       {},
       {"dataset", "model", "task", "training.pretrain_epochs", "training.pretrain_learning_rate",
        "training.batch_size"},
-      {"dataset.label_noise", "dataset.noise_seed", "model.lora", "model.adapter", "task.scored",
-       "task.padding", "task.shared_noise", "task.timestep_gradients"},
+      {"dataset.label_noise", "dataset.noise_seed", "model.lora", "model.adapter", "model.adapter_from",
+       "model.adapter_key", "task.scored", "task.padding", "task.shared_noise", "task.timestep_gradients"},
       {"dataset", "model"}};
   return stage;
 }
@@ -317,6 +317,10 @@ void prepare_base(const StageInputs& inputs, Model& model, const LoadedData& dat
   for (auto& t : lora) t.set_requires_grad(true);
 }
 
+fs::path adapter_file(const std::string& finetune_key, const RunPaths& paths) {
+  return cache_root_of(paths) / "finetune" / (finetune_key + ".pt");
+}
+
 void finetune(const StageInputs& inputs, Model& model, const LoadedData& data, const RunPaths& paths,
               RunOutcome& outcome) {
   auto start = Clock::now();
@@ -329,7 +333,18 @@ void finetune(const StageInputs& inputs, Model& model, const LoadedData& data, c
     return;
   }
   std::vector<torch::Tensor> lora = lora_tensors(model);
-  fs::path file = cache_root_of(paths) / "finetune" / (inputs.key() + ".pt");
+  if (inputs.present("model.adapter_key")) {  // another experiment's fine-tuning (pipeline: adapter_from)
+    const fs::path file = adapter_file(inputs.get_string("model.adapter_key"), paths);
+    if (!load_tensors(file, lora))
+      throw Error(fmt::format("internal: the adapter of {} is not in the cache ({})",
+                              inputs.get_string("model.adapter_from"), file.string()));
+    log(fmt::format("LoRA adapters from the fine-tuning of {} (model.adapter_from)",
+                    inputs.get_string("model.adapter_from")));
+    outcome.stage_cached["finetune"] = true;
+    outcome.stage_seconds["finetune"] = seconds_since(start);
+    return;
+  }
+  fs::path file = adapter_file(inputs.key(), paths);
   outcome.stage_cached["finetune"] = load_tensors(file, lora);
   if (!outcome.stage_cached["finetune"]) {
     fine_tune_adapters(inputs, model, lora, data.train_fit, "fine-tuning LoRA");
