@@ -3,7 +3,8 @@
 results so that its numbers cannot drift from them.
 
     /usr/bin/python3 framework/report/table2.py results/paper            print the section
-    /usr/bin/python3 framework/report/table2.py results/paper --write    replace it in docs/results.md
+    /usr/bin/python3 framework/report/table2.py results/paper --write    replace it in docs/results.md,
+                                                                         draw figures/fig9_table2_protocols
     /usr/bin/python3 framework/report/table2.py results/paper --check    exit 1 when docs/results.md differs
 
 Reads <root>/class_detection.csv (written by class_detection.py, `inflab report`) and the runs'
@@ -17,15 +18,28 @@ import sys
 BEGIN, END = "<!-- table2:begin (framework/report/table2.py) -->", "<!-- table2:end -->"
 DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "results.md")
 
-# (class_detection.csv group, task, what the protocol is)
+# (class_detection.csv group, task, what the protocol is). The paper's configuration: every task
+# scored with the adapter fine-tuned on math with reasoning (model.adapter_from), two protocols;
+# then math scored with an adapter fine-tuned on its own data, with the padding ablation.
+SOURCE = "class_detection_llm_paper_protocol_math_reasoning"
+SHARED = {"sentence transformations": "class_detection_llm_paper_protocol_grammars",
+          "math (no reasoning)": "class_detection_llm_paper_protocol_math_shared_adapter",
+          "math (reasoning)": SOURCE}
 LLM = "class_detection_llm_paper_protocol_math"
 DIFFUSION = "class_detection_diffusion_style_notebook_protocol"
 ABLATION = "class_detection_diffusion_style_notebook_ablation"
 ROWS = [
+    (f"{experiment}@{run}", task, f"{protocol}; the math-with-reasoning adapter")
+    for task, experiment in SHARED.items()
+    for run, protocol in (("scoredprompt", "paper's code: prompt loss, mean, padding scored"),
+                          ("scoredresponse", "answer loss, mean, no padding"))
+] + [
     (LLM + "@scoredprompt_paddinglongest", "math (no reasoning)",
-     "paper's code: prompt loss, mean, padding scored"),
-    (LLM + "@scoredprompt_paddingnone", "math (no reasoning)", "prompt loss, mean, no padding"),
-    (LLM + "@scoredresponse_paddingnone", "math (no reasoning)", "answer loss, mean, no padding"),
+     "paper's code: prompt loss, mean, padding scored; an adapter fine-tuned on this task"),
+    (LLM + "@scoredprompt_paddingnone", "math (no reasoning)",
+     "prompt loss, mean, no padding; an adapter fine-tuned on this task"),
+    (LLM + "@scoredresponse_paddingnone", "math (no reasoning)",
+     "answer loss, mean, no padding; an adapter fine-tuned on this task"),
     (DIFFUSION, "diffusion style", "notebook: timesteps concatenated, shared noise, rank 2"),
 ] + [(f"{ABLATION}@shared_noise{shared}_timestep_gradients{parts}", "diffusion style",
       f"ablation: {'shared' if shared == 'true' else 'per-image'} noise, timesteps "
@@ -33,10 +47,58 @@ ROWS = [
      for shared in ("true", "false") for parts in ("concatenate", "sum")]
 # The paper's Table 2 (Hessian-free, DataInf) and, for the style notebook, its own recorded output.
 PAPER = {
+    "sentence transformations": "Table 2 (Llama-2-13B-chat): Hessian-free 0.999 / 0.985, DataInf 1.000 / 0.997",
     "math (no reasoning)": "Table 2 (Llama-2-13B-chat): Hessian-free 0.770 / 0.258, DataInf 1.000 / 0.999",
+    "math (reasoning)": "Table 2 (Llama-2-13B-chat): Hessian-free 0.772 / 0.258, DataInf 1.000 / 0.996",
     "diffusion style": "Table 2 (Stable Diffusion): Hessian-free 0.692 / 0.533, DataInf 0.820 / 0.687; "
                        "the notebook's own output: AUC 0.612 (Hessian-free) / 0.599 (DataInf)",
 }
+
+
+# The same numbers for the figure: (Hessian-free AUC, DataInf AUC).
+PAPER_AUC = {"sentence transformations": (0.999, 1.000), "math (no reasoning)": (0.770, 1.000),
+             "math (reasoning)": (0.772, 1.000), "diffusion style": (0.692, 0.820)}
+
+
+def read_table(root):
+    return {(row["experiment"], row["estimator"]): row
+            for row in csv.DictReader(open(os.path.join(root, "class_detection.csv")))}
+
+
+def figure(root):
+    """<root>/figures/fig9_table2_protocols.{png,pdf}: each row's AUC (Hessian-free, DataInf, Exact)
+    with its 95% interval, and the paper's Table 2 values as orange ticks."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from report import COLOURS, LABELS, save
+
+    table = read_table(root)
+    rows = [(group, task, protocol) for group, task, protocol in ROWS if (group, "datainf") in table]
+    estimators = ("hessian_free", "datainf", "exact")
+    fig, ax = plt.subplots(figsize=(8, 0.55 * len(rows) + 1.2))
+    for i, (group, task, protocol) in enumerate(rows):
+        for j, estimator in enumerate(estimators):
+            row = table.get((group, estimator))
+            if row:
+                mean = float(row["auc"])
+                ax.barh(i + (j - 1) * 0.26, mean, 0.26, color=COLOURS[estimator],
+                        xerr=[[mean - float(row["auc_low"])], [float(row["auc_high"]) - mean]], capsize=2,
+                        label=LABELS[estimator] if i == 0 else None)
+        for j, value in enumerate(PAPER_AUC.get(task, ())):  # the paper's Hessian-free, DataInf
+            ax.plot([value, value], [i + (j - 1) * 0.26 - 0.13, i + (j - 1) * 0.26 + 0.13], color="#ff7f0e",
+                    linewidth=2.5, label="paper, Table 2 (Hessian-free, DataInf)" if i == 0 and j == 0 else None)
+    ax.set_yticks(range(len(rows)), [f"{task}\n{protocol}" for _, task, protocol in rows], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlim(0.4, 1.02)
+    ax.axvline(0.5, color="#aaaaaa", linestyle=":", linewidth=1)
+    ax.grid(alpha=0.3, axis="x")
+    ax.set_xlabel("class-detection AUC: mean over test examples and seeds, 95% interval", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08 - 0.6 / len(rows)), ncol=2, fontsize=7)
+    ax.set_title("Table 2 under the paper's protocol and beside it (docs/results.md)", fontsize=9)
+    fig.tight_layout()
+    save(fig, os.path.join(root, "figures"), "fig9_table2_protocols")
 
 
 def cell(row):
@@ -56,14 +118,14 @@ def costs(root, experiment):
                               f"{m['stage_seconds'].get(name, 0):.0f} s")
         estimators = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(m.get("estimator_seconds", {}).items()))
         finetune = stage("finetune") + (f" (base pretraining {stage('pretrain')})" if "pretrain" in m["stage_seconds"] else "")
+        if "finetune (adapter_from)" in m["stage_seconds"]:  # the source experiment's, run first
+            finetune = f"{m['stage_seconds']['finetune (adapter_from)']:.0f} s (the adapter_from source's)"
         out.append((run, finetune, stage("gradients"), estimators, m.get("git_commit", "?")))
     return out
 
 
 def section(root):
-    table = {}
-    for row in csv.DictReader(open(os.path.join(root, "class_detection.csv"))):
-        table[(row["experiment"], row["estimator"])] = row
+    table = read_table(root)
     lines = [BEGIN, "",
              "| task | protocol | Hessian-free AUC / recall | DataInf AUC / recall | DataInf - Hessian-free AUC "
              "[95%] | Exact AUC / recall | test accuracy | runs x queries |",
@@ -87,7 +149,7 @@ def section(root):
         m = json.load(open(first))
         lines.append(f"- `{LLM}/fine_tuning_manifest.json` (the first run, which fine-tuned the adapter the three "
                      f"runs share; commit {m.get('git_commit', '?')}): fine-tuning {m['stage_seconds']['finetune']:.0f} s.")
-    for experiment in (LLM, DIFFUSION):  # the ablation reuses the notebook runs' fine-tunings
+    for experiment in (*SHARED.values(), LLM, DIFFUSION):  # the ablation reuses the notebook's fine-tunings
         for run, finetune, gradients, estimators, commit in costs(root, experiment):
             lines.append(f"- `{experiment}/{run}` (commit {commit}): fine-tuning {finetune}, gradients and "
                          f"test answers {gradients}; {estimators}.")
@@ -115,6 +177,7 @@ def main(argv):
     with open(DOCS + ".tmp", "w") as f:
         f.write(docs.replace(current, text))
     os.replace(DOCS + ".tmp", DOCS)
+    figure(argv[1])
     return 0
 
 
