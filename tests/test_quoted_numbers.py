@@ -26,10 +26,11 @@ def main():
         doc = os.path.join(root, "doc.md")
         good = ("DataInf <!--q summary.csv experiment=mlp estimator=datainf : auc-->0.816<!--/q--> "
                 "(<!--q summary.csv experiment=mlp estimator=datainf : diff-->+0.03 [+0.01, +0.05]<!--/q-->), "
+                "exact <!--q summary.csv experiment=mlp estimator=exact : auc auc-->0.8 (0.79)<!--/q--> "
                 "fine-tuning <!--q run/manifest.json : stage_seconds.finetune-->583<!--/q--> s.\n")
         open(doc, "w").write(good)
         code, out = run(root, doc, "--check")
-        assert code == 0 and "3 quoted numbers, 0 problem(s)" in out, out
+        assert code == 0 and "4 quoted numbers, 0 problem(s)" in out, out
 
         drifted = good.replace("-->0.816<", "-->0.823<").replace("-->583<", "-->570<")
         open(doc, "w").write("line one\n" + drifted)

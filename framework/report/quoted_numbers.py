@@ -8,7 +8,8 @@ A quoted number is written between two HTML comments (invisible when the Markdow
     fine-tuning <!--q class_detection_llm_paper_protocol_math/fine_tuning_manifest.json : stage_seconds.finetune-->583<!--/q--> s
 
 The source is a file under the results root: a CSV, whose row is chosen by `column=value` filters
-(exactly one row must match) and whose column follows the colon; or a JSON file and a dotted path.
+(exactly one row must match) and whose column (or columns, in order: `: mean_difference ci_low
+ci_high`) follows the colon; or a JSON file and a dotted path.
 The quoted text keeps its own format: each number in it must equal the source's corresponding
 number rounded to as many decimals as the text shows (a cell such as "+0.33 [+0.27, +0.38]"
 quotes all three). A lookup that finds nothing, or several rows, is an error.
@@ -23,7 +24,8 @@ import os
 import re
 import sys
 
-QUOTE = re.compile(r"<!--q (?P<source>[^:]*?)\s*:\s*(?P<field>[^>]*?)-->(?P<text>.*?)<!--/q-->", re.S)
+# The quoted text holds no markup (a backtick or "<" means the pattern is being shown, not used).
+QUOTE = re.compile(r"<!--q (?P<source>[^:]*?)\s*:\s*(?P<field>[^>]*?)-->(?P<text>[^<`]*?)<!--/q-->", re.S)
 NUMBER = re.compile(r"[+-]?\d+(?:\.(\d+))?")
 
 
@@ -51,9 +53,10 @@ def lookup(root, source, field, cache):
     rows = [r for r in data if all(r.get(k) == v for k, v in filters.items())]
     if len(rows) != 1:
         raise SourceError(f"{path}: {len(rows)} rows match {filters} (expected exactly one)")
-    if field not in rows[0]:
-        raise SourceError(f"{path}: no column '{field}' (columns: {', '.join(rows[0])})")
-    return rows[0][field]
+    for column in field.split():
+        if column not in rows[0]:
+            raise SourceError(f"{path}: no column '{column}' (columns: {', '.join(rows[0])})")
+    return " ".join(rows[0][column] for column in field.split())
 
 
 def requote(text, value):
