@@ -599,6 +599,17 @@ TEST_CASE("model.adapter_from scores another experiment's adapter, found by its 
   CHECK(same_tensors(borrowed, fresh));
   CHECK_FALSE(same_tensors(borrowed, own));
 
+  // A run's config.toml (the resolved configuration, elsewhere) loads without the source's file, has
+  // the same keys and gives the same adapter; with the cache emptied it says what to do.
+  fs::create_directories(dir.path / "run");
+  auto resolved =
+      inflab::load_experiment(dir.write("run/config.toml", borrower.resolved_toml), {}, registry).at(0);
+  CHECK_FALSE(resolved.adapter_source);
+  CHECK(resolved.resolved_toml == borrower.resolved_toml);
+  CHECK(same_tensors(adapters_of(*inflab::finetuned_model(resolved, registry, paths).model), borrowed));
+  CHECK_THROWS_WITH(inflab::finetuned_model(resolved, registry, {dir.path / "results", dir.path / "cache3"}),
+                    Contains("is not in the cache") && Contains("source.toml"));
+
   // The borrower's keys follow the source's fine-tuning: its seed picks the source's run, and a change
   // to the source's training changes every borrower stage after the data.
   auto seeded = inflab::load_experiment(borrower_file, {"experiment.seed=5"}, registry).at(0);
@@ -627,6 +638,9 @@ TEST_CASE("model.adapter_from scores another experiment's adapter, found by its 
              "names this experiment itself");
   fails_with("chain.toml", test::replace(borrower_text, "\"source.toml\"", "\"borrower.toml\""),
              "takes its own adapter from another experiment");
+  fails_with("key_alone.toml",
+             test::replace(own_text, "hidden = [32]", "hidden = [32]\nadapter_key = \"abc\""),
+             "found without model.adapter_from");
   fails_with("lds.toml", borrower_text + "\n[evaluation]\nmetrics = [\"auc\", \"lds\"]\n",
              "retrain the LoRA");
   dir.write("swept.toml", source_text + "\n[sweep]\ntraining.learning_rate = [1e-3, 3e-3]\n");

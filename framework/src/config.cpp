@@ -244,7 +244,10 @@ const std::vector<OptionSpec>& model_specs() {
            "another experiment file (relative to this one) whose fine-tuned adapter this experiment scores "
            "instead of fine-tuning its own: the adapter is found by that experiment's finetune stage key "
            "(its run with this run's seed), fine-tuned first if the cache lacks it; the [model] sections "
-           "must agree (docs/experiments.md, \"One adapter for several experiments\")")};
+           "must agree (docs/experiments.md, \"One adapter for several experiments\")"),
+      spec("adapter_key", OptionType::String, std::string(),
+           "written by inflab beside adapter_from in a run's config.toml: the finetune stage key of the "
+           "adapter it takes, so the run's configuration loads without the other experiment's file")};
   return specs;
 }
 const std::vector<OptionSpec>& lora_specs() {
@@ -724,12 +727,21 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
            "model.adapter");
   }
   // adapter_from: another experiment's fine-tuned adapter, found by that stage's key.
-  const std::string adapter_from = model_all.get_string("adapter_from");
-  if (adapter_from.empty())
+  // A run's own config.toml carries the key already: its adapter is the one cached under it.
+  const std::string adapter_from = model_all.get_string("adapter_from"),
+                    adapter_key = model_all.get_string("adapter_key");
+  if (adapter_key.empty()) model_resolved.erase("adapter_key");
+  if (adapter_from.empty()) {
     model_resolved.erase("adapter_from");
-  else
+    if (!adapter_key.empty())
+      v.fail(model.get("adapter_key")->source(),
+             "key 'model.adapter_key': inflab writes it beside model.adapter_from (a run's config.toml); "
+             "found without model.adapter_from",
+             "model.adapter_key");
+  } else if (adapter_key.empty()) {
     config.adapter_source =
         adapter_source(v, *model.get("adapter_from"), file, config.seed, adapter, model_resolved, registry);
+  }
   resolved.insert("model", model_resolved);
 
   // [training]
@@ -943,7 +955,7 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
         "key 'model.adapter': metrics \"lds\" and \"loo\" retrain the LoRA with inflab's fine-tuning, which "
         "cannot reproduce an adapter trained elsewhere; remove them or the adapter",
         "model.adapter");
-  if (config.adapter_source && (wants_lds || wants_loo))
+  if (!adapter_from.empty() && (wants_lds || wants_loo))
     v.fail(model.get("adapter_from")->source(),
            "key 'model.adapter_from': metrics \"lds\" and \"loo\" retrain the LoRA on this experiment's "
            "training set, which did not train the adapter taken from the other experiment; remove them or "

@@ -335,9 +335,11 @@ void finetune(const StageInputs& inputs, Model& model, const LoadedData& data, c
   std::vector<torch::Tensor> lora = lora_tensors(model);
   if (inputs.present("model.adapter_key")) {  // another experiment's fine-tuning (pipeline: adapter_from)
     const fs::path file = adapter_file(inputs.get_string("model.adapter_key"), paths);
-    if (!load_tensors(file, lora))
-      throw Error(fmt::format("internal: the adapter of {} is not in the cache ({})",
-                              inputs.get_string("model.adapter_from"), file.string()));
+    if (!load_tensors(file, lora))  // a run's config.toml, loaded after the cache lost the adapter
+      throw Error(fmt::format(
+          "the adapter this run takes from {} (model.adapter_from; its finetune key {}) is "
+          "not in the cache ({}): run that experiment again to fine-tune it",
+          inputs.get_string("model.adapter_from"), inputs.get_string("model.adapter_key"), file.string()));
     log(fmt::format("LoRA adapters from the fine-tuning of {} (model.adapter_from)",
                     inputs.get_string("model.adapter_from")));
     outcome.stage_cached["finetune"] = true;
