@@ -615,6 +615,13 @@ TEST_CASE("model.adapter_from scores another experiment's adapter, found by its 
   auto seeded = inflab::load_experiment(borrower_file, {"experiment.seed=5"}, registry).at(0);
   auto source5 = inflab::load_experiment(source_file, {"experiment.seed=5"}, registry).at(0);
   CHECK_THAT(seeded.resolved_toml, Contains(inflab::stage_key("finetune", source5, registry)));
+  // The command's --set reaches the source too (both models must agree), its sweeps do not.
+  auto shrunk =
+      inflab::load_experiment(borrower_file, {"model.lora.rank=4", "sweep.experiment.seed=[0, 1]"}, registry);
+  REQUIRE(shrunk.size() == 2);
+  auto source_rank4 =
+      inflab::load_experiment(source_file, {"model.lora.rank=4", "experiment.seed=1"}, registry).at(0);
+  CHECK_THAT(shrunk[1].resolved_toml, Contains(inflab::stage_key("finetune", source_rank4, registry)));
   const std::string finetune_key = inflab::stage_key("finetune", borrower, registry),
                     gradients_key = inflab::stage_key("gradients", borrower, registry);
   dir.write("source.toml", test::replace(source_text, "learning_rate = 3e-3", "learning_rate = 1e-3"));

@@ -542,10 +542,12 @@ void flatten(const toml::table& table, const std::string& prefix, std::map<std::
 
 // [model] adapter_from = "OTHER.toml": OTHER's run with this run's seed, whose finetune stage key
 // names the adapter this run scores (recorded as model.adapter_key, so every later stage's key
-// covers the other experiment's fine-tuning). The [model] sections must agree: the adapter is
-// loaded into this run's model as it is.
+// covers the other experiment's fine-tuning). The command's --set overrides reach OTHER too (but
+// not its sweeps: they are this experiment's), so `--set` on a shared [model] or a smaller
+// dataset applies to both. The [model] sections must agree: the adapter is loaded as it is.
 std::shared_ptr<const ExperimentConfig> adapter_source(Validator& v, const toml::node& at,
                                                        const fs::path& file, std::int64_t seed,
+                                                       const std::vector<std::string>& overrides,
                                                        const fs::path& peft_adapter,
                                                        toml::table& model_resolved, Registry& registry) {
   auto fail = [&](const std::string& what) {
@@ -561,8 +563,12 @@ std::shared_ptr<const ExperimentConfig> adapter_source(Validator& v, const toml:
   if (fs::equivalent(source_file, file, error)) fail("names this experiment itself");
   std::vector<ExperimentConfig> runs;
   try {
-    runs = load_experiment(source_file, {fmt::format("experiment.seed={}", seed), "experiment.repeats=1"},
-                           registry);
+    std::vector<std::string> source_overrides;
+    for (const auto& o : overrides)
+      if (o.rfind("sweep", 0) != 0) source_overrides.push_back(o);
+    source_overrides.push_back(fmt::format("experiment.seed={}", seed));
+    source_overrides.push_back("experiment.repeats=1");
+    runs = load_experiment(source_file, source_overrides, registry);
   } catch (const Error& e) {
     fail(fmt::format("{} does not load: {}", source_file.string(), e.what()));
   }
@@ -597,7 +603,8 @@ std::shared_ptr<const ExperimentConfig> adapter_source(Validator& v, const toml:
 }
 
 ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Registry& registry,
-                              const std::string& run_name, const Origins& origins) {
+                              const std::string& run_name, const Origins& origins,
+                              const std::vector<std::string>& overrides) {
   Validator v{file.string(), &origins};
   ExperimentConfig config;
   config.source = file;
@@ -739,8 +746,8 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
              "found without model.adapter_from",
              "model.adapter_key");
   } else if (adapter_key.empty()) {
-    config.adapter_source =
-        adapter_source(v, *model.get("adapter_from"), file, config.seed, adapter, model_resolved, registry);
+    config.adapter_source = adapter_source(v, *model.get("adapter_from"), file, config.seed, overrides,
+                                           adapter, model_resolved, registry);
   }
   resolved.insert("model", model_resolved);
 
@@ -1115,7 +1122,8 @@ std::vector<ExperimentConfig> load_experiment(const fs::path& file, const std::v
         if (distinct_labels(*keys.front())) break;
       }
     }
-    runs.push_back(validate_run(point, file, registry, run_name.empty() ? "run" : run_name, origins));
+    runs.push_back(
+        validate_run(point, file, registry, run_name.empty() ? "run" : run_name, origins, overrides));
     std::size_t d = 0;
     while (d < dims.size() && ++index[d] == dims[d].values.size()) index[d++] = 0;
     if (d == dims.size()) break;
