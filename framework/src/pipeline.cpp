@@ -81,10 +81,9 @@ void finetune_stage_of(const ExperimentConfig& config, const std::map<std::strin
         stage_inputs("base", source->resolved_toml, source_versions).key() !=
             stage_inputs("base", config.resolved_toml, versions).key())
       throw Error(fmt::format(
-          "{}: key 'model.adapter_from': model '{}' pretrains its base on the dataset, and {} pretrains it "
-          "on "
-          "other data or with other settings, so its adapter belongs to another base; give both the same "
-          "[dataset] (label noise may differ) and pretraining, or use a model with packaged weights",
+          "{}: key 'model.adapter_from': model '{}' pretrains its base on the dataset, and {} pretrains "
+          "it on other data or with other settings, so its adapter belongs to another base; give both the "
+          "same [dataset] (label noise may differ) and pretraining, or use a model with packaged weights",
           config.source.string(), config.model.plugin, source->source.string()));
     if (!fs::exists(adapter_file(source_in.key(), paths))) {
       log(fmt::format("fine-tuning the adapter of {} first (model.adapter_from)", source->source.string()));
