@@ -1,9 +1,16 @@
 #!/usr/bin/env python3
 """Markdown tables for docs/results.md from a report's summary.csv.
 
-    python3 framework/report/tables.py results/paper/summary.csv
+    python3 framework/report/tables.py results/paper/summary.csv            print every table
+    python3 framework/report/tables.py results/paper/summary.csv --check    exit 1 when a generated
+                                                                           block of docs/results.md differs
+    python3 framework/report/tables.py results/paper/summary.csv --write    rewrite those blocks
+
+docs/results.md holds the correlation / mislabel tables and the runtime table between the markers
+<!-- tables.py:NAME begin --> and <!-- tables.py:NAME end --> (NAME: correlations, runtime).
 """
 import csv
+import os
 import sys
 from collections import defaultdict
 
@@ -19,58 +26,113 @@ def cell(row):
     return f"{mean:.3f} ± {float(ci):.3f}" if ci else f"{mean:.3f}"
 
 
-def main(path):
-    rows = list(csv.DictReader(open(path)))
-    index = {(r["experiment"], int(r["rank"]), int(r["n_train"]), r["estimator"], r["metric"]): r for r in rows}
+def correlations(rows, index):
+    """The Pearson, Spearman and mislabel-AUC tables of the studies without ground truth."""
+    out = []
     experiments = sorted({r["experiment"] for r in rows if r["metric"] == "pearson"} -
                          {r["experiment"] for r in rows if r["metric"] == "lds"})  # those get their own table
     for metric, title in (("pearson", "Pearson correlation with Exact"), ("spearman", "Spearman correlation with Exact"),
                           ("auc", "Mislabel-detection ROC AUC")):
-        print(f"\n#### {title} (mean ± 95% CI over seeds)\n")
+        out.append(f"\n#### {title} (mean ± 95% CI over seeds)\n")
         for experiment in experiments:
             keys = sorted({(k[1], k[2]) for k in index if k[0] == experiment})
             runs = {k[1]: index[(experiment, k[0], k[1], "datainf", metric)]["runs"] for k in keys if (experiment, k[0], k[1], "datainf", metric) in index}
-            print(f"{experiment} (n = {keys[0][1]}, {next(iter(runs.values()), '?')} seeds per rank)\n")
+            out.append(f"{experiment} (n = {keys[0][1]}, {next(iter(runs.values()), '?')} seeds per rank)\n")
             estimators = [e for e in ORDER if e not in (("exact", "cg") if metric != "auc" else ())]
-            print("| rank | " + " | ".join(NAMES[e] for e in estimators) + " |")
-            print("| ---: | " + " | ".join("---:" for _ in estimators) + " |")
+            out.append("| rank | " + " | ".join(NAMES[e] for e in estimators) + " |")
+            out.append("| ---: | " + " | ".join("---:" for _ in estimators) + " |")
             for rank, n in keys:
-                print(f"| {rank} | " + " | ".join(cell(index.get((experiment, rank, n, e, metric))) for e in estimators) + " |")
-            print()
-    lds_settings = sorted({r["experiment"] for r in rows if r["metric"] == "lds"})
-    for experiment in lds_settings:
+                out.append(f"| {rank} | " + " | ".join(cell(index.get((experiment, rank, n, e, metric))) for e in estimators) + " |")
+            out.append("")
+    return out, experiments
+
+
+def ground_truth(rows):
+    out = []
+    for experiment in sorted({r["experiment"] for r in rows if r["metric"] == "lds"}):
         labels = sorted({r["estimator"] for r in rows if r["experiment"] == experiment and r["metric"] == "lds"},
                         key=lambda e: (ORDER.index(e) if e in ORDER else len(ORDER), e))
         seeds = max(int(r["runs"]) for r in rows if r["experiment"] == experiment and r["metric"] == "lds")
-        print(f"\n#### Ground truth: {experiment} ({seeds} seeds; mean ± 95% CI over seeds)\n")
-        print("| estimator | LDS | leave-one-out (Pearson) | leave-one-out sign | Pearson with Exact | mislabel AUC | seconds |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        out.append(f"\n#### Ground truth: {experiment} ({seeds} seeds; mean ± 95% CI over seeds)\n")
+        out.append("| estimator | LDS | leave-one-out (Pearson) | leave-one-out sign | Pearson with Exact | mislabel AUC | seconds |")
+        out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for e in labels:
             get = lambda m: next((r for r in rows if r["experiment"] == experiment and r["estimator"] == e  # noqa: E731
                                   and r["metric"] == m), None)
             seconds = get("seconds")
-            print(f"| {NAMES.get(e, e)} | {cell(get('lds'))} | {cell(get('loo'))} | {cell(get('loo_sign'))} | "
-                  f"{cell(get('pearson'))} | {cell(get('auc'))} | "
-                  f"{float(seconds['mean']):.2f} |" if seconds else " - |")
-    # Runtime studies: experiments that vary n (the others' seconds are in their own sections).
-    runtime = sorted(e for e in {r["experiment"] for r in rows if r["estimator"].startswith("stage:")}
-                     - set(experiments) - set(lds_settings)
+            out.append(f"| {NAMES.get(e, e)} | {cell(get('lds'))} | {cell(get('loo'))} | {cell(get('loo_sign'))} | "
+                       f"{cell(get('pearson'))} | {cell(get('auc'))} | "
+                       + (f"{float(seconds['mean']):.2f} |" if seconds else " - |"))
+    return out
+
+
+def runtime(rows, experiments):
+    """Runtime studies: experiments that vary n (the others' seconds are in their own sections)."""
+    out = []
+    lds_settings = {r["experiment"] for r in rows if r["metric"] == "lds"}
+    studies = sorted(e for e in {r["experiment"] for r in rows if r["estimator"].startswith("stage:")}
+                     - set(experiments) - lds_settings
                      if len({r["n_train"] for r in rows if r["experiment"] == e}) > 1)
-    for experiment in runtime:
-        print(f"\n#### Seconds against n ({experiment}; influence stage = fit + scoring)\n")
+    for experiment in studies:
+        out.append(f"\n#### Seconds against n ({experiment}; influence stage = fit + scoring)\n")
         ns = sorted({int(r["n_train"]) for r in rows if r["experiment"] == experiment})
         columns = [e for e in ORDER if any(r["experiment"] == experiment and r["estimator"] == e for r in rows)]
-        print("| n | gradient extraction | " + " | ".join(NAMES[e] for e in columns) + " |")
-        print("| ---: | ---: | " + " | ".join("---:" for _ in columns) + " |")
+        out.append("| n | gradient extraction | " + " | ".join(NAMES[e] for e in columns) + " |")
+        out.append("| ---: | ---: | " + " | ".join("---:" for _ in columns) + " |")
         for n in ns:
             g = [r for r in rows if r["experiment"] == experiment and int(r["n_train"]) == n and r["estimator"] == "stage:gradients"]
             vals = []
             for e in columns:
                 hit = [r for r in rows if r["experiment"] == experiment and int(r["n_train"]) == n and r["estimator"] == e and r["metric"] == "seconds"]
                 vals.append(f"{float(hit[0]['mean']):.3f}" if hit else "-")
-            print(f"| {n} | {float(g[0]['mean']):.2f} | " if g else f"| {n} | - | ", end="")
-            print(" | ".join(vals) + " |")
+            out.append((f"| {n} | {float(g[0]['mean']):.2f} | " if g else f"| {n} | - | ") + " | ".join(vals) + " |")
+    return out
+
+
+def blocks(path):
+    rows = list(csv.DictReader(open(path)))
+    index = {(r["experiment"], int(r["rank"]), int(r["n_train"]), r["estimator"], r["metric"]): r for r in rows}
+    tables, experiments = correlations(rows, index)
+    return {"correlations": tables, "ground_truth": ground_truth(rows), "runtime": runtime(rows, experiments)}
+
+
+DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "results.md")
+
+
+def update_docs(generated, write):
+    """Replace (or compare) each marked block of docs/results.md; returns the names that differ."""
+    docs = open(DOCS).read()
+    differ = []
+    for name in ("correlations", "runtime"):
+        begin, end = f"<!-- tables.py:{name} begin -->", f"<!-- tables.py:{name} end -->"
+        if begin not in docs or end not in docs:
+            sys.exit(f"{DOCS}: no {begin} ... {end} markers")
+        current = docs[docs.index(begin):docs.index(end) + len(end)]
+        text = "\n".join([begin, *generated[name], end])
+        if current != text:
+            differ.append(name)
+            docs = docs.replace(current, text)
+    if write and differ:
+        with open(DOCS + ".tmp", "w") as f:
+            f.write(docs)
+        os.replace(DOCS + ".tmp", DOCS)
+    return differ
+
+
+def main(argv):
+    if len(argv) < 2 or argv[2:] not in ([], ["--check"], ["--write"]):
+        sys.exit(__doc__)
+    generated = blocks(argv[1])
+    if len(argv) == 2:
+        print("\n".join(generated["correlations"] + generated["ground_truth"] + generated["runtime"]))
+        return 0
+    differ = update_docs(generated, argv[2] == "--write")
+    if differ and argv[2] == "--check":
+        print(f"{DOCS}: the generated tables {', '.join(differ)} differ from what framework/report/tables.py "
+              f"writes from {argv[1]}; run it with --write", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    sys.exit(main(sys.argv))
