@@ -7,7 +7,8 @@
     python3 framework/report/tables.py results/paper/summary.csv --write    rewrite those blocks
 
 docs/results.md holds the correlation / mislabel tables and the runtime table between the markers
-<!-- tables.py:NAME begin --> and <!-- tables.py:NAME end --> (NAME: correlations, runtime).
+<!-- tables.py:NAME begin --> and <!-- tables.py:NAME end --> (NAME: correlations, runtime,
+ground_truth_images, ground_truth_text).
 """
 import csv
 import os
@@ -66,6 +67,28 @@ def ground_truth(rows):
     return out
 
 
+GROUND_TRUTH_ROWS = [("exact", "Exact"), ("datainf", "DataInf"), ("hessian_free", "Hessian-free"), ("kfac", "K-FAC"),
+                     ("ekfac", "EK-FAC"), ("lissa", "LiSSA (paper's equation, converged)"),
+                     ("lissa_reference_code", "LiSSA (paper's code)")]
+
+
+def ground_truth_side_by_side(rows, studies):
+    """docs/results.md's ground-truth tables: per study (experiment, title) LDS, Pearson with Exact and
+    mislabel AUC at rank 4, the studies side by side."""
+    index = {(r["experiment"], r["estimator"], r["metric"]): r for r in rows if r["rank"] == "4"}
+    header = "| estimator | " + " | ".join(f"{title}: LDS | Pearson with Exact | mislabel AUC" for _, title in studies) + " |"
+    out = ["", header, "| --- | " + " | ".join("---: | ---: | ---:" for _ in studies) + " |"]
+    for estimator, name in GROUND_TRUTH_ROWS:
+        cells = []
+        for experiment, _ in studies:
+            pearson = index.get((experiment, estimator, "pearson"))
+            cells += [cell(index.get((experiment, estimator, "lds"))),
+                      "1" if estimator == "exact" and pearson and float(pearson["mean"]) == 1 else cell(pearson),
+                      cell(index.get((experiment, estimator, "auc")))]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def runtime(rows, experiments):
     """Runtime studies: experiments that vary n (the others' seconds are in their own sections)."""
     out = []
@@ -93,7 +116,10 @@ def blocks(path):
     rows = list(csv.DictReader(open(path)))
     index = {(r["experiment"], int(r["rank"]), int(r["n_train"]), r["estimator"], r["metric"]): r for r in rows}
     tables, experiments = correlations(rows, index)
-    return {"correlations": tables, "ground_truth": ground_truth(rows), "runtime": runtime(rows, experiments)}
+    return {"correlations": tables, "ground_truth": ground_truth(rows), "runtime": runtime(rows, experiments),
+            "ground_truth_images": ground_truth_side_by_side(
+                rows, [("ground_truth_fashion_mlp", "Fashion MLP"), ("ground_truth_digits_cnn", "digits CNN")]),
+            "ground_truth_text": ground_truth_side_by_side(rows, [("ground_truth_fine_foods_minilm", "MiniLM fine foods")])}
 
 
 DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "results.md")
@@ -103,7 +129,7 @@ def update_docs(generated, write):
     """Replace (or compare) each marked block of docs/results.md; returns the names that differ."""
     docs = open(DOCS).read()
     differ = []
-    for name in ("correlations", "runtime"):
+    for name in ("correlations", "runtime", "ground_truth_images", "ground_truth_text"):
         begin, end = f"<!-- tables.py:{name} begin -->", f"<!-- tables.py:{name} end -->"
         if begin not in docs or end not in docs:
             sys.exit(f"{DOCS}: no {begin} ... {end} markers")
