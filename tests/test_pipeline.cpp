@@ -622,6 +622,11 @@ TEST_CASE("model.adapter_from scores another experiment's adapter, found by its 
   auto source_rank4 =
       inflab::load_experiment(source_file, {"model.lora.rank=4", "experiment.seed=1"}, registry).at(0);
   CHECK_THAT(shrunk[1].resolved_toml, Contains(inflab::stage_key("finetune", source_rank4, registry)));
+  // adapter_from given on the command line borrows the same way (and is not passed on to the source).
+  auto by_set = inflab::load_experiment(own_file, {"model.adapter_from=\"source.toml\""}, registry).at(0);
+  CHECK(by_set.adapter_source);
+  CHECK(inflab::stage_key("gradients", by_set, registry) ==
+        inflab::stage_key("gradients", borrower, registry));
   const std::string finetune_key = inflab::stage_key("finetune", borrower, registry),
                     gradients_key = inflab::stage_key("gradients", borrower, registry);
   dir.write("source.toml", test::replace(source_text, "learning_rate = 3e-3", "learning_rate = 1e-3"));

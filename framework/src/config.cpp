@@ -564,8 +564,8 @@ std::shared_ptr<const ExperimentConfig> adapter_source(Validator& v, const toml:
   std::vector<ExperimentConfig> runs;
   try {
     std::vector<std::string> source_overrides;
-    for (const auto& o : overrides)
-      if (o.rfind("sweep", 0) != 0) source_overrides.push_back(o);
+    for (const auto& o : overrides)  // not this experiment's sweeps, nor where its adapter comes from
+      if (o.rfind("sweep", 0) != 0 && o.rfind("model.adapter", 0) != 0) source_overrides.push_back(o);
     source_overrides.push_back(fmt::format("experiment.seed={}", seed));
     source_overrides.push_back("experiment.repeats=1");
     runs = load_experiment(source_file, source_overrides, registry);
@@ -588,10 +588,14 @@ std::shared_ptr<const ExperimentConfig> adapter_source(Validator& v, const toml:
   flatten(model_resolved, "model.", here);
   flatten(*toml::parse(runs.front().resolved_toml)["model"].as_table(), "model.", there);
   here.erase("model.adapter_from");
+  std::set<std::string> paths;  // both ways: a key only OTHER has (a PEFT adapter, say) differs too
+  for (const auto* side : {&here, &there})
+    for (const auto& entry : *side) paths.insert(entry.first);
   std::vector<std::string> differences;
-  for (const auto& [path, value] : here)
-    if (there[path] != value)
-      differences.push_back(fmt::format("{} is {} here and {} there", path, value,
+  for (const auto& path : paths)
+    if (here[path] != there[path])
+      differences.push_back(fmt::format("{} is {} here and {} there", path,
+                                        here[path].empty() ? "absent" : here[path],
                                         there[path].empty() ? "absent" : there[path]));
   if (!differences.empty())
     fail(fmt::format(
