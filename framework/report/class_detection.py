@@ -26,14 +26,12 @@ import zlib
 
 import numpy as np
 
-# The paper's Table 2 (Llama-2-13B-chat): (Hessian-free, DataInf) AUC and recall per task.
-PAPER = {
-    "transformations": {"auc": (0.999, 1.000), "recall": (0.985, 0.997)},
-    "math": {"auc": (0.770, 1.000), "recall": (0.258, 0.999)},
-    "math_reasoning": {"auc": (0.772, 1.000), "recall": (0.258, 0.996)},
-    "diffusion_style": {"auc": (0.692, 0.820), "recall": (0.533, 0.687)},  # Stable Diffusion, styles
-    "diffusion_subject": {"auc": (0.820, 0.865), "recall": (0.210, 0.315)},  # and subjects
-}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from paper_numbers import TABLE2  # noqa: E402
+
+# The paper's Table 2: (Hessian-free, DataInf) AUC and recall per task.
+PAPER = {task: {metric: (entry["hessian_free"][k], entry["datainf"][k]) for k, metric in enumerate(("auc", "recall"))}
+         for task, entry in TABLE2.items()}
 RESAMPLES = 2000
 
 
@@ -128,8 +126,8 @@ def summarise(groups):
             for k, metric in enumerate(("auc", "recall")):
                 values = pooled[estimator][:, k]
                 low, high = interval(values, rng)
-                row.update({metric: f"{values.mean():.4f}", f"{metric}_low": f"{low:.4f}",
-                            f"{metric}_high": f"{high:.4f}"})
+                row.update({metric: f"{values.mean():.6f}", f"{metric}_low": f"{low:.6f}",
+                            f"{metric}_high": f"{high:.6f}"})
                 for baseline in ("hessian_free", "datainf"):
                     if baseline in pooled and baseline != estimator:
                         difference = values - pooled[baseline][:, k]

@@ -15,6 +15,10 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from doc_blocks import sync  # noqa: E402
+from paper_numbers import BY_TITLE  # noqa: E402
+
 BEGIN, END = "<!-- table2:begin (framework/report/table2.py) -->", "<!-- table2:end -->"
 DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "results.md")
 
@@ -45,19 +49,11 @@ ROWS = [
       f"ablation: {'shared' if shared == 'true' else 'per-image'} noise, timesteps "
       f"{'concatenated' if parts == 'concatenate' else 'summed'}")
      for shared in ("true", "false") for parts in ("concatenate", "sum")]
-# The paper's Table 2 (Hessian-free, DataInf) and, for the style notebook, its own recorded output.
-PAPER = {
-    "sentence transformations": "Table 2 (Llama-2-13B-chat): Hessian-free 0.999 / 0.985, DataInf 1.000 / 0.997",
-    "math (no reasoning)": "Table 2 (Llama-2-13B-chat): Hessian-free 0.770 / 0.258, DataInf 1.000 / 0.999",
-    "math (reasoning)": "Table 2 (Llama-2-13B-chat): Hessian-free 0.772 / 0.258, DataInf 1.000 / 0.996",
-    "diffusion style": "Table 2 (Stable Diffusion): Hessian-free 0.692 / 0.533, DataInf 0.820 / 0.687; "
-                       "the notebook's own output: AUC 0.612 (Hessian-free) / 0.599 (DataInf)",
-}
-
-
-# The same numbers for the figure: (Hessian-free AUC, DataInf AUC).
-PAPER_AUC = {"sentence transformations": (0.999, 1.000), "math (no reasoning)": (0.770, 1.000),
-             "math (reasoning)": (0.772, 1.000), "diffusion style": (0.692, 0.820)}
+# The paper's Table 2, as one line per task, and the AUCs for the figure: (Hessian-free, DataInf).
+PAPER = {title: f"Table 2 ({e['model']}): Hessian-free {e['hessian_free'][0]:.3f} / {e['hessian_free'][1]:.3f}, "
+                f"DataInf {e['datainf'][0]:.3f} / {e['datainf'][1]:.3f}" + (f"; {e['notebook']}" if "notebook" in e else "")
+         for title, e in BY_TITLE.items() if title != "diffusion subject"}
+PAPER_AUC = {title: (e["hessian_free"][0], e["datainf"][0]) for title, e in BY_TITLE.items()}
 
 
 def read_table(root):
@@ -71,7 +67,6 @@ def figure(root):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from report import COLOURS, LABELS, save
 
     table = read_table(root)
@@ -164,19 +159,13 @@ def main(argv):
     if len(argv) == 2:
         print(text)
         return 0
-    docs = open(DOCS).read()
-    if BEGIN not in docs or END not in docs:
-        sys.exit(f"{DOCS}: no {BEGIN} ... {END} markers")
-    current = docs[docs.index(BEGIN):docs.index(END) + len(END)]
+    differ = sync(DOCS, {"table2": (BEGIN, END, text)}, write=argv[2] == "--write")
     if argv[2] == "--check":
-        if current != text:
+        if differ:
             print(f"{DOCS}: the Table 2 section differs from what framework/report/table2.py writes from "
                   f"{argv[1]}; run it with --write", file=sys.stderr)
             return 1
         return 0
-    with open(DOCS + ".tmp", "w") as f:
-        f.write(docs.replace(current, text))
-    os.replace(DOCS + ".tmp", DOCS)
     figure(argv[1])
     return 0
 

@@ -6,14 +6,19 @@
                                                                            block of docs/results.md differs
     python3 framework/report/tables.py results/paper/summary.csv --write    rewrite those blocks
 
-docs/results.md holds the correlation / mislabel tables and the runtime table between the markers
-<!-- tables.py:NAME begin --> and <!-- tables.py:NAME end --> (NAME: correlations, runtime,
-ground_truth_images, ground_truth_text).
+docs/results.md holds its tables between the markers <!-- tables.py:NAME begin --> and
+<!-- tables.py:NAME end -->, NAME one of BLOCKS below. From summary.csv: the correlation / mislabel
+tables, runtime, the ground-truth (LDS) and leave-one-out tables; from class_detection.csv beside it
+(and the runs' metrics.csv, for the test accuracy of each seed): the class-detection tables of the
+text-generation and image-generation sections.
 """
 import csv
 import os
 import sys
-from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from doc_blocks import sync  # noqa: E402
+from paper_numbers import TABLE2  # noqa: E402
 
 ORDER = ["exact", "cg", "datainf", "ekfac", "kfac", "lissa", "lissa_reference_code", "hessian_free"]
 NAMES = {"exact": "Exact", "cg": "CG", "datainf": "DataInf", "ekfac": "EK-FAC", "kfac": "K-FAC",
@@ -89,6 +94,88 @@ def ground_truth_side_by_side(rows, studies):
     return out + [""]
 
 
+def leave_one_out(rows, studies):
+    """Leave-one-out Pearson and sign agreement (metrics loo, loo_sign) per study at rank 4."""
+    index = {(r["experiment"], r["estimator"], r["metric"]): r for r in rows if r["rank"] == "4"}
+    header = "| estimator | " + " | ".join(f"{title}: LOO Pearson | sign" for _, title in studies) + " |"
+    out = ["", header, "| --- | " + " | ".join("---: | ---:" for _ in studies) + " |"]
+    for estimator, name in GROUND_TRUTH_ROWS:
+        cells = [cell(index.get((experiment, estimator, metric))) for experiment, _ in studies
+                 for metric in ("loo", "loo_sign")]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+CLASS_DETECTION_ROWS = [("hessian_free", "Hessian-free"), ("datainf", "DataInf"), ("exact", "Exact"),
+                        ("kfac", "K-FAC"), ("ekfac", "EK-FAC"), ("lissa", "LiSSA (paper's equation, 100 iterations)")]
+
+
+def test_accuracy_per_seed(root, group):
+    """The fine-tuned model's exact-match test accuracy of each run of a class_detection.csv group
+    ("experiment" or "experiment@run-prefix"), from the runs' metrics.csv, in run order."""
+    experiment, _, prefix = group.partition("@")
+    base = os.path.join(root, experiment)
+    values = []
+    for run in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        path = os.path.join(base, run, "metrics.csv")
+        if run.startswith(prefix) and os.path.exists(path):
+            values += [float(r["value"]) for r in csv.DictReader(open(path))
+                       if r["estimator"] == "model" and r["metric"] == "test_accuracy"]
+    return ", ".join(f"{v:.2f}" for v in values) or "-"
+
+
+def text_generation(root, table):
+    """The "Text generation" table: AUC / recall per estimator on inflab's own LLM tasks."""
+    columns = [("class_detection_llm_transformations@learning_rate0.0005", "transformations, lr 5e-4", "transformations"),
+               ("class_detection_llm_transformations@learning_rate0.002", "lr 2e-3", None),
+               ("class_detection_llm_math", "math", "math"),
+               ("class_detection_llm_math_reasoning", "math with reasoning", "math_reasoning")]
+    runs = lambda group: table[(group, "datainf")]["runs"]  # noqa: E731
+    header = ["estimator"] + [f"{title} ({runs(group)} seed{'s' if runs(group) != '1' else ''})"
+                              + (": AUC / recall" if i == 0 else "") for i, (group, title, _) in enumerate(columns)]
+    out = ["", "| " + " | ".join(header) + " |", "| --- |" + " ---: |" * len(columns)]
+    both = lambda r: f"{float(r['auc']):.3f} / {float(r['recall']):.3f}" if r else "-"  # noqa: E731
+    for estimator, name in CLASS_DETECTION_ROWS:
+        out.append(f"| {name} | " + " | ".join(both(table.get((group, estimator))) for group, _, _ in columns) + " |")
+    out.append("| exact-match test answers of the fine-tuned model (per seed) | "
+               + " | ".join(test_accuracy_per_seed(root, group) for group, _, _ in columns) + " |")
+    for estimator, label in (("hessian_free", "Hessian-free"), ("datainf", "DataInf")):
+        # the paper's row for the transformations sits under the first of their two columns
+        cells = ["{:.3f} / {:.3f}".format(*TABLE2[task][estimator]) if task else "" for _, _, task in columns]
+        prefix = f"the paper ({TABLE2['math']['model']}): " if estimator == "hessian_free" else "the paper: "
+        out.append(f"| {prefix}{label} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def image_generation(table, generated, real, task):
+    """An "Image generation" table: generated vs real held-out queries, AUC and recall with intervals."""
+    interval = lambda r, m: f"{float(r[m]):.3f} [{float(r[m + '_low']):.3f}, {float(r[m + '_high']):.3f}]"  # noqa: E731
+    out = ["", "| estimator | generated queries: AUC | recall | real held-out queries: AUC | recall |",
+           "| --- | ---: | ---: | ---: | ---: |"]
+    for estimator, name in CLASS_DETECTION_ROWS:
+        cells = []
+        for group in (generated, real):
+            row = table.get((group, estimator))
+            cells += [interval(row, "auc"), interval(row, "recall")] if row else ["-", "-"]
+        name = name.replace("paper's equation", "equation")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    paper = TABLE2[task]
+    (hf, hf_r), (di, di_r) = paper["hessian_free"], paper["datainf"]
+    out.append(f"| the paper ({paper['model']}): Hessian-free / DataInf | {hf:.3f} / {di:.3f} | {hf_r:.3f} / {di_r:.3f} | | |")
+    return out + [""]
+
+
+def class_detection_blocks(root):
+    path = os.path.join(root, "class_detection.csv")
+    table = {(r["experiment"], r["estimator"]): r for r in csv.DictReader(open(path))}
+    return {"text_generation": text_generation(root, table),
+            "image_generation_style": image_generation(table, "class_detection_diffusion_style",
+                                                       "class_detection_diffusion_style_real_queries", "diffusion_style"),
+            "image_generation_subject": image_generation(table, "class_detection_diffusion_subject",
+                                                         "class_detection_diffusion_subject_real_queries",
+                                                         "diffusion_subject")}
+
+
 def runtime(rows, experiments):
     """Runtime studies: experiments that vary n (the others' seconds are in their own sections)."""
     out = []
@@ -119,30 +206,25 @@ def blocks(path):
     return {"correlations": tables, "ground_truth": ground_truth(rows), "runtime": runtime(rows, experiments),
             "ground_truth_images": ground_truth_side_by_side(
                 rows, [("ground_truth_fashion_mlp", "Fashion MLP"), ("ground_truth_digits_cnn", "digits CNN")]),
-            "ground_truth_text": ground_truth_side_by_side(rows, [("ground_truth_fine_foods_minilm", "MiniLM fine foods")])}
+            "ground_truth_text": ground_truth_side_by_side(rows, [("ground_truth_fine_foods_minilm", "MiniLM fine foods")]),
+            "leave_one_out": leave_one_out(
+                rows, [("ground_truth_fashion_mlp", "Fashion MLP"), ("ground_truth_digits_cnn", "digits CNN")]),
+            **class_detection_blocks(os.path.dirname(os.path.abspath(path)))}
 
 
 DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "results.md")
 
 
+BLOCKS = ("correlations", "runtime", "ground_truth_images", "ground_truth_text", "leave_one_out", "text_generation",
+          "image_generation_style", "image_generation_subject")
+
+
 def update_docs(generated, write):
     """Replace (or compare) each marked block of docs/results.md; returns the names that differ."""
-    docs = open(DOCS).read()
-    differ = []
-    for name in ("correlations", "runtime", "ground_truth_images", "ground_truth_text"):
-        begin, end = f"<!-- tables.py:{name} begin -->", f"<!-- tables.py:{name} end -->"
-        if begin not in docs or end not in docs:
-            sys.exit(f"{DOCS}: no {begin} ... {end} markers")
-        current = docs[docs.index(begin):docs.index(end) + len(end)]
-        text = "\n".join([begin, *generated[name], end])
-        if current != text:
-            differ.append(name)
-            docs = docs.replace(current, text)
-    if write and differ:
-        with open(DOCS + ".tmp", "w") as f:
-            f.write(docs)
-        os.replace(DOCS + ".tmp", DOCS)
-    return differ
+    return sync(DOCS, {name: (f"<!-- tables.py:{name} begin -->", f"<!-- tables.py:{name} end -->",
+                              "\n".join([f"<!-- tables.py:{name} begin -->", *generated[name],
+                                          f"<!-- tables.py:{name} end -->"]))
+                       for name in BLOCKS}, write)
 
 
 def main(argv):
