@@ -25,9 +25,12 @@ import tomllib
 import zlib
 
 import numpy as np
+import scipy.stats
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from paper_numbers import TABLE2  # noqa: E402
+from results_tree import finished_runs, sweep_label  # noqa: E402
+from style import COLOURS, LABELS, ORDER, save  # noqa: E402
 
 # The paper's Table 2: (Hessian-free, DataInf) AUC and recall per task.
 PAPER = {task: {metric: (entry["hessian_free"][k], entry["datainf"][k]) for k, metric in enumerate(("auc", "recall"))}
@@ -35,24 +38,11 @@ PAPER = {task: {metric: (entry["hessian_free"][k], entry["datainf"][k]) for k, m
 RESAMPLES = 2000
 
 
-def mid_ranks(values):
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values))
-    sorted_values = values[order]
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and sorted_values[j + 1] == sorted_values[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
 def auc_of(ranking, same):
     """AUC (Mann-Whitney, ties one half) of `same` when `ranking` (larger first) ranks."""
     positives, negatives = same.sum(), (~same).sum()
-    return (mid_ranks(ranking)[same].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    ranks = scipy.stats.rankdata(ranking)  # mid-ranks: tied values share their mean rank
+    return (ranks[same].sum() - positives * (positives + 1) / 2) / (positives * negatives)
 
 
 def detection(column, same, s=None):
@@ -70,33 +60,75 @@ def interval(values, rng):
     return np.percentile(means, 2.5), np.percentile(means, 97.5)
 
 
-def run_units(run_dir):
-    """{estimator: (auc per query, recall per query)}, the run's metrics and its test accuracy."""
+UNITS = "class_detection_units.csv"  # per run: each query's AUC, recall and |score| AUC per estimator
+UNIT_FIELDS = ["estimator", "query", "query_class", "train_classes", "auc", "recall", "auc_by_magnitude"]
+
+
+def units_from_scores(run_dir, estimators):
+    """{estimator: per-query rows (auc, recall, auc_by_magnitude)}, query classes and the number of
+    training classes, recomputed from scores_<estimator>.npy and examples.jsonl."""
     examples = [json.loads(line) for line in open(os.path.join(run_dir, "examples.jsonl"))]
     train = np.array([e["label"] for e in examples if e["split"] == "train"])
     query = np.array([e["label"] for e in examples if e["split"] == "query"])
-    metrics = {}
-    for row in csv.DictReader(open(os.path.join(run_dir, "metrics.csv"))):
-        metrics.setdefault(row["estimator"], {})[row["metric"]] = float(row["value"])
-    units = {"classes": len(set(train.tolist()))}
     # evaluation.class_recall_at = "queries": s = the query class's query examples (the notebook).
     with open(os.path.join(run_dir, "config.toml"), "rb") as f:
         at_queries = tomllib.load(f).get("evaluation", {}).get("class_recall_at", "training") == "queries"
-    for estimator, values in metrics.items():
-        if "class_auc" not in values:
-            continue
+    units = {}
+    for estimator in estimators:
         scores = np.load(os.path.join(run_dir, f"scores_{estimator}.npy"))
         if scores.shape != (len(train), len(query)):
             sys.exit(f"{run_dir}: scores_{estimator}.npy is {scores.shape}, examples.jsonl has "
                      f"{len(train)} training and {len(query)} query examples")
-        per_query = np.array([detection(scores[:, q], train == query[q],
-                                        int((query == query[q]).sum()) if at_queries else None)
-                              for q in range(len(query))])
+        units[estimator] = np.array([detection(scores[:, q], train == query[q],
+                                               int((query == query[q]).sum()) if at_queries else None)
+                                     for q in range(len(query))])
+    return units, query, len(set(train.tolist()))
+
+
+def write_units(run_dir, units, query, classes):
+    path = os.path.join(run_dir, UNITS)
+    with open(path + ".tmp", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(UNIT_FIELDS)
+        for estimator, per_query in units.items():
+            for q, values in enumerate(per_query):  # repr: the pooled means are the same from this file
+                writer.writerow([estimator, q, query[q], classes, *(repr(float(v)) for v in values)])
+    os.replace(path + ".tmp", path)
+
+
+def read_units(run_dir, estimators):
+    units, classes = {}, None
+    for row in csv.DictReader(open(os.path.join(run_dir, UNITS))):
+        units.setdefault(row["estimator"], []).append([float(row[k]) for k in UNIT_FIELDS[4:]])
+        classes = int(row["train_classes"])
+    missing = [e for e in estimators if e not in units]
+    if missing:
+        sys.exit(f"{run_dir}: {UNITS} has no rows for {', '.join(missing)} (metrics.csv has them) and the run "
+                 f"has no scores_*.npy to recompute them from; rerun the experiment with --no-resume")
+    return {e: np.array(units[e]) for e in estimators}, classes
+
+
+def run_units(run_dir):
+    """{estimator: per query (auc, recall, auc_by_magnitude)} plus "classes", and the test accuracy.
+    From the run's score arrays when it has them (and then written to class_detection_units.csv),
+    else from that file: results/ keeps the file, not the arrays (docs/experiments.md)."""
+    metrics = {}
+    for row in csv.DictReader(open(os.path.join(run_dir, "metrics.csv"))):
+        metrics.setdefault(row["estimator"], {})[row["metric"]] = float(row["value"])
+    estimators = [e for e, values in metrics.items() if "class_auc" in values]
+    if all(os.path.exists(os.path.join(run_dir, f"scores_{e}.npy")) for e in estimators):
+        units, query, classes = units_from_scores(run_dir, estimators)
+        write_units(run_dir, units, query, classes)
+    elif os.path.exists(os.path.join(run_dir, UNITS)):
+        units, classes = read_units(run_dir, estimators)
+    else:
+        sys.exit(f"{run_dir}: neither scores_<estimator>.npy nor {UNITS}: rerun the experiment with --no-resume")
+    for estimator in estimators:  # an independent check of the C++ metric (and of the file)
         for k, metric in enumerate(("class_auc", "class_recall")):
-            if abs(per_query[:, k].mean() - values[metric]) > 1e-6:
+            if abs(units[estimator][:, k].mean() - metrics[estimator][metric]) > 1e-6:
                 sys.exit(f"{run_dir}: {estimator} {metric} recomputed from the scores is "
-                         f"{per_query[:, k].mean():.8f}, metrics.csv says {values[metric]:.8f}")
-        units[estimator] = per_query
+                         f"{units[estimator][:, k].mean():.8f}, metrics.csv says {metrics[estimator][metric]:.8f}")
+    units["classes"] = classes
     return units, metrics.get("model", {}).get("test_accuracy")
 
 
@@ -145,7 +177,6 @@ def figure(rows, out):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from report import COLOURS, LABELS, ORDER, save
 
     groups = sorted({r["experiment"] for r in rows})
     # At most four tasks a row (AUC above recall), so the figure stays legible at page width.
@@ -192,13 +223,9 @@ def figure(rows, out):
 
 
 def find_groups(root):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from report import finished_runs, sweep_label
-
     groups = {}
     for experiment, run, run_dir in finished_runs(root):
-        if os.path.exists(os.path.join(run_dir, "examples.jsonl")) and any(
-                "class_auc" in line for line in open(os.path.join(run_dir, "metrics.csv"))):
+        if any("class_auc" in line for line in open(os.path.join(run_dir, "metrics.csv"))):
             groups.setdefault(experiment + sweep_label(run), []).append(run_dir)
     return groups
 

@@ -22,7 +22,6 @@ import csv
 import json
 import math
 import os
-import re
 import sys
 import tomllib
 from collections import defaultdict
@@ -35,17 +34,8 @@ import scipy.stats  # noqa: E402
 
 import class_detection  # noqa: E402
 import images  # noqa: E402
-
-COLOURS = {
-    "exact": "#000000", "datainf": "#d62728", "hessian_free": "#1f77b4", "lissa": "#2ca02c",
-    "lissa_reference_code": "#98df8a", "kfac": "#9467bd", "ekfac": "#e377c2", "cg": "#7f7f7f",
-}
-LABELS = {
-    "exact": "Exact", "datainf": "DataInf", "hessian_free": "Hessian-free", "lissa": "LiSSA (paper eq.)",
-    "lissa_reference_code": "LiSSA (paper's code)", "kfac": "K-FAC", "ekfac": "EK-FAC", "cg": "CG",
-}
-ORDER = ["exact", "cg", "datainf", "ekfac", "kfac", "lissa", "lissa_reference_code", "hessian_free"]
-
+from results_tree import finished_runs, sweep_label  # noqa: E402
+from style import COLOURS, LABELS, ORDER, save  # noqa: E402
 
 def mean_ci(values):
     values = [v for v in values if not math.isnan(v)]
@@ -58,25 +48,6 @@ def mean_ci(values):
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     t = scipy.stats.t.ppf(0.975, n - 1)  # Student's t for any number of runs
     return mean, t * sd / math.sqrt(n), n
-
-
-def sweep_label(run):
-    """What a run's name says beyond seed, rank and n (the axes summary.csv has columns for):
-    runs of one experiment that differ in anything else are summarised apart, as
-    "<experiment>@<rest>" (e.g. class_detection_llm_transformations@learning_rate0.002)."""
-    rest = re.sub(r"(?:^|_)(?:seed|rank|n_train)-?[0-9.e+-]+(?=_|$)", "", run).strip("_")
-    return "" if rest in ("", "run") else "@" + rest
-
-
-def finished_runs(root):
-    """(experiment, run, run directory) of every finished run (RUN/metrics.csv, written last)."""
-    for experiment in sorted(os.listdir(root)):
-        exp_dir = os.path.join(root, experiment)
-        if not os.path.isdir(exp_dir) or experiment == "figures":
-            continue
-        for run in sorted(os.listdir(exp_dir)):
-            if os.path.exists(os.path.join(exp_dir, run, "metrics.csv")):
-                yield experiment, run, os.path.join(exp_dir, run)
 
 
 def load_runs(root):
@@ -109,13 +80,6 @@ def summarise(runs):
     for key, values in groups.items():
         table[key] = mean_ci(values)
     return table
-
-
-def save(fig, out, name):
-    os.makedirs(out, exist_ok=True)
-    for ext in ("png", "pdf"):
-        fig.savefig(os.path.join(out, f"{name}.{ext}"), dpi=150, bbox_inches="tight")
-    plt.close(fig)
 
 
 def experiments_with(table, predicate):

@@ -18,6 +18,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from doc_blocks import sync  # noqa: E402
 from paper_numbers import BY_TITLE  # noqa: E402
+from style import COLOURS, LABELS, save  # noqa: E402
 
 BEGIN, END = "<!-- table2:begin (framework/report/table2.py) -->", "<!-- table2:end -->"
 DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "results.md")
@@ -67,7 +68,6 @@ def figure(root):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from report import COLOURS, LABELS, save
 
     table = read_table(root)
     rows = [(group, task, protocol) for group, task, protocol in ROWS if (group, "datainf") in table]

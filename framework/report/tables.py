@@ -19,8 +19,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from doc_blocks import sync  # noqa: E402
 from paper_numbers import TABLE2  # noqa: E402
+from style import ORDER  # noqa: E402
 
-ORDER = ["exact", "cg", "datainf", "ekfac", "kfac", "lissa", "lissa_reference_code", "hessian_free"]
 NAMES = {"exact": "Exact", "cg": "CG", "datainf": "DataInf", "ekfac": "EK-FAC", "kfac": "K-FAC",
          "lissa": "LiSSA (eq.)", "lissa_reference_code": "LiSSA (code)", "hessian_free": "Hessian-free"}
 

@@ -1,0 +1,22 @@
+"""How the report scripts name and colour the estimators, and how they save a figure."""
+import os
+
+COLOURS = {
+    "exact": "#000000", "datainf": "#d62728", "hessian_free": "#1f77b4", "lissa": "#2ca02c",
+    "lissa_reference_code": "#98df8a", "kfac": "#9467bd", "ekfac": "#e377c2", "cg": "#7f7f7f",
+}
+LABELS = {
+    "exact": "Exact", "datainf": "DataInf", "hessian_free": "Hessian-free", "lissa": "LiSSA (paper eq.)",
+    "lissa_reference_code": "LiSSA (paper's code)", "kfac": "K-FAC", "ekfac": "EK-FAC", "cg": "CG",
+}
+ORDER = ["exact", "cg", "datainf", "ekfac", "kfac", "lissa", "lissa_reference_code", "hessian_free"]
+
+
+def save(fig, out, name):
+    """out/name.png and out/name.pdf; closes the figure."""
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out, exist_ok=True)
+    for ext in ("png", "pdf"):
+        fig.savefig(os.path.join(out, f"{name}.{ext}"), dpi=150, bbox_inches="tight")
+    plt.close(fig)
