@@ -654,7 +654,7 @@ TEST_CASE("model.adapter_from scores another experiment's adapter, found by its 
              test::replace(own_text, "hidden = [32]", "hidden = [32]\nadapter_key = \"abc\""),
              "found without model.adapter_from");
   fails_with("lds.toml", borrower_text + "\n[evaluation]\nmetrics = [\"auc\", \"lds\"]\n",
-             "retrain the LoRA");
+             "metric \"lds\" retrains the LoRA");
   dir.write("swept.toml", source_text + "\n[sweep]\ntraining.learning_rate = [1e-3, 3e-3]\n");
   fails_with("from_swept.toml", test::replace(borrower_text, "\"source.toml\"", "\"swept.toml\""),
              "fine-tune 2 different adapters");

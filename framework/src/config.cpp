@@ -8,6 +8,7 @@
 #include <set>
 #include <sstream>
 
+#include "evaluation.hpp"
 #include "inflab/error.hpp"
 #include "inflab/numerics.hpp"
 #include "inflab/registry.hpp"
@@ -297,31 +298,6 @@ const std::vector<OptionSpec>& queries_specs() {
            between(1, 1e6)),
       spec("sampling_steps", OptionType::Int, std::int64_t{50}, "DDIM steps", between(1, 1e6)),
       spec("seed", OptionType::Int, std::int64_t{0}, "seed of the starting noise"),
-  };
-  return specs;
-}
-const std::vector<OptionSpec>& ground_truth_specs() {
-  static const std::vector<OptionSpec> specs{
-      spec("subsets", OptionType::Int, std::int64_t{100},
-           "fine-tunings on random subsets of the training set (metric lds; at least 5 for a rank "
-           "correlation)",
-           between(5, 1e6)),
-      spec("fraction", OptionType::Double, 0.5,
-           "share of the training examples in each subset (1: every subset is the whole set, a check)",
-           Range{0, 1, true, false}),
-      spec("seed", OptionType::Int, std::int64_t{0}, "seed drawing the subsets"),
-  };
-  return specs;
-}
-const std::vector<OptionSpec>& leave_one_out_specs() {
-  static const std::vector<OptionSpec> specs{
-      spec("examples", OptionType::Int, std::int64_t{5},
-           "per estimator, its k most helpful and k most harmful training examples are each left out "
-           "(metric loo)",
-           between(1, 1e6)),
-      spec("repeats", OptionType::Int, std::int64_t{3},
-           "training seeds each removal (and the full fine-tuning) is repeated with; their mean is reported",
-           between(1, 1e6)),
   };
   return specs;
 }
@@ -896,26 +872,25 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
                        config.evaluation.gradient_dtype),
            "evaluation.gradient_dtype");
   for (const auto& metric : config.evaluation.metrics) {
-    static const std::vector<std::string> known{"auc", "pearson", "spearman", "class_detection",
-                                                "lds", "loo"};
-    if (std::find(known.begin(), known.end(), metric) == known.end()) {
+    const MetricDefinition* definition = find_metric(metric);
+    if (!definition) {
+      const std::vector<std::string> known = metric_names();
       std::string suggestion = closest_match(metric, known);
-      v.fail(
-          evaluation_table.get("metrics")->source(),
-          fmt::format("key 'evaluation.metrics': unknown metric \"{}\"{}; known: auc, pearson, spearman, "
-                      "class_detection, lds, loo",
-                      metric, suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion)));
+      v.fail(evaluation_table.get("metrics")->source(),
+             fmt::format("key 'evaluation.metrics': unknown metric \"{}\"{}; known: {}", metric,
+                         suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion),
+                         fmt::join(known, ", ")));
+      continue;
     }
-    if ((metric == "pearson" || metric == "spearman") && config.evaluation.reference.empty())
+    if (definition->needs_reference && config.evaluation.reference.empty())
       v.fail(evaluation_table.source(),
              fmt::format("metric \"{}\" needs evaluation.reference = \"<estimator name>\"", metric));
+    if (definition->needs_pairwise && config.evaluation.mode != "pairwise")
+      v.fail(
+          evaluation_table.get("metrics")->source(),
+          fmt::format("metric \"{}\" scores each query on its own: it needs evaluation.mode = \"pairwise\"",
+                      metric));
   }
-  if (std::find(config.evaluation.metrics.begin(), config.evaluation.metrics.end(), "class_detection") !=
-          config.evaluation.metrics.end() &&
-      config.evaluation.mode != "pairwise")
-    v.fail(
-        evaluation_table.get("metrics")->source(),
-        "metric \"class_detection\" scores each query on its own: it needs evaluation.mode = \"pairwise\"");
   if (!config.evaluation.reference.empty()) {
     bool found = false;
     std::vector<std::string> labels;
@@ -932,45 +907,40 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
                        config.evaluation.mode));
   resolved.insert("evaluation", options_table(evaluation));
 
-  // [ground_truth]: retraining on random subsets, for metric "lds". Resolved only when used, so
-  // the configurations (and finished runs) of experiments without it stay as they were.
-  const bool wants_lds = std::find(config.evaluation.metrics.begin(), config.evaluation.metrics.end(),
-                                   "lds") != config.evaluation.metrics.end();
-  if (const toml::node* ground_truth_node = root.get("ground_truth"); ground_truth_node || wants_lds) {
-    Options ground_truth("[ground_truth]");
-    const toml::table& table = v.section(root, "ground_truth", false);
-    v.validate(table, "ground_truth", ground_truth_specs(), {}, ground_truth);
-    if (!wants_lds)
-      v.fail(ground_truth_node->source(),
-             "[ground_truth] is only used by metric \"lds\": add \"lds\" to evaluation.metrics or remove it");
-    resolved.insert("ground_truth", options_table(ground_truth));
+  // A metric's own section ([ground_truth] for lds, [leave_one_out] for loo) is resolved only when the
+  // metric is asked for, so the configurations (and finished runs) of experiments without it stay
+  // as they were.
+  std::vector<std::string> retraining;  // the asked metrics that fine-tune again
+  for (const auto& definition : metric_definitions()) {
+    const bool wanted = std::find(config.evaluation.metrics.begin(), config.evaluation.metrics.end(),
+                                  definition.name) != config.evaluation.metrics.end();
+    if (wanted && definition.retrains) retraining.push_back("\"" + definition.name + "\"");
+    if (definition.section.empty()) continue;
+    const std::string section(definition.section);
+    const toml::node* node = root.get(section);
+    if (!node && !wanted) continue;
+    Options options("[" + section + "]");
+    v.validate(v.section(root, section, false), section, definition.options, {}, options);
+    if (!wanted)
+      v.fail(node->source(),
+             fmt::format("[{}] is only used by metric \"{}\": add \"{}\" to evaluation.metrics or "
+                         "remove it",
+                         section, definition.name, definition.name));
+    resolved.insert(section, options_table(options));
   }
-
-  // [leave_one_out]: retraining without single examples, for metric "loo"; resolved only when used.
-  const bool wants_loo = std::find(config.evaluation.metrics.begin(), config.evaluation.metrics.end(),
-                                   "loo") != config.evaluation.metrics.end();
-  if (const toml::node* loo_node = root.get("leave_one_out"); loo_node || wants_loo) {
-    Options loo("[leave_one_out]");
-    const toml::table& table = v.section(root, "leave_one_out", false);
-    v.validate(table, "leave_one_out", leave_one_out_specs(), {}, loo);
-    if (!wants_loo)
-      v.fail(
-          loo_node->source(),
-          "[leave_one_out] is only used by metric \"loo\": add \"loo\" to evaluation.metrics or remove it");
-    resolved.insert("leave_one_out", options_table(loo));
-  }
-
-  if (!adapter.empty() && (wants_lds || wants_loo))
-    v.fail(
-        model.get("adapter")->source(),
-        "key 'model.adapter': metrics \"lds\" and \"loo\" retrain the LoRA with inflab's fine-tuning, which "
-        "cannot reproduce an adapter trained elsewhere; remove them or the adapter",
-        "model.adapter");
-  if (!adapter_from.empty() && (wants_lds || wants_loo))
+  if (!adapter.empty() && !retraining.empty())
+    v.fail(model.get("adapter")->source(),
+           fmt::format("key 'model.adapter': metric {} retrains the LoRA with inflab's fine-tuning, which "
+                       "cannot reproduce an adapter trained elsewhere; remove it or the adapter",
+                       fmt::join(retraining, " and ")),
+           "model.adapter");
+  if (!adapter_from.empty() && !retraining.empty())
     v.fail(model.get("adapter_from")->source(),
-           "key 'model.adapter_from': metrics \"lds\" and \"loo\" retrain the LoRA on this experiment's "
-           "training set, which did not train the adapter taken from the other experiment; remove them or "
-           "the adapter_from",
+           fmt::format(
+               "key 'model.adapter_from': metric {} retrains the LoRA on this experiment's training set, "
+               "which did not train the adapter taken from the other experiment; remove it or the "
+               "adapter_from",
+               fmt::join(retraining, " and ")),
            "model.adapter_from");
   config.resolved_toml = to_text(resolved);  // the stages' cache keys are computed from it
   return config;

@@ -21,6 +21,7 @@
 #include <set>
 #include <sstream>
 
+#include "evaluation.hpp"
 #include "inflab/distributed.hpp"
 #include "inflab/error.hpp"
 #include "inflab/io.hpp"
@@ -44,21 +45,6 @@ fs::path default_cache_root() {
   return fs::temp_directory_path() / "inflab-cache";
 }
 
-namespace {
-// Distributed: each rank extracts (and caches) the gradients of its shard of the training rows.
-StageInputs gradients_stage_inputs(const ExperimentConfig& config, Registry& registry) {
-  StageInputs inputs = stage_inputs("gradients", config, registry);
-  if (distributed_world_size() > 1)
-    inputs.add("shard", fmt::format("{} of {}", distributed_rank(), distributed_world_size()));
-  return inputs;
-}
-
-// The start of every chain: the data, the model built on it and its base (pretrained or cached).
-struct BaseModel {
-  StageInputs data_in;
-  LoadedData data;
-  std::unique_ptr<Model> model;
-};
 BaseModel base_model(const ExperimentConfig& config, const std::map<std::string, std::string>& versions,
                      Registry& registry, const RunPaths& paths, RunOutcome& outcome) {
   BaseModel out{stage_inputs("data", config.resolved_toml, versions), {}, nullptr};
@@ -66,6 +52,15 @@ BaseModel base_model(const ExperimentConfig& config, const std::map<std::string,
   out.model = build_model(out.data_in, registry, out.data, outcome);
   prepare_base(stage_inputs("base", config.resolved_toml, versions), *out.model, out.data, paths, outcome);
   return out;
+}
+
+namespace {
+// Distributed: each rank extracts (and caches) the gradients of its shard of the training rows.
+StageInputs gradients_stage_inputs(const ExperimentConfig& config, Registry& registry) {
+  StageInputs inputs = stage_inputs("gradients", config, registry);
+  if (distributed_world_size() > 1)
+    inputs.add("shard", fmt::format("{} of {}", distributed_rank(), distributed_world_size()));
+  return inputs;
 }
 
 // The finetune stage of `config`. With [model] adapter_from, the other experiment's fine-tuning
@@ -152,35 +147,6 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
 
 namespace {
 
-std::vector<double> to_doubles(const torch::Tensor& t) {
-  torch::Tensor c = t.to(torch::kDouble).contiguous().reshape({-1});
-  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
-}
-
-// Paper Table 2: per query (a column of the n x q pairwise scores), the AUC of "same class as the
-// query" against the influence ranking and the recall among the top s, s = training examples of
-// the query's class (or, recall_at_queries, the queries of its class: the diffusion notebook);
-// both averaged over queries (class_detection ranks the most helpful, i.e. most negative, first).
-std::pair<double, double> mean_class_detection(const torch::Tensor& scores,
-                                               const std::vector<std::int64_t>& train_labels,
-                                               const std::vector<std::int64_t>& query_labels,
-                                               bool recall_at_queries) {
-  if (train_labels.empty() || query_labels.size() != static_cast<std::size_t>(scores.size(1)))
-    throw Error("metric class_detection needs the class labels of the training and query examples");
-  torch::Tensor columns = scores.to(torch::kDouble).contiguous();
-  double auc = 0, recall = 0;
-  for (std::int64_t q = 0; q < scores.size(1); ++q) {
-    const auto label = query_labels[static_cast<std::size_t>(q)];
-    const auto s = recall_at_queries ? std::count(query_labels.begin(), query_labels.end(), label)
-                                     : std::count(train_labels.begin(), train_labels.end(), label);
-    auto column = to_doubles(columns.select(1, q));
-    const ClassDetection d = class_detection(column, train_labels, label, s);
-    auc += d.auc, recall += d.recall;
-  }
-  const double queries = static_cast<double>(scores.size(1));
-  return {auc / queries, recall / queries};
-}
-
 std::string metrics_csv(const std::vector<EstimatorOutcome>& estimators) {
   std::string csv = "estimator,metric,value\n";
   for (const auto& e : estimators) {
@@ -212,91 +178,6 @@ std::vector<EstimatorOutcome> read_metrics_csv(const fs::path& file) {
   return out;
 }
 
-}  // namespace
-
-namespace {
-// The ground-truth stage needs the model at its initialisation on the (cached) base: it runs its
-// own chain data -> base -> ground_truth, so it is independent of whether gradients were cached.
-GroundTruth ground_truth_of(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
-                            RunOutcome& outcome) {
-  const auto versions = plugin_versions(config, registry);
-  auto [data_in, data, model] = base_model(config, versions, registry, paths, outcome);
-  return ground_truth(stage_inputs("ground_truth", config.resolved_toml, versions), *model, data, paths,
-                      outcome);
-}
-
-// Leave-one-out (metric "loo"). Each estimator's per-example score on the mean query loss (the
-// mean over queries of pairwise scores) predicts that removing example i changes the mean loss by
-// about -score_i / n. The rows left out are every estimator's k most helpful and k most harmful
-// (their union, so every estimator is judged on the same examples); per estimator, `loo` is the
-// Pearson correlation over them of -score with the measured change, and `loo_sign` the share of
-// its own 2k picks whose measured change has the predicted sign.
-void leave_one_out_metrics(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
-                           const std::map<std::string, std::vector<double>>& per_example, RunOutcome& outcome,
-                           bool writer) {
-  const auto versions = plugin_versions(config, registry);
-  const StageInputs inputs = stage_inputs("leave_one_out", config.resolved_toml, versions);
-  const std::int64_t k = inputs.get_int("leave_one_out.examples");
-  std::set<std::int64_t> chosen;
-  std::map<std::string, std::vector<std::int64_t>> picks;
-  for (const auto& entry : per_example) {  // not a structured binding: C++17 lambdas cannot capture one
-    const std::vector<double>& scores = entry.second;
-    std::vector<std::int64_t> order(scores.size());
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](auto a, auto b) { return scores[a] < scores[b]; });
-    const auto take = std::min<std::int64_t>(k, static_cast<std::int64_t>(order.size()) / 2);
-    auto& mine = picks[entry.first];
-    mine.assign(order.begin(), order.begin() + take);
-    mine.insert(mine.end(), order.end() - take, order.end());
-    chosen.insert(mine.begin(), mine.end());
-  }
-  const std::vector<std::int64_t> rows(chosen.begin(), chosen.end());
-  // Its own chain data -> base -> leave_one_out, like the ground truth's.
-  auto [data_in, data, model] = base_model(config, versions, registry, paths, outcome);
-  const LeaveOneOut measured = leave_one_out(inputs, *model, data, rows, paths, outcome);
-  std::map<std::int64_t, double> change;
-  for (std::size_t i = 0; i < rows.size(); ++i) change[rows[i]] = measured.change[i];
-  std::string csv = "row,measured_change";
-  for (std::size_t r = 0; r < measured.change_per_seed.size(); ++r) csv += fmt::format(",change_seed{}", r);
-  for (const auto& [label, scores] : per_example) csv += "," + label;
-  csv += "\n";
-  for (std::size_t i = 0; i < rows.size(); ++i) {
-    csv += fmt::format("{},{:.8g}", rows[i], measured.change[i]);
-    for (const auto& changes : measured.change_per_seed) csv += fmt::format(",{:.8g}", changes[i]);
-    for (const auto& [label, scores] : per_example) csv += fmt::format(",{:.8g}", scores[rows[i]]);
-    csv += "\n";
-  }
-  if (writer) write_file_atomic(outcome.directory / "leave_one_out.csv", csv);
-  for (auto& e : outcome.estimators) {
-    auto found = per_example.find(e.label);
-    if (found == per_example.end()) continue;
-    std::vector<double> predicted;
-    for (auto row : rows) predicted.push_back(-found->second[row]);
-    e.metrics["loo"] = pearson(predicted, measured.change);
-    double agree = 0;
-    for (auto row : picks[e.label]) agree += (-found->second[row] > 0) == (change[row] > 0);
-    e.metrics["loo_sign"] = agree / static_cast<double>(picks[e.label].size());
-  }
-}
-
-// Linear datamodeling score (Park et al., TRAK, 2023). Per query, the Spearman correlation over the
-// subsets between a subset's predicted effect, the sum of its examples' scores (a positive score
-// means up-weighting the example raises the query's loss, so a subset's predicted loss grows with
-// it), and the query's loss after fine-tuning on that subset; the mean over queries. Aggregate
-// scores (against the mean query gradient) are correlated with the mean query loss instead.
-double linear_datamodeling_score(const torch::Tensor& scores, const GroundTruth& truth, bool aggregate) {
-  torch::Tensor effects = scores.to(torch::kDouble);
-  if (aggregate) effects = effects.reshape({-1, 1});
-  const torch::Tensor predicted = truth.subsets.to(torch::kDouble).matmul(effects).contiguous();
-  const torch::Tensor measured = (aggregate ? truth.losses.mean(1, true) : truth.losses).contiguous();
-  double total = 0;
-  std::int64_t counted = 0;
-  for (std::int64_t q = 0; q < predicted.size(1); ++q) {
-    const double r = spearman(to_doubles(predicted.select(1, q)), to_doubles(measured.select(1, q)));
-    if (!std::isnan(r)) total += r, ++counted;  // a query whose loss never changed has no ranking
-  }
-  return counted ? total / static_cast<double>(counted) : std::nan("");
-}
 }  // namespace
 
 namespace {
@@ -456,22 +337,8 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
     gather_meta_over_ranks(store.train_meta);
   }
   const bool aggregate = config.evaluation.mode == "aggregate";
-  const auto& wanted = config.evaluation.metrics;
-  auto asked = [&](const char* metric) {
-    return std::find(wanted.begin(), wanted.end(), metric) != wanted.end();
-  };
-  std::optional<GroundTruth> truth;
-  if (asked("lds")) {
-    if (world_size > 1)
-      throw Error("metric \"lds\" retrains on one process; run the experiment without `inflab launch`");
-    truth = ground_truth_of(config, registry, paths, outcome);
-  }
-  std::vector<int> flipped(store.train_meta.flipped.begin(), store.train_meta.flipped.end());
-  std::map<std::string, std::vector<double>> all_scores;
-  std::map<std::string, std::vector<double>> per_example_scores;  // on the mean query loss (loo)
-  const bool wants_loo = asked("loo");
-  if (wants_loo && world_size > 1)
-    throw Error("metric \"loo\" retrains on one process; run the experiment without `inflab launch`");
+  Evaluation evaluation(config, registry, paths, store, outcome, writer);  // the metrics asked for
+  std::map<std::string, std::vector<double>> all_scores;                   // aggregate: for scores.csv
   nlohmann::json diagnostics;
 
   for (const auto& spec : config.estimators) {
@@ -495,34 +362,15 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
       diagnostics[spec.label]["bytes_communicated"] =
           static_cast<double>(distributed_bytes_communicated() - bytes_before);
     if (writer) save_npy(outcome.directory / fmt::format("scores_{}.npy", spec.label), scores.contiguous());
-    all_scores[spec.label] = to_doubles(scores);
-    if (asked("auc") && std::count(flipped.begin(), flipped.end(), 1) > 0) {
-      // Pairwise scores are averaged over queries: by linearity this equals the aggregate score.
-      auto per_example = to_doubles(aggregate ? scores : scores.mean(1));
-      result.metrics["auc"] = roc_auc(per_example, flipped);
-    }
-    if (!aggregate && asked("class_detection")) {
-      const auto [auc, recall] =
-          mean_class_detection(scores, store.train_meta.labels, store.query_meta.labels,
-                               config.evaluation.class_recall_at == "queries");
-      result.metrics["class_auc"] = auc;
-      result.metrics["class_recall"] = recall;
-    }
-    if (truth) result.metrics["lds"] = linear_datamodeling_score(scores, *truth, aggregate);
-    if (wants_loo) per_example_scores[spec.label] = to_doubles(aggregate ? scores : scores.mean(1));
+    if (aggregate) all_scores[spec.label] = to_doubles(scores);
+    evaluation.of_estimator(result, scores);
     for (const auto& [key, value] : estimator->diagnostics()) diagnostics[spec.label][key] = value;
     log(fmt::format(
         "{}: {:.3f} s{}", spec.label, result.seconds,
         result.metrics.count("auc") ? fmt::format(", mislabel AUC {:.4f}", result.metrics["auc"]) : ""));
     outcome.estimators.push_back(std::move(result));
   }
-  if (wants_loo) leave_one_out_metrics(config, registry, paths, per_example_scores, outcome, writer);
-  for (auto& e : outcome.estimators) {
-    if (config.evaluation.reference.empty()) continue;
-    const auto& reference = all_scores.at(config.evaluation.reference);
-    if (asked("pearson")) e.metrics["pearson"] = pearson(all_scores[e.label], reference);
-    if (asked("spearman")) e.metrics["spearman"] = spearman(all_scores[e.label], reference);
-  }
+  evaluation.after_all(outcome.estimators);
 
   if (aggregate) {
     std::string csv = "example_id,label,observed_label,flipped";

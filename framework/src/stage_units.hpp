@@ -102,6 +102,18 @@ LoadedData load_data(const StageInputs& inputs, Registry& registry, RunOutcome& 
 std::unique_ptr<Model> build_model(const StageInputs& inputs, Registry& registry, LoadedData& data,
                                    RunOutcome& outcome);
 
+// The start of every chain: the data, the model built on it and its base (pretrained or cached).
+struct BaseModel {
+  StageInputs data_in;
+  LoadedData data;
+  std::unique_ptr<Model> model;
+};
+BaseModel base_model(const ExperimentConfig& config, const std::map<std::string, std::string>& versions,
+                     Registry& registry, const RunPaths& paths, RunOutcome& outcome);
+
+// A tensor's values as doubles, in row-major order.
+std::vector<double> to_doubles(const at::Tensor& t);
+
 // base: pretrains the model's base weights on the pretrain split (cached), when the model needs it.
 void prepare_base(const StageInputs& inputs, Model& model, const LoadedData& data, const RunPaths& paths,
                   RunOutcome& outcome);
