@@ -16,7 +16,7 @@
 #include "inflab/error.hpp"
 #include "inflab/gradients.hpp"
 #include "inflab/model.hpp"
-#include "inflab/pipeline.hpp"
+#include "inflab/run.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/task.hpp"
 #include "stages.hpp"

@@ -14,7 +14,7 @@
 #include "inflab/error.hpp"
 #include "inflab/io.hpp"
 #include "inflab/numerics.hpp"
-#include "inflab/pipeline.hpp"
+#include "inflab/run.hpp"
 #include "inflab/progress.hpp"
 #include "inflab/registry.hpp"
 #include "stage_units.hpp"

@@ -10,30 +10,11 @@
 
 #include "inflab/config.hpp"
 #include "inflab/gradients.hpp"
+#include "inflab/run.hpp"
 
 namespace inflab {
 
 class Registry;
-
-struct RunPaths {
-  std::filesystem::path results_root = "results";
-  std::filesystem::path cache_root;  // default: $INFLAB_CACHE or ~/.cache/inflab
-};
-std::filesystem::path default_cache_root();
-
-struct EstimatorOutcome {
-  std::string label;
-  double seconds = 0;
-  std::map<std::string, double> metrics;
-};
-
-struct RunOutcome {
-  std::filesystem::path directory;
-  std::map<std::string, double> stage_seconds;
-  std::map<std::string, bool> stage_cached;
-  std::vector<EstimatorOutcome> estimators;
-  bool skipped = false;  // a finished run found on disk (resume)
-};
 
 // Everything up to and including the gradient store (what `inflab gradients` writes).
 GradientStore prepare_gradients(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
