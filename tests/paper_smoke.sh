@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Smoke test of every study in experiments/paper/: each runs at tiny sizes with two LoRA ranks
-# (its sweep replaced), then `report` must summarise them and draw the figures. Guards the
+# (its sweep and repeats replaced), then `report` must summarise them and draw the figures. Guards the
 # studies against silent breakage; the real runs are experiments, not tests.
 set -euo pipefail
 build="$1"
@@ -28,7 +28,7 @@ for file in "$source_dir"/experiments/paper/*.toml; do
     grep -q '^\[leave_one_out\]' "$file" && sizes+=(--set leave_one_out.examples=2 --set leave_one_out.repeats=1)
   fi
   "$build/bin/inflab" --quiet run "$file" --out "$work/results" --cache "$work/cache" \
-    --set 'sweep={}' --set training.epochs=1 "${sizes[@]}" >"$work/out.txt" 2>&1 ||
+    --set 'sweep={}' --set experiment.repeats=1 --set training.epochs=1 "${sizes[@]}" >"$work/out.txt" 2>&1 ||
     { echo "FAILED: $file"; cat "$work/out.txt"; exit 1; }
   echo "ok: $(basename "$file")"
 done
