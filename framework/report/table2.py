@@ -101,16 +101,22 @@ def cell(row):
 
 
 def costs(root, experiment):
-    """Per run: (run, finetune s or 'cached', gradients s or 'cached', estimator seconds)."""
+    """Per run: (run, finetune s or 'cached', gradients s or 'cached', estimator seconds, commit). The runs
+    are the experiment's run folders and its first_run_*.json: manifests of earlier runs whose
+    fine-tunings and gradients the committed runs found in the cache (so their cost is recorded)."""
     out = []
     base = os.path.join(root, experiment)
-    for run in sorted(os.listdir(base)) if os.path.isdir(base) else []:
-        path = os.path.join(base, run, "manifest.json")
-        if not os.path.exists(path):
-            continue
+    entries = sorted(os.listdir(base)) if os.path.isdir(base) else []
+    manifests = [(name, os.path.join(base, name)) for name in entries
+                 if name.startswith("first_run_") and name.endswith(".json")]
+    manifests += [(run, os.path.join(base, run, "manifest.json")) for run in entries
+                  if os.path.exists(os.path.join(base, run, "manifest.json"))]
+    for run, path in manifests:
         m = json.load(open(path))
-        stage = lambda name: ("cached" if m["stage_cached"].get(name) else
-                              f"{m['stage_seconds'].get(name, 0):.0f} s")
+        # A stage is "cached" when the cache had it, or when it did not run at all because a later
+        # stage's output was cached (fine-tuning when the gradients were).
+        stage = lambda name: ("cached" if m["stage_cached"].get(name) or name not in m["stage_seconds"] else
+                              f"{m['stage_seconds'][name]:.0f} s")
         estimators = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(m.get("estimator_seconds", {}).items()))
         finetune = stage("finetune") + (f" (base pretraining {stage('pretrain')})" if "pretrain" in m["stage_seconds"] else "")
         if "finetune (adapter_from)" in m["stage_seconds"]:  # the source experiment's, run first
