@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from doc_blocks import sync  # noqa: E402
 from paper_numbers import TABLE2  # noqa: E402
 from style import ORDER  # noqa: E402
+from table2 import cell as auc_recall  # noqa: E402  ("AUC / recall" of a class_detection.csv row)
 
 NAMES = {"exact": "Exact", "cg": "CG", "datainf": "DataInf", "ekfac": "EK-FAC", "kfac": "K-FAC",
          "lissa": "LiSSA (eq.)", "lissa_reference_code": "LiSSA (code)", "hessian_free": "Hessian-free"}
@@ -134,9 +135,8 @@ def text_generation(root, table):
     header = ["estimator"] + [f"{title} ({runs(group)} seed{'s' if runs(group) != '1' else ''})"
                               + (": AUC / recall" if i == 0 else "") for i, (group, title, _) in enumerate(columns)]
     out = ["", "| " + " | ".join(header) + " |", "| --- |" + " ---: |" * len(columns)]
-    both = lambda r: f"{float(r['auc']):.3f} / {float(r['recall']):.3f}" if r else "-"  # noqa: E731
     for estimator, name in CLASS_DETECTION_ROWS:
-        out.append(f"| {name} | " + " | ".join(both(table.get((group, estimator))) for group, _, _ in columns) + " |")
+        out.append(f"| {name} | " + " | ".join(auc_recall(table.get((group, estimator))) for group, _, _ in columns) + " |")
     out.append("| exact-match test answers of the fine-tuned model (per seed) | "
                + " | ".join(test_accuracy_per_seed(root, group) for group, _, _ in columns) + " |")
     for estimator, label in (("hessian_free", "Hessian-free"), ("datainf", "DataInf")):
