@@ -183,6 +183,17 @@ TEST_CASE("an experiment runs end to end, caches its stages and resumes", "[pipe
   auto rerun = inflab::run_experiment(other_rank, registry, paths, /*resume=*/true, /*replace=*/true);
   CHECK(rerun.stage_cached["pretrain"]);
   CHECK_FALSE(rerun.stage_cached["finetune"]);
+  // More repeats reuse the finished seeds: [experiment] repeats is not part of a run's identity.
+  auto two_seeds = inflab::load_experiment(file, {"experiment.repeats=2"}, registry);
+  REQUIRE(two_seeds.size() == 2);
+  CHECK_FALSE(inflab::run_experiment(two_seeds.at(0), registry, paths).skipped);
+  auto three_seeds = inflab::load_experiment(file, {"experiment.repeats=3"}, registry);
+  REQUIRE(three_seeds.at(0).run_name == two_seeds.at(0).run_name);
+  CHECK(inflab::run_experiment(three_seeds.at(0), registry, paths).skipped);
+  // ... but any other key still is.
+  auto three_other = inflab::load_experiment(file, {"experiment.repeats=3", "model.lora.rank=3"}, registry);
+  CHECK_THROWS_WITH(inflab::run_experiment(three_other.at(0), registry, paths),
+                    Contains("another configuration") && Contains("rank = 3"));
 }
 
 // Spearman correlation by sorting with mid-ranks for ties: an oracle independent of inflab::spearman.

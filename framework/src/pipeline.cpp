@@ -236,6 +236,19 @@ void swap_into_place(const fs::path& staging, const fs::path& final) {
   fs::rename(staging, final);  // no previous run
 }
 
+// What makes a finished run the same run: its resolved config without [experiment] repeats. Seed 1
+// of an experiment with three repeats is seed 1 of one with two, so adding seeds reuses the runs.
+std::string run_identity(const std::string& resolved_toml) {
+  std::istringstream in(resolved_toml);
+  std::string line, section, out;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.front() == '[') section = line;
+    if (section == "[experiment]" && line.rfind("repeats =", 0) == 0) continue;
+    out += line + '\n';
+  }
+  return out;
+}
+
 // The kernels a run was computed on, as its manifest records them ("" when it does not).
 std::string recorded_numerics_key(const fs::path& manifest_file) {
   try {
@@ -275,8 +288,9 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   // A run is finished when metrics.csv (written last) exists; it is this run when its resolved
   // config and the kernels it was computed on are this process's.
   const bool exists = fs::exists(finished_metrics);
-  const bool same_config = exists && fs::exists(final_directory / "config.toml") &&
-                           read_file(final_directory / "config.toml") == config.resolved_toml;
+  const std::string recorded_config =
+      exists && fs::exists(final_directory / "config.toml") ? read_file(final_directory / "config.toml") : "";
+  const bool same_config = exists && run_identity(recorded_config) == run_identity(config.resolved_toml);
   const std::string made_on = exists ? recorded_numerics_key(final_directory / "manifest.json") : "";
   const bool same_numerics = made_on == current_numerics().key();
   if (exists && !replace && !same_config)
@@ -284,7 +298,7 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
         "{} holds a finished run of another configuration ({}): choose another --out (or experiment name), "
         "or pass --replace to replace it",
         final_directory.string(),
-        first_difference(read_file(final_directory / "config.toml"), config.resolved_toml)));
+        first_difference(run_identity(recorded_config), run_identity(config.resolved_toml))));
   if (exists && !replace && !same_numerics)
     throw Error(fmt::format(
         "{} holds a finished run of this configuration computed on other kernels ({}; this process: {}): "
