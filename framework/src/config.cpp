@@ -13,6 +13,7 @@
 #include "inflab/numerics.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/task.hpp"
+#include "sections.hpp"
 #include "stages.hpp"
 
 namespace fs = std::filesystem;
@@ -182,6 +183,18 @@ struct Validator {
     }
   }
 
+  // The same for a framework section (sections.hpp), then its check, reported at the key it names.
+  void validate(const toml::table& table, const SectionSchema& schema, Options& out,
+                const std::set<std::string>& subtables = {}) const {
+    validate(table, schema.name, schema.options, subtables, out);
+    if (!schema.check) return;
+    if (auto problem = schema.check(out)) {
+      const toml::node* node = problem->key.empty() ? nullptr : table.get(problem->key);
+      fail(node ? node->source() : table.source(), problem->message,
+           problem->key.empty() ? schema.name : schema.name + "." + problem->key);
+    }
+  }
+
   const toml::table& section(const toml::table& root, const std::string& name, bool required) const {
     const toml::node* node = root.get(name);
     static const toml::table empty;
@@ -225,16 +238,6 @@ const std::vector<OptionSpec>& numerics_specs() {
   };
   return specs;
 }
-const std::vector<OptionSpec>& dataset_specs() {
-  static const std::vector<OptionSpec> specs{
-      spec("plugin", OptionType::String, std::string(), "dataset plugin name", true),
-      spec("label_noise", OptionType::Double, 0.0,
-           "fraction of training labels flipped to another class (below 1: some must stay clean)",
-           Range{0, 1, false, true}),
-      spec("noise_seed", OptionType::Int, std::int64_t{0}, "seed choosing which labels flip"),
-  };
-  return specs;
-}
 const std::vector<OptionSpec>& model_specs() {
   static const std::vector<OptionSpec> specs{
       spec("plugin", OptionType::String, std::string(), "model plugin name", true),
@@ -249,80 +252,6 @@ const std::vector<OptionSpec>& model_specs() {
       spec("adapter_key", OptionType::String, std::string(),
            "written by inflab beside adapter_from in a run's config.toml: the finetune stage key of the "
            "adapter it takes, so the run's configuration loads without the other experiment's file")};
-  return specs;
-}
-const std::vector<OptionSpec>& lora_specs() {
-  static const std::vector<OptionSpec> specs{
-      spec("rank", OptionType::Int, std::int64_t{4}, "LoRA rank r", between(1, 65536)),
-      spec("alpha", OptionType::Double, -1.0,
-           "LoRA alpha; the scale is alpha/r (default: alpha = r, as in the paper)"),
-      spec("dropout", OptionType::Double, 0.05, "LoRA dropout during fine-tuning (off for gradients)",
-           Range{0, 1, false, true}),
-      spec("targets", OptionType::StringList, std::vector<std::string>{"*"},
-           "glob patterns of layer names that get adapters"),
-  };
-  return specs;
-}
-const std::vector<OptionSpec>& training_specs() {
-  static const TrainingConfig d;
-  static const std::vector<OptionSpec> specs{
-      spec("epochs", OptionType::Int, d.epochs, "LoRA fine-tuning epochs", between(0, 1e6)),
-      spec("learning_rate", OptionType::Double, d.learning_rate, "fine-tuning learning rate",
-           greater_than(0)),
-      spec("batch_size", OptionType::Int, d.batch_size, "fine-tuning batch size", between(1, 1e9)),
-      spec("optimizer", OptionType::String, d.optimizer, "adam or sgd"),
-      spec("weight_decay", OptionType::Double, d.weight_decay, "L2 weight decay", at_least(0)),
-      spec(
-          "accumulation_steps", OptionType::Int, std::int64_t{1},
-          "batches whose gradients are summed (each batch's loss divided by this) before one optimizer step; "
-          "an epoch's last step takes what is left (Hugging Face's gradient_accumulation_steps)",
-          between(1, 1e6)),
-      spec("schedule", OptionType::String, std::string("constant"),
-           "learning rate: \"constant\", or \"linear\" decay to 0 over all optimizer steps (Hugging Face's "
-           "default)"),
-      spec(
-          "max_grad_norm", OptionType::Double, 0.0,
-          "clip the gradient of each optimizer step to this norm (Hugging Face's default: 1); 0: no clipping",
-          at_least(0)),
-      spec("pretrain_epochs", OptionType::Int, d.pretrain_epochs,
-           "base pretraining epochs (models without packaged weights)", between(0, 1e6)),
-      spec("pretrain_learning_rate", OptionType::Double, d.pretrain_learning_rate,
-           "base pretraining learning rate", greater_than(0)),
-  };
-  return specs;
-}
-const std::vector<OptionSpec>& queries_specs() {
-  static const std::vector<OptionSpec> specs{
-      spec("generated_per_class", OptionType::Int, std::int64_t{10},
-           "images the fine-tuned denoiser generates per training class; they replace the validation queries",
-           between(1, 1e6)),
-      spec("sampling_steps", OptionType::Int, std::int64_t{50}, "DDIM steps", between(1, 1e6)),
-      spec("seed", OptionType::Int, std::int64_t{0}, "seed of the starting noise"),
-  };
-  return specs;
-}
-const std::vector<OptionSpec>& evaluation_specs() {
-  static const EvaluationConfig d;
-  static const std::vector<OptionSpec> specs{
-      spec("metrics", OptionType::StringList, d.metrics,
-           "auc (mislabel detection), pearson, spearman (against the reference)"),
-      spec("reference", OptionType::String, d.reference, "estimator name correlations are measured against"),
-      spec("mode", OptionType::String, d.mode, "aggregate (mean validation gradient) or pairwise"),
-      spec("gradient_batch_size", OptionType::Int, d.gradient_batch_size,
-           "batch size of per-example gradient extraction", between(1, 1e9)),
-      spec("gradient_memory_mb", OptionType::Double, d.gradient_memory_mb,
-           "training gradients larger than this are written to memory-mapped files during extraction",
-           at_least(0)),
-      spec("gradient_dtype", OptionType::String, d.gradient_dtype,
-           "float32 or float16 (stored; arithmetic is float32)"),
-      spec("blocks", OptionType::StringList, d.blocks,
-           "glob patterns over block names taking part in influence, e.g. [\"*.lora_B\"] or [\"fc2.*\"]"),
-      spec(
-          "class_recall_at", OptionType::String, d.class_recall_at,
-          "class_detection's recall counts the query's class among its s most helpful training examples: s = "
-          "the class's \"training\" examples (the paper's text code) or its \"queries\" (the diffusion "
-          "notebook)"),
-  };
   return specs;
 }
 const std::vector<OptionSpec>& estimator_framework_specs() {
@@ -521,7 +450,7 @@ void flatten(const toml::table& table, const std::string& prefix, std::map<std::
 // covers the other experiment's fine-tuning). The command's --set overrides reach OTHER too (but
 // not its sweeps: they are this experiment's), so `--set` on a shared [model] or a smaller
 // dataset applies to both. The [model] sections must agree: the adapter is loaded as it is.
-std::shared_ptr<const ExperimentConfig> adapter_source(Validator& v, const toml::node& at,
+std::shared_ptr<const ExperimentConfig> adapter_source(const Validator& v, const toml::node& at,
                                                        const fs::path& file, std::int64_t seed,
                                                        const std::vector<std::string>& overrides,
                                                        const fs::path& peft_adapter,
@@ -582,35 +511,33 @@ std::shared_ptr<const ExperimentConfig> adapter_source(Validator& v, const toml:
   return std::make_shared<const ExperimentConfig>(runs.front());
 }
 
-ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Registry& registry,
-                              const std::string& run_name, const Origins& origins,
-                              const std::vector<std::string>& overrides) {
-  Validator v{file.string(), &origins};
-  ExperimentConfig config;
-  config.source = file;
-  config.run_name = run_name;
+// ---- one validator per section: each checks its section, records what the orchestrator needs in
+// `config` and writes the section's resolved values (defaults filled) into `resolved` ----
 
+void check_section_names(const Validator& v, const toml::table& root) {
+  static const std::vector<std::string> sections{"experiment",   "dataset",       "model",    "training",
+                                                 "task",         "estimator",     "queries",  "evaluation",
+                                                 "ground_truth", "leave_one_out", "numerics", "sweep"};
   for (auto&& [key, node] : root) {
-    static const std::vector<std::string> sections{"experiment",   "dataset",       "model",    "training",
-                                                   "task",         "estimator",     "queries",  "evaluation",
-                                                   "ground_truth", "leave_one_out", "numerics", "sweep"};
     std::string name(key.str());
-    if (std::find(sections.begin(), sections.end(), name) == sections.end()) {
-      std::string suggestion = closest_match(name, sections);
-      v.fail(key.source(),
-             fmt::format("unknown section '{}'{}; valid sections: experiment, "
-                         "dataset, model, training, task, estimator, queries, evaluation, ground_truth, "
-                         "leave_one_out, numerics, sweep",
-                         name, suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion)));
-    }
+    if (std::find(sections.begin(), sections.end(), name) != sections.end()) continue;
+    std::string suggestion = closest_match(name, sections);
+    v.fail(key.source(),
+           fmt::format("unknown section '{}'{}; valid sections: {}", name,
+                       suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
+                       fmt::join(sections, ", ")));
   }
+}
 
+void validate_experiment(const Validator& v, const toml::table& root, const fs::path& file,
+                         ExperimentConfig& config, toml::table& resolved) {
   Options experiment("[experiment]");
-  v.validate(v.section(root, "experiment", true), "experiment", experiment_specs(), {}, experiment);
+  const toml::table& table = v.section(root, "experiment", true);
+  v.validate(table, "experiment", experiment_specs(), {}, experiment);
   config.name = experiment.get_string("name");
   // The name is a folder under --out: a plain name, never a path that could land elsewhere.
   if (const std::string problem = path_component_problem(config.name); !problem.empty())
-    v.fail(v.section(root, "experiment", true).get("name")->source(),
+    v.fail(table.get("name")->source(),
            fmt::format("key 'experiment.name': expected a plain folder name (letters, digits, '-', '_', '.'; "
                        "at most 100 characters), found \"{}\": {}",
                        config.name, problem),
@@ -618,90 +545,87 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   config.seed = experiment.get_int("seed");
   for (const auto& p : experiment.get_string_list("plugin_paths"))
     config.plugin_paths.push_back(fs::absolute(file.parent_path() / p));
-
-  toml::table resolved;
   resolved.insert("experiment", options_table(experiment));
+}
 
-  // [numerics]: which kernels the process computes with (numerics.hpp). Not a stage input: the
-  // kernels actually in use are part of every stage key, whatever was asked for.
+// [numerics]: which kernels the process computes with (numerics.hpp). Not a stage input: the
+// kernels actually in use are part of every stage key, whatever was asked for.
+void validate_numerics(const Validator& v, const toml::table& root, ExperimentConfig& config) {
   Options numerics("[numerics]");
-  const toml::table& numerics_table = v.section(root, "numerics", false);
-  v.validate(numerics_table, "numerics", numerics_specs(), {}, numerics);
-  if (numerics_table.get("kernels")) {
-    config.kernels = numerics.get_string("kernels");
-    try {
-      parse_kernel_mode(config.kernels, "key 'numerics.kernels'");
-    } catch (const Error& e) {
-      v.fail(numerics_table.get("kernels")->source(), e.what(), "numerics.kernels");
-    }
-  }
-
-  // [dataset]: framework keys plus the plugin's own options.
-  const toml::table& dataset = v.section(root, "dataset", true);
-  const toml::node* dataset_plugin = dataset.get("plugin");
-  if (!dataset_plugin || !dataset_plugin->is_string())
-    v.fail(dataset.source(), "[dataset] needs plugin = \"<name>\" (a string)");
-  config.dataset.plugin = dataset_plugin->as_string()->get();
-  const PluginRecord* record = nullptr;
+  const toml::table& table = v.section(root, "numerics", false);
+  v.validate(table, "numerics", numerics_specs(), {}, numerics);
+  if (!table.get("kernels")) return;
+  config.kernels = numerics.get_string("kernels");
   try {
-    record = &registry.find(PluginKind::Dataset, config.dataset.plugin);
+    parse_kernel_mode(config.kernels, "key 'numerics.kernels'");
   } catch (const Error& e) {
-    v.fail(dataset_plugin->source(), fmt::format("key 'dataset.plugin': {}", e.what()), "dataset.plugin");
+    v.fail(table.get("kernels")->source(), e.what(), "numerics.kernels");
   }
-  auto dataset_plugin_specs = record->info->options();
-  auto all_dataset_specs = dataset_specs();
-  all_dataset_specs.insert(all_dataset_specs.end(), dataset_plugin_specs.begin(), dataset_plugin_specs.end());
-  Options dataset_all("dataset " + config.dataset.plugin);
-  v.validate(dataset, "dataset", all_dataset_specs, {}, dataset_all);
-  config.label_noise = dataset_all.get_double("label_noise");
-  config.noise_seed = dataset_all.get_int("noise_seed");
-  config.dataset.options = Options("dataset " + config.dataset.plugin);
-  for (const auto& s : dataset_plugin_specs)
-    config.dataset.options.set(s.name, dataset_all.values().at(s.name));
-  resolved.insert("dataset", options_table(dataset_all));
+}
 
-  // [model] and [model.lora].
+// The plugin a section names, found in the registry (its record gives the plugin's own options).
+const PluginRecord& section_plugin(const Validator& v, const toml::table& table, const std::string& section,
+                                   PluginKind kind, Registry& registry) {
+  const toml::node* plugin = table.get("plugin");
+  if (!plugin || !plugin->is_string())
+    v.fail(table.source(), fmt::format("[{}] needs plugin = \"<name>\" (a string)", section));
+  try {
+    return registry.find(kind, plugin->as_string()->get());
+  } catch (const Error& e) {
+    v.fail(plugin->source(), fmt::format("key '{}.plugin': {}", section, e.what()), section + ".plugin");
+  }
+}
+
+// A framework section's schema with a plugin's own options added (the plugin's keys sit beside it).
+SectionSchema with_plugin_options(SectionSchema schema, const std::vector<OptionSpec>& plugin_specs) {
+  schema.options.insert(schema.options.end(), plugin_specs.begin(), plugin_specs.end());
+  return schema;
+}
+
+// The plugin's own options out of a section's values.
+Options plugin_options(const std::string& who, const std::vector<OptionSpec>& plugin_specs,
+                       const Options& all) {
+  Options out(who);
+  for (const auto& s : plugin_specs) out.set(s.name, all.values().at(s.name));
+  return out;
+}
+
+// [dataset]: the framework's keys (dataset_section) plus the plugin's own options.
+void validate_dataset(const Validator& v, const toml::table& root, Registry& registry,
+                      ExperimentConfig& config, toml::table& resolved) {
+  const toml::table& table = v.section(root, "dataset", true);
+  const PluginRecord& record = section_plugin(v, table, "dataset", PluginKind::Dataset, registry);
+  config.dataset.plugin = *table["plugin"].value<std::string>();
+  const auto plugin_specs = record.info->options();
+  Options all("dataset " + config.dataset.plugin);
+  v.validate(table, with_plugin_options(dataset_section(), plugin_specs), all);
+  config.dataset.options = plugin_options("dataset " + config.dataset.plugin, plugin_specs, all);
+  resolved.insert("dataset", options_table(all));
+}
+
+// [model] with its plugin's options, [model.lora] (lora_section), and where a fine-tuned adapter
+// comes from when not from this run: model.adapter (trained elsewhere) or model.adapter_from.
+void validate_model(const Validator& v, const toml::table& root, const fs::path& file,
+                    const std::vector<std::string>& overrides, Registry& registry, ExperimentConfig& config,
+                    toml::table& resolved) {
   const toml::table& model = v.section(root, "model", true);
-  const toml::node* model_plugin = model.get("plugin");
-  if (!model_plugin || !model_plugin->is_string())
-    v.fail(model.source(), "[model] needs plugin = \"<name>\" (a string)");
-  config.model.plugin = model_plugin->as_string()->get();
-  try {
-    record = &registry.find(PluginKind::Model, config.model.plugin);
-  } catch (const Error& e) {
-    v.fail(model_plugin->source(), fmt::format("key 'model.plugin': {}", e.what()), "model.plugin");
-  }
-  auto model_plugin_specs = record->info->options();
-  auto all_model_specs = model_specs();
-  all_model_specs.insert(all_model_specs.end(), model_plugin_specs.begin(), model_plugin_specs.end());
-  Options model_all("model " + config.model.plugin);
-  v.validate(model, "model", all_model_specs, {"lora"}, model_all);
-  config.model.options = Options("model " + config.model.plugin);
-  for (const auto& s : model_plugin_specs) config.model.options.set(s.name, model_all.values().at(s.name));
+  const PluginRecord& record = section_plugin(v, model, "model", PluginKind::Model, registry);
+  config.model.plugin = *model["plugin"].value<std::string>();
+  const auto plugin_specs = record.info->options();
+  Options all("model " + config.model.plugin);
+  v.validate(model, with_plugin_options({"model", model_specs()}, plugin_specs), all, {"lora"});
+  config.model.options = plugin_options("model " + config.model.plugin, plugin_specs, all);
   Options lora("[model.lora]");
   const toml::node* lora_node = model.get("lora");
   if (lora_node && !lora_node->is_table())
     v.fail(lora_node->source(),
            fmt::format("key 'model.lora': expected a table, found {}", describe(*lora_node)));
   static const toml::table no_lora;
-  v.validate(lora_node ? *lora_node->as_table() : no_lora, "model.lora", lora_specs(), {}, lora);
-  config.lora.rank = lora.get_int("rank");
-  config.lora.alpha = lora.get_double("alpha");
-  if (const toml::node* alpha = lora_node ? lora_node->as_table()->get("alpha") : nullptr;
-      alpha && !(config.lora.alpha > 0))  // a zero scale would train nothing and divide by zero later
-    v.fail(
-        alpha->source(),
-        fmt::format("key 'model.lora.alpha': expected a number > 0 (leave it out for alpha = rank), found {}",
-                    describe(*alpha)),
-        "model.lora.alpha");
-  if (config.lora.alpha < 0) config.lora.alpha = static_cast<double>(config.lora.rank);
-  lora.set("alpha", config.lora.alpha);
-  config.lora.dropout = lora.get_double("dropout");
-  config.lora.targets = lora.get_string_list("targets");
-  toml::table model_resolved = options_table(model_all);
+  v.validate(lora_node ? *lora_node->as_table() : no_lora, lora_section(), lora);
+  toml::table model_resolved = options_table(all);
   model_resolved.insert("lora", options_table(lora));
   // An adapter is resolved only when given, so configurations without one keep their keys.
-  const fs::path adapter = model_all.get_string("adapter");
+  const fs::path adapter = all.get_string("adapter");
   if (adapter.empty()) {
     model_resolved.erase("adapter");
   } else if (!fs::is_regular_file(adapter / "adapter_config.json")) {
@@ -715,8 +639,8 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   }
   // adapter_from: another experiment's fine-tuned adapter, found by that stage's key.
   // A run's own config.toml carries the key already: its adapter is the one cached under it.
-  const std::string adapter_from = model_all.get_string("adapter_from"),
-                    adapter_key = model_all.get_string("adapter_key");
+  const std::string adapter_from = all.get_string("adapter_from"),
+                    adapter_key = all.get_string("adapter_key");
   if (adapter_key.empty()) model_resolved.erase("adapter_key");
   if (adapter_from.empty()) {
     model_resolved.erase("adapter_from");
@@ -730,30 +654,18 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
                                            adapter, model_resolved, registry);
   }
   resolved.insert("model", model_resolved);
+}
 
-  // [training]
+// [training] (training_section): read by the base and fine-tuning stages alone.
+void validate_training(const Validator& v, const toml::table& root, toml::table& resolved) {
   Options training("[training]");
-  v.validate(v.section(root, "training", false), "training", training_specs(), {}, training);
-  config.training.epochs = training.get_int("epochs");
-  config.training.learning_rate = training.get_double("learning_rate");
-  config.training.batch_size = training.get_int("batch_size");
-  config.training.optimizer = training.get_string("optimizer");
-  config.training.weight_decay = training.get_double("weight_decay");
-  config.training.pretrain_epochs = training.get_int("pretrain_epochs");
-  config.training.pretrain_learning_rate = training.get_double("pretrain_learning_rate");
-  if (config.training.optimizer != "adam" && config.training.optimizer != "sgd")
-    v.fail(v.section(root, "training", false).get("optimizer")->source(),
-           fmt::format("key 'training.optimizer': expected \"adam\" or \"sgd\", found \"{}\"",
-                       config.training.optimizer),
-           "training.optimizer");
-  if (const auto& schedule = training.get_string("schedule"); schedule != "constant" && schedule != "linear")
-    v.fail(
-        v.section(root, "training", false).get("schedule")->source(),
-        fmt::format("key 'training.schedule': expected \"constant\" or \"linear\", found \"{}\"", schedule),
-        "training.schedule");
+  v.validate(v.section(root, "training", false), training_section(), training);
   resolved.insert("training", options_table(training));
+}
 
-  // [[estimator]]
+// [[estimator]]: the framework's keys (plugin, name) plus each plugin's own options.
+void validate_estimators(const Validator& v, const toml::table& root, Registry& registry,
+                         ExperimentConfig& config, toml::table& resolved) {
   const toml::node* estimators = root.get("estimator");
   if (!estimators) v.fail(root.source(), "missing [[estimator]]: name at least one estimator plugin");
   if (!estimators->is_array_of_tables())
@@ -761,25 +673,15 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   toml::array resolved_estimators;
   for (const auto& entry : *estimators->as_array()) {
     const toml::table& table = *entry.as_table();
-    const toml::node* plugin = table.get("plugin");
-    if (!plugin || !plugin->is_string())
-      v.fail(table.source(), "[[estimator]] needs plugin = \"<name>\" (a string)");
+    const PluginRecord& record = section_plugin(v, table, "estimator", PluginKind::Estimator, registry);
     PluginSpec estimator;
-    estimator.plugin = plugin->as_string()->get();
-    try {
-      record = &registry.find(PluginKind::Estimator, estimator.plugin);
-    } catch (const Error& e) {
-      v.fail(plugin->source(), fmt::format("key 'estimator.plugin': {}", e.what()), "estimator.plugin");
-    }
-    auto plugin_specs = record->info->options();
-    auto all_specs = estimator_framework_specs();
-    all_specs.insert(all_specs.end(), plugin_specs.begin(), plugin_specs.end());
+    estimator.plugin = *table["plugin"].value<std::string>();
+    const auto plugin_specs = record.info->options();
     Options all("estimator " + estimator.plugin);
-    v.validate(table, "estimator", all_specs, {}, all);
+    v.validate(table, with_plugin_options({"estimator", estimator_framework_specs()}, plugin_specs), all);
     estimator.label = all.get_string("name").empty() ? estimator.plugin : all.get_string("name");
     all.set("name", estimator.label);
-    estimator.options = Options("estimator " + estimator.label);
-    for (const auto& s : plugin_specs) estimator.options.set(s.name, all.values().at(s.name));
+    estimator.options = plugin_options("estimator " + estimator.label, plugin_specs, all);
     for (const auto& other : config.estimators)
       if (other.label == estimator.label)
         v.fail(table.source(),
@@ -789,12 +691,24 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
     resolved_estimators.push_back(options_table(all));
   }
   resolved.insert("estimator", std::move(resolved_estimators));
+}
 
-  // [task]: what an example's loss is (inflab/task.hpp).
+// [task]: what an example's loss is (inflab/task.hpp; each task checks its own options).
+void validate_task(const Validator& v, const toml::table& root, ExperimentConfig& config,
+                   toml::table& resolved) {
   Options task("[task]");
-  const toml::table& task_table = v.section(root, "task", false);
-  v.validate(task_table, "task", task_option_specs(), {}, task);
+  const toml::table& table = v.section(root, "task", false);
+  v.validate(table, "task", task_option_specs(), {}, task);
   config.task = task.get_string("name");
+  const auto names = task_names();
+  if (std::find(names.begin(), names.end(), config.task) == names.end()) {
+    std::string suggestion = closest_match(config.task, names);
+    v.fail(table.get("name")->source(),
+           fmt::format("key 'task.name': unknown task \"{}\"{}; tasks: {}", config.task,
+                       suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion),
+                       fmt::join(names, ", ")),
+           "task.name");
+  }
   if (config.task == "causal_lm" || config.task == "denoising") try {
       make_task(config.task, task);  // the choices of causal_lm (template, scored, ...) and denoising
     } catch (const Error& e) {
@@ -803,21 +717,11 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
       const auto named = what.find("'task.");
       const std::string key =
           named == std::string::npos ? "" : what.substr(named + 6, what.find('\'', named + 6) - named - 6);
-      const toml::node* node = key.empty() ? nullptr : task_table.get(key);
-      v.fail(node ? node->source() : task_table.source(), what, key.empty() ? "task" : "task." + key);
+      const toml::node* node = key.empty() ? nullptr : table.get(key);
+      v.fail(node ? node->source() : table.source(), what, key.empty() ? "task" : "task." + key);
     }
-  {
-    auto names = task_names();
-    if (std::find(names.begin(), names.end(), config.task) == names.end()) {
-      std::string suggestion = closest_match(config.task, names);
-      v.fail(task_table.get("name")->source(),
-             fmt::format("key 'task.name': unknown task \"{}\"{}; tasks: {}", config.task,
-                         suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion),
-                         fmt::join(names, ", ")),
-             "task.name");
-    }
-  }
-  if (config.label_noise > 0 && config.task != "classification")
+  const toml::table& dataset = v.section(root, "dataset", true);
+  if (resolved["dataset"]["label_noise"].value_or(0.0) > 0 && config.task != "classification")
     v.fail(
         dataset.get("label_noise")->source(),
         fmt::format("key 'dataset.label_noise': label noise flips class labels, which task \"{}\" does not "
@@ -825,91 +729,48 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
                     config.task),
         "dataset.label_noise");
   resolved.insert("task", options_table(task));
+}
 
-  // [queries]: images generated by the fine-tuned denoiser are the queries (the paper's diffusion
-  // study). Resolved only when present, like [ground_truth].
-  if (const toml::node* queries_node = root.get("queries")) {
-    Options queries("[queries]");
-    const toml::table& table = v.section(root, "queries", false);
-    v.validate(table, "queries", queries_specs(), {}, queries);
-    if (config.task != "denoising")
-      v.fail(
-          queries_node->source(),
-          fmt::format("[queries] generates images with a denoiser: it needs task.name = \"denoising\", found "
-                      "\"{}\"",
-                      config.task));
-    for (const char* key : {"generated_per_class", "sampling_steps"})
-      if (queries.get_int(key) < 1)
-        v.fail(table.get(key) ? table.get(key)->source() : table.source(),
-               fmt::format("key 'queries.{}': expected at least 1, found {}", key, queries.get_int(key)));
-    resolved.insert("queries", options_table(queries));
-  }
+// [queries] (queries_section): images generated by the fine-tuned denoiser are the queries (the
+// paper's diffusion study). Resolved only when present, like [ground_truth].
+void validate_queries(const Validator& v, const toml::table& root, const ExperimentConfig& config,
+                      toml::table& resolved) {
+  const toml::node* node = root.get("queries");
+  if (!node) return;
+  Options queries("[queries]");
+  v.validate(v.section(root, "queries", false), queries_section(), queries);
+  if (config.task != "denoising")
+    v.fail(
+        node->source(),
+        fmt::format("[queries] generates images with a denoiser: it needs task.name = \"denoising\", found "
+                    "\"{}\"",
+                    config.task));
+  resolved.insert("queries", options_table(queries));
+}
 
-  // [evaluation]
+// [evaluation] (evaluation_section); the reference must name one of the estimators.
+void validate_evaluation(const Validator& v, const toml::table& root, ExperimentConfig& config,
+                         toml::table& resolved) {
   Options evaluation("[evaluation]");
-  const toml::table& evaluation_table = v.section(root, "evaluation", false);
-  v.validate(evaluation_table, "evaluation", evaluation_specs(), {}, evaluation);
-  config.evaluation.metrics = evaluation.get_string_list("metrics");
-  config.evaluation.reference = evaluation.get_string("reference");
-  config.evaluation.mode = evaluation.get_string("mode");
-  config.evaluation.gradient_batch_size = evaluation.get_int("gradient_batch_size");
-  config.evaluation.gradient_memory_mb = evaluation.get_double("gradient_memory_mb");
-  config.evaluation.gradient_dtype = evaluation.get_string("gradient_dtype");
-  config.evaluation.blocks = evaluation.get_string_list("blocks");
-  config.evaluation.class_recall_at = evaluation.get_string("class_recall_at");
-  if (config.evaluation.class_recall_at != "training" && config.evaluation.class_recall_at != "queries")
-    v.fail(evaluation_table.get("class_recall_at")->source(),
-           fmt::format("key 'evaluation.class_recall_at': expected \"training\" or \"queries\", found \"{}\"",
-                       config.evaluation.class_recall_at),
-           "evaluation.class_recall_at");
-  if (config.evaluation.blocks.empty())
-    v.fail(evaluation_table.get("blocks")->source(),
-           "key 'evaluation.blocks': expected at least one pattern (\"*\" selects every block), found []");
-  if (config.evaluation.gradient_dtype != "float32" && config.evaluation.gradient_dtype != "float16")
-    v.fail(evaluation_table.get("gradient_dtype")->source(),
-           fmt::format("key 'evaluation.gradient_dtype': expected \"float32\" or \"float16\" (bfloat16 has "
-                       "no NumPy dtype), found \"{}\"",
-                       config.evaluation.gradient_dtype),
-           "evaluation.gradient_dtype");
-  for (const auto& metric : config.evaluation.metrics) {
-    const MetricDefinition* definition = find_metric(metric);
-    if (!definition) {
-      const std::vector<std::string> known = metric_names();
-      std::string suggestion = closest_match(metric, known);
-      v.fail(evaluation_table.get("metrics")->source(),
-             fmt::format("key 'evaluation.metrics': unknown metric \"{}\"{}; known: {}", metric,
-                         suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion),
-                         fmt::join(known, ", ")));
-      continue;
-    }
-    if (definition->needs_reference && config.evaluation.reference.empty())
-      v.fail(evaluation_table.source(),
-             fmt::format("metric \"{}\" needs evaluation.reference = \"<estimator name>\"", metric));
-    if (definition->needs_pairwise && config.evaluation.mode != "pairwise")
-      v.fail(
-          evaluation_table.get("metrics")->source(),
-          fmt::format("metric \"{}\" scores each query on its own: it needs evaluation.mode = \"pairwise\"",
-                      metric));
-  }
-  if (!config.evaluation.reference.empty()) {
-    bool found = false;
+  const toml::table& table = v.section(root, "evaluation", false);
+  v.validate(table, evaluation_section(), evaluation);
+  config.evaluation = evaluation_config(evaluation);
+  if (const std::string& reference = config.evaluation.reference; !reference.empty()) {
     std::vector<std::string> labels;
-    for (const auto& e : config.estimators)
-      found |= e.label == config.evaluation.reference, labels.push_back(e.label);
-    if (!found)
-      v.fail(evaluation_table.get("reference")->source(),
-             fmt::format("key 'evaluation.reference': no [[estimator]] is named \"{}\"; names: {}",
-                         config.evaluation.reference, fmt::join(labels, ", ")));
+    for (const auto& e : config.estimators) labels.push_back(e.label);
+    if (std::find(labels.begin(), labels.end(), reference) == labels.end())
+      v.fail(table.get("reference")->source(),
+             fmt::format("key 'evaluation.reference': no [[estimator]] is named \"{}\"; names: {}", reference,
+                         fmt::join(labels, ", ")));
   }
-  if (config.evaluation.mode != "aggregate" && config.evaluation.mode != "pairwise")
-    v.fail(evaluation_table.get("mode")->source(),
-           fmt::format("key 'evaluation.mode': expected \"aggregate\" or \"pairwise\", found \"{}\"",
-                       config.evaluation.mode));
   resolved.insert("evaluation", options_table(evaluation));
+}
 
-  // A metric's own section ([ground_truth] for lds, [leave_one_out] for loo) is resolved only when the
-  // metric is asked for, so the configurations (and finished runs) of experiments without it stay
-  // as they were.
+// A metric's own section ([ground_truth] for lds, [leave_one_out] for loo) is resolved only when the
+// metric is asked for, so the configurations (and finished runs) of experiments without it stay
+// as they were. A metric that fine-tunes again cannot judge an adapter this run did not train.
+void validate_metric_sections(const Validator& v, const toml::table& root, const ExperimentConfig& config,
+                              toml::table& resolved) {
   std::vector<std::string> retraining;  // the asked metrics that fine-tune again
   for (const auto& definition : metric_definitions()) {
     const bool wanted = std::find(config.evaluation.metrics.begin(), config.evaluation.metrics.end(),
@@ -928,13 +789,15 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
                          section, definition.name, definition.name));
     resolved.insert(section, options_table(options));
   }
-  if (!adapter.empty() && !retraining.empty())
+  if (retraining.empty()) return;
+  const toml::table& model = v.section(root, "model", true);
+  if (resolved["model"]["adapter"])  // resolved only when given
     v.fail(model.get("adapter")->source(),
            fmt::format("key 'model.adapter': metric {} retrains the LoRA with inflab's fine-tuning, which "
                        "cannot reproduce an adapter trained elsewhere; remove it or the adapter",
                        fmt::join(retraining, " and ")),
            "model.adapter");
-  if (!adapter_from.empty() && !retraining.empty())
+  if (resolved["model"]["adapter_from"])
     v.fail(model.get("adapter_from")->source(),
            fmt::format(
                "key 'model.adapter_from': metric {} retrains the LoRA on this experiment's training set, "
@@ -942,11 +805,45 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
                "adapter_from",
                fmt::join(retraining, " and ")),
            "model.adapter_from");
+}
+
+ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Registry& registry,
+                              const std::string& run_name, const Origins& origins,
+                              const std::vector<std::string>& overrides) {
+  Validator v{file.string(), &origins};
+  ExperimentConfig config;
+  config.source = file;
+  config.run_name = run_name;
+  toml::table resolved;
+  check_section_names(v, root);
+  validate_experiment(v, root, file, config, resolved);
+  validate_numerics(v, root, config);
+  validate_dataset(v, root, registry, config, resolved);
+  validate_model(v, root, file, overrides, registry, config, resolved);
+  validate_training(v, root, resolved);
+  validate_estimators(v, root, registry, config, resolved);
+  validate_task(v, root, config, resolved);
+  validate_queries(v, root, config, resolved);
+  validate_evaluation(v, root, config, resolved);
+  validate_metric_sections(v, root, config, resolved);
   config.resolved_toml = to_text(resolved);  // the stages' cache keys are computed from it
   return config;
 }
 
 }  // namespace
+
+std::optional<SectionProblem> one_of(const Options& values, const std::string& section,
+                                     const std::string& key, const std::vector<std::string>& words,
+                                     const std::string& note) {
+  const std::string value = values.get_string(key);
+  if (std::find(words.begin(), words.end(), value) != words.end()) return std::nullopt;
+  std::vector<std::string> quoted;
+  for (const auto& w : words) quoted.push_back("\"" + w + "\"");
+  const std::string expected =
+      quoted.size() == 2 ? quoted[0] + " or " + quoted[1] : fmt::format("one of {}", fmt::join(quoted, ", "));
+  return SectionProblem{
+      key, fmt::format("key '{}.{}': expected {}{}, found \"{}\"", section, key, expected, note, value)};
+}
 
 Options options_from_assignments(const std::string& who, const std::vector<OptionSpec>& specs,
                                  const std::vector<std::string>& assignments) {

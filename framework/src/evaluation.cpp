@@ -1,6 +1,7 @@
 #include "evaluation.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include "inflab/distributed.hpp"
 #include "inflab/io.hpp"
 #include "inflab/metrics.hpp"
+#include "sections.hpp"
 #include "stage_units.hpp"
 
 namespace inflab {
@@ -222,6 +224,79 @@ const std::vector<MetricDefinition>& metric_definitions() {
        .after_all = leave_one_out_metrics},
   };
   return table;
+}
+
+// [evaluation]: which metrics (the table above), and how the gradients they are computed from are
+// kept (read by the gradients stage).
+const SectionSchema& evaluation_section() {
+  static const SectionSchema section{
+      "evaluation",
+      {
+          {"metrics", OptionType::StringList, std::vector<std::string>{"auc"},
+           "auc (mislabel detection), pearson, spearman (against the reference)"},
+          {"reference", OptionType::String, std::string(),
+           "estimator name correlations are measured against"},
+          {"mode", OptionType::String, std::string("aggregate"),
+           "aggregate (mean validation gradient) or pairwise"},
+          {"gradient_batch_size", OptionType::Int, std::int64_t{64},
+           "batch size of per-example gradient extraction", false, between(1, 1e9)},
+          {"gradient_memory_mb", OptionType::Double, 4096.0,
+           "training gradients larger than this are written to memory-mapped files during extraction", false,
+           at_least(0)},
+          {"gradient_dtype", OptionType::String, std::string("float32"),
+           "float32 or float16 (stored; arithmetic is float32)"},
+          {"blocks", OptionType::StringList, std::vector<std::string>{"*"},
+           "glob patterns over block names taking part in influence, e.g. [\"*.lora_B\"] or [\"fc2.*\"]"},
+          {"class_recall_at", OptionType::String, std::string("training"),
+           "class_detection's recall counts the query's class among its s most helpful training examples: s "
+           "= the class's \"training\" examples (the paper's text code) or its \"queries\" (the diffusion "
+           "notebook)"},
+      },
+      [](Options& values) -> std::optional<SectionProblem> {
+        if (auto problem = one_of(values, "evaluation", "mode", {"aggregate", "pairwise"})) return problem;
+        if (auto problem = one_of(values, "evaluation", "class_recall_at", {"training", "queries"}))
+          return problem;
+        if (auto problem = one_of(values, "evaluation", "gradient_dtype", {"float32", "float16"},
+                                  " (bfloat16 has no NumPy dtype)"))
+          return problem;
+        if (values.get_string_list("blocks").empty())
+          return SectionProblem{
+              "blocks",
+              "key 'evaluation.blocks': expected at least one pattern (\"*\" selects every block), "
+              "found []"};
+        for (const auto& metric : values.get_string_list("metrics")) {
+          const MetricDefinition* definition = find_metric(metric);
+          if (!definition) {
+            const std::string suggestion = closest_match(metric, metric_names());
+            return SectionProblem{
+                "metrics",
+                fmt::format("key 'evaluation.metrics': unknown metric \"{}\"{}; known: {}", metric,
+                            suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion),
+                            fmt::join(metric_names(), ", "))};
+          }
+          if (definition->needs_reference && values.get_string("reference").empty())
+            return SectionProblem{
+                "", fmt::format("metric \"{}\" needs evaluation.reference = \"<estimator name>\"", metric)};
+          if (definition->needs_pairwise && values.get_string("mode") != "pairwise")
+            return SectionProblem{"metrics",
+                                  fmt::format("metric \"{}\" scores each query on its own: it needs "
+                                              "evaluation.mode = \"pairwise\"",
+                                              metric)};
+        }
+        return std::nullopt;
+      }};
+  return section;
+}
+
+EvaluationConfig evaluation_config(const Options& values) {
+  return {values.get_string_list("metrics"),
+          values.get_string("reference"),
+          values.get_string("mode"),
+          values.get_int("gradient_batch_size"),
+          values.get_double("gradient_memory_mb"),
+          values.get_string("gradient_dtype"),
+          values.get_string_list("blocks"),
+          values.get_string("class_recall_at")};
 }
 
 const MetricDefinition* find_metric(std::string_view name) {

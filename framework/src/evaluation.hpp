@@ -43,6 +43,10 @@ const std::vector<MetricDefinition>& metric_definitions();
 const MetricDefinition* find_metric(std::string_view name);
 std::vector<std::string> metric_names();
 
+struct EvaluationConfig;
+// The typed [evaluation] section (sections.hpp: evaluation_section) from its validated values.
+EvaluationConfig evaluation_config(const Options& values);
+
 // One run's evaluation of the metrics its configuration asks for.
 class Evaluation {
  public:

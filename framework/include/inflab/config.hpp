@@ -7,7 +7,6 @@
 #include <string>
 #include <vector>
 
-#include "inflab/model.hpp"
 #include "inflab/options.hpp"
 
 namespace inflab {
@@ -20,26 +19,16 @@ struct PluginSpec {
   Options options;
 };
 
-struct TrainingConfig {
-  std::int64_t epochs = 10;
-  double learning_rate = 1e-3;
-  std::int64_t batch_size = 32;
-  std::string optimizer = "adam";  // adam | sgd
-  double weight_decay = 0.0;
-  std::int64_t pretrain_epochs = 5;  // base-model pretraining, for models without packaged weights
-  double pretrain_learning_rate = 1e-3;
-};
-
+// The typed [evaluation] section; its keys, defaults and checks: evaluation.cpp (evaluation_section).
 struct EvaluationConfig {
-  std::vector<std::string> metrics{"auc"};  // auc | pearson | spearman
-  std::string reference;                    // estimator label correlations are measured against
-  std::string mode = "aggregate";           // aggregate | pairwise
-  std::int64_t gradient_batch_size = 64;
-  double gradient_memory_mb = 4096;        // above this, training gradients go straight to mapped files
-  std::string gradient_dtype = "float32";  // float32 | float16 (on disk; arithmetic stays float32)
-  std::vector<std::string> blocks{"*"};    // glob patterns: which gradient blocks take part
-  std::string class_recall_at =
-      "training";  // class_detection's s: the query class's training | query examples
+  std::vector<std::string> metrics;
+  std::string reference;  // estimator label correlations are measured against
+  std::string mode;       // aggregate | pairwise
+  std::int64_t gradient_batch_size = 0;
+  double gradient_memory_mb = 0;
+  std::string gradient_dtype;
+  std::vector<std::string> blocks;  // glob patterns: which gradient blocks take part
+  std::string class_recall_at;      // class_detection's s: the query class's training | query examples
 };
 
 struct ExperimentConfig {
@@ -48,17 +37,14 @@ struct ExperimentConfig {
   std::int64_t seed = 0;
   std::vector<std::filesystem::path> plugin_paths;
   PluginSpec dataset;
-  double label_noise = 0.0;
-  std::int64_t noise_seed = 0;
   PluginSpec model;
-  LoraConfig lora;
-  TrainingConfig training;
   std::vector<PluginSpec> estimators;
   std::string task = "classification";  // [task] name; its options are in resolved_toml
   EvaluationConfig evaluation;
   std::string kernels;  // numerics.kernels as written ("pinned" | "native"), "" when absent
   // The whole config with every default filled in: what the stages read (framework/src/stages.hpp),
-  // and so what their cache keys are computed from.
+  // and so what their cache keys are computed from. The typed fields above are what the
+  // orchestrator needs before any stage runs; every other value is read from here.
   std::string resolved_toml;
   // [model] adapter_from: the experiment (its run with this run's seed) whose fine-tuned adapter
   // this run scores instead of fine-tuning its own; null when the run fine-tunes its own.

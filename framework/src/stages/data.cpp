@@ -3,6 +3,7 @@
 
 #include <random>
 
+#include "../sections.hpp"
 #include "../stage_units.hpp"
 #include "inflab/causal_lm.hpp"
 #include "inflab/config.hpp"
@@ -12,6 +13,47 @@
 namespace fs = std::filesystem;
 
 namespace inflab {
+
+// [dataset]'s framework keys (the plugin's own are in its options): the label noise built below.
+const SectionSchema& dataset_section() {
+  static const SectionSchema section{
+      "dataset",
+      {
+          {"plugin", OptionType::String, std::string(), "dataset plugin name", true},
+          {"label_noise", OptionType::Double, 0.0,
+           "fraction of training labels flipped to another class (below 1: some must stay clean)", false,
+           Range{0, 1, false, true}},
+          {"noise_seed", OptionType::Int, std::int64_t{0}, "seed choosing which labels flip"},
+      }};
+  return section;
+}
+
+// [model.lora]: the adapters build_model puts on the model.
+const SectionSchema& lora_section() {
+  static const SectionSchema section{
+      "model.lora",
+      {
+          {"rank", OptionType::Int, std::int64_t{4}, "LoRA rank r", false, between(1, 65536)},
+          {"alpha", OptionType::Double, -1.0,
+           "LoRA alpha; the scale is alpha/r (default: alpha = r, as in the paper)"},
+          {"dropout", OptionType::Double, 0.05, "LoRA dropout during fine-tuning (off for gradients)", false,
+           Range{0, 1, false, true}},
+          {"targets", OptionType::StringList, std::vector<std::string>{"*"},
+           "glob patterns of layer names that get adapters"},
+      },
+      [](Options& values) -> std::optional<SectionProblem> {
+        const double alpha = values.get_double("alpha");
+        if (alpha == -1) {  // absent: alpha = r
+          values.set("alpha", static_cast<double>(values.get_int("rank")));
+          return std::nullopt;
+        }
+        if (alpha > 0) return std::nullopt;  // a zero scale would train nothing and divide by zero later
+        return SectionProblem{"alpha", fmt::format("key 'model.lora.alpha': expected a number > 0 (leave it "
+                                                   "out for alpha = rank), found {}",
+                                                   alpha)};
+      }};
+  return section;
+}
 
 const StageDeclaration& data_stage() {
   // The model is built here too: its options, its adapters and the seed of their initialisation.

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "../sections.hpp"
 #include "../stage_units.hpp"
 #include "inflab/distributed.hpp"
 #include "inflab/io.hpp"
@@ -28,6 +29,20 @@ const StageDeclaration& gradients_stage() {
                                       {"dataset", "model"},
                                       {"evaluation.gradient_batch_size", "evaluation.gradient_memory_mb"}};
   return stage;
+}
+
+// [queries] (only with task.name = "denoising"): generate_queries below.
+const SectionSchema& queries_section() {
+  static const SectionSchema section{
+      "queries",
+      {
+          {"generated_per_class", OptionType::Int, std::int64_t{10},
+           "images the fine-tuned denoiser generates per training class; they replace the validation queries",
+           false, between(1, 1e6)},
+          {"sampling_steps", OptionType::Int, std::int64_t{50}, "DDIM steps", false, between(1, 1e6)},
+          {"seed", OptionType::Int, std::int64_t{0}, "seed of the starting noise"},
+      }};
+  return section;
 }
 
 namespace {

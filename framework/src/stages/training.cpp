@@ -3,6 +3,7 @@
 
 #include <optional>
 
+#include "../sections.hpp"
 #include "../stage_units.hpp"
 #include "inflab/io.hpp"
 #include "inflab/lora.hpp"
@@ -12,6 +13,40 @@
 namespace fs = std::filesystem;
 
 namespace inflab {
+
+// [training]: read by the base stage (pretrain_*, batch_size) and every fine-tuning (the rest).
+const SectionSchema& training_section() {
+  static const SectionSchema section{
+      "training",
+      {
+          {"epochs", OptionType::Int, std::int64_t{10}, "LoRA fine-tuning epochs", false, between(0, 1e6)},
+          {"learning_rate", OptionType::Double, 1e-3, "fine-tuning learning rate", false, greater_than(0)},
+          {"batch_size", OptionType::Int, std::int64_t{32}, "fine-tuning batch size", false, between(1, 1e9)},
+          {"optimizer", OptionType::String, std::string("adam"), "adam or sgd"},
+          {"weight_decay", OptionType::Double, 0.0, "L2 weight decay", false, at_least(0)},
+          {"accumulation_steps", OptionType::Int, std::int64_t{1},
+           "batches whose gradients are summed (each batch's loss divided by this) before one optimizer "
+           "step; "
+           "an epoch's last step takes what is left (Hugging Face's gradient_accumulation_steps)",
+           false, between(1, 1e6)},
+          {"schedule", OptionType::String, std::string("constant"),
+           "learning rate: \"constant\", or \"linear\" decay to 0 over all optimizer steps (Hugging Face's "
+           "default)"},
+          {"max_grad_norm", OptionType::Double, 0.0,
+           "clip the gradient of each optimizer step to this norm (Hugging Face's default: 1); 0: no "
+           "clipping",
+           false, at_least(0)},
+          {"pretrain_epochs", OptionType::Int, std::int64_t{5},
+           "base pretraining epochs (models without packaged weights)", false, between(0, 1e6)},
+          {"pretrain_learning_rate", OptionType::Double, 1e-3, "base pretraining learning rate", false,
+           greater_than(0)},
+      },
+      [](Options& values) {
+        if (auto problem = one_of(values, "training", "optimizer", {"adam", "sgd"})) return problem;
+        return one_of(values, "training", "schedule", {"constant", "linear"});
+      }};
+  return section;
+}
 
 // The base's weights do not depend on the LoRA adapters or the experiment seed (a model plugin's
 // contract: it initialises its base from a fixed seed), nor on label noise.
