@@ -273,6 +273,113 @@ nlohmann::json numerics_json(const Numerics& n) {
           {"threads", current_threads()},
           {"note", n.note}};
 }
+
+// The scores stage: each estimator's fit (from the cache when there) and scores, saved as
+// scores_<label>.npy, with its metrics computed as they come. Returns the estimators' diagnostics.
+nlohmann::json score_estimators(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
+                                const GradientStore& store, Evaluation& evaluation, RunOutcome& outcome,
+                                bool writer, std::map<std::string, std::vector<double>>& all_scores) {
+  const auto versions = plugin_versions(config, registry);
+  const bool aggregate = config.evaluation.mode == "aggregate";
+  const int world_size = distributed_world_size();
+  nlohmann::json diagnostics;
+  for (const auto& spec : config.estimators) {
+    auto estimator =
+        with_rescaling(registry.create_as<Estimator>(PluginKind::Estimator, spec.plugin, spec.options));
+    const std::string who = fmt::format("estimator '{}' ({})", spec.label,
+                                        describe_plugin(registry, PluginKind::Estimator, spec.plugin));
+    auto start = Clock::now();
+    const std::uint64_t bytes_before = distributed_bytes_communicated();
+    const StageInputs fit_in =
+        fit_inputs(config.resolved_toml, versions, spec,
+                   registry.find(PluginKind::Estimator, spec.plugin).info->version, store.train);
+    outcome.stage_cached["fit:" + spec.label] = fit_estimator(fit_in, *estimator, store.train, paths, who);
+    torch::Tensor scores = in_plugin(who, [&] {
+      return aggregate ? score_aggregate(*estimator, store.train, store.query)
+                       : score_pairwise(*estimator, store.train, store.query);
+    });
+    scores = gather_rows_over_ranks(scores);  // this rank's rows -> all n rows, in order
+    EstimatorOutcome result{spec.label, seconds_since(start), {}};
+    if (world_size > 1)  // this rank's all-reduce and all-gather volume for this estimator
+      diagnostics[spec.label]["bytes_communicated"] =
+          static_cast<double>(distributed_bytes_communicated() - bytes_before);
+    if (writer) save_npy(outcome.directory / fmt::format("scores_{}.npy", spec.label), scores.contiguous());
+    if (aggregate) all_scores[spec.label] = to_doubles(scores);
+    evaluation.of_estimator(result, scores);
+    for (const auto& [key, value] : estimator->diagnostics()) diagnostics[spec.label][key] = value;
+    log(fmt::format(
+        "{}: {:.3f} s{}", spec.label, result.seconds,
+        result.metrics.count("auc") ? fmt::format(", mislabel AUC {:.4f}", result.metrics["auc"]) : ""));
+    outcome.estimators.push_back(std::move(result));
+  }
+  return diagnostics;
+}
+
+// scores.csv (aggregate mode): one row per training example, its label, flip and every score.
+void write_scores_csv(const fs::path& file, const ExampleMeta& train,
+                      const std::vector<EstimatorOutcome>& estimators,
+                      const std::map<std::string, std::vector<double>>& all_scores) {
+  std::string csv = "example_id,label,observed_label,flipped";
+  for (const auto& e : estimators) csv += "," + e.label;
+  csv += "\n";
+  for (std::size_t i = 0; i < train.ids.size(); ++i) {
+    csv += fmt::format("{},{},{},{}", train.ids[i], train.labels[i], train.observed_labels[i],
+                       int(train.flipped[i]));
+    for (const auto& e : estimators) csv += fmt::format(",{:.8g}", all_scores.at(e.label)[i]);
+    csv += "\n";
+  }
+  write_file_atomic(file, csv);
+}
+
+// The examples (ids, classes; texts) beside the scores, in the order of the score files; for
+// denoisers also the training images and generated queries ([queries]) with their grid.
+void copy_examples(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
+                   const fs::path& run_directory) {
+  const fs::path examples =
+      gradients_directory(gradients_stage_inputs(config, registry), paths) / "examples.jsonl";
+  if (fs::exists(examples)) write_file_atomic(run_directory / "examples.jsonl", read_file(examples));
+  for (const char* name : {"train.npy", "queries.npy", "queries.png"})
+    if (const fs::path file = examples.parent_path() / name; fs::exists(file))
+      write_file_atomic(run_directory / name, read_file(file));
+}
+
+// manifest.json: how the run was made (versions, commit, kernels, threads, ranks), what each stage
+// cost or found cached, each estimator's time and diagnostics.
+nlohmann::json run_manifest(const ExperimentConfig& config, Registry& registry, const RunOutcome& outcome,
+                            const GradientStore& store, const nlohmann::json& diagnostics,
+                            std::uint64_t bytes_communicated) {
+  nlohmann::json manifest;
+  manifest["inflab_version"] = inflab_version();
+  manifest["git_commit"] = git_commit();
+  manifest["libtorch_version"] = torch_version();
+  manifest["threads"] = current_threads();
+  manifest["numerics"] = numerics_json(current_numerics());
+  manifest["world_size"] = distributed_world_size();
+  manifest["bytes_communicated_by_rank_0"] = bytes_communicated;  // this run
+  manifest["seed"] = config.seed;
+  manifest["experiment_file"] = fs::absolute(config.source).string();
+  manifest["run"] = config.run_name;
+  manifest["stage_seconds"] = outcome.stage_seconds;
+  manifest["stage_cached"] = outcome.stage_cached;
+  nlohmann::json plugins;
+  auto version_of = [&](PluginKind kind, const std::string& name) {
+    return std::string(registry.find(kind, name).info->version);
+  };
+  plugins["dataset"][config.dataset.plugin] = version_of(PluginKind::Dataset, config.dataset.plugin);
+  plugins["model"][config.model.plugin] = version_of(PluginKind::Model, config.model.plugin);
+  for (const auto& e : config.estimators)
+    plugins["estimator"][e.plugin] = version_of(PluginKind::Estimator, e.plugin);
+  manifest["plugins"] = plugins;
+  nlohmann::json estimator_seconds;
+  for (const auto& e : outcome.estimators)
+    if (e.label != "model") estimator_seconds[e.label] = e.seconds;
+  manifest["estimator_seconds"] = estimator_seconds;
+  if (!diagnostics.is_null()) manifest["diagnostics"] = diagnostics;
+  manifest["train_examples"] = store.train_meta.ids.size();
+  manifest["query_examples"] = store.query_meta.ids.size();
+  return manifest;
+}
+
 }  // namespace
 
 RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
@@ -344,7 +451,6 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   if (writer) write_file_atomic(staging / "config.toml", config.resolved_toml);
 
   GradientStore store = prepare_gradients(config, registry, paths, &outcome);
-  const auto versions = plugin_versions(config, registry);
   select_blocks(store, config.evaluation.blocks);
   if (world_size > 1) {
     combine_factors_over_ranks(store.train);
@@ -353,94 +459,20 @@ RunOutcome run_experiment(const ExperimentConfig& config, Registry& registry, co
   const bool aggregate = config.evaluation.mode == "aggregate";
   Evaluation evaluation(config, registry, paths, store, outcome, writer);  // the metrics asked for
   std::map<std::string, std::vector<double>> all_scores;                   // aggregate: for scores.csv
-  nlohmann::json diagnostics;
-
-  for (const auto& spec : config.estimators) {
-    auto estimator =
-        with_rescaling(registry.create_as<Estimator>(PluginKind::Estimator, spec.plugin, spec.options));
-    const std::string who = fmt::format("estimator '{}' ({})", spec.label,
-                                        describe_plugin(registry, PluginKind::Estimator, spec.plugin));
-    auto start = Clock::now();
-    const std::uint64_t bytes_before = distributed_bytes_communicated();
-    const StageInputs fit_in =
-        fit_inputs(config.resolved_toml, versions, spec,
-                   registry.find(PluginKind::Estimator, spec.plugin).info->version, store.train);
-    outcome.stage_cached["fit:" + spec.label] = fit_estimator(fit_in, *estimator, store.train, paths, who);
-    torch::Tensor scores = in_plugin(who, [&] {
-      return aggregate ? score_aggregate(*estimator, store.train, store.query)
-                       : score_pairwise(*estimator, store.train, store.query);
-    });
-    scores = gather_rows_over_ranks(scores);  // this rank's rows -> all n rows, in order
-    EstimatorOutcome result{spec.label, seconds_since(start), {}};
-    if (world_size > 1)  // this rank's all-reduce and all-gather volume for this estimator
-      diagnostics[spec.label]["bytes_communicated"] =
-          static_cast<double>(distributed_bytes_communicated() - bytes_before);
-    if (writer) save_npy(outcome.directory / fmt::format("scores_{}.npy", spec.label), scores.contiguous());
-    if (aggregate) all_scores[spec.label] = to_doubles(scores);
-    evaluation.of_estimator(result, scores);
-    for (const auto& [key, value] : estimator->diagnostics()) diagnostics[spec.label][key] = value;
-    log(fmt::format(
-        "{}: {:.3f} s{}", spec.label, result.seconds,
-        result.metrics.count("auc") ? fmt::format(", mislabel AUC {:.4f}", result.metrics["auc"]) : ""));
-    outcome.estimators.push_back(std::move(result));
-  }
+  const nlohmann::json diagnostics =
+      score_estimators(config, registry, paths, store, evaluation, outcome, writer, all_scores);
   evaluation.after_all(outcome.estimators);
 
-  if (aggregate) {
-    std::string csv = "example_id,label,observed_label,flipped";
-    for (const auto& e : outcome.estimators) csv += "," + e.label;
-    csv += "\n";
-    for (std::size_t i = 0; i < store.train_meta.ids.size(); ++i) {
-      csv += fmt::format("{},{},{},{}", store.train_meta.ids[i], store.train_meta.labels[i],
-                         store.train_meta.observed_labels[i], int(store.train_meta.flipped[i]));
-      for (const auto& e : outcome.estimators) csv += fmt::format(",{:.8g}", all_scores[e.label][i]);
-      csv += "\n";
-    }
-    if (writer) write_file_atomic(outcome.directory / "scores.csv", csv);
-  }
-  // The examples (ids, classes; texts) beside the scores, in the order of the score files.
-  const fs::path examples =
-      gradients_directory(gradients_stage_inputs(config, registry), paths) / "examples.jsonl";
-  if (writer && fs::exists(examples))
-    write_file_atomic(outcome.directory / "examples.jsonl", read_file(examples));
-  // Denoisers: the training images, and generated queries ([queries]) with their grid.
-  for (const char* name : {"train.npy", "queries.npy", "queries.png"})
-    if (const fs::path file = examples.parent_path() / name; writer && fs::exists(file))
-      write_file_atomic(outcome.directory / name, read_file(file));
+  if (writer && aggregate)
+    write_scores_csv(outcome.directory / "scores.csv", store.train_meta, outcome.estimators, all_scores);
+  if (writer) copy_examples(config, registry, paths, outcome.directory);
 
   // What was measured of the fine-tuned model itself (language models: exact-match test answers):
   // a "model" row of metrics.csv, after every estimator's.
   if (!store.model_metrics.empty()) outcome.estimators.push_back({"model", 0.0, store.model_metrics});
 
-  nlohmann::json manifest;
-  manifest["inflab_version"] = inflab_version();
-  manifest["git_commit"] = git_commit();
-  manifest["libtorch_version"] = torch_version();
-  manifest["threads"] = current_threads();
-  manifest["numerics"] = numerics_json(current_numerics());
-  manifest["world_size"] = world_size;
-  manifest["bytes_communicated_by_rank_0"] = distributed_bytes_communicated() - run_bytes_before;  // this run
-  manifest["seed"] = config.seed;
-  manifest["experiment_file"] = fs::absolute(config.source).string();
-  manifest["run"] = config.run_name;
-  manifest["stage_seconds"] = outcome.stage_seconds;
-  manifest["stage_cached"] = outcome.stage_cached;
-  nlohmann::json plugins;
-  auto version_of = [&](PluginKind kind, const std::string& name) {
-    return std::string(registry.find(kind, name).info->version);
-  };
-  plugins["dataset"][config.dataset.plugin] = version_of(PluginKind::Dataset, config.dataset.plugin);
-  plugins["model"][config.model.plugin] = version_of(PluginKind::Model, config.model.plugin);
-  for (const auto& e : config.estimators)
-    plugins["estimator"][e.plugin] = version_of(PluginKind::Estimator, e.plugin);
-  manifest["plugins"] = plugins;
-  nlohmann::json estimator_seconds;
-  for (const auto& e : outcome.estimators)
-    if (e.label != "model") estimator_seconds[e.label] = e.seconds;
-  manifest["estimator_seconds"] = estimator_seconds;
-  if (!diagnostics.is_null()) manifest["diagnostics"] = diagnostics;
-  manifest["train_examples"] = store.train_meta.ids.size();
-  manifest["query_examples"] = store.query_meta.ids.size();
+  const nlohmann::json manifest = run_manifest(config, registry, outcome, store, diagnostics,
+                                               distributed_bytes_communicated() - run_bytes_before);
   if (writer) {
     write_file_atomic(outcome.directory / "manifest.json", manifest.dump(2) + "\n");
     write_file_atomic(metrics_file, metrics_csv(outcome.estimators));  // last: marks the run finished
