@@ -9,6 +9,15 @@ src="${1:?usage: abi_headers.sh SOURCE_DIR [--update]}"
 record="$src/cmake/plugin-abi.txt"
 number=$(sed -n 's/^#define INFLAB_ABI_VERSION \([0-9][0-9]*\)$/\1/p' "$src/framework/include/inflab/plugin.hpp")
 [ -n "$number" ] || { echo "abi_headers: no '#define INFLAB_ABI_VERSION N' in plugin.hpp" >&2; exit 1; }
+# framework/include/inflab holds the plugin-facing headers and nothing else (the framework's own are
+# in framework/internal/inflab): a header there that is not listed would be installed unhashed.
+for file in "$src"/framework/include/inflab/*.hpp; do
+  if ! grep -qx "$(basename "$file")" "$src/cmake/plugin-headers.txt"; then
+    echo "abi_headers: framework/include/inflab/$(basename "$file") is not in cmake/plugin-headers.txt:" >&2
+    echo "  list it (a plugin includes it) or move it to framework/internal/inflab (the framework's own)" >&2
+    exit 1
+  fi
+done
 hash=$(grep -E '^[a-z_]+\.hpp$' "$src/cmake/plugin-headers.txt" | while read -r header; do
   echo "== $header"
   # Comments and layout are not the interface: strip them (the preprocessor keeps directives).

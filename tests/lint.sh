@@ -14,7 +14,7 @@ if [ "$which" = all ] || [ "$which" = cppcheck ]; then
   # cppcheck sees our code alone.
   cppcheck --quiet --std=c++20 --language=c++ --enable=warning,performance,portability \
     --inline-suppr --suppressions-list="$root/tests/cppcheck-suppressions.txt" \
-    -I "$root/framework/include" --error-exitcode=1 "${sources[@]}" || status=1
+    -I "$root/framework/include" -I "$root/framework/internal" --error-exitcode=1 "${sources[@]}" || status=1
 fi
 if [ "$which" = all ] || [ "$which" = clang-tidy ]; then
   echo "== clang-tidy"

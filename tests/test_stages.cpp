@@ -14,7 +14,7 @@
 #include "inflab/config.hpp"
 #include "inflab/error.hpp"
 #include "inflab/registry.hpp"
-#include "stages.hpp"
+#include "stage_keys.hpp"
 
 using Catch::Matchers::Contains;
 

@@ -6,7 +6,7 @@
 // clang-format on
 
 #include "inflab/model.hpp"
-#include "stage_units.hpp"
+#include "stages/stages.hpp"
 
 namespace {
 

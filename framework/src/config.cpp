@@ -14,7 +14,7 @@
 #include "inflab/registry.hpp"
 #include "inflab/task.hpp"
 #include "sections.hpp"
-#include "stages.hpp"
+#include "stage_keys.hpp"
 
 namespace fs = std::filesystem;
 

@@ -14,7 +14,7 @@
 #include "inflab/io.hpp"
 #include "inflab/metrics.hpp"
 #include "sections.hpp"
-#include "stage_units.hpp"
+#include "stages/stages.hpp"
 
 namespace inflab {
 

@@ -32,7 +32,7 @@
 #include "inflab/registry.hpp"
 #include "inflab/runtime.hpp"
 #include "inflab/scoring.hpp"
-#include "stage_units.hpp"
+#include "stages/stages.hpp"
 
 namespace fs = std::filesystem;
 

@@ -4,7 +4,7 @@
 #include <random>
 
 #include "../sections.hpp"
-#include "../stage_units.hpp"
+#include "stages.hpp"
 #include "inflab/causal_lm.hpp"
 #include "inflab/config.hpp"
 #include "inflab/language_model.hpp"

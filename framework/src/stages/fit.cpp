@@ -1,6 +1,6 @@
 // The fit stage: an estimator fitted on the training gradients; estimators with an expensive fit
 // (K-FAC, EK-FAC) keep it in a cache keyed by the gradients, the estimator and its options.
-#include "../stage_units.hpp"
+#include "stages.hpp"
 #include "inflab/distributed.hpp"
 #include "inflab/estimator.hpp"
 #include "inflab/io.hpp"

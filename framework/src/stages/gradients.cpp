@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../sections.hpp"
-#include "../stage_units.hpp"
+#include "stages.hpp"
 #include "inflab/distributed.hpp"
 #include "inflab/io.hpp"
 #include "inflab/language_model.hpp"

@@ -4,7 +4,7 @@
 #include <optional>
 
 #include "../sections.hpp"
-#include "../stage_units.hpp"
+#include "stages.hpp"
 #include "inflab/io.hpp"
 #include "inflab/lora.hpp"
 #include "inflab/peft.hpp"

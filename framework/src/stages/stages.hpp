@@ -1,5 +1,6 @@
-// The stage units (private): framework/src/stages/*.cpp. Each unit declares what its stage reads
-// (StageDeclaration) and runs it from StageInputs only; pipeline.cpp chains them.
+// The stages' code (private): the functions of framework/src/stages/*.cpp and the helpers they
+// share. Each unit declares what its stage reads (a StageDeclaration, ../stage_keys.hpp) and runs
+// it from StageInputs only; pipeline.cpp chains them.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <fmt/format.h>
@@ -19,7 +20,7 @@
 #include "inflab/run.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/task.hpp"
-#include "stages.hpp"
+#include "../stage_keys.hpp"
 
 namespace inflab {
 

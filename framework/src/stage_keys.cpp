@@ -1,5 +1,5 @@
-// Stage inputs and cache keys (stages.hpp): the only way a stage reads the configuration.
-#include "stages.hpp"
+// Stage inputs and cache keys (stage_keys.hpp): the only way a stage reads the configuration.
+#include "stage_keys.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -17,13 +17,13 @@
 #include "inflab/run.hpp"
 #include "inflab/progress.hpp"
 #include "inflab/registry.hpp"
-#include "stage_units.hpp"
+#include "stages/stages.hpp"
 
 namespace fs = std::filesystem;
 
 namespace inflab {
 
-// ---- helpers the stage units share (stage_units.hpp) ----------------------------------------
+// ---- helpers the stage units share (stages/stages.hpp) -------------------------------------
 
 std::string describe_plugin(Registry& registry, PluginKind kind, const std::string& name) {
   return fmt::format("{} plugin '{}' ({})", to_string(kind), name,

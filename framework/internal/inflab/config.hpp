@@ -42,7 +42,7 @@ struct ExperimentConfig {
   std::string task = "classification";  // [task] name; its options are in resolved_toml
   EvaluationConfig evaluation;
   std::string kernels;  // numerics.kernels as written ("pinned" | "native"), "" when absent
-  // The whole config with every default filled in: what the stages read (framework/src/stages.hpp),
+  // The whole config with every default filled in: what the stages read (framework/src/stage_keys.hpp),
   // and so what their cache keys are computed from. The typed fields above are what the
   // orchestrator needs before any stage runs; every other value is read from here.
   std::string resolved_toml;

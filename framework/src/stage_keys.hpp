@@ -1,5 +1,6 @@
-// The stages of an experiment (private to the framework): data -> base -> finetune -> gradients
-// -> fit -> scores -> metrics. A stage declares the parts of the resolved configuration it reads;
+// What each stage reads and its cache key (private to the framework; the stages' code is in
+// stages/, declared by stages/stages.hpp). The stages of an experiment: data -> base -> finetune
+// -> gradients -> fit -> scores -> metrics. A stage declares the parts of the resolved configuration it reads;
 // its code reads them only through StageInputs (an undeclared read is an error), and its cache
 // key is computed from exactly that declaration, the keys of the stages it follows, the names and
 // versions of the plugins it runs and its format version. Nothing else can change a cached result
