@@ -14,6 +14,7 @@
 #include "inflab/error.hpp"
 #include "inflab/numerics.hpp"
 #include "inflab/registry.hpp"
+#include "inflab/task_table.hpp"
 
 using Catch::Matchers::Contains;
 
@@ -335,4 +336,33 @@ TEST_CASE("a zipped axis whose first key repeats a value is named by all its key
   CHECK_THAT(f.error_of(std::string(kValid) +
                         "\n[sweep.zip]\n\"training.epochs\" = [1, 1]\n\"training.batch_size\" = [8, 8]\n"),
              Contains("both be run 'epochs1_batch_size8'"));
+}
+
+TEST_CASE("the task table decides which tasks take label noise and [queries]", "[config]") {
+  Fixture f;
+  REQUIRE(inflab::task_definitions().size() == inflab::task_names().size());
+  for (const auto& task : inflab::task_definitions()) {
+    INFO(task.name);
+    const std::string name = "task.name=" + task.name;
+    // kValid flips 20% of the labels.
+    if (task.trains_on_class_labels)
+      CHECK(f.load(kValid, {name}).size() == 1);
+    else
+      CHECK_THAT(f.error_of(kValid, {name}),
+                 Contains("label noise flips class labels") && Contains(task.name));
+    const std::string with_queries =
+        replace(kValid, "label_noise = 0.2", "label_noise = 0.0") + "\n[queries]\n";
+    if (task.generates_images)
+      CHECK(f.load(with_queries, {name}).size() == 1);
+    else
+      CHECK_THAT(f.error_of(with_queries, {name}), Contains("[queries] generates images"));
+    // Every task's own keys are [task] keys, and a value a task does not take names its key.
+    const auto specs = inflab::task_option_specs();
+    for (const auto& option : task.options)
+      CHECK(std::any_of(specs.begin(), specs.end(),
+                        [&](const inflab::OptionSpec& s) { return s.name == option.name; }));
+  }
+  CHECK_THAT(f.error_of(replace(kValid, "label_noise = 0.2", "label_noise = 0.0"),
+                        {"task.name=causal_lm", "task.scored=everything"}),
+             Contains("task.scored"));
 }

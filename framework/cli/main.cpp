@@ -30,6 +30,7 @@
 #include "inflab/runtime.hpp"
 #include "inflab/sampling.hpp"
 #include "inflab/scoring.hpp"
+#include "inflab/task_table.hpp"
 #include "launch.hpp"
 
 namespace fs = std::filesystem;
@@ -414,7 +415,7 @@ int command_sample(const fs::path& file, const std::vector<std::string>& sets, c
     throw Error(fmt::format("--count: expected at least 1 image per condition, found {}", request.count));
   FinetunedModel tuned = finetuned_model(runs[0], registry, RunPaths{"results", cache},
                                          request.base ? Adapters::none : Adapters::finetuned);
-  if (tuned.task != "denoising")
+  if (!find_task(tuned.task)->generates_images)
     throw Error(fmt::format("{}: task '{}' does not generate images; sample needs task.name = \"denoising\"",
                             file.string(), tuned.task));
   std::vector<std::int64_t> conditions;
@@ -431,7 +432,7 @@ int command_sample(const fs::path& file, const std::vector<std::string>& sets, c
   std::vector<std::int64_t> per_image;
   for (auto c : conditions) per_image.insert(per_image.end(), static_cast<std::size_t>(request.count), c);
   SamplingOptions options = request.sampling;
-  options.diffusion_steps = tuned.diffusion_steps;
+  options.diffusion_steps = tuned.task_options.get_int("diffusion_steps");
   at::Tensor images = sample_images(*tuned.model, per_image, tuned.example_shape, options);
   save_png_grid(request.png, images, request.count);
   if (!request.npy.empty()) save_npy(request.npy, images.reshape({images.size(0), -1}).contiguous());

@@ -13,6 +13,7 @@
 #include "inflab/numerics.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/task.hpp"
+#include "inflab/task_table.hpp"
 #include "sections.hpp"
 #include "stage_keys.hpp"
 
@@ -709,19 +710,20 @@ void validate_task(const Validator& v, const toml::table& root, ExperimentConfig
                        fmt::join(names, ", ")),
            "task.name");
   }
-  if (config.task == "causal_lm" || config.task == "denoising") try {
-      make_task(config.task, task);  // the choices of causal_lm (template, scored, ...) and denoising
-    } catch (const Error& e) {
-      const std::string what = e.what();
-      // The message names its key ("key 'task.scored': ..."): point at that line when it has one.
-      const auto named = what.find("'task.");
-      const std::string key =
-          named == std::string::npos ? "" : what.substr(named + 6, what.find('\'', named + 6) - named - 6);
-      const toml::node* node = key.empty() ? nullptr : table.get(key);
-      v.fail(node ? node->source() : table.source(), what, key.empty() ? "task" : "task." + key);
-    }
+  const TaskDefinition& definition = *find_task(config.task);
+  try {
+    definition.make(task);  // the task checks its own choices (causal_lm's template, scored, ...)
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    // The message names its key ("key 'task.scored': ..."): point at that line when it has one.
+    const auto named = what.find("'task.");
+    const std::string key =
+        named == std::string::npos ? "" : what.substr(named + 6, what.find('\'', named + 6) - named - 6);
+    const toml::node* node = key.empty() ? nullptr : table.get(key);
+    v.fail(node ? node->source() : table.source(), what, key.empty() ? "task" : "task." + key);
+  }
   const toml::table& dataset = v.section(root, "dataset", true);
-  if (resolved["dataset"]["label_noise"].value_or(0.0) > 0 && config.task != "classification")
+  if (resolved["dataset"]["label_noise"].value_or(0.0) > 0 && !definition.trains_on_class_labels)
     v.fail(
         dataset.get("label_noise")->source(),
         fmt::format("key 'dataset.label_noise': label noise flips class labels, which task \"{}\" does not "
@@ -739,7 +741,7 @@ void validate_queries(const Validator& v, const toml::table& root, const Experim
   if (!node) return;
   Options queries("[queries]");
   v.validate(v.section(root, "queries", false), queries_section(), queries);
-  if (config.task != "denoising")
+  if (!find_task(config.task)->generates_images)
     v.fail(
         node->source(),
         fmt::format("[queries] generates images with a denoiser: it needs task.name = \"denoising\", found "

@@ -106,7 +106,7 @@ FinetunedModel finetuned_model(const ExperimentConfig& config, Registry& registr
     out.example_shape.push_back(data.train.inputs.size(d));
   out.class_names = data.splits.class_names;
   out.task = data_in.get_string("task.name");
-  out.diffusion_steps = data_in.get_int("task.diffusion_steps");
+  out.task_options = data_in.section("task");
   return out;
 }
 

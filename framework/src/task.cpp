@@ -10,6 +10,7 @@
 #include "inflab/causal_lm.hpp"
 #include "inflab/error.hpp"
 #include "inflab/model.hpp"
+#include "inflab/task_table.hpp"
 
 namespace inflab {
 
@@ -183,70 +184,115 @@ at::Tensor denoising_noise(std::int64_t seed, std::int64_t id, std::int64_t time
   return torch::randn(like.sizes(), generator, like.options());
 }
 
-std::vector<std::string> task_names() { return {"classification", "causal_lm", "denoising"}; }
-
-std::vector<OptionSpec> task_option_specs() {
-  return {
-      OptionSpec{"name", OptionType::String, std::string("classification"),
-                 "classification, causal_lm or denoising: what an example's loss is", false},
-      OptionSpec{"template", OptionType::String, std::string("chat"),
-                 "causal_lm: \"chat\" (the prompt in the model's chat template, the answer, end of turn) or "
-                 "\"raw\" (prompt text, answer, end-of-sequence token)",
-                 false},
-      OptionSpec{"scored", OptionType::String, std::string("response"),
-                 "causal_lm: which tokens the influence loss covers: \"response\" (the answer and its end), "
-                 "\"prompt\" (the prompt alone, the paper's code) or \"all\" (prompt and answer as one text)",
-                 false},
-      OptionSpec{
-          "reduction", OptionType::String, std::string("sum"),
-          "causal_lm: \"sum\" or \"mean\" over an example's scored tokens (mean: fine-tuning takes the "
-          "mean over the batch's tokens, as Hugging Face does)",
-          false},
-      OptionSpec{"padding", OptionType::String, std::string("none"),
-                 "causal_lm: \"longest\" pads each split's examples with the end-of-sequence token to its "
-                 "longest and scores the padding, which no token attends to (the paper's code); \"none\"",
-                 false},
-      OptionSpec{
-          "fine_tune_scored", OptionType::String, std::string("response"),
-          "causal_lm: which tokens fine-tuning learns: \"response\" or \"all\" (supervised on the whole "
-          "text, the paper's recipe)",
-          false},
-      OptionSpec{"timesteps", OptionType::IntList, std::vector<std::int64_t>{25, 225, 425, 525, 725, 925},
-                 "denoising: timesteps whose losses are summed for gradients and queries (the paper's)",
-                 false, at_least(0)},
-      OptionSpec{"diffusion_steps", OptionType::Int, std::int64_t{1000},
-                 "denoising: steps of the linear DDPM schedule (betas 1e-4 .. 0.02)", false, between(1, 1e6)},
-      OptionSpec{"noise_seed", OptionType::Int, std::int64_t{0},
-                 "denoising: seed of the noise, fixed per example and timestep", false},
-      OptionSpec{"shared_noise", OptionType::Bool, false,
-                 "denoising: every example gets the same noise at a timestep (the paper's notebook seeds the "
-                 "noise by the timestep alone)",
-                 false},
-      OptionSpec{"timestep_gradients", OptionType::String, std::string("sum"),
-                 "denoising: \"sum\" (a block's gradient is that of the summed timestep losses) or "
-                 "\"concatenate\" (the per-timestep gradients side by side, the paper's notebook: damping "
-                 "and every estimator see that longer vector)",
-                 false},
+const std::vector<TaskDefinition>& task_definitions() {
+  static const std::vector<TaskDefinition> table{
+      {.name = "classification",
+       .make = [](const Options&) { return make_classification_task(); },
+       .trains_on_class_labels = true},
+      {.name = "causal_lm",
+       .options =
+           {OptionSpec{
+                "template", OptionType::String, std::string("chat"),
+                "causal_lm: \"chat\" (the prompt in the model's chat template, the answer, end of turn) "
+                "or \"raw\" (prompt text, answer, end-of-sequence token)",
+                false},
+            OptionSpec{
+                "scored", OptionType::String, std::string("response"),
+                "causal_lm: which tokens the influence loss covers: \"response\" (the answer and its "
+                "end), \"prompt\" (the prompt alone, the paper's code) or \"all\" (prompt and answer as "
+                "one text)",
+                false},
+            OptionSpec{
+                "reduction", OptionType::String, std::string("sum"),
+                "causal_lm: \"sum\" or \"mean\" over an example's scored tokens (mean: fine-tuning takes "
+                "the mean over the batch's tokens, as Hugging Face does)",
+                false},
+            OptionSpec{
+                "padding", OptionType::String, std::string("none"),
+                "causal_lm: \"longest\" pads each split's examples with the end-of-sequence token to its "
+                "longest and scores the padding, which no token attends to (the paper's code); \"none\"",
+                false},
+            OptionSpec{
+                "fine_tune_scored", OptionType::String, std::string("response"),
+                "causal_lm: which tokens fine-tuning learns: \"response\" or \"all\" (supervised on the "
+                "whole text, the paper's recipe)",
+                false}},
+       .make = [](const Options& options) -> std::unique_ptr<Task> {
+         influence_encoding(options), fine_tuning_encoding(options);  // the choices are checked here
+         return std::make_unique<CausalLmTask>(options.get_string("reduction") == "mean");
+       }},
+      {.name = "denoising",
+       .options =
+           {OptionSpec{"timesteps", OptionType::IntList,
+                       std::vector<std::int64_t>{25, 225, 425, 525, 725, 925},
+                       "denoising: timesteps whose losses are summed for gradients and queries (the paper's)",
+                       false, at_least(0)},
+            OptionSpec{"diffusion_steps", OptionType::Int, std::int64_t{1000},
+                       "denoising: steps of the linear DDPM schedule (betas 1e-4 .. 0.02)", false,
+                       between(1, 1e6)},
+            OptionSpec{"noise_seed", OptionType::Int, std::int64_t{0},
+                       "denoising: seed of the noise, fixed per example and timestep", false},
+            OptionSpec{
+                "shared_noise", OptionType::Bool, false,
+                "denoising: every example gets the same noise at a timestep (the paper's notebook seeds "
+                "the noise by the timestep alone)",
+                false},
+            OptionSpec{
+                "timestep_gradients", OptionType::String, std::string("sum"),
+                "denoising: \"sum\" (a block's gradient is that of the summed timestep losses) or "
+                "\"concatenate\" (the per-timestep gradients side by side, the paper's notebook: damping "
+                "and every estimator see that longer vector)",
+                false}},
+       .make = [](const Options& options) -> std::unique_ptr<Task> {
+         const std::string& parts = options.get_string("timestep_gradients");
+         if (parts != "sum" && parts != "concatenate")
+           throw Error(fmt::format(
+               "key 'task.timestep_gradients': expected one of \"sum\", \"concatenate\", found \"{}\"",
+               parts));
+         return std::make_unique<DenoisingTask>(
+             options.get_int_list("timesteps"), options.get_int("noise_seed"),
+             options.get_int("diffusion_steps"), parts == "concatenate", options.get_bool("shared_noise"));
+       },
+       .generates_images = true},
   };
+  return table;
+}
+
+const TaskDefinition* find_task(const std::string& name) {
+  for (const auto& definition : task_definitions())
+    if (definition.name == name) return &definition;
+  return nullptr;
+}
+
+std::vector<std::string> task_names() {
+  std::vector<std::string> names;
+  for (const auto& definition : task_definitions()) names.push_back(definition.name);
+  return names;
+}
+
+namespace {
+std::string what_loss_help() {  // "classification, causal_lm or denoising: what an example's loss is"
+  auto names = task_names();
+  const std::string last = names.back();
+  names.pop_back();
+  return fmt::format("{} or {}: what an example's loss is", fmt::join(names, ", "), last);
+}
+}  // namespace
+
+// [task]: its name, then every task's own keys (a run's resolved [task] holds them all, at their
+// defaults for the other tasks, so the keys of existing runs stay as they were).
+std::vector<OptionSpec> task_option_specs() {
+  std::vector<OptionSpec> specs{
+      OptionSpec{"name", OptionType::String, std::string("classification"), what_loss_help(), false}};
+  for (const auto& definition : task_definitions())
+    specs.insert(specs.end(), definition.options.begin(), definition.options.end());
+  return specs;
 }
 
 std::unique_ptr<Task> make_classification_task() { return std::make_unique<ClassificationTask>(); }
 
 std::unique_ptr<Task> make_task(const std::string& name, const Options& options) {
-  if (name == "classification") return make_classification_task();
-  if (name == "causal_lm") {
-    influence_encoding(options), fine_tuning_encoding(options);  // the choices are checked here
-    return std::make_unique<CausalLmTask>(options.get_string("reduction") == "mean");
-  }
-  if (name == "denoising") {
-    const std::string& parts = options.get_string("timestep_gradients");
-    if (parts != "sum" && parts != "concatenate")
-      throw Error(fmt::format(
-          "key 'task.timestep_gradients': expected one of \"sum\", \"concatenate\", found \"{}\"", parts));
-    return std::make_unique<DenoisingTask>(options.get_int_list("timesteps"), options.get_int("noise_seed"),
-                                           options.get_int("diffusion_steps"), parts == "concatenate",
-                                           options.get_bool("shared_noise"));
-  }
+  if (const TaskDefinition* definition = find_task(name)) return definition->make(options);
   auto names = task_names();
   std::string suggestion = closest_match(name, names);
   throw Error(fmt::format("unknown task '{}'{}; tasks: {}", name,

@@ -29,7 +29,7 @@ struct FinetunedModel {
   std::vector<std::int64_t> example_shape;  // one training input, without the batch dimension
   std::vector<std::string> class_names;     // the dataset's classes (a denoiser's conditions)
   std::string task;                         // [task] name
-  std::int64_t diffusion_steps = 0;         // [task] diffusion_steps (the denoising schedule)
+  Options task_options;                     // the run's resolved [task] (a denoiser's schedule, ...)
 };
 enum class Adapters { finetuned, none };
 FinetunedModel finetuned_model(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,

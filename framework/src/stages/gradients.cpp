@@ -6,13 +6,14 @@
 #include <nlohmann/json.hpp>
 
 #include "../sections.hpp"
-#include "stages.hpp"
 #include "inflab/distributed.hpp"
 #include "inflab/io.hpp"
 #include "inflab/language_model.hpp"
 #include "inflab/lora.hpp"
 #include "inflab/progress.hpp"
 #include "inflab/sampling.hpp"
+#include "inflab/task_table.hpp"
+#include "stages.hpp"
 
 namespace fs = std::filesystem;
 
@@ -83,7 +84,8 @@ std::map<std::string, double> measure_classifier(Model& model, const Task& task,
 // (runs that differ in what the influence loss covers share them).
 ModelMeasurements measure_model(Model& model, const Task& task, const LoadedData& data,
                                 std::int64_t batch_size, const StageInputs& inputs, const RunPaths& paths) {
-  if (task.name() == "classification") return {measure_classifier(model, task, data, batch_size), {}};
+  if (find_task(task.name())->trains_on_class_labels)
+    return {measure_classifier(model, task, data, batch_size), {}};
   auto* language = dynamic_cast<LanguageModel*>(&model);
   const Split& test = data.splits.validation;
   if (!language || test.responses.empty()) return {};
@@ -254,7 +256,7 @@ GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedD
   write_examples(temporary / "examples.jsonl", data, measured.answers);
   // A denoiser's training images beside its scores (rows in score order): figures show a generated
   // query with its most and least helpful training images.
-  if (inputs.get_string("task.name") == "denoising")
+  if (find_task(inputs.get_string("task.name"))->generates_images)
     save_npy(temporary / "train.npy", data.train.inputs.reshape({data.train.size(), -1}).contiguous());
   write_directory_checksums(temporary);
   pending.commit();
