@@ -13,6 +13,7 @@
 #include "inflab/distributed.hpp"
 #include "inflab/io.hpp"
 #include "inflab/metrics.hpp"
+#include "named_rows.hpp"
 #include "sections.hpp"
 #include "stages/stages.hpp"
 
@@ -299,17 +300,9 @@ EvaluationConfig evaluation_config(const Options& values) {
           values.get_string("class_recall_at")};
 }
 
-const MetricDefinition* find_metric(std::string_view name) {
-  for (const auto& definition : metric_definitions())
-    if (definition.name == name) return &definition;
-  return nullptr;
-}
+const MetricDefinition* find_metric(std::string_view name) { return find_named(metric_definitions(), name); }
 
-std::vector<std::string> metric_names() {
-  std::vector<std::string> names;
-  for (const auto& definition : metric_definitions()) names.emplace_back(definition.name);
-  return names;
-}
+std::vector<std::string> metric_names() { return names_of(metric_definitions()); }
 
 Evaluation::Evaluation(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
                        const GradientStore& store, RunOutcome& outcome, bool writer)

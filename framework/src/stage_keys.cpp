@@ -124,10 +124,24 @@ std::string directory_content_hash(const std::string& path) {
 
 }  // namespace
 
+namespace {
+// The resolved configuration, parsed once: a run's stage inputs (and each stage's upstream ones,
+// computed for its key) all read the same text.
+const toml::table& parsed_configuration(const std::string& resolved_toml) {
+  thread_local std::string text;
+  thread_local toml::table table;
+  if (resolved_toml != text || text.empty()) {
+    table = toml::parse(resolved_toml, std::string_view("resolved configuration"));
+    text = resolved_toml;
+  }
+  return table;
+}
+}  // namespace
+
 StageInputs::StageInputs(const StageDeclaration& stage, const std::string& resolved_toml,
                          std::map<std::string, std::string> plugin_versions)
     : stage_(stage) {
-  toml::table resolved = toml::parse(resolved_toml, std::string_view("resolved configuration"));
+  const toml::table& resolved = parsed_configuration(resolved_toml);
   for (const auto& path : stage.reads) {
     auto node = resolved.at_path(path);
     if (!node) {

@@ -11,6 +11,7 @@
 #include "inflab/error.hpp"
 #include "inflab/model.hpp"
 #include "inflab/task_table.hpp"
+#include "named_rows.hpp"
 
 namespace inflab {
 
@@ -258,17 +259,9 @@ const std::vector<TaskDefinition>& task_definitions() {
   return table;
 }
 
-const TaskDefinition* find_task(const std::string& name) {
-  for (const auto& definition : task_definitions())
-    if (definition.name == name) return &definition;
-  return nullptr;
-}
+const TaskDefinition* find_task(const std::string& name) { return find_named(task_definitions(), name); }
 
-std::vector<std::string> task_names() {
-  std::vector<std::string> names;
-  for (const auto& definition : task_definitions()) names.push_back(definition.name);
-  return names;
-}
+std::vector<std::string> task_names() { return names_of(task_definitions()); }
 
 namespace {
 std::string what_loss_help() {  // "classification, causal_lm or denoising: what an example's loss is"
