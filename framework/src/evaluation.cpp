@@ -290,14 +290,11 @@ const SectionSchema& evaluation_section() {
 }
 
 EvaluationConfig evaluation_config(const Options& values) {
-  return {values.get_string_list("metrics"),
-          values.get_string("reference"),
-          values.get_string("mode"),
-          values.get_int("gradient_batch_size"),
-          values.get_double("gradient_memory_mb"),
-          values.get_string("gradient_dtype"),
-          values.get_string_list("blocks"),
-          values.get_string("class_recall_at")};
+  return {.metrics = values.get_string_list("metrics"),
+          .reference = values.get_string("reference"),
+          .mode = values.get_string("mode"),
+          .blocks = values.get_string_list("blocks"),
+          .class_recall_at = values.get_string("class_recall_at")};
 }
 
 const MetricDefinition* find_metric(std::string_view name) { return find_named(metric_definitions(), name); }

@@ -19,14 +19,12 @@ struct PluginSpec {
   Options options;
 };
 
-// The typed [evaluation] section; its keys, defaults and checks: evaluation.cpp (evaluation_section).
+// What the orchestrator reads of [evaluation] (the gradients stage reads its gradient_* keys itself);
+// its keys, defaults and checks: evaluation.cpp (evaluation_section).
 struct EvaluationConfig {
   std::vector<std::string> metrics;
-  std::string reference;  // estimator label correlations are measured against
-  std::string mode;       // aggregate | pairwise
-  std::int64_t gradient_batch_size = 0;
-  double gradient_memory_mb = 0;
-  std::string gradient_dtype;
+  std::string reference;            // estimator label correlations are measured against
+  std::string mode;                 // aggregate | pairwise
   std::vector<std::string> blocks;  // glob patterns: which gradient blocks take part
   std::string class_recall_at;      // class_detection's s: the query class's training | query examples
 };
