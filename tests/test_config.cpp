@@ -140,9 +140,8 @@ TEST_CASE("sweeps expand to the cartesian product, with readable run names", "[c
   CHECK(names.size() == 6);
   CHECK(names.count("seed0_rank4") == 1);
   // Runs that differ only in the seed share the pretrained base but not the fine-tune.
-  CHECK(inflab::stage_key("base", runs[0], f.registry) == inflab::stage_key("base", runs[1], f.registry));
-  CHECK(inflab::stage_key("finetune", runs[0], f.registry) !=
-        inflab::stage_key("finetune", runs[1], f.registry));
+  CHECK(inflab::stage_key("base", runs[0]) == inflab::stage_key("base", runs[1]));
+  CHECK(inflab::stage_key("finetune", runs[0]) != inflab::stage_key("finetune", runs[1]));
 }
 
 TEST_CASE("repeats sweep the seed, a bad sweep value is located", "[config]") {

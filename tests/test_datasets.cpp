@@ -315,7 +315,7 @@ plugin = "datainf"
 )",
                                                     data.string()));
   auto key = [&](const std::string& stage) {
-    return inflab::stage_key(stage, inflab::load_experiment(file, {}, registry).at(0), registry);
+    return inflab::stage_key(stage, inflab::load_experiment(file, {}, registry).at(0));
   };
   const auto base = key("base"), gradients = key("gradients");
   CHECK(key("base") == base);  // stable while the file is unchanged
@@ -474,9 +474,7 @@ plugin = "mlp_lora"
 plugin = "datainf"
 )",
                                                     (dir.path / "images").string()));
-  auto key = [&]() {
-    return inflab::stage_key("base", inflab::load_experiment(file, {}, registry).at(0), registry);
-  };
+  auto key = [&]() { return inflab::stage_key("base", inflab::load_experiment(file, {}, registry).at(0)); };
   const auto base = key();
   CHECK(key() == base);  // stable while the folder is unchanged
   inflab::save_png_grid(dir.path / "images" / "b" / "1.png", at::full({1, 16}, 0.0), 1, 0, 255);

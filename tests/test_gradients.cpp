@@ -175,3 +175,115 @@ TEST_CASE("merge folds the adapter into the base weight without changing outputs
   layer.unmerge();
   CHECK(torch::allclose(layer.forward(x), before, 1e-5, 1e-6));
 }
+
+namespace {
+// The projected blocks of mlp_lora (hidden 16, 12; inputs 20, 5 classes; rank 2) under `projection`,
+// and the full per-example gradients from the autograd loop with the factors of the unprojected run.
+struct ProjectionCase {
+  inflab::GradientBlocks projected, full, full_factors;
+  std::vector<inflab::LoraLayer*> layers;
+};
+ProjectionCase projection_case(const inflab::Projection& projection) {
+  auto model = test::make<inflab::Model>(inflab::PluginKind::Model, "mlp_lora",
+                                         {{"hidden", std::vector<std::int64_t>{16, 12}}});
+  model->build({{20}, 5}, inflab::LoraConfig{2, 4.0, 0.0, {"fc*"}}, 42);
+  perturb_lora(*model);
+  torch::manual_seed(7);
+  auto x = torch::randn({11, 20});
+  auto y = torch::randint(0, 5, {11}, torch::kLong);
+  auto task = inflab::make_classification_task();
+  inflab::Batch batch{x, y, torch::arange(11)};
+  ProjectionCase out;
+  out.projected = inflab::per_example_gradients(*model, *task, batch, {4, "", true, false, {}, projection});
+  out.full = loop_gradients(*model, x, y);
+  out.full_factors = inflab::per_example_gradients(*model, *task, batch, {4, "", true, false, {}});
+  return out;
+}
+double relative_error(const torch::Tensor& value, const torch::Tensor& expected) {
+  return ((value.to(torch::kDouble) - expected).norm() / expected.norm()).item<double>();
+}
+}  // namespace
+
+TEST_CASE("projected gradients equal the full gradients times the seeded matrix (float64 oracle)",
+          "[gradients][projection]") {
+  for (auto kind : {inflab::Projection::Kind::gaussian, inflab::Projection::Kind::sparse}) {
+    const inflab::Projection projection{kind, 24, 3};
+    INFO(projection.describe());
+    auto c = projection_case(projection);
+    REQUIRE(c.projected.size() == c.full.size());
+    for (std::size_t b = 0; b < c.full.size(); ++b) {
+      INFO("block " << c.full[b].name);
+      const auto& full = c.full[b].values;
+      const std::int64_t d = full.size(1);
+      if (d <= 24) {  // kept whole, with its Kronecker factors
+        CHECK(relative_error(c.projected[b].values, full.to(torch::kDouble)) < 1e-5);
+        CHECK(c.projected[b].has_factors());
+        continue;
+      }
+      auto matrix = inflab::projection_matrix(projection, c.full[b].name, d, 24).to(torch::kDouble);
+      REQUIRE(c.projected[b].values.sizes() == std::vector<std::int64_t>{11, 24});
+      CHECK(relative_error(c.projected[b].values, full.to(torch::kDouble).mm(matrix)) < 1e-5);
+      CHECK_FALSE(c.projected[b].has_factors());       // a dense projection has no Kronecker structure
+      if (kind == inflab::Projection::Kind::sparse) {  // Achlioptas: 0 or +-sqrt(3 / k), a third nonzero
+        auto nonzero = matrix.ne(0);
+        CHECK(matrix.abs().masked_select(nonzero).sub(std::sqrt(3.0 / 24)).abs().max().item<double>() < 1e-6);
+        const double share = nonzero.to(torch::kDouble).mean().item<double>();
+        CHECK(share > 0.25);
+        CHECK(share < 0.42);
+      }
+    }
+  }
+}
+
+TEST_CASE("factorised (LoGra) projection: the Kronecker product of side matrices, factors projected alike",
+          "[gradients][projection]") {
+  const inflab::Projection projection{inflab::Projection::Kind::factorised, 16, 5};  // rank 2: 8 per side
+  auto c = projection_case(projection);
+  REQUIRE(c.projected.size() == 6);
+  const std::vector<std::int64_t> in{20, 16, 12}, out{16, 12, 5};
+  for (std::size_t l = 0; l < 3; ++l) {
+    // lora_A: r x in, its input side projected: G (r x in) P_in.
+    const auto& a = c.full[2 * l];
+    INFO("block " << a.name);
+    auto p_in = inflab::projection_matrix(projection, a.name, in[l], 8).to(torch::kDouble);
+    auto expected_a = a.values.to(torch::kDouble).reshape({11, 2, in[l]}).matmul(p_in).reshape({11, -1});
+    CHECK(relative_error(c.projected[2 * l].values, expected_a) < 1e-5);
+    // Factors: the projected input's second moment is P^T A P; the r x r side is unchanged.
+    REQUIRE(c.projected[2 * l].has_factors());
+    auto activation = c.full_factors[2 * l].activation_covariance.to(torch::kDouble);
+    CHECK(relative_error(c.projected[2 * l].activation_covariance, p_in.t().mm(activation).mm(p_in)) < 1e-5);
+    CHECK(relative_error(c.projected[2 * l].gradient_covariance,
+                         c.full_factors[2 * l].gradient_covariance.to(torch::kDouble)) < 1e-6);
+    // lora_B: out x r, its output side projected where wider than 8: P_out^T G.
+    const auto& b = c.full[2 * l + 1];
+    INFO("block " << b.name);
+    auto full_b = b.values.to(torch::kDouble).reshape({11, out[l], 2});
+    if (out[l] <= 8) {
+      CHECK(relative_error(c.projected[2 * l + 1].values, full_b.reshape({11, -1})) < 1e-5);
+      continue;
+    }
+    auto p_out = inflab::projection_matrix(projection, b.name, out[l], 8).to(torch::kDouble);
+    auto expected_b = p_out.t().matmul(full_b).reshape({11, -1});
+    CHECK(relative_error(c.projected[2 * l + 1].values, expected_b) < 1e-5);
+    auto gradient = c.full_factors[2 * l + 1].gradient_covariance.to(torch::kDouble);
+    CHECK(relative_error(c.projected[2 * l + 1].gradient_covariance, p_out.t().mm(gradient).mm(p_out)) <
+          1e-5);
+  }
+}
+
+TEST_CASE("projection matrices depend on (kind, seed, block, shape) alone, with the declared scale",
+          "[gradients][projection]") {
+  const inflab::Projection gaussian{inflab::Projection::Kind::gaussian, 256, 11};
+  auto m = inflab::projection_matrix(gaussian, "fc1.lora_A", 400, 256);
+  CHECK(torch::equal(m, inflab::projection_matrix(gaussian, "fc1.lora_A", 400, 256)));
+  CHECK_FALSE(torch::equal(m, inflab::projection_matrix(gaussian, "fc1.lora_B", 400, 256)));
+  auto reseeded = gaussian;
+  reseeded.seed = 12;
+  CHECK_FALSE(torch::equal(m, inflab::projection_matrix(reseeded, "fc1.lora_A", 400, 256)));
+  // N(0, 1/k): over 102,400 entries the mean is within 4 standard errors of 0 and the variance within 2%.
+  auto v = m.to(torch::kDouble);
+  CHECK(std::abs(v.mean().item<double>()) < 4.0 / std::sqrt(102400.0) / 16.0);
+  CHECK(std::abs(v.var().item<double>() * 256 - 1) < 0.02);
+  CHECK_THROWS_WITH(inflab::projection_kind("dense"),
+                    Catch::Matchers::Contains("gaussian, sparse or factorised"));
+}

@@ -42,7 +42,7 @@ std::unique_ptr<Loaded> load(const inflab::LoraConfig& lora) {
   out->model = out->registry.create_as<inflab::Model>(inflab::PluginKind::Model, "smollm2_lora",
                                                       inflab::default_options("smollm2_lora", specs));
   out->model->build({}, lora, 7);
-  out->lm = dynamic_cast<inflab::LanguageModel*>(out->model.get());
+  out->lm = inflab::capability<inflab::LanguageModel>(*out->model);
   REQUIRE(out->lm);
   return out;
 }

@@ -29,6 +29,13 @@ using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 
 namespace {
+// MiniLM's optional capabilities (inflab/model.hpp); the test fails clearly if one is missing.
+inflab::TextEncoder& text_encoder(inflab::Model& model) {
+  return inflab::require_capability<inflab::TextEncoder>(model, "this test");
+}
+inflab::SentenceEmbedder& embedder(inflab::Model& model) {
+  return inflab::require_capability<inflab::SentenceEmbedder>(model, "this test");
+}
 nlohmann::json golden(const std::string& name) {
   std::ifstream in(std::string(INFLAB_SOURCE_DIR) + "/tests/golden/" + name);
   REQUIRE(in);
@@ -72,7 +79,7 @@ TEST_CASE("MiniLM sentence embeddings equal sentence-transformers within 1e-4", 
   auto g = golden("minilm_embeddings.json");
   auto texts = g["texts"].get<std::vector<std::string>>();
   REQUIRE(texts.size() >= 5);
-  torch::Tensor ours = model->embed(texts);
+  torch::Tensor ours = embedder(*model).embed(texts);
   auto reference = g["embeddings"].get<std::vector<std::vector<float>>>();
   for (std::size_t i = 0; i < texts.size(); ++i) {
     torch::Tensor expected = torch::tensor(reference[i]);
@@ -92,7 +99,7 @@ TEST_CASE("engine gradients equal a per-example loop on minilm_lora (real weight
   std::vector<std::string> texts{"A short one.",
                                  "This review is considerably longer than the first one, padding matters.",
                                  "Great!", "Terrible taste, never again."};
-  auto inputs = model->encode_texts(texts);
+  auto inputs = text_encoder(*model).encode_texts(texts);
   for (std::int64_t rank : {1, 4}) {
     model->build({{3, 24}, 2},
                  inflab::LoraConfig{rank, 8.0, 0.0, {"*attention.self.query", "*attention.self.value"}}, 1);
@@ -143,7 +150,7 @@ TEST_CASE(
   std::vector<std::string> texts{
       "Fine.", "A much longer review than the others, so that padding is most of the batch.",
       "Not bad at all", "Awful."};
-  auto inputs = model->encode_texts(texts);
+  auto inputs = text_encoder(*model).encode_texts(texts);
   model->build({{3, 24}, 2}, inflab::LoraConfig{2, 4.0, 0.0, {"encoder.layer.5.attention.self.value"}}, 1);
   {
     torch::NoGradGuard g;
@@ -153,8 +160,8 @@ TEST_CASE(
   auto labels = torch::tensor(std::vector<std::int64_t>{0, 1, 1, 0}, torch::kLong);
   auto blocks = inflab::per_example_gradients(*model, inputs, labels, 4, "", /*factors=*/true);
   REQUIRE(blocks.size() == 2);
-  REQUIRE(model->token_mask(inputs).sum(1).min().item<std::int64_t>() <
-          model->token_mask(inputs).size(1));  // the batch is padded
+  REQUIRE(text_encoder(*model).token_mask(inputs).sum(1).min().item<std::int64_t>() <
+          text_encoder(*model).token_mask(inputs).size(1));  // the batch is padded
 
   inflab::LoraLayer* layer = nullptr;
   for (auto* l : model->lora_layers())
@@ -182,7 +189,7 @@ TEST_CASE(
   auto relative = [](const torch::Tensor& a, const torch::Tensor& b) {
     return ((a.to(torch::kDouble) - b).norm() / b.norm()).item<double>();
   };
-  CHECK(tokens < 4 * model->token_mask(inputs).size(1));
+  CHECK(tokens < 4 * text_encoder(*model).token_mask(inputs).size(1));
   CHECK(relative(blocks[0].activation_covariance, activation) < 1e-5);
   CHECK(relative(blocks[0].gradient_covariance, gradient) < 1e-4);
 }
@@ -314,12 +321,13 @@ TEST_CASE("minilm's probe path equals its forward pass while the adapters are ze
       "minilm_lora", registry.find(inflab::PluginKind::Model, "minilm_lora").info->options());
   options.set("max_length", std::int64_t{16});
   auto model = registry.create_as<inflab::Model>(inflab::PluginKind::Model, "minilm_lora", options);
-  auto inputs = model->encode_texts({"first text", "a second, longer text with more words"});
+  auto inputs = text_encoder(*model).encode_texts({"first text", "a second, longer text with more words"});
   model->build({{3, 16}, 2}, inflab::LoraConfig{2, 2.0, 0.0, {"*attention.self.value", "classifier"}}, 3);
-  REQUIRE(model->has_probe());
+  auto* probe = inflab::capability<inflab::LinearProbe>(*model);
+  REQUIRE(probe);
   torch::NoGradGuard no_grad;
   CHECK(
-      torch::allclose(model->forward(inputs), model->probe_head(model->probe_features(inputs)), 1e-5, 1e-6));
+      torch::allclose(model->forward(inputs), probe->probe_head(probe->probe_features(inputs)), 1e-5, 1e-6));
 }
 
 TEST_CASE("minilm's default max_length is the package's own (sentence_bert_config.json)", "[minilm]") {
@@ -335,7 +343,7 @@ TEST_CASE("minilm's default max_length is the package's own (sentence_bert_confi
   // A text of 300 words: truncated at the package's length, not at an inflab constant.
   std::string text;
   for (int i = 0; i < 300; ++i) text += "word ";
-  auto inputs = model->encode_texts({text});
+  auto inputs = text_encoder(*model).encode_texts({text});
   CHECK(inputs.size(2) == packaged);
   CHECK(inputs[0][2].sum().item<std::int64_t>() == packaged);  // the mask: every position is a token
 }
@@ -392,7 +400,7 @@ TEST_CASE(
   };
   {
     auto imported = inflab::finetuned_model(config_with(golden_adapter), registry, paths);
-    const auto embeddings = imported.model->embed(sentences);
+    const auto embeddings = embedder(*imported.model).embed(sentences);
     CHECK((embeddings - expected("embeddings")).abs().max().item<float>() < 1e-4);
     // The adapter matters: without it the embeddings are PEFT's base ones, not the adapted ones.
     CHECK((embeddings - expected("base_embeddings")).abs().max().item<float>() > 1e-2);

@@ -169,7 +169,7 @@ TEST_CASE("an experiment runs end to end, caches its stages and resumes", "[pipe
   // Another estimator option reuses the gradients; another LoRA rank does not.
   auto other_damping = inflab::load_experiment(file, {"evaluation.mode=pairwise"}, registry).at(0);
   auto key = [&](const char* stage, const inflab::ExperimentConfig& c) {
-    return inflab::stage_key(stage, c, registry);
+    return inflab::stage_key(stage, c);
   };
   CHECK(key("gradients", other_damping) == key("gradients", config));
   auto other_rank = inflab::load_experiment(file, {"model.lora.rank=3"}, registry).at(0);
@@ -230,8 +230,7 @@ TEST_CASE("ground truth retrains on subsets and resumes, LDS equals a hand-compu
   auto first = inflab::run_experiment(config, registry, paths);
   CHECK_FALSE(first.stage_cached["ground_truth"]);
   const fs::path run = dir.path / "results" / "e2e" / "run";
-  const fs::path truth_dir =
-      dir.path / "cache" / "ground_truth" / inflab::stage_key("ground_truth", config, registry);
+  const fs::path truth_dir = dir.path / "cache" / "ground_truth" / inflab::stage_key("ground_truth", config);
 
   // The subsets as the stage stored them: a mask of 150 of the 300 examples and 20 query losses each.
   std::vector<at::Tensor> masks, losses;
@@ -280,8 +279,7 @@ TEST_CASE("ground truth retrains on subsets and resumes, LDS equals a hand-compu
   auto whole =
       inflab::load_experiment(file, {"ground_truth.fraction=1.0", "ground_truth.subsets=5"}, registry).at(0);
   auto outcome = inflab::run_experiment(whole, registry, paths, /*resume=*/true, /*replace=*/true);
-  const fs::path whole_dir =
-      dir.path / "cache" / "ground_truth" / inflab::stage_key("ground_truth", whole, registry);
+  const fs::path whole_dir = dir.path / "cache" / "ground_truth" / inflab::stage_key("ground_truth", whole);
   for (int m = 0; m < 5; ++m) {
     std::vector<at::Tensor> entry;
     torch::load(entry, (whole_dir / fmt::format("subset_{:05d}.pt", m)).string());
@@ -304,8 +302,7 @@ TEST_CASE("leave-one-out retrains without each estimator's extreme examples, loo
   auto config = inflab::load_experiment(file, {}, registry).at(0);
   CHECK_FALSE(inflab::run_experiment(config, registry, paths).stage_cached["leave_one_out"]);
   const fs::path run = dir.path / "results" / "e2e" / "run";
-  const fs::path loo_dir =
-      dir.path / "cache" / "leave_one_out" / inflab::stage_key("leave_one_out", config, registry);
+  const fs::path loo_dir = dir.path / "cache" / "leave_one_out" / inflab::stage_key("leave_one_out", config);
 
   // The rows left out: each estimator's 3 lowest and 3 highest scores, recomputed from its file.
   std::map<std::string, at::Tensor> scores;
@@ -599,8 +596,7 @@ TEST_CASE("model.adapter_from scores another experiment's adapter, found by its 
   std::vector<at::Tensor> borrowed, fresh, own;
   borrowed = adapters_of(*inflab::finetuned_model(borrower, registry, paths).model);
   auto source = inflab::load_experiment(source_file, {}, registry).at(0);
-  CHECK(
-      fs::exists(paths.cache_root / "finetune" / (inflab::stage_key("finetune", source, registry) + ".pt")));
+  CHECK(fs::exists(paths.cache_root / "finetune" / (inflab::stage_key("finetune", source) + ".pt")));
   // Oracle: the source fine-tuned on its own in an empty cache; and the borrower's data trains another
   // adapter.
   fresh = adapters_of(
@@ -625,26 +621,25 @@ TEST_CASE("model.adapter_from scores another experiment's adapter, found by its 
   // to the source's training changes every borrower stage after the data.
   auto seeded = inflab::load_experiment(borrower_file, {"experiment.seed=5"}, registry).at(0);
   auto source5 = inflab::load_experiment(source_file, {"experiment.seed=5"}, registry).at(0);
-  CHECK_THAT(seeded.resolved_toml, Contains(inflab::stage_key("finetune", source5, registry)));
+  CHECK_THAT(seeded.resolved_toml, Contains(inflab::stage_key("finetune", source5)));
   // The command's --set reaches the source too (both models must agree), its sweeps do not.
   auto shrunk =
       inflab::load_experiment(borrower_file, {"model.lora.rank=4", "sweep.experiment.seed=[0, 1]"}, registry);
   REQUIRE(shrunk.size() == 2);
   auto source_rank4 =
       inflab::load_experiment(source_file, {"model.lora.rank=4", "experiment.seed=1"}, registry).at(0);
-  CHECK_THAT(shrunk[1].resolved_toml, Contains(inflab::stage_key("finetune", source_rank4, registry)));
+  CHECK_THAT(shrunk[1].resolved_toml, Contains(inflab::stage_key("finetune", source_rank4)));
   // adapter_from given on the command line borrows the same way (and is not passed on to the source).
   auto by_set = inflab::load_experiment(own_file, {"model.adapter_from=\"source.toml\""}, registry).at(0);
   CHECK(by_set.adapter_source);
-  CHECK(inflab::stage_key("gradients", by_set, registry) ==
-        inflab::stage_key("gradients", borrower, registry));
-  const std::string finetune_key = inflab::stage_key("finetune", borrower, registry),
-                    gradients_key = inflab::stage_key("gradients", borrower, registry);
+  CHECK(inflab::stage_key("gradients", by_set) == inflab::stage_key("gradients", borrower));
+  const std::string finetune_key = inflab::stage_key("finetune", borrower),
+                    gradients_key = inflab::stage_key("gradients", borrower);
   dir.write("source.toml", test::replace(source_text, "learning_rate = 3e-3", "learning_rate = 1e-3"));
   auto changed = inflab::load_experiment(borrower_file, {}, registry).at(0);
-  CHECK(inflab::stage_key("finetune", changed, registry) != finetune_key);
-  CHECK(inflab::stage_key("gradients", changed, registry) != gradients_key);
-  CHECK(inflab::stage_key("base", changed, registry) == inflab::stage_key("base", borrower, registry));
+  CHECK(inflab::stage_key("finetune", changed) != finetune_key);
+  CHECK(inflab::stage_key("gradients", changed) != gradients_key);
+  CHECK(inflab::stage_key("base", changed) == inflab::stage_key("base", borrower));
   dir.write("source.toml", source_text);
 
   // Each misuse is an error naming the key and what is wrong.
@@ -688,10 +683,8 @@ TEST_CASE("a store over its memory budget is memory-mapped and gives identical s
   auto on_disk = inflab::load_experiment(file, {"evaluation.gradient_memory_mb=0.01"}, registry).at(0);
   auto half = inflab::load_experiment(file, {"evaluation.gradient_dtype=\"float16\""}, registry).at(0);
   // The budget does not change the gradients, so it shares their cache entry; the dtype does not.
-  CHECK(inflab::stage_key("gradients", on_disk, registry) ==
-        inflab::stage_key("gradients", in_memory, registry));
-  CHECK(inflab::stage_key("gradients", half, registry) !=
-        inflab::stage_key("gradients", in_memory, registry));
+  CHECK(inflab::stage_key("gradients", on_disk) == inflab::stage_key("gradients", in_memory));
+  CHECK(inflab::stage_key("gradients", half) != inflab::stage_key("gradients", in_memory));
 
   auto reference = inflab::prepare_gradients(in_memory, registry, paths);
   inflab::RunPaths fresh{dir.path / "results", dir.path / "cache2"};
@@ -700,7 +693,7 @@ TEST_CASE("a store over its memory budget is memory-mapped and gives identical s
   for (std::size_t b = 0; b < mapped.train.size(); ++b)
     CHECK(mapped.train[b].values.equal(reference.train[b].values));
   // What was written is a plain .npy with the documented shape.
-  auto hash = inflab::stage_key("gradients", on_disk, registry);
+  auto hash = inflab::stage_key("gradients", on_disk);
   at::Tensor file_a = inflab::load_npy(dir.path / "cache2" / "gradients" / hash / "train" / "fc1.lora_A.npy");
   CHECK(file_a.equal(reference.train[0].values));
 

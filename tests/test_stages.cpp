@@ -168,15 +168,40 @@ TEST_CASE("a stage cannot read what it does not declare", "[stages]") {
   inflab::Registry registry;
   registry.load_directory(test::plugin_dir());
   auto config = inflab::load_experiment(dir.write("keys.toml", kExperiment), {}, registry).at(0);
-  auto base = inflab::stage_inputs("base", config, registry);
+  auto base = inflab::stage_inputs("base", config);
   CHECK(base.get_int("training.batch_size") == 32);
   CHECK_THROWS_WITH(base.get_int("training.epochs"), Contains("does not declare"));
   CHECK_THROWS_WITH(base.get_int("model.lora.rank"), Contains("does not declare"));
-  auto gradients = inflab::stage_inputs("gradients", config, registry);
+  auto gradients = inflab::stage_inputs("gradients", config);
   // A setting is readable but not in the key (checked above); an unrelated key is neither.
   CHECK(gradients.get_int("evaluation.gradient_batch_size") == 64);
   CHECK_THROWS_WITH(gradients.get_string("evaluation.mode"), Contains("does not declare"));
   // The public key is the same computation.
-  CHECK(inflab::stage_key("finetune", config, registry) ==
-        inflab::stage_inputs("finetune", config, registry).key());
+  CHECK(inflab::stage_key("finetune", config) == inflab::stage_inputs("finetune", config).key());
+}
+
+TEST_CASE(
+    "[projection]: absent or none keeps the gradients' key, each of its keys changes it, bad values are "
+    "errors",
+    "[stages][projection]") {
+  test::TempDir dir;
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  auto load = [&](const std::string& projection) {
+    return inflab::load_experiment(dir.write("p.toml", std::string(kExperiment) + projection), {}, registry)
+        .at(0);
+  };
+  const auto plain = load("");
+  CHECK(inflab::stage_key("gradients", load("[projection]\nkind = \"none\"\n")) ==
+        inflab::stage_key("gradients", plain));
+  const auto projected = load("[projection]\nkind = \"gaussian\"\ndim = 64\n");
+  CHECK(inflab::stage_key("gradients", projected) != inflab::stage_key("gradients", plain));
+  CHECK(inflab::stage_key("finetune", projected) == inflab::stage_key("finetune", plain));
+  for (const char* other : {"kind = \"sparse\"\ndim = 64\n", "kind = \"gaussian\"\ndim = 65\n",
+                            "kind = \"gaussian\"\ndim = 64\nseed = 1\n"})
+    CHECK(inflab::stage_key("gradients", load(std::string("[projection]\n") + other)) !=
+          inflab::stage_key("gradients", projected));
+  CHECK_THROWS_WITH(load("[projection]\nkind = \"dense\"\n"),
+                    Contains("p.toml:") && Contains("projection") && Contains("factorised"));
+  CHECK_THROWS_WITH(load("[projection]\ndim = 0\n"), Contains("p.toml:") && Contains("dim"));
 }

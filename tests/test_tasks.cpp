@@ -14,6 +14,7 @@
 #include "inflab/error.hpp"
 #include "inflab/gradients.hpp"
 #include "inflab/io.hpp"
+#include "inflab/language_model.hpp"
 #include "inflab/lora.hpp"
 #include "inflab/model.hpp"
 #include "inflab/pipeline.hpp"
@@ -92,7 +93,7 @@ class TinyLm : public inflab::Model {
 };
 
 // A tiny conditional denoiser: LoRA convolutions, timestep and condition added as a channel bias.
-class TinyDenoiser : public inflab::Model {
+class TinyDenoiser : public inflab::Model, public inflab::Denoiser {
  public:
   void build(const inflab::DataShape&, const inflab::LoraConfig& lora, std::uint64_t seed) override {
     torch::manual_seed(0);
@@ -164,6 +165,39 @@ TEST_CASE("causal_lm: targets of the wrong shape are an error that says what is 
   auto task = inflab::make_task("causal_lm", task_options({25}, 0));
   inflab::Batch flat{torch::zeros({2, 3}, torch::kLong), torch::zeros({2}, torch::kLong), torch::arange(2)};
   CHECK_THROWS_WITH(task->example_losses(model, flat), Contains("next-token ids"));
+}
+
+TEST_CASE("optional model capabilities: found across the plugin boundary, a missing one names who needed it",
+          "[task][capabilities]") {
+  // A model without Denoiser under the denoising task, and sampling from it: one clear error each.
+  TinyLm language;
+  language.build({}, inflab::LoraConfig{1, 1.0, 0.0, {"*"}}, 1);
+  auto denoising = inflab::make_task("denoising", task_options({25}, 0));
+  inflab::Batch images{torch::zeros({2, 1, 4, 4}), torch::zeros({2}, torch::kLong), torch::arange(2)};
+  CHECK_THROWS_WITH(denoising->example_losses(language, images),
+                    Contains("task denoising needs a model that implements inflab::Denoiser"));
+  CHECK_THROWS_WITH(inflab::sample_images(language, {0}, {1, 4, 4}, inflab::SamplingOptions{}),
+                    Contains("sampling images needs a model that implements inflab::Denoiser"));
+  // Without ScoredTokenLogits the causal_lm task gathers the scored rows from forward().
+  CHECK(inflab::capability<inflab::ScoredTokenLogits>(language) == nullptr);
+
+  // The packaged plugins, built as separate shared libraries, expose exactly their interfaces.
+  auto create = [](const std::string& name) {
+    return test::make<inflab::Model>(inflab::PluginKind::Model, name);
+  };
+  auto ddpm = create("ddpm_lora");
+  CHECK(inflab::capability<inflab::Denoiser>(*ddpm) != nullptr);
+  CHECK(inflab::capability<inflab::TextEncoder>(*ddpm) == nullptr);
+  auto minilm = create("minilm_lora");
+  CHECK(inflab::capability<inflab::TextEncoder>(*minilm) != nullptr);
+  CHECK(inflab::capability<inflab::LinearProbe>(*minilm) != nullptr);
+  CHECK(inflab::capability<inflab::SentenceEmbedder>(*minilm) != nullptr);
+  CHECK(inflab::capability<inflab::PeftCounterpart>(*minilm) != nullptr);
+  CHECK(inflab::capability<inflab::LanguageModel>(*minilm) == nullptr);
+  auto mlp = create("mlp_lora");
+  CHECK(inflab::capability<inflab::PeftCounterpart>(*mlp) == nullptr);
+  CHECK_THROWS_WITH(inflab::require_capability<inflab::TextEncoder>(*mlp, "dataset 'tweets' (texts)"),
+                    Contains("dataset 'tweets' (texts) needs a model that implements inflab::TextEncoder"));
 }
 
 TEST_CASE("denoising: noise is fixed per example and timestep, whatever the batch", "[task]") {
@@ -299,15 +333,17 @@ TEST_CASE("ddpm_lora (U-Net: LoRA convolutions, strided and attention): denoisin
   const std::vector<std::int64_t> timesteps{25, 525};
   auto task = inflab::make_task("denoising", task_options(timesteps, 4));
   auto alpha_bar = inflab::ddpm_alphas_cumprod(1000);
+  auto& denoiser = inflab::require_capability<inflab::Denoiser>(*model, "this test");
   auto by_hand = [&](std::int64_t i) {
     torch::Tensor loss = torch::zeros({});
     for (auto t : timesteps) {
       auto eps = inflab::denoising_noise(4, ids[i].item<std::int64_t>(), t, images[0]).unsqueeze(0);
       double a = alpha_bar[t].item<double>();
       auto noisy = std::sqrt(a) * images.narrow(0, i, 1) + std::sqrt(1 - a) * eps;
-      loss = loss + (model->denoise(noisy, torch::tensor({t}, torch::kLong), condition.narrow(0, i, 1)) - eps)
-                        .square()
-                        .mean();
+      loss =
+          loss + (denoiser.denoise(noisy, torch::tensor({t}, torch::kLong), condition.narrow(0, i, 1)) - eps)
+                     .square()
+                     .mean();
     }
     return loss;
   };
@@ -497,8 +533,8 @@ metrics = ["class_detection"]
             .allclose(queries, 1e-5, 1e-6));
   // What is generated is part of the gradients' key; a classifier cannot generate.
   auto more = inflab::load_experiment(file, {"queries.generated_per_class=3"}, registry).at(0);
-  CHECK(inflab::stage_key("gradients", more, registry) != inflab::stage_key("gradients", config, registry));
-  CHECK(inflab::stage_key("finetune", more, registry) == inflab::stage_key("finetune", config, registry));
+  CHECK(inflab::stage_key("gradients", more) != inflab::stage_key("gradients", config));
+  CHECK(inflab::stage_key("finetune", more) == inflab::stage_key("finetune", config));
   REQUIRE_THROWS_WITH(inflab::load_experiment(file, {"task.name=classification"}, registry),
                       Contains("[queries]") && Contains("denoising"));
 }

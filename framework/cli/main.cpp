@@ -268,7 +268,10 @@ int command_embed(const std::string& model_name, const std::vector<std::string>&
   Options options =
       options_from_assignments(fmt::format("model '{}'", model_name), record.info->options(), sets);
   auto model = registry.create_as<Model>(PluginKind::Model, model_name, options);
-  at::Tensor embeddings = model->embed(texts).contiguous();
+  at::Tensor embeddings =
+      require_capability<SentenceEmbedder>(*model, fmt::format("`inflab embed --model {}`", model_name))
+          .embed(texts)
+          .contiguous();
   // One JSON array per text, full float precision.
   for (std::int64_t i = 0; i < embeddings.size(0); ++i) {
     std::string line = "[";
@@ -294,7 +297,7 @@ std::unique_ptr<LoadedLanguageModel> load_language_model(const std::string& name
   const PluginRecord& record = loaded->registry.find(PluginKind::Model, name);
   Options options = options_from_assignments(fmt::format("model '{}'", name), record.info->options(), sets);
   loaded->model = loaded->registry.create_as<Model>(PluginKind::Model, name, options);
-  loaded->language = dynamic_cast<LanguageModel*>(loaded->model.get());
+  loaded->language = capability<LanguageModel>(*loaded->model);
   if (!loaded->language)
     throw Error(
         fmt::format("model '{}' does not generate text; choose a language model such as smollm2_lora", name));
@@ -335,7 +338,7 @@ std::unique_ptr<LoadedLanguageModel> load_run_model(const fs::path& run_director
     std::cerr << fmt::format("[inflab] {}: model '{}' with the run's fine-tuned LoRA adapters\n",
                              run_directory.string(), *model_name);
   loaded->model = finetuned_model(runs[0], loaded->registry, RunPaths{"results", cache}).model;
-  loaded->language = dynamic_cast<LanguageModel*>(loaded->model.get());
+  loaded->language = capability<LanguageModel>(*loaded->model);
   return loaded;
 }
 

@@ -483,7 +483,7 @@ std::shared_ptr<const ExperimentConfig> adapter_source(const Validator& v, const
     if (run.adapter_source)
       fail(fmt::format("{} takes its own adapter from another experiment; name that one",
                        source_file.string()));
-    keys.insert(stage_inputs("finetune", run, registry).key());
+    keys.insert(stage_inputs("finetune", run).key());
   }
   if (keys.size() != 1)
     fail(
@@ -516,9 +516,9 @@ std::shared_ptr<const ExperimentConfig> adapter_source(const Validator& v, const
 // `config` and writes the section's resolved values (defaults filled) into `resolved` ----
 
 void check_section_names(const Validator& v, const toml::table& root) {
-  static const std::vector<std::string> sections{"experiment",   "dataset",       "model",    "training",
-                                                 "task",         "estimator",     "queries",  "evaluation",
-                                                 "ground_truth", "leave_one_out", "numerics", "sweep"};
+  static const std::vector<std::string> sections{
+      "experiment", "dataset",      "model",         "training", "task",  "estimator", "queries",
+      "evaluation", "ground_truth", "leave_one_out", "numerics", "sweep", "projection"};
   for (auto&& [key, node] : root) {
     std::string name(key.str());
     if (std::find(sections.begin(), sections.end(), name) != sections.end()) continue;
@@ -750,6 +750,14 @@ void validate_queries(const Validator& v, const toml::table& root, const Experim
   resolved.insert("queries", options_table(queries));
 }
 
+// [projection] (projection_section): only when written; it changes what the gradients are.
+void validate_projection(const Validator& v, const toml::table& root, toml::table& resolved) {
+  if (!root.get("projection")) return;
+  Options projection("[projection]");
+  v.validate(v.section(root, "projection", false), projection_section(), projection);
+  if (projection.get_string("kind") != "none") resolved.insert("projection", options_table(projection));
+}
+
 // [evaluation] (evaluation_section); the reference must name one of the estimators.
 void validate_evaluation(const Validator& v, const toml::table& root, ExperimentConfig& config,
                          toml::table& resolved) {
@@ -822,10 +830,12 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   validate_numerics(v, root, config);
   validate_dataset(v, root, registry, config, resolved);
   validate_model(v, root, file, overrides, registry, config, resolved);
+  config.plugin_versions = plugin_versions(config, registry);
   validate_training(v, root, resolved);
   validate_estimators(v, root, registry, config, resolved);
   validate_task(v, root, config, resolved);
   validate_queries(v, root, config, resolved);
+  validate_projection(v, root, resolved);
   validate_evaluation(v, root, config, resolved);
   validate_metric_sections(v, root, config, resolved);
   config.resolved_toml = to_text(resolved);  // the stages' cache keys are computed from it

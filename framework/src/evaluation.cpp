@@ -89,10 +89,9 @@ void class_detection_metrics(EvaluationContext& c, EstimatorOutcome& result, con
 // The ground-truth stage needs the model at its initialisation on the (cached) base: it runs its
 // own chain data -> base -> ground_truth, so it is independent of whether gradients were cached.
 void retrain_on_subsets(EvaluationContext& c) {
-  const auto versions = plugin_versions(c.config, c.registry);
-  auto chain = base_model(c.config, versions, c.registry, c.paths, c.outcome);
-  c.truth = ground_truth(stage_inputs("ground_truth", c.config.resolved_toml, versions), *chain.model,
-                         chain.data, c.paths, c.outcome);
+  auto chain = base_model(c.config, c.registry, c.paths, c.outcome);
+  c.truth =
+      ground_truth(stage_inputs("ground_truth", c.config), *chain.model, chain.data, c.paths, c.outcome);
 }
 
 // Linear datamodeling score (Park et al., TRAK, 2023). Per query, the Spearman correlation over the
@@ -125,8 +124,7 @@ void keep_per_example(EvaluationContext& c, EstimatorOutcome& result, const at::
 // examples); per estimator, `loo` is the Pearson correlation over them of -score with the measured
 // change, and `loo_sign` the share of its own 2k picks whose measured change has the predicted sign.
 void leave_one_out_metrics(EvaluationContext& c, std::vector<EstimatorOutcome>& estimators) {
-  const auto versions = plugin_versions(c.config, c.registry);
-  const StageInputs inputs = stage_inputs("leave_one_out", c.config.resolved_toml, versions);
+  const StageInputs inputs = stage_inputs("leave_one_out", c.config);
   const std::int64_t k = inputs.get_int("leave_one_out.examples");
   std::set<std::int64_t> chosen;
   std::map<std::string, std::vector<std::int64_t>> picks;
@@ -143,7 +141,7 @@ void leave_one_out_metrics(EvaluationContext& c, std::vector<EstimatorOutcome>& 
   }
   const std::vector<std::int64_t> rows(chosen.begin(), chosen.end());
   // Its own chain data -> base -> leave_one_out, like the ground truth's.
-  auto chain = base_model(c.config, versions, c.registry, c.paths, c.outcome);
+  auto chain = base_model(c.config, c.registry, c.paths, c.outcome);
   const LeaveOneOut measured = leave_one_out(inputs, *chain.model, chain.data, rows, c.paths, c.outcome);
   std::map<std::int64_t, double> change;
   for (std::size_t i = 0; i < rows.size(); ++i) change[rows[i]] = measured.change[i];

@@ -48,25 +48,45 @@ GradientBlocks per_example_gradients(Model& model, const Task& task, const Batch
   if (layers.empty())
     throw Error("per_example_gradients: the model has no LoRA adapters (check model.lora.targets)");
 
+  // Per layer, the projection of each block (undefined: none): a dense matrix of the whole block
+  // (gaussian, sparse), or of its wide side (factorised: A's input, B's output).
+  const Projection& projection = request.projection;
+  const bool factorised = projection.kind == Projection::Kind::factorised;
+  std::vector<torch::Tensor> project_a(layers.size()), project_b(layers.size());
   GradientBlocks blocks;
-  for (auto* layer : layers) {
-    const auto in = layer->lora_a().size(1), rank = layer->rank(), out = layer->lora_b().size(0);
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    LoraLayer& layer = *layers[l];
+    const auto in = layer.lora_a().size(1), rank = layer.rank(), out = layer.lora_b().size(0);
+    const std::string name_a = layer.name() + ".lora_A", name_b = layer.name() + ".lora_B";
+    const ProjectedLayer shape = projected_layer(projection, in, rank, out, parts);
+    const std::int64_t width_a = shape.width_a, width_b = shape.width_b;
+    const std::int64_t side_in = shape.side_in, side_out = shape.side_out;  // the factors' sides
+    if (shape.side_in < in) project_a[l] = projection_matrix(projection, name_a, in, side_in);
+    if (shape.side_out < out) project_b[l] = projection_matrix(projection, name_b, out, side_out);
+    if (shape.dense_a) project_a[l] = projection_matrix(projection, name_a, parts * rank * in, width_a);
+    if (shape.dense_b) project_b[l] = projection_matrix(projection, name_b, parts * out * rank, width_b);
     auto make = [&](const std::string& name, std::int64_t cols) {
       return allocate ? allocate(name, n, cols) : torch::empty({n, cols});
     };
-    blocks.push_back({layer->name() + ".lora_A", make(layer->name() + ".lora_A", parts * rank * in)});
-    blocks.push_back({layer->name() + ".lora_B", make(layer->name() + ".lora_B", parts * out * rank)});
+    blocks.push_back({name_a, make(name_a, width_a)});
+    blocks.push_back({name_b, make(name_b, width_b)});
     if (factors) {  // accumulated in float64, normalised at the end
-      blocks[blocks.size() - 2].activation_covariance = torch::zeros({in, in}, torch::kDouble);
-      blocks[blocks.size() - 2].gradient_covariance = torch::zeros({rank, rank}, torch::kDouble);
-      blocks.back().activation_covariance = torch::zeros({rank, rank}, torch::kDouble);
-      blocks.back().gradient_covariance = torch::zeros({out, out}, torch::kDouble);
+      // A block projected as a whole has no Kronecker structure left: no factors.
+      if (!shape.dense_a) {
+        blocks[blocks.size() - 2].activation_covariance = torch::zeros({side_in, side_in}, torch::kDouble);
+        blocks[blocks.size() - 2].gradient_covariance = torch::zeros({rank, rank}, torch::kDouble);
+      }
+      if (!shape.dense_b) {
+        blocks.back().activation_covariance = torch::zeros({rank, rank}, torch::kDouble);
+        blocks.back().gradient_covariance = torch::zeros({side_out, side_out}, torch::kDouble);
+      }
     }
   }
   std::vector<std::int64_t> tokens(layers.size(), 0);  // per layer: a pooled head sees fewer
 
   model.set_training(false);  // LoRA dropout off: gradients of the deterministic model
   for (auto* layer : layers) layer->capture = true;
+  TextEncoder* token_model = capability<TextEncoder>(model);  // padding masks, when it has tokens
   Progress progress(request.progress_label, n, "examples");
   for (std::int64_t start = 0; start < n; start += batch_size) {
     const std::int64_t count = std::min(batch_size, n - start);
@@ -75,7 +95,7 @@ GradientBlocks per_example_gradients(Model& model, const Task& task, const Batch
     // once; a task feeding several rows per example (denoising timesteps) does so example-major,
     // and the reshape to (count, positions, features) below folds them into the example.
     torch::Tensor loss = request.measure ? task.measurement(model, batch) : task.summed_loss(model, batch);
-    torch::Tensor mask = model.token_mask(batch.inputs);
+    torch::Tensor mask = token_model ? token_model->token_mask(batch.inputs) : torch::Tensor();
     if (mask.defined() && parts > 1)
       throw Error(
           fmt::format("task {} keeps {} rows per example apart, which a token model's padding mask "
@@ -99,6 +119,10 @@ GradientBlocks per_example_gradients(Model& model, const Task& task, const Batch
       torch::Tensor hidden = flat(layer.captured_hidden.detach());
       torch::Tensor grad_hidden = flat(grads[2 * l]);
       torch::Tensor grad_output = flat(grads[2 * l + 1]);
+      if (factorised) {  // LoGra: project the wide sides; the full gradient is never formed
+        if (project_a[l].defined()) input = input.matmul(project_a[l]);
+        if (project_b[l].defined()) grad_output = grad_output.matmul(project_b[l]);
+      }
       std::int64_t real_tokens = input.size(0) * input.size(1);  // statistics: parts == 1
       torch::Tensor token_weight;  // (batch, positions, 1) 0/1 when the layer sees padding
       // Padding leaves the gradients and the statistics. A layer after pooling has one position.
@@ -114,12 +138,13 @@ GradientBlocks per_example_gradients(Model& model, const Task& task, const Batch
         real_tokens = mask.sum().item<std::int64_t>();
       }
       // dL_i/dA = sum_t dL/dh_t x_t^T ; dL_i/dB = sum_t dL/du_t h_t^T (u = B h, scale inside dL/du)
-      blocks[2 * l]
-          .values.narrow(0, start, count)
-          .copy_(torch::einsum("btr,bti->bri", {grad_hidden, input}).reshape({count, -1}));
-      blocks[2 * l + 1]
-          .values.narrow(0, start, count)
-          .copy_(torch::einsum("bto,btr->bor", {grad_output, hidden}).reshape({count, -1}));
+      auto store = [&](std::size_t b, const torch::Tensor& dense_projection, const torch::Tensor& gradient) {
+        torch::Tensor rows = gradient.reshape({count, -1});
+        if (!factorised && dense_projection.defined()) rows = rows.mm(dense_projection);
+        blocks[b].values.narrow(0, start, count).copy_(rows);
+      };
+      store(2 * l, project_a[l], torch::einsum("btr,bti->bri", {grad_hidden, input}));
+      store(2 * l + 1, project_b[l], torch::einsum("bto,btr->bor", {grad_output, hidden}));
       if (factors) {
         // lora_A maps x -> h (activation x, output gradient dL/dh); lora_B maps h -> u.
         auto second_moment = [](const torch::Tensor& t) {
@@ -132,10 +157,14 @@ GradientBlocks per_example_gradients(Model& model, const Task& task, const Batch
         };
         tokens[l] += real_tokens;
         auto real = [&](const torch::Tensor& t) { return token_weight.defined() ? t * token_weight : t; };
-        blocks[2 * l].activation_covariance.add_(second_moment(real(input)));
-        blocks[2 * l].gradient_covariance.add_(per_example_token_sum(grad_hidden));
-        blocks[2 * l + 1].activation_covariance.add_(second_moment(real(hidden)));
-        blocks[2 * l + 1].gradient_covariance.add_(per_example_token_sum(grad_output));
+        if (blocks[2 * l].activation_covariance.defined()) {
+          blocks[2 * l].activation_covariance.add_(second_moment(real(input)));
+          blocks[2 * l].gradient_covariance.add_(per_example_token_sum(grad_hidden));
+        }
+        if (blocks[2 * l + 1].activation_covariance.defined()) {
+          blocks[2 * l + 1].activation_covariance.add_(second_moment(real(hidden)));
+          blocks[2 * l + 1].gradient_covariance.add_(per_example_token_sum(grad_output));
+        }
       }
     }
     for (auto* layer : layers) {
@@ -154,6 +183,7 @@ GradientBlocks per_example_gradients(Model& model, const Task& task, const Batch
   if (factors)
     for (std::size_t b = 0; b < blocks.size(); ++b) {
       auto& block = blocks[b];
+      if (!block.has_factors()) continue;
       block.factor_tokens = tokens[b / 2];
       block.activation_covariance =
           block.activation_covariance.div_(static_cast<double>(tokens[b / 2])).to(torch::kFloat);
@@ -231,6 +261,7 @@ void save_gradient_store(const fs::path& dir, const GradientStore& store, bool t
   j["train"] = meta_json(store.train_meta, store.train.empty() ? 0 : store.train[0].values.size(0));
   j["query"] = meta_json(store.query_meta, store.query.empty() ? 0 : store.query[0].values.size(0));
   if (!store.model_metrics.empty()) j["model_metrics"] = store.model_metrics;
+  if (!store.projection.empty()) j["projection"] = store.projection;
   write_file_atomic(dir / "blocks.json", j.dump(1) + "\n");
 }
 
@@ -347,6 +378,8 @@ GradientStore load_gradient_store(const fs::path& dir) {
   };
   read_meta("train", n_train, store.train_meta);
   read_meta("query", n_query, store.query_meta);
+  if (j.contains("projection") && j["projection"].is_string())
+    store.projection = j["projection"].get<std::string>();
   if (j.contains("model_metrics") && j["model_metrics"].is_object())
     for (const auto& [name, value] : j["model_metrics"].items())
       if (value.is_number()) store.model_metrics[name] = value.get<double>();

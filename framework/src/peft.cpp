@@ -42,18 +42,19 @@ std::vector<LoraLayer*> adapted_layers(Model& model) {
 }  // namespace
 
 void export_peft_adapter(Model& model, const std::string& model_name, const fs::path& directory) {
-  const std::string base = model.peft_base_model();
-  if (base.empty())
+  const auto* hugging_face = capability<PeftCounterpart>(model);
+  if (!hugging_face)
     throw Error(fmt::format("model '{}' has no Hugging Face counterpart, so its adapters have no PEFT form",
                             model_name));
+  const std::string base = hugging_face->peft_base_model();
   const auto layers = adapted_layers(model);
   std::vector<std::pair<std::string, at::Tensor>> adapter, head;
   std::vector<std::string> modules;
   for (auto* layer : layers) {
-    const std::string module = model.peft_module(layer->name());
+    const std::string module = hugging_face->peft_module(layer->name());
     auto a = layer->lora_a().detach().to(torch::kFloat32).contiguous();
-    auto b =
-        model.peft_lora_b(layer->name(), layer->lora_b().detach().to(torch::kFloat32), true).contiguous();
+    auto b = hugging_face->peft_lora_b(layer->name(), layer->lora_b().detach().to(torch::kFloat32), true)
+                 .contiguous();
     if (module.empty()) {
       head.emplace_back(layer->name() + ".lora_A.weight", a);
       head.emplace_back(layer->name() + ".lora_B.weight", b);
@@ -116,10 +117,11 @@ void import_peft_adapter(Model& model, const std::string& model_name, const fs::
   if (config.value("peft_type", std::string("LORA")) != "LORA")
     throw Error(fmt::format("{}: peft_type is '{}'; only LORA adapters are read", config_file.string(),
                             config["peft_type"].dump()));
-  const std::string expected_base = model.peft_base_model();
-  if (expected_base.empty())
+  const auto* hugging_face = capability<PeftCounterpart>(model);
+  if (!hugging_face)
     throw Error(
         fmt::format("model '{}' has no Hugging Face counterpart: it cannot take a PEFT adapter", model_name));
+  const std::string expected_base = hugging_face->peft_base_model();
   const std::string base = config.value("base_model_name_or_path", std::string());
   // A local copy of the base may be named by its path: its last component must still be the model's.
   const std::string expected_name = fs::path(expected_base).filename().string();
@@ -149,7 +151,7 @@ void import_peft_adapter(Model& model, const std::string& model_name, const fs::
   std::vector<std::string> head_layers_without_file;
   torch::NoGradGuard no_grad;
   for (auto* layer : layers) {
-    const std::string module = model.peft_module(layer->name());
+    const std::string module = hugging_face->peft_module(layer->name());
     const bool in_head = module.empty();
     if (in_head && head.empty()) {
       head_layers_without_file.push_back(layer->name());
@@ -175,7 +177,8 @@ void import_peft_adapter(Model& model, const std::string& model_name, const fs::
         throw Error(fmt::format("{}: tensor '{}' is {}, expected floating point", file.string(), key,
                                 c10::toString(found->second.scalar_type())));
       at::Tensor value = found->second.to(target.scalar_type());
-      target.copy_(factor[5] == 'B' && !in_head ? model.peft_lora_b(layer->name(), value, false) : value);
+      target.copy_(factor[5] == 'B' && !in_head ? hugging_face->peft_lora_b(layer->name(), value, false)
+                                                : value);
       if (!in_head) used.insert(key);
     }
   }

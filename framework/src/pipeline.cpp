@@ -45,19 +45,19 @@ fs::path default_cache_root() {
   return fs::temp_directory_path() / "inflab-cache";
 }
 
-BaseModel base_model(const ExperimentConfig& config, const std::map<std::string, std::string>& versions,
-                     Registry& registry, const RunPaths& paths, RunOutcome& outcome) {
-  BaseModel out{stage_inputs("data", config.resolved_toml, versions), {}, nullptr};
+BaseModel base_model(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
+                     RunOutcome& outcome) {
+  BaseModel out{stage_inputs("data", config), {}, nullptr};
   out.data = load_data(out.data_in, registry, outcome);
   out.model = build_model(out.data_in, registry, out.data, outcome);
-  prepare_base(stage_inputs("base", config.resolved_toml, versions), *out.model, out.data, paths, outcome);
+  prepare_base(stage_inputs("base", config), *out.model, out.data, paths, outcome);
   return out;
 }
 
 namespace {
 // Distributed: each rank extracts (and caches) the gradients of its shard of the training rows.
-StageInputs gradients_stage_inputs(const ExperimentConfig& config, Registry& registry) {
-  StageInputs inputs = stage_inputs("gradients", config, registry);
+StageInputs gradients_stage_inputs(const ExperimentConfig& config) {
+  StageInputs inputs = stage_inputs("gradients", config);
   if (distributed_world_size() > 1)
     inputs.add("shard", fmt::format("{} of {}", distributed_rank(), distributed_world_size()));
   return inputs;
@@ -65,16 +65,13 @@ StageInputs gradients_stage_inputs(const ExperimentConfig& config, Registry& reg
 
 // The finetune stage of `config`. With [model] adapter_from, the other experiment's fine-tuning
 // runs first (on its own data, if its cache lacks it) and this one's stage loads its adapters.
-void finetune_stage_of(const ExperimentConfig& config, const std::map<std::string, std::string>& versions,
-                       Registry& registry, Model& model, const LoadedData& data, const RunPaths& paths,
-                       RunOutcome& outcome) {
+void finetune_stage_of(const ExperimentConfig& config, Registry& registry, Model& model,
+                       const LoadedData& data, const RunPaths& paths, RunOutcome& outcome) {
   if (const auto& source = config.adapter_source) {
-    const auto source_versions = plugin_versions(*source, registry);
-    const StageInputs source_in = stage_inputs("finetune", source->resolved_toml, source_versions);
+    const StageInputs source_in = stage_inputs("finetune", *source);
     // A base pretrained here is the dataset's: the adapter must have been trained on the same one.
     if (model.needs_base_pretraining() &&
-        stage_inputs("base", source->resolved_toml, source_versions).key() !=
-            stage_inputs("base", config.resolved_toml, versions).key())
+        stage_inputs("base", *source).key() != stage_inputs("base", config).key())
       throw Error(fmt::format(
           "{}: key 'model.adapter_from': model '{}' pretrains its base on the dataset, and {} pretrains "
           "it on other data or with other settings, so its adapter belongs to another base; give both the "
@@ -83,22 +80,20 @@ void finetune_stage_of(const ExperimentConfig& config, const std::map<std::strin
     if (!fs::exists(adapter_file(source_in.key(), paths))) {
       log(fmt::format("fine-tuning the adapter of {} first (model.adapter_from)", source->source.string()));
       RunOutcome source_outcome;
-      auto chain = base_model(*source, source_versions, registry, paths, source_outcome);
+      auto chain = base_model(*source, registry, paths, source_outcome);
       finetune(source_in, *chain.model, chain.data, paths, source_outcome);
       outcome.stage_seconds["finetune (adapter_from)"] = source_outcome.stage_seconds["finetune"];
     }
   }
-  finetune(stage_inputs("finetune", config.resolved_toml, versions), model, data, paths, outcome);
+  finetune(stage_inputs("finetune", config), model, data, paths, outcome);
 }
 }  // namespace
 
 FinetunedModel finetuned_model(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
                                Adapters adapters) {
   RunOutcome outcome;
-  const auto versions = plugin_versions(config, registry);
-  auto [data_in, data, model] = base_model(config, versions, registry, paths, outcome);
-  if (adapters == Adapters::finetuned)
-    finetune_stage_of(config, versions, registry, *model, data, paths, outcome);
+  auto [data_in, data, model] = base_model(config, registry, paths, outcome);
+  if (adapters == Adapters::finetuned) finetune_stage_of(config, registry, *model, data, paths, outcome);
   model->set_training(false);
   FinetunedModel out;
   out.model = std::move(model);
@@ -110,8 +105,8 @@ FinetunedModel finetuned_model(const ExperimentConfig& config, Registry& registr
   return out;
 }
 
-std::string stage_key(const std::string& stage, const ExperimentConfig& config, Registry& registry) {
-  return stage_inputs(stage, config, registry).key();
+std::string stage_key(const std::string& stage, const ExperimentConfig& config) {
+  return stage_inputs(stage, config).key();
 }
 
 // The chain up to the gradient store: data -> base -> finetune -> gradients, each stage reading
@@ -120,8 +115,7 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
                                 RunOutcome* outcome) {
   RunOutcome local;
   RunOutcome& out = outcome ? *outcome : local;
-  const auto versions = plugin_versions(config, registry);
-  const StageInputs gradients_in = gradients_stage_inputs(config, registry);
+  const StageInputs gradients_in = gradients_stage_inputs(config);
   const fs::path gradient_dir = gradients_directory(gradients_in, paths);
   for (const char* stage : {"base", "finetune", "gradients", "fits"})
     remove_stale_temporaries(cache_root_of(paths) / stage);
@@ -140,8 +134,8 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
     log(fmt::format("gradients: cached ({})", gradient_dir.string()));
     return store;
   }
-  auto [data_in, data, model] = base_model(config, versions, registry, paths, out);
-  finetune_stage_of(config, versions, registry, *model, data, paths, out);
+  auto [data_in, data, model] = base_model(config, registry, paths, out);
+  finetune_stage_of(config, registry, *model, data, paths, out);
   return extract_gradients(gradients_in, *model, data, paths, out);
 }
 
@@ -279,7 +273,6 @@ nlohmann::json numerics_json(const Numerics& n) {
 nlohmann::json score_estimators(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
                                 const GradientStore& store, Evaluation& evaluation, RunOutcome& outcome,
                                 bool writer, std::map<std::string, std::vector<double>>& all_scores) {
-  const auto versions = plugin_versions(config, registry);
   const bool aggregate = config.evaluation.mode == "aggregate";
   const int world_size = distributed_world_size();
   nlohmann::json diagnostics;
@@ -291,7 +284,7 @@ nlohmann::json score_estimators(const ExperimentConfig& config, Registry& regist
     auto start = Clock::now();
     const std::uint64_t bytes_before = distributed_bytes_communicated();
     const StageInputs fit_in =
-        fit_inputs(config.resolved_toml, versions, spec,
+        fit_inputs(config.resolved_toml, config.plugin_versions, spec,
                    registry.find(PluginKind::Estimator, spec.plugin).info->version, store.train);
     outcome.stage_cached["fit:" + spec.label] = fit_estimator(fit_in, *estimator, store.train, paths, who);
     torch::Tensor scores = in_plugin(who, [&] {
@@ -335,8 +328,7 @@ void write_scores_csv(const fs::path& file, const ExampleMeta& train,
 // denoisers also the training images and generated queries ([queries]) with their grid.
 void copy_examples(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
                    const fs::path& run_directory) {
-  const fs::path examples =
-      gradients_directory(gradients_stage_inputs(config, registry), paths) / "examples.jsonl";
+  const fs::path examples = gradients_directory(gradients_stage_inputs(config), paths) / "examples.jsonl";
   if (fs::exists(examples)) write_file_atomic(run_directory / "examples.jsonl", read_file(examples));
   for (const char* name : {"train.npy", "queries.npy", "queries.png"})
     if (const fs::path file = examples.parent_path() / name; fs::exists(file))

@@ -20,6 +20,7 @@ at::Tensor sample_images(Model& model, const std::vector<std::int64_t>& conditio
   if (options.sampling_steps < 1 || options.sampling_steps > options.diffusion_steps)
     throw Error(fmt::format("sampling: expected 1 to {} DDIM steps, found {}", options.diffusion_steps,
                             options.sampling_steps));
+  Denoiser& denoiser = require_capability<Denoiser>(model, "sampling images");
   torch::NoGradGuard no_grad;
   model.set_training(false);
   const torch::Tensor conditions = torch::tensor(condition_ids, torch::kLong);
@@ -40,7 +41,7 @@ at::Tensor sample_images(Model& model, const std::vector<std::int64_t>& conditio
                      std::llround(double(i - 1) * double(options.diffusion_steps - 1) / double(steps - 1)));
     const double a = alpha_bar[t].item<double>(),
                  a_prev = t_prev < 0 ? 1.0 : alpha_bar[t_prev].item<double>();
-    torch::Tensor eps = model.denoise(x, torch::full({x.size(0)}, t, torch::kLong), conditions);
+    torch::Tensor eps = denoiser.denoise(x, torch::full({x.size(0)}, t, torch::kLong), conditions);
     torch::Tensor x0 = ((x - std::sqrt(1 - a) * eps) / std::sqrt(a)).clamp(-options.clip, options.clip);
     eps = (x - std::sqrt(a) * x0) / std::sqrt(1 - a);  // the noise consistent with the clipped image
     x = std::sqrt(a_prev) * x0 + std::sqrt(1 - a_prev) * eps;

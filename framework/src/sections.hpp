@@ -29,6 +29,7 @@ const SectionSchema& dataset_section();     // stages/data.cpp: label noise (wit
 const SectionSchema& lora_section();        // stages/data.cpp: the adapters put on the model
 const SectionSchema& training_section();    // stages/training.cpp: fine-tuning and pretraining
 const SectionSchema& queries_section();     // stages/gradients.cpp: generated query images
+const SectionSchema& projection_section();  // stages/gradients.cpp: random projection of gradients
 const SectionSchema& evaluation_section();  // evaluation.cpp: metrics and how gradients are kept
 
 // For checks: nothing when `section`.`key` is one of `words`, else the problem naming them.

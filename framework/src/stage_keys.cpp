@@ -14,9 +14,9 @@
 #include "inflab/error.hpp"
 #include "inflab/io.hpp"
 #include "inflab/numerics.hpp"
-#include "inflab/run.hpp"
 #include "inflab/progress.hpp"
 #include "inflab/registry.hpp"
+#include "inflab/run.hpp"
 #include "stages/stages.hpp"
 
 namespace fs = std::filesystem;
@@ -145,7 +145,8 @@ StageInputs::StageInputs(const StageDeclaration& stage, const std::string& resol
   for (const auto& path : stage.reads) {
     auto node = resolved.at_path(path);
     if (!node) {
-      values_[path] = "<absent>";
+      const auto& later = stage.keyed_when_present;
+      if (std::find(later.begin(), later.end(), path) == later.end()) values_[path] = "<absent>";
       continue;
     }
     collect_leaves(*node.node(), path, stage.except, typed_);
@@ -268,8 +269,8 @@ std::map<std::string, std::string> plugin_versions(const ExperimentConfig& confi
           {"model", describe(PluginKind::Model, config.model.plugin)}};
 }
 
-StageInputs stage_inputs(const std::string& stage, const ExperimentConfig& config, Registry& registry) {
-  return stage_inputs(stage, config.resolved_toml, plugin_versions(config, registry));
+StageInputs stage_inputs(const std::string& stage, const ExperimentConfig& config) {
+  return stage_inputs(stage, config.resolved_toml, config.plugin_versions);
 }
 
 }  // namespace inflab

@@ -1,10 +1,10 @@
 // What each stage reads and its cache key (private to the framework; the stages' code is in
 // stages/, declared by stages/stages.hpp). The stages of an experiment: data -> base -> finetune
-// -> gradients -> fit -> scores -> metrics. A stage declares the parts of the resolved configuration it reads;
-// its code reads them only through StageInputs (an undeclared read is an error), and its cache
-// key is computed from exactly that declaration, the keys of the stages it follows, the names and
-// versions of the plugins it runs and its format version. Nothing else can change a cached result
-// unnoticed, and nothing it reads can be left out of the key.
+// -> gradients -> fit -> scores -> metrics. A stage declares the parts of the resolved configuration it
+// reads; its code reads them only through StageInputs (an undeclared read is an error), and its cache key is
+// computed from exactly that declaration, the keys of the stages it follows, the names and versions of the
+// plugins it runs and its format version. Nothing else can change a cached result unnoticed, and nothing it
+// reads can be left out of the key.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -28,6 +28,9 @@ struct StageDeclaration {
   // Paths it reads that say how, not what (batch sizes of extraction, memory budgets): readable,
   // left out of the key. A test checks that each leaves the stage's result unchanged.
   std::vector<std::string> settings;
+  // Paths under `reads` added after caches existed: absent, they leave the key as it was (so a run
+  // that does not use the new section keeps its cached results); present, they enter it as usual.
+  std::vector<std::string> keyed_when_present;
 };
 
 // Every cached stage, in chain order (the cache-key test walks this list).
@@ -74,10 +77,11 @@ class StageInputs {
 };
 
 // The inputs of `stage` for `config`, upstream keys included (computed along the chain).
-StageInputs stage_inputs(const std::string& stage, const ExperimentConfig& config, Registry& registry);
+StageInputs stage_inputs(const std::string& stage, const ExperimentConfig& config);
 StageInputs stage_inputs(const std::string& stage, const std::string& resolved_toml,
                          const std::map<std::string, std::string>& plugin_versions);
-// Plugin name and version of each plugin section of a run (for the keys and the manifest).
+// Plugin name and version of each plugin section of a run (for the keys and the manifest), computed
+// once when the run's configuration is validated (ExperimentConfig::plugin_versions).
 std::map<std::string, std::string> plugin_versions(const ExperimentConfig& config, Registry& registry);
 
 }  // namespace inflab

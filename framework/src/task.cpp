@@ -68,6 +68,17 @@ class CausalLmTask : public Task {
   }
 
  private:
+  // Rows (scored positions in row-major order of batch and position, as the targets are read) x
+  // vocabulary: from the model's ScoredTokenLogits when it has one, else gathered from forward().
+  static torch::Tensor scored_logits(Model& model, const torch::Tensor& inputs, const torch::Tensor& scored) {
+    if (auto* direct = capability<ScoredTokenLogits>(model)) return direct->token_logits(inputs, scored);
+    torch::Tensor logits = model.forward(inputs);
+    if (logits.dim() != 3)
+      throw Error(
+          "task causal_lm needs a model whose forward() gives logits per position (batch x positions x "
+          "vocabulary); this model gives class logits");
+    return logits.reshape({-1, logits.size(2)}).index_select(0, scored.reshape({-1}).nonzero().squeeze(1));
+  }
   // Per example: the summed loss of its scored tokens, and how many there are.
   std::pair<torch::Tensor, torch::Tensor> token_losses(Model& model, const Batch& batch) const {
     const auto& targets = batch.targets;
@@ -77,7 +88,7 @@ class CausalLmTask : public Task {
           "scored; found shape ({})",
           fmt::join(targets.sizes(), ", ")));
     torch::Tensor scored = targets.ge(0);
-    torch::Tensor logits = model.token_logits(batch.inputs, scored);  // scored positions x vocabulary
+    torch::Tensor logits = scored_logits(model, batch.inputs, scored);  // scored positions x vocabulary
     torch::Tensor flat = scored.reshape({-1}).nonzero().squeeze(1);
     if (logits.dim() != 2 || logits.size(0) != flat.size(0))
       throw Error(fmt::format("task causal_lm: the model gave logits of shape ({}) for {} scored positions",
@@ -147,7 +158,8 @@ class DenoisingTask : public Task {
     shape[0] = x0.size(0);
     torch::Tensor a = alpha_bar_.index_select(0, t).to(x0.scalar_type()).reshape(shape);
     torch::Tensor noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise;
-    torch::Tensor predicted = model.denoise(noisy, t, condition);
+    torch::Tensor predicted =
+        require_capability<Denoiser>(model, "task denoising").denoise(noisy, t, condition);
     if (predicted.sizes() != noise.sizes())
       throw Error(fmt::format("task denoising: the model predicted noise of shape ({}), expected ({})",
                               fmt::join(predicted.sizes(), ", "), fmt::join(noise.sizes(), ", ")));

@@ -18,7 +18,7 @@ struct Split {
   at::Tensor targets;
   std::vector<std::int64_t> ids;  // stable example ids within the source data
   // Text datasets give raw texts instead of inputs; the model tokenizes them
-  // (Model::encode_texts), since the vocabulary belongs to the model.
+  // (TextEncoder::encode_texts, inflab/model.hpp), since the vocabulary belongs to the model.
   std::vector<std::string> texts;
   // Instruction datasets: the response to each text (the prompt). A language model encodes both
   // (inflab/causal_lm.hpp, as the [task] options say) and the causal-LM loss covers what they choose.

@@ -1,6 +1,7 @@
 // An optional capability of model plugins that generate text (causal LMs): tokenization, the chat
-// template, and generation with a KV cache. `inflab generate` and `inflab tokenize` use it through
-// dynamic_cast; training and influence use the Model interface and the causal_lm task.
+// template, and generation with a KV cache. The framework finds it like the capabilities in
+// inflab/model.hpp (capability<LanguageModel>(model)) for instruction datasets, test answers,
+// `inflab generate` and `inflab tokenize`; training and influence use Model and the causal_lm task.
 // Token ids as a causal LM's inputs: right-padded with -1 (nothing there); an id v <= -2 is token
 // -v - 2 placed as scored padding that no position attends to (Hugging Face's attention_mask = 0
 // with labels left on the padding, the paper's rule; inflab/causal_lm.hpp).

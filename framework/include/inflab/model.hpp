@@ -40,34 +40,77 @@ class Model : public Plugin {
   // True when base_parameters() must be trained on the dataset's pretrain split first (a model
   // without packaged weights, or a new classifier head on a packaged encoder).
   virtual bool needs_base_pretraining() const { return true; }
-  // Optional, for models whose base stage is a head on a frozen trunk: forward(x) must equal
-  // probe_head(probe_features(x)) while the LoRA adapters are zero. The framework then computes
-  // the features once and trains the head on them instead of re-running the trunk every epoch.
-  virtual bool has_probe() const { return false; }
-  virtual at::Tensor probe_features(const at::Tensor& inputs);
-  virtual at::Tensor probe_head(const at::Tensor& features);
-  // Text models: token ids etc. for raw texts, as the `inputs` tensor forward() takes.
-  virtual at::Tensor encode_texts(const std::vector<std::string>& texts);
-  // Token models: (batch, positions) with 1 for real tokens and 0 for padding, over the same
-  // positions the tracked layers see for this batch in forward(). The gradient engine then leaves
-  // padding out of per-example gradients and K-FAC statistics. Undefined (the default): no padding.
-  virtual at::Tensor token_mask(const at::Tensor& inputs);
-  // Causal LMs (task causal_lm): logits at the positions where `scored` (batch x positions, bool)
-  // is true, as rows (scored positions in row-major order) x vocabulary. The default gathers them
-  // from forward(); a large-vocabulary model overrides it to apply its output layer only there.
-  virtual at::Tensor token_logits(const at::Tensor& inputs, const at::Tensor& scored);
-  // Denoisers (task denoising): the predicted noise for noisy images (n x C x H x W) at integer
-  // timesteps (n) under condition ids (n). The default says the model is not a denoiser.
+};
+
+// Optional capabilities. A model plugin inherits, beside Model, the interfaces of what it can do;
+// the framework asks for one with capability<T>(model) (nullptr: the model lacks it, and the
+// framework's default applies where there is one) or require_capability<T>(model, what) (a clear
+// error naming what needed it). LanguageModel (inflab/language_model.hpp) is one more of them.
+
+// Text models: token ids etc. for raw texts, as the `inputs` tensor forward() takes, and which of
+// those positions are real tokens.
+class TextEncoder {
+ public:
+  static constexpr const char* kInterface = "inflab::TextEncoder (a text model, e.g. minilm_lora)";
+  virtual ~TextEncoder() = default;
+  virtual at::Tensor encode_texts(const std::vector<std::string>& texts) = 0;
+  // (batch, positions) with 1 for real tokens and 0 for padding, over the same positions the
+  // tracked layers see for this batch in forward(). The gradient engine then leaves padding out of
+  // per-example gradients and K-FAC statistics. An undefined tensor: this batch has no padding.
+  virtual at::Tensor token_mask(const at::Tensor& inputs) = 0;
+};
+
+// Models whose base stage is a head on a frozen trunk: forward(x) must equal
+// probe_head(probe_features(x)) while the LoRA adapters are zero. The framework then computes the
+// features once and trains the head on them instead of re-running the trunk every epoch.
+class LinearProbe {
+ public:
+  static constexpr const char* kInterface = "inflab::LinearProbe";
+  virtual ~LinearProbe() = default;
+  virtual at::Tensor probe_features(const at::Tensor& inputs) = 0;
+  virtual at::Tensor probe_head(const at::Tensor& features) = 0;
+};
+
+// Causal LMs with a large vocabulary (task causal_lm): logits only at the positions where `scored`
+// (batch x positions, bool) is true, as rows (scored positions in row-major order) x vocabulary.
+// Without it the task gathers those rows from forward(), which must then give batch x positions x
+// vocabulary.
+class ScoredTokenLogits {
+ public:
+  static constexpr const char* kInterface = "inflab::ScoredTokenLogits";
+  virtual ~ScoredTokenLogits() = default;
+  virtual at::Tensor token_logits(const at::Tensor& inputs, const at::Tensor& scored) = 0;
+};
+
+// Denoisers (task denoising): the predicted noise for noisy images (n x C x H x W) at integer
+// timesteps (n) under condition ids (n).
+class Denoiser {
+ public:
+  static constexpr const char* kInterface = "inflab::Denoiser (a denoiser, e.g. ddpm_lora)";
+  virtual ~Denoiser() = default;
   virtual at::Tensor denoise(const at::Tensor& noisy, const at::Tensor& timesteps,
-                             const at::Tensor& condition);
-  // Sentence-embedding models: one L2-normalised row per text (`inflab embed`).
-  virtual at::Tensor embed(const std::vector<std::string>& texts);
-  // Hugging Face PEFT adapters (`inflab export --peft`, [model] adapter = DIR): the Hub id of the
-  // base model the adapters belong to ("" = this model has no Hugging Face counterpart), and the
-  // module path there of each LoRA layer ("" = a layer the Hugging Face model lacks, such as an
-  // inflab classifier head: exported beside the adapter, in inflab_head.safetensors).
-  virtual std::string peft_base_model() const { return ""; }
-  virtual std::string peft_module(const std::string& layer) const { return layer; }
+                             const at::Tensor& condition) = 0;
+};
+
+// Sentence-embedding models (`inflab embed`): one L2-normalised row per text.
+class SentenceEmbedder {
+ public:
+  static constexpr const char* kInterface = "inflab::SentenceEmbedder (e.g. minilm_lora)";
+  virtual ~SentenceEmbedder() = default;
+  virtual at::Tensor embed(const std::vector<std::string>& texts) = 0;
+};
+
+// Models with a Hugging Face counterpart, for PEFT adapters (`inflab export --peft`, [model]
+// adapter = DIR): the Hub id of the base model the adapters belong to, and the module path there
+// of each LoRA layer ("" = a layer the Hugging Face model lacks, such as an inflab classifier head:
+// exported beside the adapter, in inflab_head.safetensors).
+class PeftCounterpart {
+ public:
+  static constexpr const char* kInterface =
+      "inflab::PeftCounterpart (a model with a Hugging Face counterpart)";
+  virtual ~PeftCounterpart() = default;
+  virtual std::string peft_base_model() const = 0;
+  virtual std::string peft_module(const std::string& layer) const = 0;
   // A layer's LoRA B (out x r) in the Hugging Face module's row order (to_peft) or back: for
   // weights stored with their output rows permuted (llama.cpp's query and key rows). Default: as is.
   virtual at::Tensor peft_lora_b(const std::string& layer, const at::Tensor& b, bool to_peft) const {
@@ -75,5 +118,19 @@ class Model : public Plugin {
     return b;
   }
 };
+
+template <class Capability>
+Capability* capability(Model& model) {
+  return dynamic_cast<Capability*>(&model);
+}
+
+[[noreturn]] void throw_missing_capability(const char* interface, const std::string& needed_by);
+
+// The capability, or an Error: "<needed_by> needs a model that implements <interface>; ...".
+template <class Capability>
+Capability& require_capability(Model& model, const std::string& needed_by) {
+  if (auto* found = capability<Capability>(model)) return *found;
+  throw_missing_capability(Capability::kInterface, needed_by);
+}
 
 }  // namespace inflab

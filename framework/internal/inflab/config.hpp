@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -44,6 +45,8 @@ struct ExperimentConfig {
   // and so what their cache keys are computed from. The typed fields above are what the
   // orchestrator needs before any stage runs; every other value is read from here.
   std::string resolved_toml;
+  // "dataset" -> "fashion_mnist 0.1.0", "model" -> ...: part of every stage key and the manifest.
+  std::map<std::string, std::string> plugin_versions;
   // [model] adapter_from: the experiment (its run with this run's seed) whose fine-tuned adapter
   // this run scores instead of fine-tuning its own; null when the run fine-tunes its own.
   std::shared_ptr<const ExperimentConfig> adapter_source;

@@ -13,6 +13,7 @@
 #include "inflab/dataset.hpp"
 #include "inflab/estimator.hpp"
 #include "inflab/model.hpp"
+#include "inflab/projection.hpp"
 #include "inflab/task.hpp"
 
 namespace inflab {
@@ -28,6 +29,8 @@ struct GradientStore {
   // What was measured of the fine-tuned model the gradients come from (e.g. test_accuracy of a
   // language model's greedy answers); kept in blocks.json and reported in metrics.csv as "model".
   std::map<std::string, double> model_metrics;
+  // Projection::describe() of the projection the gradients went through ("" = full gradients).
+  std::string projection;
 };
 
 // Gradients of each example's own loss with respect to every LoRA A and B tensor, from one
@@ -39,13 +42,17 @@ using BlockAllocator =
 
 // With `factors`, the same pass accumulates each block's Kronecker factors (K-FAC statistics).
 // Each example's loss is the task's: `measure` takes the gradients of task.measurement (queries)
-// instead of task.summed_loss (training examples).
+// instead of task.summed_loss (training examples). With an active `projection` each block holds
+// its projected gradients (inflab/projection.hpp); a block no wider than the projection is kept
+// whole. A dense projection leaves a projected block without Kronecker factors; the factorised
+// one projects the factors' wide side with the same matrix.
 struct GradientRequest {
   std::int64_t batch_size = 64;
   std::string progress_label;
   bool factors = false;
   bool measure = false;
   BlockAllocator allocate;
+  Projection projection;
 };
 GradientBlocks per_example_gradients(Model& model, const Task& task, const Batch& examples,
                                      const GradientRequest& request);

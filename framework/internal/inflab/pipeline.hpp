@@ -38,7 +38,7 @@ FinetunedModel finetuned_model(const ExperimentConfig& config, Registry& registr
 // The cache key of a stage ("base", "finetune", "gradients", "fit") for this configuration: a hash
 // of exactly the inputs the stage declares, the keys of the stages before it, the versions of the
 // plugins it runs and its format version.
-std::string stage_key(const std::string& stage, const ExperimentConfig& config, Registry& registry);
+std::string stage_key(const std::string& stage, const ExperimentConfig& config);
 // Runs one experiment point into OUT/<name>/<run>/. resume: skip a run finished with the same
 // configuration and kernels. A finished run of another configuration or other kernels is an error
 // unless `replace`. The run is computed in a hidden folder beside it and swapped in when complete,

@@ -4,11 +4,11 @@
 #include <random>
 
 #include "../sections.hpp"
-#include "stages.hpp"
 #include "inflab/causal_lm.hpp"
 #include "inflab/config.hpp"
 #include "inflab/language_model.hpp"
 #include "inflab/lora.hpp"
+#include "stages.hpp"
 
 namespace fs = std::filesystem;
 
@@ -154,7 +154,7 @@ std::unique_ptr<Model> build_model(const StageInputs& inputs, Registry& registry
   const CausalLmEncoding influence = influence_encoding(task), fitting = fine_tuning_encoding(task);
   for (Split* split : {&data.train, &data.validation, &data.pretrain})
     if (!split->responses.empty() && !split->inputs.defined()) {
-      auto* language = dynamic_cast<LanguageModel*>(model.get());
+      auto* language = capability<LanguageModel>(*model);
       if (!language)
         throw Error(
             fmt::format("dataset '{}' gives instructions and responses; model '{}' is not a language model",
@@ -172,7 +172,9 @@ std::unique_ptr<Model> build_model(const StageInputs& inputs, Registry& registry
   for (Split* split : {&data.train, &data.validation, &data.pretrain})
     if (!split->texts.empty() && !split->inputs.defined()) {
       auto start = Clock::now();
-      split->inputs = model->encode_texts(split->texts);
+      split->inputs = require_capability<TextEncoder>(
+                          *model, fmt::format("dataset '{}' (texts)", inputs.get_string("dataset.plugin")))
+                          .encode_texts(split->texts);
       outcome.stage_seconds["tokenize"] += seconds_since(start);
     }
   if (data.pretrain.size() > 0 && !data.pretrain.inputs.defined())

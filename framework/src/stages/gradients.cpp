@@ -25,10 +25,11 @@ const StageDeclaration& gradients_stage() {
   static const StageDeclaration stage{"gradients",
                                       6,  // 6: train.npy of denoisers (5: examples.jsonl for every dataset)
                                       {"finetune"},
-                                      {"task", "evaluation.gradient_dtype", "queries"},
+                                      {"task", "evaluation.gradient_dtype", "queries", "projection"},
                                       {},
                                       {"dataset", "model"},
-                                      {"evaluation.gradient_batch_size", "evaluation.gradient_memory_mb"}};
+                                      {"evaluation.gradient_batch_size", "evaluation.gradient_memory_mb"},
+                                      {"projection"}};
   return stage;
 }
 
@@ -45,6 +46,37 @@ const SectionSchema& queries_section() {
       }};
   return section;
 }
+
+// [projection] (optional): random projection of every block's gradients (inflab/projection.hpp).
+const SectionSchema& projection_section() {
+  static const SectionSchema section{
+      "projection",
+      {
+          {"kind", OptionType::String, std::string("gaussian"),
+           "gaussian | sparse (Achlioptas) | factorised (LoGra: a LoRA layer's wide side only) | none"},
+          {"dim", OptionType::Int, std::int64_t{1024},
+           "values per block after projection (factorised: dim / rank per side); a block no wider is kept "
+           "whole",
+           false, between(1, 1e9)},
+          {"seed", OptionType::Int, std::int64_t{0}, "seed of the projection matrices", false,
+           between(0, 9e15)},
+      },
+      [](Options& values) -> std::optional<SectionProblem> {
+        return one_of(values, "projection", "kind", {"gaussian", "sparse", "factorised", "none"});
+      }};
+  return section;
+}
+
+namespace {
+Projection projection_of(const StageInputs& inputs) {
+  Projection projection;
+  if (!inputs.present("projection")) return projection;
+  projection.kind = projection_kind(inputs.get_string("projection.kind"));
+  projection.dim = inputs.get_int("projection.dim");
+  projection.seed = static_cast<std::uint64_t>(inputs.get_int("projection.seed"));
+  return projection;
+}
+}  // namespace
 
 namespace {
 
@@ -86,7 +118,7 @@ ModelMeasurements measure_model(Model& model, const Task& task, const LoadedData
                                 std::int64_t batch_size, const StageInputs& inputs, const RunPaths& paths) {
   if (find_task(task.name())->trains_on_class_labels)
     return {measure_classifier(model, task, data, batch_size), {}};
-  auto* language = dynamic_cast<LanguageModel*>(&model);
+  auto* language = capability<LanguageModel>(model);
   const Split& test = data.splits.validation;
   if (!language || test.responses.empty()) return {};
   const bool chat = inputs.get_string("task.template") == "chat";
@@ -221,9 +253,15 @@ GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedD
     };
     cut(train_meta.ids), cut(train_meta.labels), cut(train_meta.observed_labels), cut(train_meta.flipped);
   }
+  auto task = make_task(inputs.get_string("task.name"), inputs.section("task"));
+  const Projection projection = projection_of(inputs);
   std::int64_t width = 0;
   for (auto* layer : model.lora_layers())
-    if (layer->has_adapter()) width += layer->lora_a().numel() + layer->lora_b().numel();
+    if (layer->has_adapter()) {
+      const auto shape = projected_layer(projection, layer->lora_a().size(1), layer->rank(),
+                                         layer->lora_b().size(0), task->gradient_parts());
+      width += shape.width_a + shape.width_b;
+    }
   const double train_mb = static_cast<double>(shard.size()) * static_cast<double>(width) *
                           static_cast<double>(c10::elementSize(dtype)) / 1048576.0;
   // Over the budget (or 16-bit): extraction writes each batch straight into mapped files.
@@ -235,7 +273,6 @@ GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedD
   if (on_disk)
     log(fmt::format("gradients: {:.0f} MiB of training gradients ({}) go to memory-mapped files in {}",
                     train_mb, dtype_name, gradient_dir.string()));
-  auto task = make_task(inputs.get_string("task.name"), inputs.section("task"));
   if (inputs.present("queries")) {
     fs::create_directories(temporary);
     generate_queries(inputs, model, data, temporary);
@@ -243,11 +280,16 @@ GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedD
   GradientStore store;
   const std::int64_t batch_size = inputs.get_int("evaluation.gradient_batch_size");
   // Kronecker factors, unless a block concatenates per-row gradients (which have none).
-  GradientRequest request{batch_size, "train gradients", /*factors=*/task->gradient_parts() == 1,
-                          /*measure=*/false, on_disk ? to_disk : BlockAllocator{}};
+  GradientRequest request{batch_size,
+                          "train gradients",
+                          /*factors=*/task->gradient_parts() == 1,
+                          /*measure=*/false,
+                          on_disk ? to_disk : BlockAllocator{},
+                          projection};
   store.train = per_example_gradients(model, *task, train, request);
   store.query = per_example_gradients(model, *task, data.validation,
-                                      {batch_size, "validation gradients", false, true, {}});
+                                      {batch_size, "validation gradients", false, true, {}, projection});
+  store.projection = projection.describe();
   ModelMeasurements measured = measure_model(model, *task, data, batch_size, inputs, paths);
   store.model_metrics = measured.metrics;
   store.train_meta = std::move(train_meta);

@@ -12,15 +12,15 @@
 #include <memory>
 #include <string>
 
+#include "../stage_keys.hpp"
 #include "inflab/config.hpp"
 #include "inflab/dataset.hpp"
 #include "inflab/error.hpp"
 #include "inflab/gradients.hpp"
 #include "inflab/model.hpp"
-#include "inflab/run.hpp"
 #include "inflab/registry.hpp"
+#include "inflab/run.hpp"
 #include "inflab/task.hpp"
-#include "../stage_keys.hpp"
 
 namespace inflab {
 
@@ -109,8 +109,8 @@ struct BaseModel {
   LoadedData data;
   std::unique_ptr<Model> model;
 };
-BaseModel base_model(const ExperimentConfig& config, const std::map<std::string, std::string>& versions,
-                     Registry& registry, const RunPaths& paths, RunOutcome& outcome);
+BaseModel base_model(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
+                     RunOutcome& outcome);
 
 // A tensor's values as doubles, in row-major order.
 std::vector<double> to_doubles(const at::Tensor& t);

@@ -4,11 +4,11 @@
 #include <optional>
 
 #include "../sections.hpp"
-#include "stages.hpp"
 #include "inflab/io.hpp"
 #include "inflab/lora.hpp"
 #include "inflab/peft.hpp"
 #include "inflab/progress.hpp"
+#include "stages.hpp"
 
 namespace fs = std::filesystem;
 
@@ -224,7 +224,7 @@ bool load_tensors(const fs::path& path, const std::vector<torch::Tensor>& target
 }
 
 // A head on a frozen trunk: the trunk's features once, then the head trained on them.
-void train_probe_head(const StageInputs& inputs, Model& model, const Batch& pretrain,
+void train_probe_head(const StageInputs& inputs, Model& model, LinearProbe& probe, const Batch& pretrain,
                       const std::vector<torch::Tensor>& base, const TrainingSchedule& schedule) {
   const std::int64_t batch_size = inputs.get_int("training.batch_size");
   torch::Tensor features;
@@ -235,7 +235,7 @@ void train_probe_head(const StageInputs& inputs, Model& model, const Batch& pret
     Progress progress("probe features", pretrain.size(), "examples");
     for (std::int64_t s = 0; s < pretrain.size(); s += batch_size) {
       auto count = std::min(batch_size, pretrain.size() - s);
-      chunks.push_back(model.probe_features(pretrain.inputs.narrow(0, s, count)));
+      chunks.push_back(probe.probe_features(pretrain.inputs.narrow(0, s, count)));
       progress.advance(count);
     }
     features = torch::cat(chunks);
@@ -243,7 +243,7 @@ void train_probe_head(const StageInputs& inputs, Model& model, const Batch& pret
   train(
       model,
       [&](const Batch& b) {
-        return torch::nn::functional::cross_entropy(model.probe_head(b.inputs), b.targets);
+        return torch::nn::functional::cross_entropy(probe.probe_head(b.inputs), b.targets);
       },
       base, Batch{features, pretrain.targets, pretrain.example_ids}, schedule);
 }
@@ -334,9 +334,9 @@ void prepare_base(const StageInputs& inputs, Model& model, const LoadedData& dat
       schedule.epochs = inputs.get_int("training.pretrain_epochs");
       schedule.learning_rate = inputs.get_double("training.pretrain_learning_rate");
       schedule.batch_size = inputs.get_int("training.batch_size");
-      if (model.has_probe()) {
+      if (auto* probe = capability<LinearProbe>(model)) {
         schedule.label = "training the head";
-        train_probe_head(inputs, model, data.pretrain, base, schedule);
+        train_probe_head(inputs, model, *probe, data.pretrain, base, schedule);
       } else {
         schedule.label = "pretraining base";
         auto task = stage_task(inputs);

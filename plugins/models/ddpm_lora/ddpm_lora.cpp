@@ -23,7 +23,7 @@ namespace {
 
 namespace F = torch::nn::functional;
 
-class DdpmLora : public inflab::Model {
+class DdpmLora : public inflab::Model, public inflab::Denoiser {
  public:
   void configure(const inflab::Options& options) override {
     channels_ = options.get_int_list("channels");

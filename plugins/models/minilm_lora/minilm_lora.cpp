@@ -35,7 +35,11 @@ struct Layer {
   torch::nn::LayerNorm attention_norm{nullptr}, output_norm{nullptr};
 };
 
-class MiniLmLora : public inflab::Model {
+class MiniLmLora : public inflab::Model,
+                   public inflab::TextEncoder,
+                   public inflab::LinearProbe,
+                   public inflab::SentenceEmbedder,
+                   public inflab::PeftCounterpart {
  public:
   void configure(const inflab::Options& options) override {
     dir_ = options.get_string("model_dir");
@@ -120,7 +124,6 @@ class MiniLmLora : public inflab::Model {
   }
 
   // The head's linear probe trains on pooled encoder features computed once.
-  bool has_probe() const override { return true; }
   at::Tensor probe_features(const at::Tensor& inputs) override {
     return pool(encode(inputs), mask_of(inputs));
   }

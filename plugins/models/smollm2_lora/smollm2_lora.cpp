@@ -37,7 +37,11 @@ struct KvCache {
   std::vector<torch::Tensor> k, v;
 };
 
-class SmolLm2Lora : public inflab::Model, public inflab::LanguageModel {
+class SmolLm2Lora : public inflab::Model,
+                    public inflab::LanguageModel,
+                    public inflab::TextEncoder,
+                    public inflab::ScoredTokenLogits,
+                    public inflab::PeftCounterpart {
  public:
   void configure(const inflab::Options& options) override {
     file_ = options.get_string("model_file");
