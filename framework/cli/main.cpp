@@ -15,6 +15,7 @@
 #include <set>
 #include <thread>
 
+#include "explain.hpp"
 #include "inflab/config.hpp"
 #include "inflab/distributed.hpp"
 #include "inflab/error.hpp"
@@ -587,6 +588,46 @@ static int run_cli(int argc, char** argv) {
       "sample the pretrained base model, without the fine-tuned adapters (no fine-tuning is run)");
 
   int launch_ranks = 0;
+  auto* index_command = app.add_subcommand("index", "an on-disk index of a run's training gradients");
+  index_command->require_subcommand(1);
+  auto* index_build = index_command->add_subcommand(
+      "build", "write an experiment run's training gradients (projected with [projection]) as an index");
+  fs::path index_out;
+  std::string index_dtype = "float16";
+  index_build->add_option("file", file, "experiment TOML file (one run)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  index_build->add_option("--out", index_out, "index directory (new)")->required();
+  index_build->add_option("--set", sets, "override a key (repeatable)");
+  index_build->add_option("--dtype", index_dtype,
+                          "float16 (default: half the size, scored in float32) or float32");
+  index_build->add_option("--cache", cache, "stage cache");
+
+  ExplainRequest explain_request;
+  auto* explain = app.add_subcommand(
+      "explain", "the most helpful and harmful training examples of queries, scored against an index");
+  explain->add_option("index", explain_request.index, "index directory (`inflab index build`)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  explain->add_option("--prompt", explain_request.prompts,
+                      "a prompt (repeatable); the fine-tuned model answers it unless --response is given");
+  explain->add_option("--response", explain_request.responses,
+                      "the answer to score for the prompt before it");
+  explain->add_option("--queries", explain_request.queries_file,
+                      "JSON lines {\"prompt\": ..., \"response\": ...} (response optional)");
+  explain->add_option("--validation", explain_request.validation_rows,
+                      "a validation row of the index's run as the query (repeatable)");
+  explain->add_option("--estimator", explain_request.estimator, "estimator plugin (default datainf)");
+  explain->add_option("--set", explain_request.estimator_sets,
+                      "estimator option, e.g. --set damping_scale=0.1");
+  explain->add_option("--top", explain_request.top, "training examples listed per side (default 5)");
+  explain->add_option("--max-tokens", explain_request.max_tokens, "longest generated answer (default 64)");
+  explain->add_flag("--json", explain_request.json, "print JSON (one object per query) instead of text");
+  explain->add_option("--cache", explain_request.cache, "stage cache (for the fine-tuned model)");
+  explain->footer(
+      "Scores: < 0 helpful (up-weighting the example lowers the query's loss), > 0 harmful.\n"
+      "Example: inflab explain idx --validation 0 --estimator hessian_free --top 3");
+
   double launch_timeout = 300;
   std::vector<std::string> launch_arguments;
   auto* launch = app.add_subcommand(
@@ -610,8 +651,8 @@ static int run_cli(int argc, char** argv) {
     }
     configure_threads(common.threads);  // LibTorch defaults to 1 thread on these machines
     // Commands without an experiment file choose their kernels now; the others once it is read.
-    const bool reads_experiment =
-        *run || *validate || *gradients || *sample || *export_command || (*generate && !lora_run.empty());
+    const bool reads_experiment = *run || *validate || *gradients || *sample || *export_command ||
+                                  (*generate && !lora_run.empty()) || *index_command || *explain;
     if (!reads_experiment && !*plugins) use_kernels(common);
     if (*run) return command_run(file, sets, out, cache, no_resume, replace, common);
     if (*validate) return command_validate(file, sets, common);
@@ -624,6 +665,29 @@ static int run_cli(int argc, char** argv) {
                               common);
     if (*sample) return command_sample(file, sets, cache, sample_request, common);
     if (*export_command) return command_export(export_run, peft_out, cache, common);
+    if (*index_build) {
+      Registry registry;
+      load_plugins(registry, common);
+      auto runs = load_experiment(file, sets, registry);
+      if (runs.size() != 1)
+        throw Error(fmt::format("{}: {} runs; an index holds one (e.g. --set 'sweep={{}}')", file.string(),
+                                runs.size()));
+      use_kernels(common, runs);
+      return command_index_build(runs[0], registry, index_out, cache, index_dtype);
+    }
+    if (*explain) {
+      Registry registry;
+      load_plugins(registry, common);
+      const fs::path config = explain_request.index / "config.toml";
+      if (!fs::is_regular_file(config))
+        throw Error(
+            fmt::format("{}: not an index (no config.toml); build one with `inflab index build FILE.toml "
+                        "--out DIR`",
+                        explain_request.index.string()));
+      use_kernels(common, load_experiment(config, {}, registry));
+      explain_request.cache = cache.empty() ? explain_request.cache : cache;
+      return command_explain(explain_request, registry);
+    }
     if (*tokenize)
       return command_tokenize(lm_name.empty() ? "smollm2_lora" : lm_name, lm_text, special, sets, common);
   } catch (const Error& e) {

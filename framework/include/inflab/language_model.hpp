@@ -23,6 +23,7 @@ struct GenerationOptions {
 
 class LanguageModel {
  public:
+  static constexpr const char* kInterface = "inflab::LanguageModel (a language model, e.g. smollm2_lora)";
   virtual ~LanguageModel() = default;
   // Token ids; with `special`, control tokens written in the text become their ids.
   virtual std::vector<std::int64_t> tokenize(const std::string& text, bool special) = 0;

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../sections.hpp"
+#include "inflab/causal_lm.hpp"
 #include "inflab/distributed.hpp"
 #include "inflab/io.hpp"
 #include "inflab/language_model.hpp"
@@ -111,6 +112,17 @@ std::map<std::string, double> measure_classifier(Model& model, const Task& task,
           {"validation_loss", loss / static_cast<double>(std::max<std::int64_t>(1, data.validation.size()))}};
 }
 
+// The model's greedy answer to a prompt as fine-tuning saw prompts: in the chat template, or raw
+// text (template = "raw").
+std::string greedy_answer(LanguageModel& language, const std::string& prompt, bool chat,
+                          std::int64_t max_tokens) {
+  const auto ids =
+      chat ? language.tokenize(language.chat_prompt(prompt), true) : language.tokenize(prompt, false);
+  GenerationOptions options;
+  options.max_tokens = max_tokens;
+  return language.detokenize(language.generate(ids, options));
+}
+
 // A language model: its greedy answers to the test prompts, exact-match accuracy. They depend on
 // the fine-tuned adapter and the template alone, so they are cached under the finetune stage's key
 // (runs that differ in what the influence loss covers share them).
@@ -148,13 +160,8 @@ ModelMeasurements measure_model(Model& model, const Task& task, const LoadedData
   std::int64_t correct = 0;
   for (std::size_t i = 0; i < test.responses.size(); ++i) {
     const auto expected = language->tokenize(test.responses[i], false);
-    GenerationOptions options;
-    options.max_tokens = 2 * static_cast<std::int64_t>(expected.size()) + 8;
-    // The prompt as fine-tuning saw it: in the chat template, or raw text (template = "raw").
-    const auto prompt = chat ? language->tokenize(language->chat_prompt(test.texts[i]), true)
-                             : language->tokenize(test.texts[i], false);
-    const auto answer = language->generate(prompt, options);
-    measured.answers.push_back(language->detokenize(answer));
+    measured.answers.push_back(
+        greedy_answer(*language, test.texts[i], chat, 2 * static_cast<std::int64_t>(expected.size()) + 8));
     correct += measured.answers.back() == test.responses[i];
     progress.advance();
   }
@@ -306,6 +313,32 @@ GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedD
   outcome.stage_seconds["gradients"] = seconds_since(start);
   outcome.stage_cached["gradients"] = false;
   return store;
+}
+
+PromptQueries prompt_query_gradients(const StageInputs& inputs, Model& model,
+                                     const std::vector<std::string>& prompts,
+                                     const std::vector<std::string>& responses, std::int64_t max_tokens) {
+  LanguageModel* language = &require_capability<LanguageModel>(model, "prompts as queries");
+  const Options task_options = inputs.section("task");
+  const bool chat = inputs.get_string("task.template") == "chat";
+  PromptQueries out;
+  out.prompts = prompts;
+  for (std::size_t i = 0; i < prompts.size(); ++i)
+    out.answers.push_back(i < responses.size() && !responses[i].empty()
+                              ? responses[i]
+                              : greedy_answer(*language, prompts[i], chat, max_tokens));
+  auto [ids, targets] =
+      encode_causal_lm(*language, out.prompts, out.answers, influence_encoding(task_options));
+  const std::int64_t n = ids.size(0);
+  auto task = make_task(inputs.get_string("task.name"), task_options);
+  out.gradients = per_example_gradients(model, *task, Batch{ids, targets, torch::arange(n, torch::kLong)},
+                                        {inputs.get_int("evaluation.gradient_batch_size"),
+                                         "query gradients",
+                                         false,
+                                         true,
+                                         {},
+                                         projection_of(inputs)});
+  return out;
 }
 
 }  // namespace inflab

@@ -148,6 +148,17 @@ LeaveOneOut leave_one_out(const StageInputs& inputs, Model& model, const LoadedD
 std::filesystem::path gradients_directory(const StageInputs& inputs, const RunPaths& paths);
 GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedData& data,
                                 const RunPaths& paths, RunOutcome& outcome);
+// New queries for a language model's run (`inflab explain --prompt`): each prompt's answer (the
+// given response, or the model's greedy one of at most max_tokens), encoded as the run encodes its
+// test split, and the gradients of its influence loss with the run's projection (`inputs`: the
+// gradients stage's).
+struct PromptQueries {
+  std::vector<std::string> prompts, answers;
+  GradientBlocks gradients;
+};
+PromptQueries prompt_query_gradients(const StageInputs& inputs, Model& model,
+                                     const std::vector<std::string>& prompts,
+                                     const std::vector<std::string>& responses, std::int64_t max_tokens);
 
 // fit: an estimator fitted on the training gradients, from its fit cache when it has one.
 // `inputs` carries the estimator's plugin, version and options and the blocks taking part

@@ -1,0 +1,157 @@
+#include "explain.hpp"
+
+#include <fmt/format.h>
+
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "inflab/error.hpp"
+#include "inflab/index.hpp"
+#include "inflab/progress.hpp"
+#include "inflab/registry.hpp"
+#include "inflab/scoring.hpp"
+
+namespace fs = std::filesystem;
+
+namespace inflab {
+
+int command_index_build(const ExperimentConfig& run, Registry& registry, const fs::path& out,
+                        const fs::path& cache, const std::string& dtype) {
+  const IndexRecord record = build_index(run, registry, RunPaths{"results", cache}, out, dtype);
+  std::cout << fmt::format("{}: index of {} training examples ({}, {}), run {} of {}\n", out.string(),
+                           record.examples, record.dtype,
+                           record.projection.empty() ? "full gradients" : record.projection, record.run,
+                           record.experiment);
+  return 0;
+}
+
+namespace {
+
+// Prompts from --prompt/--response and from --queries FILE.jsonl, in that order.
+void read_query_file(const fs::path& file, std::vector<std::string>& prompts,
+                     std::vector<std::string>& responses) {
+  std::ifstream in(file);
+  if (!in) throw Error(fmt::format("--queries {}: cannot be read", file.string()));
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const std::exception& e) {
+      throw Error(fmt::format("{}:{}: not a JSON object ({})", file.string(), number, e.what()));
+    }
+    if (!j.is_object() || !j.contains("prompt") || !j["prompt"].is_string())
+      throw Error(
+          fmt::format("{}:{}: expected {{\"prompt\": \"...\"}} (and optionally \"response\"), found {}",
+                      file.string(), number, line));
+    prompts.push_back(j["prompt"]);
+    responses.push_back(j.contains("response") && j["response"].is_string() ? j["response"].get<std::string>()
+                                                                            : "");
+  }
+}
+
+nlohmann::json describe_row(const AttributionIndex& index, const RankedRow& ranked) {
+  nlohmann::json row = nlohmann::json::object();
+  if (ranked.row < static_cast<std::int64_t>(index.examples.size()))
+    row = nlohmann::json::parse(index.examples[static_cast<std::size_t>(ranked.row)]);
+  row.erase("split");
+  const auto& meta = index.store.train_meta;
+  const auto i = static_cast<std::size_t>(ranked.row);
+  if (i < meta.observed_labels.size()) row["observed_label"] = meta.observed_labels[i];
+  if (i < meta.flipped.size()) row["flipped"] = meta.flipped[i] != 0;
+  row["row"] = ranked.row;
+  row["score"] = ranked.score;
+  return row;
+}
+
+std::string shorten(const std::string& text, std::size_t width) {
+  std::string flat;
+  for (char c : text) flat += c == '\n' ? ' ' : c;
+  return flat.size() <= width ? flat : flat.substr(0, width - 3) + "...";
+}
+
+void print_rows(const char* title, const nlohmann::json& rows) {
+  std::cout << "  " << title << "\n";
+  for (const auto& row : rows) {
+    std::string what = row.contains("text") ? "\"" + shorten(row["text"], 60) + "\"" : "";
+    if (row.contains("response")) what += " -> \"" + shorten(row["response"], 40) + "\"";
+    // The label the model was trained on; a flipped one with the true label beside it.
+    const std::int64_t trained_on = row.value("observed_label", row.value("label", std::int64_t{-1}));
+    const std::string flipped =
+        row.value("flipped", false) ? fmt::format(" (flipped, true {})", row.value("label", std::int64_t{-1})) : "";
+    std::cout << fmt::format("    row {:>6}  score {:>+11.4e}  label {:>3}{}{}\n", row["row"].get<std::int64_t>(),
+                             row["score"].get<double>(), trained_on, flipped, what.empty() ? "" : "  " + what);
+  }
+}
+
+}  // namespace
+
+int command_explain(const ExplainRequest& request, Registry& registry) {
+  if (request.top < 1) throw Error(fmt::format("--top: expected at least 1, found {}", request.top));
+  std::vector<std::string> prompts = request.prompts, responses = request.responses;
+  if (responses.size() > prompts.size())
+    throw Error(fmt::format("--response given {} times for {} --prompt; each answers the prompt before it",
+                            responses.size(), prompts.size()));
+  responses.resize(prompts.size());
+  if (!request.queries_file.empty()) read_query_file(request.queries_file, prompts, responses);
+  if (prompts.empty() && request.validation_rows.empty())
+    throw Error("explain: give queries: --prompt TEXT, --queries FILE.jsonl or --validation ROW");
+  registry.find(PluginKind::Estimator, request.estimator);  // a misspelt name fails before any work
+  AttributionIndex index = open_index(request.index, registry);
+
+  // The queries' gradients: the run's own validation rows, then the prompts (generated answers).
+  std::vector<nlohmann::json> queries;
+  const std::vector<std::int64_t>& rows = request.validation_rows;
+  if (!rows.empty()) gather_queries(index, rows, {});  // a wrong row fails before any generation
+  PromptGradients prompted;
+  if (!prompts.empty())
+    prompted = prompt_gradients(index, registry, RunPaths{"results", request.cache}, prompts, responses,
+                                request.max_tokens);
+  GradientBlocks queries_blocks = gather_queries(index, rows, prompted.gradients);
+  for (auto row : rows) {
+    nlohmann::json query{{"validation_row", row}};
+    const auto& labels = index.store.query_meta.labels;
+    if (static_cast<std::size_t>(row) < labels.size()) query["label"] = labels[static_cast<std::size_t>(row)];
+    queries.push_back(query);
+  }
+  for (std::size_t i = 0; i < prompts.size(); ++i)
+    queries.push_back({{"prompt", prompted.prompts[i]}, {"answer", prompted.answers[i]}});
+
+  ScoredBlocks scored = score_with_estimator(registry, request.estimator, request.estimator_sets, "pairwise",
+                                             index.store.train, queries_blocks);
+  const auto rankings = rank_training_rows(scored.scores, request.top);
+  nlohmann::json out = nlohmann::json::array();
+  for (std::size_t q = 0; q < rankings.size(); ++q) {
+    nlohmann::json entry = queries[q];
+    entry["estimator"] = request.estimator;
+    entry["helpful"] = nlohmann::json::array();
+    entry["harmful"] = nlohmann::json::array();
+    for (const auto& r : rankings[q].helpful) entry["helpful"].push_back(describe_row(index, r));
+    for (const auto& r : rankings[q].harmful) entry["harmful"].push_back(describe_row(index, r));
+    out.push_back(entry);
+  }
+  if (request.json) {
+    std::cout << out.dump(1) << "\n";
+    return 0;
+  }
+  std::cout << fmt::format(
+      "index {} ({} training examples, {}), estimator {}\n", request.index.string(), index.record.examples,
+      index.record.projection.empty() ? "full gradients" : index.record.projection, request.estimator);
+  std::cout
+      << "score < 0: up-weighting the training example lowers the query's loss (helpful); > 0: raises it\n";
+  for (const auto& entry : out) {
+    if (entry.contains("validation_row"))
+      std::cout << fmt::format("\nquery: validation row {} (label {})\n", entry["validation_row"].get<std::int64_t>(),
+                               entry.value("label", std::int64_t{-1}));
+    else
+      std::cout << fmt::format("\nquery: \"{}\"\nanswer: \"{}\"\n", shorten(entry["prompt"], 100),
+                               shorten(entry["answer"], 100));
+    print_rows("most helpful", entry["helpful"]);
+    print_rows("most harmful", entry["harmful"]);
+  }
+  return 0;
+}
+
+}  // namespace inflab

@@ -1,0 +1,31 @@
+// `inflab index build` and `inflab explain`: an on-disk index of a run's training gradients and
+// the most helpful and harmful training examples of new queries against it (inflab/index.hpp).
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace inflab {
+
+class Registry;
+struct ExperimentConfig;
+
+int command_index_build(const ExperimentConfig& run, Registry& registry, const std::filesystem::path& out,
+                        const std::filesystem::path& cache, const std::string& dtype);
+
+struct ExplainRequest {
+  std::filesystem::path index;
+  std::vector<std::string> prompts, responses;  // responses[i] answers prompts[i]; absent: generated
+  std::filesystem::path queries_file;           // JSON lines {"prompt": ..., "response": ...}
+  std::vector<std::int64_t> validation_rows;    // the run's own queries, by row
+  std::string estimator = "datainf";
+  std::vector<std::string> estimator_sets;
+  std::int64_t top = 5;
+  std::int64_t max_tokens = 64;
+  bool json = false;
+  std::filesystem::path cache;
+};
+int command_explain(const ExplainRequest& request, Registry& registry);
+
+}  // namespace inflab
