@@ -36,19 +36,27 @@ dim = 128
 [[estimator]]
 plugin = "datainf"
 )";
+// An index built by the CLI from `experiment` in a fresh folder and stage cache.
+struct BuiltIndex {
+  test::TempDir dir;
+  const std::string bin = std::string(INFLAB_BINARY) + " --quiet ";
+  const std::string cache = " --cache " + (dir.path / "cache").string();
+  const fs::path file, index = dir.path / "index";
+  explicit BuiltIndex(const std::string& experiment) : file(dir.write("experiment.toml", experiment)) {
+    auto built = test::run_command(bin + "index build " + file.string() + " --out " + index.string() + cache);
+    INFO(built.output);
+    REQUIRE(built.exit_code == 0);
+  }
+};
 }  // namespace
 
 TEST_CASE(
     "index build keeps the run's gradients; explain's top k equals a brute-force scoring; damage is refused",
     "[index][cli]") {
-  test::TempDir dir;
-  const fs::path file = dir.write("indexed.toml", kIndexedExperiment);
-  const std::string bin = std::string(INFLAB_BINARY) + " --quiet ";
-  const std::string cache = " --cache " + (dir.path / "cache").string();
-  const fs::path index = dir.path / "index";
-  auto built = test::run_command(bin + "index build " + file.string() + " --out " + index.string() + cache);
-  INFO(built.output);
-  REQUIRE(built.exit_code == 0);
+  BuiltIndex built(kIndexedExperiment);
+  const auto& dir = built.dir;
+  const auto &bin = built.bin, &cache = built.cache;
+  const auto &file = built.file, &index = built.index;
   // The same run's gradients written by `inflab gradients` (float32): the index holds them in float16.
   REQUIRE(test::run_command(bin + "gradients " + file.string() + " --out " + (dir.path / "grads").string() +
                             cache)
@@ -134,8 +142,7 @@ TEST_CASE(
     "[index][cli][llm]") {
   // A small real SmolLM2 run: the paper's math task, 2 training and 1 test prompt per class, LoRA on
   // two layers' queries, one epoch, the factorised projection.
-  test::TempDir dir;
-  const fs::path file = dir.write("llm.toml", R"([experiment]
+  BuiltIndex built(R"([experiment]
 name = "explained_llm"
 [dataset]
 plugin = "paper_generation_tasks"
@@ -159,12 +166,9 @@ dim = 256
 [[estimator]]
 plugin = "hessian_free"
 )");
-  const std::string bin = std::string(INFLAB_BINARY) + " --quiet ";
-  const std::string cache = " --cache " + (dir.path / "cache").string();
-  const fs::path index = dir.path / "index";
-  auto built = test::run_command(bin + "index build " + file.string() + " --out " + index.string() + cache);
-  INFO(built.output);
-  REQUIRE(built.exit_code == 0);
+  const auto& dir = built.dir;
+  const auto &bin = built.bin, &cache = built.cache;
+  const auto& index = built.index;
   // Test example 3 as a prompt with its own response, beside the stored gradient of that row.
   nlohmann::json test_example;
   std::ifstream lines(index / "examples.jsonl");

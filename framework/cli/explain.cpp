@@ -79,10 +79,12 @@ void print_rows(const char* title, const nlohmann::json& rows) {
     if (row.contains("response")) what += " -> \"" + shorten(row["response"], 40) + "\"";
     // The label the model was trained on; a flipped one with the true label beside it.
     const std::int64_t trained_on = row.value("observed_label", row.value("label", std::int64_t{-1}));
-    const std::string flipped =
-        row.value("flipped", false) ? fmt::format(" (flipped, true {})", row.value("label", std::int64_t{-1})) : "";
-    std::cout << fmt::format("    row {:>6}  score {:>+11.4e}  label {:>3}{}{}\n", row["row"].get<std::int64_t>(),
-                             row["score"].get<double>(), trained_on, flipped, what.empty() ? "" : "  " + what);
+    const std::string flipped = row.value("flipped", false)
+                                    ? fmt::format(" (flipped, true {})", row.value("label", std::int64_t{-1}))
+                                    : "";
+    std::cout << fmt::format("    row {:>6}  score {:>+11.4e}  label {:>3}{}{}\n",
+                             row["row"].get<std::int64_t>(), row["score"].get<double>(), trained_on, flipped,
+                             what.empty() ? "" : "  " + what);
   }
 }
 
@@ -92,7 +94,7 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
   if (request.top < 1) throw Error(fmt::format("--top: expected at least 1, found {}", request.top));
   std::vector<std::string> prompts = request.prompts, responses = request.responses;
   if (responses.size() > prompts.size())
-    throw Error(fmt::format("--response given {} times for {} --prompt; each answers the prompt before it",
+    throw Error(fmt::format("--response given {} times for {} --prompt; the i-th answers the i-th prompt",
                             responses.size(), prompts.size()));
   responses.resize(prompts.size());
   if (!request.queries_file.empty()) read_query_file(request.queries_file, prompts, responses);
@@ -143,7 +145,8 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
       << "score < 0: up-weighting the training example lowers the query's loss (helpful); > 0: raises it\n";
   for (const auto& entry : out) {
     if (entry.contains("validation_row"))
-      std::cout << fmt::format("\nquery: validation row {} (label {})\n", entry["validation_row"].get<std::int64_t>(),
+      std::cout << fmt::format("\nquery: validation row {} (label {})\n",
+                               entry["validation_row"].get<std::int64_t>(),
                                entry.value("label", std::int64_t{-1}));
     else
       std::cout << fmt::format("\nquery: \"{}\"\nanswer: \"{}\"\n", shorten(entry["prompt"], 100),

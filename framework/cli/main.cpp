@@ -612,7 +612,7 @@ static int run_cli(int argc, char** argv) {
   explain->add_option("--prompt", explain_request.prompts,
                       "a prompt (repeatable); the fine-tuned model answers it unless --response is given");
   explain->add_option("--response", explain_request.responses,
-                      "the answer to score for the prompt before it");
+                      "answers to score, the i-th for the i-th --prompt (the rest are generated)");
   explain->add_option("--queries", explain_request.queries_file,
                       "JSON lines {\"prompt\": ..., \"response\": ...} (response optional)");
   explain->add_option("--validation", explain_request.validation_rows,

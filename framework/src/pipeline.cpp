@@ -369,6 +369,11 @@ nlohmann::json run_manifest(const ExperimentConfig& config, Registry& registry, 
   if (!diagnostics.is_null()) manifest["diagnostics"] = diagnostics;
   manifest["train_examples"] = store.train_meta.ids.size();
   manifest["query_examples"] = store.query_meta.ids.size();
+  // What the store keeps per example: its values over all blocks, and the projection they went through.
+  std::int64_t values_per_example = 0;
+  for (const auto& block : store.train) values_per_example += block.values.size(1);
+  manifest["gradient_values_per_example"] = values_per_example;
+  if (!store.projection.empty()) manifest["projection"] = store.projection;
   return manifest;
 }
 

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <mutex>
 #include <vector>
 
 #include "inflab/error.hpp"
@@ -67,11 +69,29 @@ ProjectedLayer projected_layer(const Projection& projection, std::int64_t in, st
   return shape;
 }
 
+namespace {
+// Drawn once per process: the train and query splits (and `inflab explain`'s queries) reuse them.
+at::Tensor draw_matrix(const Projection& projection, const std::string& block, std::int64_t rows,
+                       std::int64_t cols);
+}  // namespace
+
 at::Tensor projection_matrix(const Projection& projection, const std::string& block, std::int64_t rows,
                              std::int64_t cols) {
   if (!projection.active() || rows < 1 || cols < 1)
     throw Error(fmt::format("internal: projection matrix {} x {} of block '{}' under '{}'", rows, cols, block,
                             projection.describe()));
+  static std::mutex mutex;
+  static std::map<std::string, at::Tensor> drawn;
+  const std::string key = fmt::format("{}|{}|{}x{}", projection.describe(), block, rows, cols);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto [it, added] = drawn.try_emplace(key);
+  if (added) it->second = draw_matrix(projection, block, rows, cols);
+  return it->second;
+}
+
+namespace {
+at::Tensor draw_matrix(const Projection& projection, const std::string& block, std::int64_t rows,
+                       std::int64_t cols) {
   const std::uint64_t stream = mix(projection.seed ^ mix(name_hash(block)));
   std::vector<double> values(static_cast<std::size_t>(rows * cols));
   const bool sparse = projection.kind == Projection::Kind::sparse;
@@ -85,5 +105,6 @@ at::Tensor projection_matrix(const Projection& projection, const std::string& bl
   }
   return torch::from_blob(values.data(), {rows, cols}, torch::kDouble).to(torch::kFloat);
 }
+}  // namespace
 
 }  // namespace inflab

@@ -181,6 +181,18 @@ void smollm2_gradients(benchmark::State& state) {
   smollm2_counters(state, state.range(0), 2);
 }
 
+// The same with the factorised (LoGra) projection to state.range(1) values per block; against
+// smollm2/gradients in the same binary this is the projection's cost. The matrices are drawn on
+// the first iteration and kept, as an extraction of many batches keeps them.
+void smollm2_projected_gradients(benchmark::State& state) {
+  auto s = smollm2(state.range(0));
+  const inflab::Projection projection{inflab::Projection::Kind::factorised, state.range(1), 0};
+  for (auto _ : state)
+    benchmark::DoNotOptimize(
+        inflab::per_example_gradients(*s.model, *s.task, s.batch, {8, "", false, false, {}, projection}));
+  smollm2_counters(state, state.range(0), 2);
+}
+
 // ddpm_lora as the diffusion studies run it: channels [16, 32], embedding 32, LoRA rank 4 on every
 // convolution and attention projection, 8 x 8 images in 13 conditions, the denoising loss at the
 // paper's 6 timesteps (each example is 6 rows of the U-Net's batch), gradient batch 16.
@@ -269,6 +281,12 @@ int main(int argc, char** argv) {
         ->Arg(64)
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
+  benchmark::RegisterBenchmark("smollm2/projected_gradients", smollm2_projected_gradients)
+      ->Args({64, 256})
+      ->Args({64, 1024})
+      ->Args({64, 4096})
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
   for (auto [name, function] : std::vector<std::pair<std::string, void (*)(benchmark::State&)>>{
            {"ddpm/forward", ddpm_forward},
            {"ddpm/forward_backward", ddpm_forward_backward},

@@ -1,0 +1,136 @@
+"""Projected gradients against full ones: one row per (projection kind, dim, estimator) of a sweep
+over [projection] (experiments/projection_*.toml). Per seed, the run with kind "none" is the
+reference: the same fine-tuned adapter (projection changes only the gradients stage), so the
+difference is the projection's alone.
+
+    /usr/bin/python3 framework/report/projection.py ROOT/<experiment> [--write]
+
+Columns: mislabel-detection AUC (mean and sd over seeds) beside the full gradients' AUC, the
+Pearson correlation of each seed's projected scores with the same estimator's full scores and with
+full Exact's (mean over seeds), and the gradients stage's seconds (manifest, mean over the runs
+that computed their gradients rather than finding them cached). Writes
+ROOT/<experiment>/projection_summary.csv and figures/projection_auc.{png,pdf} with --write;
+prints the table either way. Needs the runs' scores_*.npy (a rerun makes them).
+"""
+import csv
+import json
+import os
+import sys
+import tomllib
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import style  # noqa: E402
+
+
+def load(experiment_dir):
+    runs = []
+    for name in sorted(os.listdir(experiment_dir)):
+        run_dir = os.path.join(experiment_dir, name)
+        if not os.path.exists(os.path.join(run_dir, "metrics.csv")):
+            continue
+        with open(os.path.join(run_dir, "config.toml"), "rb") as f:
+            config = tomllib.load(f)
+        projection = config.get("projection", {"kind": "none", "dim": 0})
+        with open(os.path.join(run_dir, "manifest.json")) as f:
+            manifest = json.load(f)
+        metrics = {}
+        with open(os.path.join(run_dir, "metrics.csv")) as f:
+            for row in csv.DictReader(f):
+                metrics[(row["estimator"], row["metric"])] = float(row["value"])
+        runs.append({
+            "dir": run_dir,
+            "kind": projection["kind"],
+            "dim": int(projection.get("dim", 0)) if projection["kind"] != "none" else 0,
+            "seed": config["experiment"]["seed"],
+            "metrics": metrics,
+            "gradient_seconds": manifest["stage_seconds"].get("gradients"),
+            "gradients_cached": manifest.get("stage_cached", {}).get("gradients", False),
+        })
+    return runs
+
+
+def scores(run, estimator):
+    return np.load(os.path.join(run["dir"], f"scores_{estimator}.npy")).astype(np.float64).ravel()
+
+
+def summarise(runs):
+    full = {r["seed"]: r for r in runs if r["kind"] == "none"}
+    estimators = sorted({e for r in runs for (e, m) in r["metrics"] if m == "auc"},
+                        key=lambda e: style.ORDER.index(e) if e in style.ORDER else 99)
+    groups = {}
+    for r in runs:
+        if r["kind"] != "none":
+            groups.setdefault((r["kind"], r["dim"]), []).append(r)
+    rows = []
+    for (kind, dim), members in sorted(groups.items()):
+        members = [m for m in members if m["seed"] in full]
+        for estimator in estimators:
+            auc = [m["metrics"][(estimator, "auc")] for m in members]
+            auc_full = [full[m["seed"]]["metrics"][(estimator, "auc")] for m in members]
+            same = [np.corrcoef(scores(m, estimator), scores(full[m["seed"]], estimator))[0, 1] for m in members]
+            exact = [np.corrcoef(scores(m, estimator), scores(full[m["seed"]], "exact"))[0, 1] for m in members]
+            seconds = [m["gradient_seconds"] for m in members if not m["gradients_cached"]]
+            full_seconds = [full[m["seed"]]["gradient_seconds"] for m in members
+                            if not full[m["seed"]]["gradients_cached"]]
+            rows.append({
+                "kind": kind, "dim": dim, "estimator": estimator, "seeds": len(members),
+                "auc": np.mean(auc), "auc_sd": np.std(auc, ddof=1) if len(auc) > 1 else 0.0,
+                "auc_full": np.mean(auc_full), "auc_minus_full": np.mean(np.subtract(auc, auc_full)),
+                "pearson_vs_full_same": np.mean(same), "pearson_vs_full_exact": np.mean(exact),
+                "gradient_seconds": np.mean(seconds) if seconds else float("nan"),
+                "gradient_seconds_full": np.mean(full_seconds) if full_seconds else float("nan"),
+            })
+    return rows
+
+
+def figure(rows, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    estimators = [e for e in style.ORDER if any(r["estimator"] == e for r in rows)]
+    kinds = sorted({r["kind"] for r in rows})
+    fig, axes = plt.subplots(1, len(estimators), figsize=(4 * len(estimators), 3.2), sharey=True)
+    for ax, estimator in zip(np.atleast_1d(axes), estimators):
+        for kind, marker in zip(kinds, "osd^"):
+            part = sorted((r for r in rows if r["estimator"] == estimator and r["kind"] == kind),
+                          key=lambda r: r["dim"])
+            ax.errorbar([r["dim"] for r in part], [r["auc"] for r in part], yerr=[r["auc_sd"] for r in part],
+                        marker=marker, capsize=3, label=kind)
+        full = [r["auc_full"] for r in rows if r["estimator"] == estimator]
+        ax.axhline(full[0], color="black", linestyle="--", linewidth=1, label="full gradients")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("values per block (dim)")
+        ax.set_title(style.LABELS.get(estimator, estimator))
+    np.atleast_1d(axes)[0].set_ylabel("mislabel AUC (mean, sd over seeds)")
+    np.atleast_1d(axes)[0].legend(fontsize=8)
+    style.save(fig, out, "projection_auc")
+
+
+def main(argv):
+    if not argv or argv[0].startswith("-"):
+        print(__doc__)
+        return 2
+    experiment_dir, write = argv[0], "--write" in argv
+    rows = summarise(load(experiment_dir))
+    if not rows:
+        print(f"{experiment_dir}: no projected runs with a kind = \"none\" run of the same seed", file=sys.stderr)
+        return 1
+    columns = list(rows[0].keys())
+    print(" ".join(f"{c:>12}" for c in columns))
+    for r in rows:
+        print(" ".join(f"{r[c]:>12.4f}" if isinstance(r[c], float) else f"{r[c]:>12}" for c in columns))
+    if write:
+        with open(os.path.join(experiment_dir, "projection_summary.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({c: f"{v:.6g}" if isinstance(v, float) else v for c, v in r.items()})
+        figure(rows, os.path.join(experiment_dir, "figures"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
