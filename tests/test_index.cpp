@@ -51,7 +51,7 @@ struct BuiltIndex {
 }  // namespace
 
 TEST_CASE(
-    "index build keeps the run's gradients; explain's top k equals a brute-force scoring; damage is refused",
+    "index build keeps the run's gradients, explain's top k equals a brute-force scoring, damage is refused",
     "[index][cli]") {
   BuiltIndex built(kIndexedExperiment);
   const auto& dir = built.dir;

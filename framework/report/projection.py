@@ -5,11 +5,12 @@ difference is the projection's alone.
 
     /usr/bin/python3 framework/report/projection.py ROOT/<experiment> [--write]
 
-Columns: mislabel-detection AUC (mean and sd over seeds) beside the full gradients' AUC, the
+Columns: mislabel-detection AUC, or class-detection AUC and recall (mean and sd over seeds, as the
+runs measured them) beside the full gradients' value, the
 Pearson correlation of each seed's projected scores with the same estimator's full scores and with
 full Exact's (mean over seeds), and the gradients stage's seconds (manifest, mean over the runs
 that computed their gradients rather than finding them cached). Writes
-ROOT/<experiment>/projection_summary.csv and figures/projection_auc.{png,pdf} with --write;
+ROOT/<experiment>/projection_summary.csv and figures/projection_<auc|class_auc>.{png,pdf} with --write;
 prints the table either way. Needs the runs' scores_*.npy (a rerun makes them).
 """
 import csv
@@ -57,7 +58,9 @@ def scores(run, estimator):
 
 def summarise(runs):
     full = {r["seed"]: r for r in runs if r["kind"] == "none"}
-    estimators = sorted({e for r in runs for (e, m) in r["metrics"] if m == "auc"},
+    # Mislabel detection (auc) or class detection (class_auc, class_recall), whichever the runs have.
+    measures = [m for m in ("auc", "class_auc", "class_recall") if any(k[1] == m for r in runs for k in r["metrics"])]
+    estimators = sorted({e for r in runs for (e, m) in r["metrics"] if m == measures[0]},
                         key=lambda e: style.ORDER.index(e) if e in style.ORDER else 99)
     groups = {}
     for r in runs:
@@ -67,25 +70,29 @@ def summarise(runs):
     for (kind, dim), members in sorted(groups.items()):
         members = [m for m in members if m["seed"] in full]
         for estimator in estimators:
-            auc = [m["metrics"][(estimator, "auc")] for m in members]
-            auc_full = [full[m["seed"]]["metrics"][(estimator, "auc")] for m in members]
+            row = {"kind": kind, "dim": dim, "estimator": estimator, "seeds": len(members)}
+            for measure in measures:
+                value = [m["metrics"][(estimator, measure)] for m in members]
+                reference = [full[m["seed"]]["metrics"][(estimator, measure)] for m in members]
+                row[measure] = np.mean(value)
+                row[measure + "_sd"] = np.std(value, ddof=1) if len(value) > 1 else 0.0
+                row[measure + "_full"] = np.mean(reference)
+                row[measure + "_minus_full"] = np.mean(np.subtract(value, reference))
             same = [np.corrcoef(scores(m, estimator), scores(full[m["seed"]], estimator))[0, 1] for m in members]
             exact = [np.corrcoef(scores(m, estimator), scores(full[m["seed"]], "exact"))[0, 1] for m in members]
             seconds = [m["gradient_seconds"] for m in members if not m["gradients_cached"]]
             full_seconds = [full[m["seed"]]["gradient_seconds"] for m in members
                             if not full[m["seed"]]["gradients_cached"]]
-            rows.append({
-                "kind": kind, "dim": dim, "estimator": estimator, "seeds": len(members),
-                "auc": np.mean(auc), "auc_sd": np.std(auc, ddof=1) if len(auc) > 1 else 0.0,
-                "auc_full": np.mean(auc_full), "auc_minus_full": np.mean(np.subtract(auc, auc_full)),
+            row.update({
                 "pearson_vs_full_same": np.mean(same), "pearson_vs_full_exact": np.mean(exact),
                 "gradient_seconds": np.mean(seconds) if seconds else float("nan"),
                 "gradient_seconds_full": np.mean(full_seconds) if full_seconds else float("nan"),
             })
+            rows.append(row)
     return rows
 
 
-def figure(rows, out):
+def figure(rows, out, measure):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -97,16 +104,17 @@ def figure(rows, out):
         for kind, marker in zip(kinds, "osd^"):
             part = sorted((r for r in rows if r["estimator"] == estimator and r["kind"] == kind),
                           key=lambda r: r["dim"])
-            ax.errorbar([r["dim"] for r in part], [r["auc"] for r in part], yerr=[r["auc_sd"] for r in part],
-                        marker=marker, capsize=3, label=kind)
-        full = [r["auc_full"] for r in rows if r["estimator"] == estimator]
+            ax.errorbar([r["dim"] for r in part], [r[measure] for r in part],
+                        yerr=[r[measure + "_sd"] for r in part], marker=marker, capsize=3, label=kind)
+        full = [r[measure + "_full"] for r in rows if r["estimator"] == estimator]
         ax.axhline(full[0], color="black", linestyle="--", linewidth=1, label="full gradients")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("values per block (dim)")
         ax.set_title(style.LABELS.get(estimator, estimator))
-    np.atleast_1d(axes)[0].set_ylabel("mislabel AUC (mean, sd over seeds)")
+    label = {"auc": "mislabel AUC", "class_auc": "class-detection AUC"}[measure]
+    np.atleast_1d(axes)[0].set_ylabel(f"{label} (mean, sd over seeds)")
     np.atleast_1d(axes)[0].legend(fontsize=8)
-    style.save(fig, out, "projection_auc")
+    style.save(fig, out, "projection_" + measure)
 
 
 def main(argv):
@@ -128,7 +136,7 @@ def main(argv):
             writer.writeheader()
             for r in rows:
                 writer.writerow({c: f"{v:.6g}" if isinstance(v, float) else v for c, v in r.items()})
-        figure(rows, os.path.join(experiment_dir, "figures"))
+        figure(rows, os.path.join(experiment_dir, "figures"), "auc" if "auc" in rows[0] else "class_auc")
     return 0
 
 
