@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Bad input never crashes, never escapes, never overwrites (issue 31; docs/reliability.md).
 
-A sweep of bad inputs, tried as a user would, across `inflab validate`, `run`, `score`, the
+A sweep of bad inputs, tried as a user would, across `inflab validate`, `run`, `score`, `index`, `explain`, the
 environment, finished results and `import inflab`. Each case says what a user should get: a clear
 error (exit 2, naming the key, flag, variable or file, and no stack trace or "internal error"), or
 correct behaviour; and for results, that nothing finished was lost. Then a property test: random
@@ -115,6 +115,9 @@ class Sweep:
             "experiment.seed": ['"one"'],
             "numerics.kernels": ['"fast"'],
             "task.name": ['"regression"'],
+            "projection.kind": ['"dense"', "3"],
+            "projection.dim": ["0", "-4", "nan", '"big"'],
+            "projection.seed": ["-1", "1.5"],
         }
         for key, values in bad.items():
             for value in values:
@@ -188,6 +191,51 @@ class Sweep:
         sweep_kernels.write_text(self.experiment.read_text() + '\n[sweep]\n"numerics.kernels" = ["pinned", "native"]\n')
         code, output = self.inflab("validate", sweep_kernels)
         self.expect_error("files", "sweep over numerics.kernels", code, output, "numerics.kernels")
+
+    # ---- inflab index build and inflab explain ----
+    def index(self):
+        small = [a for s in SMALL for a in ("--set", s)]
+        cache = ["--cache", self.work / "values-cache"]
+        index = self.work / "index"
+        code, output = self.inflab("index", "build", self.experiment, *small, "--out", index, *cache)
+        self.expect_success("index", "build a small index", code, output)
+        a_file = self.work / "a-file"
+        a_file.write_text("x")
+        for case, args, needles in [
+            ("build --out is a file", ["--out", a_file], ["--out", str(a_file)]),
+            ("build --dtype int8", ["--out", self.work / "index-int8", "--dtype", "int8"], ["--dtype", "int8"]),
+            ("build into another run's index", ["--out", index, "--set", "model.lora.rank=1"],
+             ["holds the index of other gradients"]),
+        ]:
+            code, output = self.inflab("index", "build", self.experiment, *small, *args, *cache)
+            self.expect_error("index", case, code, output, *needles)
+        queries = self.work / "queries.jsonl"
+        queries.write_text('{"prompt": "hello"}\nnot json\n')
+        for case, args, needles in [
+            ("explain a missing folder", [self.work / "missing-index", "--validation", "0"], ["missing-index"]),
+            ("explain a folder that is not an index", [self.work, "--validation", "0"], ["not an index"]),
+            ("explain without queries", [index], ["give queries"]),
+            ("explain --validation -1", [index, "--validation", "-1"], ["--validation -1"]),
+            ("explain --top 0", [index, "--validation", "0", "--top", "0"], ["--top"]),
+            ("explain --estimator typo", [index, "--validation", "0", "--estimator", "datainff"], ["datainff"]),
+            ("explain --set unknown option", [index, "--validation", "0", "--set", "dampin=1"], ["dampin"]),
+            ("explain --response without --prompt", [index, "--validation", "0", "--response", "x"],
+             ["--response"]),
+            ("explain --queries with a bad line", [index, "--queries", queries], [f"{queries}:2"]),
+            ("explain --prompt on a classifier", [index, "--prompt", "hello"], ["language model"]),
+        ]:
+            code, output = self.inflab("explain", *args, *cache)
+            self.expect_error("index", case, code, output, *needles)
+        # Damage: a changed byte, then a truncated index.json; each a clear error naming the file.
+        block = next((index / "gradients" / "train").glob("*.npy"))
+        data = bytearray(block.read_bytes())
+        data[-1] ^= 0xFF
+        block.write_bytes(bytes(data))
+        code, output = self.inflab("explain", index, "--validation", "0", *cache)
+        self.expect_error("index", "explain a changed gradient file", code, output, block.name)
+        (index / "index.json").write_text("{")
+        code, output = self.inflab("explain", index, "--validation", "0", *cache)
+        self.expect_error("index", "explain a truncated index.json", code, output, "index.json")
 
     # ---- inflab score on gradient directories ----
     def write_store(self, path, blocks, train, query, dtype="<f4"):
@@ -427,7 +475,7 @@ def main():
         work = Path(tmp) / "sweep"
         work.mkdir()
         sweep = Sweep(args.build.resolve(), work, args.timeout)
-        for part in (sweep.values, sweep.command_line, sweep.score, sweep.results, sweep.python):
+        for part in (sweep.values, sweep.command_line, sweep.index, sweep.score, sweep.results, sweep.python):
             part()
         sweep.property(args.draws, args.seed)
     failed = [r for r in sweep.rows if not r[4]]
