@@ -223,6 +223,7 @@ class Sweep:
              ["--response"]),
             ("explain --queries with a bad line", [index, "--queries", queries], [f"{queries}:2"]),
             ("explain --prompt on a classifier", [index, "--prompt", "hello"], ["language model"]),
+            ("explain --condition on a classifier", [index, "--condition", "0"], ["not a denoiser"]),
         ]:
             code, output = self.inflab("explain", *args, *cache)
             self.expect_error("index", case, code, output, *needles)

@@ -196,3 +196,64 @@ plugin = "hessian_free"
       CHECK(b[side][i]["score"].get<double>() == Approx(a[side][i]["score"].get<double>()).epsilon(1e-3));
     }
 }
+
+TEST_CASE("explain a denoiser's image queries: a drawn image and the same image from a file score alike",
+          "[index][cli][ddpm]") {
+  BuiltIndex built(R"([experiment]
+name = "styles"
+[dataset]
+plugin = "styled_digits"
+train_per_class = 6
+test_per_class = 2
+n_pretrain = 60
+[model]
+plugin = "ddpm_lora"
+channels = [8, 8]
+embedding = 8
+groups = 4
+[task]
+name = "denoising"
+timesteps = [25, 525]
+[training]
+epochs = 1
+pretrain_epochs = 1
+[projection]
+kind = "factorised"
+dim = 16
+[[estimator]]
+plugin = "hessian_free"
+)");
+  const auto &bin = built.bin, &cache = built.cache;
+  const std::string index = built.index.string(), drawn = (built.dir.path / "drawn.npy").string();
+  auto a = test::run_command(bin + "explain " + index +
+                             " --condition sketch --steps 4 --seed 5 --top 4 --json --save-images " + drawn +
+                             cache);
+  auto b = test::run_command(bin + "explain " + index + " --image " + drawn +
+                             " --condition sketch --top 4 --json" + cache);
+  INFO(a.output << "\n" << b.output);
+  REQUIRE(a.exit_code == 0);
+  REQUIRE(b.exit_code == 0);
+  const auto first = nlohmann::json::parse(a.output)[0], second = nlohmann::json::parse(b.output)[0];
+  CHECK(first["condition"] == "sketch");
+  CHECK(inflab::load_npy(drawn).sizes() == at::IntArrayRef({1, 64}));  // one 8 x 8 image
+  for (const char* side : {"helpful", "harmful"})
+    for (std::size_t i = 0; i < 4; ++i) {
+      CHECK(first[side][i]["row"] == second[side][i]["row"]);
+      CHECK(first[side][i]["score"].get<double>() ==
+            Approx(second[side][i]["score"].get<double>()).epsilon(1e-6));
+    }
+  auto fails = [&](const std::string& arguments, const std::string& expected) {
+    auto r = test::run_command(bin + "explain " + index + " " + arguments + cache);
+    INFO(arguments << "\n" << r.output);
+    CHECK(r.exit_code == 2);
+    CHECK_THAT(r.output, Contains(expected));
+  };
+  fails("--condition nosuch", "conditions: 0, 1");
+  const std::string wrong = (built.dir.path / "wrong.npy").string();
+  inflab::save_npy(wrong, torch::zeros({2, 10}));
+  fails("--image " + wrong + " --condition sketch", "expected rows of 64 values");
+  fails("--image " + drawn + " --condition sketch --condition negative",
+        "one condition for all or one per image");
+  fails("--image " + drawn, "--condition");
+  fails("--condition sketch --prompt hello", "give one kind");
+}

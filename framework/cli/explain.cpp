@@ -8,8 +8,10 @@
 
 #include "inflab/error.hpp"
 #include "inflab/index.hpp"
+#include "inflab/io.hpp"
 #include "inflab/progress.hpp"
 #include "inflab/registry.hpp"
+#include "inflab/sampling.hpp"
 #include "inflab/scoring.hpp"
 
 namespace fs = std::filesystem;
@@ -98,8 +100,15 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
                             responses.size(), prompts.size()));
   responses.resize(prompts.size());
   if (!request.queries_file.empty()) read_query_file(request.queries_file, prompts, responses);
-  if (prompts.empty() && request.validation_rows.empty())
-    throw Error("explain: give queries: --prompt TEXT, --queries FILE.jsonl or --validation ROW");
+  const bool images = !request.conditions.empty() || !request.images_file.empty();
+  if (prompts.empty() && request.validation_rows.empty() && !images)
+    throw Error(
+        "explain: give queries: --prompt TEXT, --queries FILE.jsonl, --condition NAME (denoisers) or "
+        "--validation "
+        "ROW");
+  if (!prompts.empty() && images)
+    throw Error(
+        "explain: prompts are a language model's queries, --condition/--image a denoiser's; give one kind");
   registry.find(PluginKind::Estimator, request.estimator);  // a misspelt name fails before any work
   AttributionIndex index = open_index(request.index, registry);
 
@@ -111,7 +120,17 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
   if (!prompts.empty())
     prompted = prompt_gradients(index, registry, RunPaths{"results", request.cache}, prompts, responses,
                                 request.max_tokens);
-  GradientBlocks queries_blocks = gather_queries(index, rows, prompted.gradients);
+  ImageGradients drawn;
+  if (images)
+    drawn = image_gradients(index, registry, RunPaths{"results", request.cache}, request.conditions,
+                            request.images_file, request.sampling_steps, request.seed);
+  if (images && !request.save_images.empty()) {  // .npy: the values as scored (rows); else a PNG row
+    if (request.save_images.extension() == ".npy")
+      save_npy(request.save_images, drawn.images.reshape({drawn.images.size(0), -1}).contiguous());
+    else
+      save_png_grid(request.save_images, drawn.images, drawn.images.size(0));
+  }
+  GradientBlocks queries_blocks = gather_queries(index, rows, images ? drawn.gradients : prompted.gradients);
   for (auto row : rows) {
     nlohmann::json query{{"validation_row", row}};
     const auto& labels = index.store.query_meta.labels;
@@ -120,6 +139,12 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
   }
   for (std::size_t i = 0; i < prompts.size(); ++i)
     queries.push_back({{"prompt", prompted.prompts[i]}, {"answer", prompted.answers[i]}});
+  for (std::size_t i = 0; i < drawn.conditions.size(); ++i)
+    queries.push_back({{"condition", drawn.conditions[i]},
+                       {"image", request.images_file.empty()
+                                     ? fmt::format("drawn by the fine-tuned model (DDIM {} steps, seed {})",
+                                                   request.sampling_steps, request.seed)
+                                     : fmt::format("{} row {}", request.images_file.string(), i)}});
 
   ScoredBlocks scored = score_with_estimator(registry, request.estimator, request.estimator_sets, "pairwise",
                                              index.store.train, queries_blocks);
@@ -144,7 +169,10 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
   std::cout
       << "score < 0: up-weighting the training example lowers the query's loss (helpful); > 0: raises it\n";
   for (const auto& entry : out) {
-    if (entry.contains("validation_row"))
+    if (entry.contains("condition"))
+      std::cout << fmt::format("\nquery: image for condition '{}', {}\n",
+                               entry["condition"].get<std::string>(), entry["image"].get<std::string>());
+    else if (entry.contains("validation_row"))
       std::cout << fmt::format("\nquery: validation row {} (label {})\n",
                                entry["validation_row"].get<std::int64_t>(),
                                entry.value("label", std::int64_t{-1}));

@@ -19,6 +19,11 @@ struct ExplainRequest {
   std::vector<std::string> prompts, responses;  // responses[i] answers prompts[i]; absent: generated
   std::filesystem::path queries_file;           // JSON lines {"prompt": ..., "response": ...}
   std::vector<std::int64_t> validation_rows;    // the run's own queries, by row
+  std::vector<std::string> conditions;          // denoisers: one drawn image each, or --image's conditions
+  std::filesystem::path images_file;            // denoisers: .npy of images to score
+  std::int64_t sampling_steps = 50;
+  std::uint64_t seed = 0;
+  std::filesystem::path save_images;  // PNG of the image queries
   std::string estimator = "datainf";
   std::vector<std::string> estimator_sets;
   std::int64_t top = 5;

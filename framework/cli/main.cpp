@@ -617,6 +617,19 @@ static int run_cli(int argc, char** argv) {
                       "JSON lines {\"prompt\": ..., \"response\": ...} (response optional)");
   explain->add_option("--validation", explain_request.validation_rows,
                       "a validation row of the index's run as the query (repeatable)");
+  explain->add_option(
+      "--condition", explain_request.conditions,
+      "denoisers: a condition (repeatable); the fine-tuned model draws one image for each, or "
+      "with --image the images' condition (one for all, or one per image)");
+  explain->add_option("--image", explain_request.images_file, "denoisers: a .npy of images (rows) to score")
+      ->check(CLI::ExistingFile);
+  explain
+      ->add_option("--steps", explain_request.sampling_steps,
+                   "DDIM steps of drawn images (default 50, as inflab sample)")
+      ->check(CLI::Range(1, 1000000));
+  explain->add_option("--seed", explain_request.seed, "starting noise of drawn images (default 0)");
+  explain->add_option("--save-images", explain_request.save_images,
+                      "write the image queries: FILE.npy (rows, as scored) or a PNG row");
   explain->add_option("--estimator", explain_request.estimator, "estimator plugin (default datainf)");
   explain->add_option("--set", explain_request.estimator_sets,
                       "estimator option, e.g. --set damping_scale=0.1");

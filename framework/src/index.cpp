@@ -1,8 +1,10 @@
 #include "inflab/index.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -12,6 +14,8 @@
 #include "inflab/pipeline.hpp"
 #include "inflab/progress.hpp"
 #include "inflab/registry.hpp"
+#include "inflab/sampling.hpp"
+#include "inflab/task_table.hpp"
 #include "stage_keys.hpp"
 #include "stages/stages.hpp"
 
@@ -145,6 +149,56 @@ PromptGradients prompt_gradients(const AttributionIndex& index, Registry& regist
   auto queries = prompt_query_gradients(stage_inputs("gradients", index.config), *tuned.model, prompts,
                                         responses, max_tokens);
   return {queries.prompts, queries.answers, std::move(queries.gradients)};
+}
+
+ImageGradients image_gradients(const AttributionIndex& index, Registry& registry, const RunPaths& paths,
+                               const std::vector<std::string>& conditions, const fs::path& images_file,
+                               std::int64_t sampling_steps, std::uint64_t seed) {
+  if (conditions.empty()) throw Error("--image: give the images' condition with --condition NAME");
+  if (!find_task(index.config.task)->generates_images)  // before any model is built
+    throw Error(
+        fmt::format("--condition/--image: the index's run is not a denoiser (task '{}'); use --validation "
+                    "ROW or, for a language model, --prompt",
+                    index.config.task));
+  FinetunedModel tuned = finetuned_model(index.config, registry, paths);
+  std::vector<std::int64_t> ids;
+  for (const auto& name : conditions) {
+    auto it = std::find(tuned.class_names.begin(), tuned.class_names.end(), name);
+    if (it == tuned.class_names.end())
+      throw Error(fmt::format("--condition {}: not a condition of the index's dataset; conditions: {}", name,
+                              fmt::join(tuned.class_names, ", ")));
+    ids.push_back(it - tuned.class_names.begin());
+  }
+  ImageGradients out;
+  std::int64_t pixels = 1;
+  for (auto d : tuned.example_shape) pixels *= d;
+  std::vector<std::int64_t> shape{-1};
+  shape.insert(shape.end(), tuned.example_shape.begin(), tuned.example_shape.end());
+  if (images_file.empty()) {
+    SamplingOptions options;
+    options.diffusion_steps = tuned.task_options.get_int("diffusion_steps");
+    options.sampling_steps = sampling_steps;
+    options.seed = seed;
+    out.images = sample_images(*tuned.model, ids, tuned.example_shape, options).contiguous();
+  } else {
+    at::Tensor images = load_npy(images_file).to(torch::kFloat);
+    if (images.dim() < 2 || images.numel() % pixels != 0 || images.numel() / images.size(0) != pixels)
+      throw Error(fmt::format("--image {}: expected rows of {} values (images of shape {}), found shape ({})",
+                              images_file.string(), pixels, fmt::join(tuned.example_shape, " x "),
+                              fmt::join(images.sizes(), ", ")));
+    out.images = images.reshape(shape).contiguous();
+    const std::int64_t rows = out.images.size(0);
+    if (ids.size() == 1) ids.assign(static_cast<std::size_t>(rows), ids[0]);
+    if (static_cast<std::int64_t>(ids.size()) != rows)
+      throw Error(
+          fmt::format("--image {} has {} images and {} --condition; give one condition for all or one "
+                      "per image",
+                      images_file.string(), rows, conditions.size()));
+  }
+  for (auto id : ids) out.conditions.push_back(tuned.class_names[static_cast<std::size_t>(id)]);
+  out.gradients =
+      image_query_gradients(stage_inputs("gradients", index.config), *tuned.model, out.images, ids);
+  return out;
 }
 
 GradientBlocks gather_queries(const AttributionIndex& index, const std::vector<std::int64_t>& validation_rows,

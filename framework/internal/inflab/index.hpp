@@ -50,6 +50,20 @@ PromptGradients prompt_gradients(const AttributionIndex& index, Registry& regist
                                  const std::vector<std::string>& prompts,
                                  const std::vector<std::string>& responses, std::int64_t max_tokens);
 
+// Queries given as images (a denoiser's run): each --condition names a condition of the run's
+// dataset; without `images_file` the fine-tuned model draws one image per condition (DDIM,
+// `sampling_steps`, starting noise from `seed`); with it, the file's rows are the images, under one
+// condition for all or one per row. `images` are what was scored (n x one example's shape).
+struct ImageGradients {
+  std::vector<std::string> conditions;
+  at::Tensor images;
+  GradientBlocks gradients;
+};
+ImageGradients image_gradients(const AttributionIndex& index, Registry& registry, const RunPaths& paths,
+                               const std::vector<std::string>& conditions,
+                               const std::filesystem::path& images_file, std::int64_t sampling_steps,
+                               std::uint64_t seed);
+
 // The queries' gradients block by block: the index's own validation rows (checked), then `extra`
 // (prompt gradients; empty: none).
 GradientBlocks gather_queries(const AttributionIndex& index, const std::vector<std::int64_t>& validation_rows,

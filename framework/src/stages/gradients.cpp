@@ -315,6 +315,21 @@ GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedD
   return store;
 }
 
+GradientBlocks image_query_gradients(const StageInputs& inputs, Model& model, const at::Tensor& images,
+                                     const std::vector<std::int64_t>& conditions) {
+  const auto n = static_cast<std::int64_t>(conditions.size());
+  auto task = make_task(inputs.get_string("task.name"), inputs.section("task"));
+  return per_example_gradients(
+      model, *task,
+      Batch{images, torch::tensor(conditions, torch::kLong), torch::arange(n, torch::kLong) + 2'000'000'000},
+      {inputs.get_int("evaluation.gradient_batch_size"),
+       "query gradients",
+       false,
+       true,
+       {},
+       projection_of(inputs)});
+}
+
 PromptQueries prompt_query_gradients(const StageInputs& inputs, Model& model,
                                      const std::vector<std::string>& prompts,
                                      const std::vector<std::string>& responses, std::int64_t max_tokens) {

@@ -156,6 +156,12 @@ struct PromptQueries {
   std::vector<std::string> prompts, answers;
   GradientBlocks gradients;
 };
+// New image queries for a denoiser's run (`inflab explain --condition/--image`): images (n x one
+// example's shape) under condition ids, their gradients of the task's measurement with the run's
+// projection. The denoising noise is drawn per example id: these are 2,000,000,000 + i, apart from
+// training examples and generated queries (1,000,000,000 + ...).
+GradientBlocks image_query_gradients(const StageInputs& inputs, Model& model, const at::Tensor& images,
+                                     const std::vector<std::int64_t>& conditions);
 PromptQueries prompt_query_gradients(const StageInputs& inputs, Model& model,
                                      const std::vector<std::string>& prompts,
                                      const std::vector<std::string>& responses, std::int64_t max_tokens);
