@@ -206,6 +206,9 @@ class Sweep:
             ("build --dtype int8", ["--out", self.work / "index-int8", "--dtype", "int8"], ["--dtype", "int8"]),
             ("build into another run's index", ["--out", index, "--set", "model.lora.rank=1"],
              ["holds the index of other gradients"]),
+            ("build --fit typo", ["--out", self.work / "index-fit", "--fit", "datainf,lisa"], ["lisa"]),
+            ("build --fit-budget-mb text", ["--out", self.work / "index-fit", "--fit-budget-mb", "lots"],
+             ["--fit-budget-mb"]),
         ]:
             code, output = self.inflab("index", "build", self.experiment, *small, *args, *cache)
             self.expect_error("index", case, code, output, *needles)
@@ -224,16 +227,21 @@ class Sweep:
             ("explain --queries with a bad line", [index, "--queries", queries], [f"{queries}:2"]),
             ("explain --prompt on a classifier", [index, "--prompt", "hello"], ["language model"]),
             ("explain --condition on a classifier", [index, "--condition", "0"], ["not a denoiser"]),
+            ("explain --chunk-rows 0", [index, "--validation", "0", "--chunk-rows", "0"], ["--chunk-rows"]),
         ]:
             code, output = self.inflab("explain", *args, *cache)
             self.expect_error("index", case, code, output, *needles)
         # Damage: a changed byte, then a truncated index.json; each a clear error naming the file.
-        block = next((index / "gradients" / "train").glob("*.npy"))
+        block = next((index / "shards" / "00000").glob("*.npy"))
         data = bytearray(block.read_bytes())
         data[-1] ^= 0xFF
         block.write_bytes(bytes(data))
         code, output = self.inflab("explain", index, "--validation", "0", *cache)
         self.expect_error("index", "explain a changed gradient file", code, output, block.name)
+        (index / "index.json").write_text('{"format": "inflab-index", "version": 1}')
+        code, output = self.inflab("explain", index, "--validation", "0", *cache)
+        self.expect_error("index", "explain an index of an earlier inflab", code, output, "version 1",
+                          "inflab index build")
         (index / "index.json").write_text("{")
         code, output = self.inflab("explain", index, "--validation", "0", *cache)
         self.expect_error("index", "explain a truncated index.json", code, output, "index.json")

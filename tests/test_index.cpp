@@ -50,6 +50,38 @@ struct BuiltIndex {
 };
 }  // namespace
 
+namespace {
+// What an index holds, read back without inflab's reader: a shard's or the queries' block.
+torch::Tensor stored_block(const fs::path& index, const std::string& part, const std::string& block) {
+  return inflab::load_npy(index / part / (block + ".npy"));
+}
+
+// score(k, q) = -sum over blocks of g_k . r_q in float64, and the explain JSON's top k of query q
+// checked against it (rows exactly, scores to float32 accuracy).
+void check_top_k(const nlohmann::json& explained, const torch::Tensor& scores, std::int64_t k) {
+  const auto order = scores.argsort();
+  const auto n = scores.size(0);
+  for (std::int64_t i = 0; i < k; ++i) {
+    const auto helpful = order[i].item<std::int64_t>(), harmful = order[n - 1 - i].item<std::int64_t>();
+    CHECK(explained["helpful"][i]["row"] == helpful);
+    CHECK(explained["harmful"][i]["row"] == harmful);
+    CHECK(explained["helpful"][i]["score"].get<double>() ==
+          Approx(scores[helpful].item<double>()).epsilon(1e-4));
+    CHECK(explained["harmful"][i]["score"].get<double>() ==
+          Approx(scores[harmful].item<double>()).epsilon(1e-4));
+  }
+}
+
+// DataInf's r = (v - (1/n) sum_i g_i (g_i . v) / (lambda + |g_i|^2)) / lambda with the paper's
+// damping lambda = 0.1 mean(g^2), in float64: the oracle of the fitted preconditioners.
+torch::Tensor datainf_oracle(const torch::Tensor& train_in, const torch::Tensor& query_in) {
+  const auto g = train_in.to(torch::kDouble), v = query_in.to(torch::kDouble);
+  const double lambda = 0.1 * g.pow(2).mean().item<double>();
+  const auto weights = (g.pow(2).sum(1) + lambda).reciprocal() / static_cast<double>(g.size(0));
+  return (v - ((g.mv(v)) * weights).matmul(g)) / lambda;
+}
+}  // namespace
+
 TEST_CASE(
     "index build keeps the run's gradients, explain's top k equals a brute-force scoring, damage is refused",
     "[index][cli]") {
@@ -62,46 +94,62 @@ TEST_CASE(
                             cache)
               .exit_code == 0);
   const auto full = inflab::load_gradient_store(dir.path / "grads");
-  const auto indexed = inflab::load_gradient_store(index / "gradients");
-  CHECK(indexed.projection == "gaussian dim 128 seed 0");
-  REQUIRE(indexed.train.size() == full.train.size());
+  const auto record = nlohmann::json::parse(inflab::read_file(index / "index.json"));
+  CHECK(record["projection"] == "gaussian dim 128 seed 0");
+  CHECK(record["shard_rows"] == std::vector<std::int64_t>{200});
+  REQUIRE(record["blocks"].size() == full.train.size());
+  std::vector<torch::Tensor> rows, queries;  // as stored: float16 rows, float32 queries
   for (std::size_t b = 0; b < full.train.size(); ++b) {
-    INFO(full.train[b].name);
+    const std::string name = full.train[b].name;
+    INFO(name);
+    CHECK(record["blocks"][b]["name"] == name);
     CHECK(full.train[b].values.size(1) <= 128);  // projected (or narrower to begin with)
-    const auto error = (indexed.train[b].values - full.train[b].values).abs().max().item<double>();
-    CHECK(error <= 1e-3 * full.train[b].values.abs().max().item<double>());  // float16 rounding
-    CHECK(torch::equal(indexed.query[b].values, full.query[b].values));      // queries stay float32
+    rows.push_back(stored_block(index, "shards/00000", name));
+    queries.push_back(stored_block(index, "queries", name));
+    CHECK(rows[b].scalar_type() == torch::kHalf);
+    CHECK(torch::equal(rows[b], full.train[b].values.to(torch::kHalf)));  // rounded once, to nearest
+    CHECK(torch::equal(queries[b], full.query[b].values));                // queries stay float32
   }
 
-  // Brute force for hessian_free: score(k, q) = -sum over blocks of g_k . v_q, in float64.
-  const std::vector<std::int64_t> rows{2, 7};
-  auto result =
-      test::run_command(bin + "explain " + index.string() +
-                        " --validation 2 --validation 7 --estimator hessian_free --top 4 --json" + cache);
+  // hessian_free, scored a few rows at a time (the top k merged across 29 chunks), against
+  // score(k, q) = -sum over blocks of g_k . v_q in float64.
+  const std::vector<std::int64_t> picked{2, 7};
+  auto result = test::run_command(bin + "explain " + index.string() +
+                                  " --validation 2 --validation 7 --estimator hessian_free --top 4 --json "
+                                  "--chunk-rows 7" +
+                                  cache);
   INFO(result.output);
   REQUIRE(result.exit_code == 0);
   const auto explained = nlohmann::json::parse(result.output);
   REQUIRE(explained.size() == 2);
-  for (std::size_t q = 0; q < rows.size(); ++q) {
+  for (std::size_t q = 0; q < picked.size(); ++q) {
     torch::Tensor scores = torch::zeros({200}, torch::kDouble);
-    for (std::size_t b = 0; b < indexed.train.size(); ++b)
-      scores -=
-          indexed.train[b].values.to(torch::kDouble).mv(indexed.query[b].values[rows[q]].to(torch::kDouble));
-    auto order = scores.argsort();
-    CHECK(explained[q]["validation_row"] == rows[q]);
-    for (std::int64_t i = 0; i < 4; ++i) {
-      const auto helpful = order[i].item<std::int64_t>(), harmful = order[199 - i].item<std::int64_t>();
-      CHECK(explained[q]["helpful"][i]["row"] == helpful);
-      CHECK(explained[q]["harmful"][i]["row"] == harmful);
-      CHECK(explained[q]["helpful"][i]["score"].get<double>() ==
-            Approx(scores[helpful].item<double>()).epsilon(1e-4));
-      CHECK(explained[q]["harmful"][i]["score"].get<double>() ==
-            Approx(scores[harmful].item<double>()).epsilon(1e-4));
-      // The example's own record: its id and labels, as the run kept them.
-      CHECK(explained[q]["helpful"][i]["id"] == indexed.train_meta.ids[static_cast<std::size_t>(helpful)]);
-      CHECK(explained[q]["helpful"][i]["flipped"] ==
-            (indexed.train_meta.flipped[static_cast<std::size_t>(helpful)] != 0));
+    for (std::size_t b = 0; b < rows.size(); ++b)
+      scores -= rows[b].to(torch::kDouble).mv(queries[b][picked[q]].to(torch::kDouble));
+    CHECK(explained[q]["validation_row"] == picked[q]);
+    check_top_k(explained[q], scores, 4);
+    // The example's own record: its id and labels, as the run kept them.
+    const auto helpful = static_cast<std::size_t>(explained[q]["helpful"][0]["row"].get<std::int64_t>());
+    CHECK(explained[q]["helpful"][0]["id"] == full.train_meta.ids[helpful]);
+    CHECK(explained[q]["helpful"][0]["flipped"] == (full.train_meta.flipped[helpful] != 0));
+  }
+  // DataInf from the preconditioner fitted at build time (on the float32 gradients), and fitted at
+  // query time (other options: on the stored float16 rows), each against the float64 formula.
+  for (const std::string sets : {"", " --set damping_scale=0.1"}) {
+    INFO(sets);
+    auto datainf = test::run_command(bin + "explain " + index.string() + " --validation 7 --top 3 --json" +
+                                     sets + cache);
+    INFO(datainf.output);
+    REQUIRE(datainf.exit_code == 0);
+    const auto j = nlohmann::json::parse(datainf.output)[0];
+    CHECK_THAT(j["preconditioner"].get<std::string>(),
+               Contains(sets.empty() ? "fitted when the index was built" : "fitted now"));
+    torch::Tensor scores = torch::zeros({200}, torch::kDouble);
+    for (std::size_t b = 0; b < rows.size(); ++b) {
+      const auto& fitted_on = sets.empty() ? full.train[b].values : rows[b];
+      scores -= rows[b].to(torch::kDouble).mv(datainf_oracle(fitted_on, queries[b][7]));
     }
+    check_top_k(j, scores, 3);
   }
   // The text view lists the same rows.
   auto text = test::run_command(bin + "explain " + index.string() +
@@ -109,6 +157,66 @@ TEST_CASE(
   CHECK(text.exit_code == 0);
   CHECK_THAT(text.output,
              Contains(fmt::format("row {:>6}", explained[0]["helpful"][0]["row"].get<std::int64_t>())));
+
+  SECTION("bfloat16 rows are the gradients rounded to bfloat16, scored alike") {
+    const fs::path other = dir.path / "index_bf16";
+    auto r = test::run_command(bin + "index build " + file.string() + " --dtype bfloat16 --fit none --out " +
+                               other.string() + cache);
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    std::vector<torch::Tensor> bf16;
+    for (std::size_t b = 0; b < full.train.size(); ++b) {
+      const auto bits = stored_block(other, "shards/00000", full.train[b].name);
+      REQUIRE(bits.scalar_type() == torch::kShort);  // NumPy has no bfloat16: the raw bits as int16
+      bf16.push_back(bits.view(torch::kBFloat16));
+      CHECK(torch::equal(bf16[b], full.train[b].values.to(torch::kBFloat16)));
+    }
+    auto e = test::run_command(bin + "explain " + other.string() +
+                               " --validation 7 --estimator hessian_free --top 3 --json" + cache);
+    REQUIRE(e.exit_code == 0);
+    torch::Tensor scores = torch::zeros({200}, torch::kDouble);
+    for (std::size_t b = 0; b < bf16.size(); ++b)
+      scores -= bf16[b].to(torch::kDouble).mv(queries[b][7].to(torch::kDouble));
+    check_top_k(nlohmann::json::parse(e.output)[0], scores, 3);
+  }
+
+  SECTION("an index built by two ranks holds a shard each and ranks as the one-process index") {
+    // Both at one thread per process (the thread count is part of every stage's key).
+    const std::string one_thread = std::string(INFLAB_BINARY) + " --quiet --threads 1 ";
+    const fs::path ranked = dir.path / "index_ranks", single = dir.path / "index_one";
+    auto r = test::run_command(one_thread + "launch -n 2 index build " + file.string() + " --out " +
+                               ranked.string() + cache);
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    REQUIRE(
+        test::run_command(one_thread + "index build " + file.string() + " --out " + single.string() + cache)
+            .exit_code == 0);
+    const auto two = nlohmann::json::parse(inflab::read_file(ranked / "index.json"));
+    CHECK(two["shard_rows"] == std::vector<std::int64_t>{100, 100});
+    CHECK(two["fits"].size() == 1);
+    CHECK(inflab::read_file(ranked / "examples.jsonl") == inflab::read_file(single / "examples.jsonl"));
+    CHECK(inflab::read_file(ranked / "meta.json") == inflab::read_file(single / "meta.json"));
+    for (std::size_t b = 0; b < rows.size(); ++b) {
+      const std::string name = full.train[b].name;
+      const auto joined =
+          torch::cat({stored_block(ranked, "shards/00000", name), stored_block(ranked, "shards/00001", name)})
+              .to(torch::kFloat);
+      const auto whole = stored_block(single, "shards/00000", name).to(torch::kFloat);
+      CHECK((joined - whole).abs().max().item<double>() <= 1e-3 * whole.abs().max().item<double>());
+    }
+    const std::string request = " --validation 7 --top 3 --json" + cache;
+    auto one = test::run_command(one_thread + "explain " + single.string() + request);
+    auto sharded = test::run_command(one_thread + "explain " + ranked.string() + request);
+    INFO(one.output << "\n" << sharded.output);
+    REQUIRE(one.exit_code == 0);
+    REQUIRE(sharded.exit_code == 0);
+    const auto a = nlohmann::json::parse(one.output)[0], c = nlohmann::json::parse(sharded.output)[0];
+    for (const char* side : {"helpful", "harmful"})
+      for (std::size_t i = 0; i < 3; ++i) {
+        CHECK(a[side][i]["row"] == c[side][i]["row"]);
+        CHECK(c[side][i]["score"].get<double>() == Approx(a[side][i]["score"].get<double>()).epsilon(1e-3));
+      }
+  }
 
   SECTION("bad requests and damaged or mismatched indexes are clear errors") {
     auto fails = [&](const std::string& arguments, const std::string& expected) {
@@ -121,13 +229,17 @@ TEST_CASE(
     fails("explain " + index.string() + cache, "give queries");
     fails("explain " + index.string() + " --prompt hello" + cache, "need a language model");
     fails("explain " + index.string() + " --validation 0 --estimator datainff" + cache, "datainf");
+    fails("index build " + file.string() + " --dtype float8 --out " + (dir.path / "x").string() + cache,
+          "expected float16, bfloat16 or float32");
+    fails("index build " + file.string() + " --fit datainff --out " + (dir.path / "x").string() + cache,
+          "datainff");
     // Computed with other kernels, the adapter would be another: the index no longer describes it.
     fails("--kernels native explain " + index.string() + " --validation 0" + cache, "rebuild it");
     // Another run's gradients into the same folder: refused, nothing overwritten.
     fails("index build " + file.string() + " --set projection.dim=64 --out " + index.string() + cache,
           "holds the index of other gradients");
     // A changed byte in a training block.
-    const fs::path block = index / "gradients" / "train" / "fc1.lora_A.npy";
+    const fs::path block = index / "shards" / "00000" / "fc1.lora_A.npy";
     std::string bytes = inflab::read_file(block);
     bytes[bytes.size() - 3] ^= 0x40;
     std::ofstream(block, std::ios::binary | std::ios::trunc) << bytes;

@@ -1,11 +1,13 @@
 #include "explain.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "inflab/distributed.hpp"
 #include "inflab/error.hpp"
 #include "inflab/index.hpp"
 #include "inflab/io.hpp"
@@ -19,12 +21,16 @@ namespace fs = std::filesystem;
 namespace inflab {
 
 int command_index_build(const ExperimentConfig& run, Registry& registry, const fs::path& out,
-                        const fs::path& cache, const std::string& dtype) {
-  const IndexRecord record = build_index(run, registry, RunPaths{"results", cache}, out, dtype);
-  std::cout << fmt::format("{}: index of {} training examples ({}, {}), run {} of {}\n", out.string(),
-                           record.examples, record.dtype,
-                           record.projection.empty() ? "full gradients" : record.projection, record.run,
-                           record.experiment);
+                        const fs::path& cache, const IndexBuildOptions& options) {
+  const IndexRecord record = build_index(run, registry, RunPaths{"results", cache}, out, options);
+  std::vector<std::string> fitted;
+  for (const auto& f : record.fits) fitted.push_back(f.estimator);
+  if (distributed_rank() == 0)
+    std::cout << fmt::format(
+        "{}: index of {} training examples in {} shard(s) ({}, {}; fitted: {}), run {} of {}\n", out.string(),
+        record.examples, record.shard_rows.size(), record.dtype,
+        record.projection.empty() ? "full gradients" : record.projection,
+        fitted.empty() ? "none" : fmt::format("{}", fmt::join(fitted, ", ")), record.run, record.experiment);
   return 0;
 }
 
@@ -59,7 +65,7 @@ nlohmann::json describe_row(const AttributionIndex& index, const RankedRow& rank
   if (ranked.row < static_cast<std::int64_t>(index.examples.size()))
     row = nlohmann::json::parse(index.examples[static_cast<std::size_t>(ranked.row)]);
   row.erase("split");
-  const auto& meta = index.store.train_meta;
+  const auto& meta = index.train_meta;
   const auto i = static_cast<std::size_t>(ranked.row);
   if (i < meta.observed_labels.size()) row["observed_label"] = meta.observed_labels[i];
   if (i < meta.flipped.size()) row["flipped"] = meta.flipped[i] != 0;
@@ -94,6 +100,8 @@ void print_rows(const char* title, const nlohmann::json& rows) {
 
 int command_explain(const ExplainRequest& request, Registry& registry) {
   if (request.top < 1) throw Error(fmt::format("--top: expected at least 1, found {}", request.top));
+  if (request.chunk_rows < 1)
+    throw Error(fmt::format("--chunk-rows: expected at least 1, found {}", request.chunk_rows));
   std::vector<std::string> prompts = request.prompts, responses = request.responses;
   if (responses.size() > prompts.size())
     throw Error(fmt::format("--response given {} times for {} --prompt; the i-th answers the i-th prompt",
@@ -115,7 +123,7 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
   // The queries' gradients: the run's own validation rows, then the prompts (generated answers).
   std::vector<nlohmann::json> queries;
   const std::vector<std::int64_t>& rows = request.validation_rows;
-  if (!rows.empty()) gather_queries(index, rows, {});  // a wrong row fails before any generation
+  check_validation_rows(index, rows);  // a wrong row fails before any generation
   PromptGradients prompted;
   if (!prompts.empty())
     prompted = prompt_gradients(index, registry, RunPaths{"results", request.cache}, prompts, responses,
@@ -133,7 +141,7 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
   GradientBlocks queries_blocks = gather_queries(index, rows, images ? drawn.gradients : prompted.gradients);
   for (auto row : rows) {
     nlohmann::json query{{"validation_row", row}};
-    const auto& labels = index.store.query_meta.labels;
+    const auto& labels = index.query_meta.labels;
     if (static_cast<std::size_t>(row) < labels.size()) query["label"] = labels[static_cast<std::size_t>(row)];
     queries.push_back(query);
   }
@@ -146,13 +154,15 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
                                                    request.sampling_steps, request.seed)
                                      : fmt::format("{} row {}", request.images_file.string(), i)}});
 
-  ScoredBlocks scored = score_with_estimator(registry, request.estimator, request.estimator_sets, "pairwise",
-                                             index.store.train, queries_blocks);
-  const auto rankings = rank_training_rows(scored.scores, request.top);
+  const PreconditionedQueries preconditioned =
+      precondition_queries(index, registry, request.estimator, request.estimator_sets, queries_blocks);
+  const auto rankings = rank_index_rows(index.train, preconditioned.blocks, request.top, request.chunk_rows,
+                                        index.train.rows() >= 100000 ? "scoring the index" : "");
   nlohmann::json out = nlohmann::json::array();
   for (std::size_t q = 0; q < rankings.size(); ++q) {
     nlohmann::json entry = queries[q];
     entry["estimator"] = request.estimator;
+    entry["preconditioner"] = preconditioned.source;
     entry["helpful"] = nlohmann::json::array();
     entry["harmful"] = nlohmann::json::array();
     for (const auto& r : rankings[q].helpful) entry["helpful"].push_back(describe_row(index, r));
@@ -165,7 +175,7 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
   }
   std::cout << fmt::format(
       "index {} ({} training examples, {}), estimator {}\n", request.index.string(), index.record.examples,
-      index.record.projection.empty() ? "full gradients" : index.record.projection, request.estimator);
+      index.record.projection.empty() ? "full gradients" : index.record.projection, preconditioned.source);
   std::cout
       << "score < 0: up-weighting the training example lowers the query's loss (helpful); > 0: raises it\n";
   for (const auto& entry : out) {

@@ -11,8 +11,9 @@ namespace inflab {
 class Registry;
 struct ExperimentConfig;
 
+struct IndexBuildOptions;
 int command_index_build(const ExperimentConfig& run, Registry& registry, const std::filesystem::path& out,
-                        const std::filesystem::path& cache, const std::string& dtype);
+                        const std::filesystem::path& cache, const IndexBuildOptions& options);
 
 struct ExplainRequest {
   std::filesystem::path index;
@@ -28,6 +29,7 @@ struct ExplainRequest {
   std::vector<std::string> estimator_sets;
   std::int64_t top = 5;
   std::int64_t max_tokens = 64;
+  std::int64_t chunk_rows = 8192;  // training rows scored at a time
   bool json = false;
   std::filesystem::path cache;
 };

@@ -42,8 +42,8 @@ int command_launch(int ranks, const std::vector<std::string>& run_arguments, int
       ::setenv("INFLAB_STORE_FILE", store_template, 1);
       ::setenv("INFLAB_DISTRIBUTED_TIMEOUT", fmt::format("{}", timeout).c_str(), 1);
       std::vector<std::string> args{self, "--threads", std::to_string(per_rank)};
-      if (r != 0) args.push_back("--quiet");  // one progress display: rank 0's
-      args.push_back("run");
+      if (r != 0) args.push_back("--quiet");                        // one progress display: rank 0's
+      if (run_arguments.front() != "index") args.push_back("run");  // `launch -n N index build ...`
       args.insert(args.end(), run_arguments.begin(), run_arguments.end());
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());

@@ -20,6 +20,7 @@
 #include "inflab/distributed.hpp"
 #include "inflab/error.hpp"
 #include "inflab/gradients.hpp"
+#include "inflab/index.hpp"
 #include "inflab/io.hpp"
 #include "inflab/language_model.hpp"
 #include "inflab/model.hpp"
@@ -593,14 +594,23 @@ static int run_cli(int argc, char** argv) {
   auto* index_build = index_command->add_subcommand(
       "build", "write an experiment run's training gradients (projected with [projection]) as an index");
   fs::path index_out;
-  std::string index_dtype = "float16";
+  IndexBuildOptions index_options;
   index_build->add_option("file", file, "experiment TOML file (one run)")
       ->required()
       ->check(CLI::ExistingFile);
   index_build->add_option("--out", index_out, "index directory (new)")->required();
   index_build->add_option("--set", sets, "override a key (repeatable)");
-  index_build->add_option("--dtype", index_dtype,
-                          "float16 (default: half the size, scored in float32) or float32");
+  index_build->add_option("--dtype", index_options.dtype,
+                          "float16 (default), bfloat16 (both half the size of float32, scored in float32) or "
+                          "float32");
+  index_build
+      ->add_option("--fit", index_options.fit,
+                   "estimators whose preconditioner is fitted once and kept with the index (comma-separated; "
+                   "default datainf; none: keep none; explain fits any other at query time)")
+      ->delimiter(',');
+  index_build->add_option("--fit-budget-mb", index_options.fit_budget_mb,
+                          "largest size of one estimator's kept preconditioners (d x d float32 per block; "
+                          "default 2048)");
   index_build->add_option("--cache", cache, "stage cache");
 
   ExplainRequest explain_request;
@@ -635,6 +645,8 @@ static int run_cli(int argc, char** argv) {
                       "estimator option, e.g. --set damping_scale=0.1");
   explain->add_option("--top", explain_request.top, "training examples listed per side (default 5)");
   explain->add_option("--max-tokens", explain_request.max_tokens, "longest generated answer (default 64)");
+  explain->add_option("--chunk-rows", explain_request.chunk_rows,
+                      "training rows scored at a time (default 8192; memory: rows x total width x 4 bytes)");
   explain->add_flag("--json", explain_request.json, "print JSON (one object per query) instead of text");
   explain->add_option("--cache", explain_request.cache, "stage cache (for the fine-tuned model)");
   explain->footer(
@@ -651,7 +663,8 @@ static int run_cli(int argc, char** argv) {
   // Everything after the options (FILE.toml and `inflab run` options) goes to each rank's run.
   launch->prefix_command();
   launch->footer(
-      "Example: inflab --threads 1 launch -n 2 experiments/quickstart.toml --set dataset.n_train=4000");
+      "Example: inflab --threads 1 launch -n 2 experiments/quickstart.toml --set dataset.n_train=4000\n"
+      "An index by ranks (a shard each): inflab launch -n 2 index build FILE.toml --out IDX");
 
   CLI11_PARSE(app, argc, argv);
   Progress::set_quiet(common.quiet);
@@ -686,7 +699,8 @@ static int run_cli(int argc, char** argv) {
         throw Error(fmt::format("{}: {} runs; an index holds one (e.g. --set 'sweep={{}}')", file.string(),
                                 runs.size()));
       use_kernels(common, runs);
-      return command_index_build(runs[0], registry, index_out, cache, index_dtype);
+      join_distributed_from_environment();  // `inflab launch -n N index build ...`: a shard per rank
+      return command_index_build(runs[0], registry, index_out, cache, index_options);
     }
     if (*explain) {
       Registry registry;

@@ -5,9 +5,11 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "inflab/distributed.hpp"
 #include "inflab/error.hpp"
 #include "inflab/io.hpp"
 #include "inflab/language_model.hpp"
@@ -15,6 +17,7 @@
 #include "inflab/progress.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/sampling.hpp"
+#include "inflab/scoring.hpp"
 #include "inflab/task_table.hpp"
 #include "stage_keys.hpp"
 #include "stages/stages.hpp"
@@ -24,14 +27,28 @@ namespace fs = std::filesystem;
 namespace inflab {
 
 namespace {
-constexpr int kIndexVersion = 1;
+constexpr int kIndexVersion = 2;
+// Shards above this many bytes are checked by size at open time: hashing them would cost more
+// than scoring a query (a full check: `inflab index build` on the same folder reports a mismatch).
+constexpr std::uintmax_t kHashedShardBytes = std::uintmax_t{1} << 30;
+
+fs::path shard_directory(const fs::path& index, std::size_t shard) {
+  return index / "shards" / fmt::format("{:05d}", shard);
+}
 
 nlohmann::json record_json(const IndexRecord& r) {
+  nlohmann::json fits = nlohmann::json::array();
+  for (const auto& f : r.fits)
+    fits.push_back({{"estimator", f.estimator}, {"version", f.version}, {"options", f.options}});
+  nlohmann::json blocks = nlohmann::json::array();
+  for (std::size_t b = 0; b < r.block_names.size(); ++b)
+    blocks.push_back({{"name", r.block_names[b]}, {"dim", r.block_dims[b]}});
   return {{"format", "inflab-index"},       {"version", kIndexVersion},
           {"experiment", r.experiment},     {"run", r.run},
           {"finetune_key", r.finetune_key}, {"gradients_key", r.gradients_key},
           {"projection", r.projection},     {"dtype", r.dtype},
-          {"examples", r.examples}};
+          {"examples", r.examples},         {"blocks", blocks},
+          {"shard_rows", r.shard_rows},     {"fits", fits}};
 }
 
 IndexRecord read_record(const fs::path& file) {
@@ -47,36 +64,98 @@ IndexRecord read_record(const fs::path& file) {
     throw Error(fmt::format("{}: not valid JSON ({})", file.string(), e.what()));
   }
   if (j.value("format", "") != "inflab-index" || j.value("version", 0) != kIndexVersion)
-    throw Error(fmt::format("{}: expected format \"inflab-index\" version {}, found {} version {}",
-                            file.string(), kIndexVersion, j.value("format", std::string("(none)")),
-                            j.value("version", 0)));
+    throw Error(fmt::format(
+        "{}: expected format \"inflab-index\" version {}, found {} version {}; an index of an earlier "
+        "inflab is rebuilt with `inflab index build FILE.toml --out NEW_DIR`",
+        file.string(), kIndexVersion, j.value("format", std::string("(none)")), j.value("version", 0)));
   IndexRecord r;
   try {
     r.experiment = j.at("experiment"), r.run = j.at("run"), r.finetune_key = j.at("finetune_key");
     r.gradients_key = j.at("gradients_key"), r.projection = j.at("projection"), r.dtype = j.at("dtype");
     r.examples = j.at("examples");
+    for (const auto& block : j.at("blocks"))
+      r.block_names.push_back(block.at("name")), r.block_dims.push_back(block.at("dim"));
+    r.shard_rows = j.at("shard_rows").get<std::vector<std::int64_t>>();
+    for (const auto& f : j.at("fits"))
+      r.fits.push_back({f.at("estimator"), f.at("version"), f.at("options").get<std::vector<std::string>>()});
   } catch (const std::exception& e) {
     throw Error(fmt::format("{}: {}", file.string(), e.what()));
   }
   return r;
 }
+
+nlohmann::json meta_json(const ExampleMeta& meta) {
+  return {{"ids", meta.ids},
+          {"labels", meta.labels},
+          {"observed_labels", meta.observed_labels},
+          {"flipped", meta.flipped}};
+}
+ExampleMeta read_meta(const nlohmann::json& j) {
+  return {j.at("ids").get<std::vector<std::int64_t>>(), j.at("labels").get<std::vector<std::int64_t>>(),
+          j.at("observed_labels").get<std::vector<std::int64_t>>(),
+          j.at("flipped").get<std::vector<std::uint8_t>>()};
+}
+
+c10::ScalarType stored_type(const std::string& dtype) {
+  return dtype == "float16" ? torch::kHalf : dtype == "bfloat16" ? torch::kShort : torch::kFloat;
+}
+
+// A block's rows written into a mapped .npy of the index's dtype, a chunk at a time (no n x d copy).
+void write_rows(const fs::path& file, const at::Tensor& values, const std::string& dtype) {
+  at::Tensor out = create_mapped_npy(file, {values.size(0), values.size(1)}, stored_type(dtype));
+  constexpr std::int64_t kChunk = 8192;
+  for (std::int64_t begin = 0; begin < values.size(0); begin += kChunk) {
+    const std::int64_t count = std::min(kChunk, values.size(0) - begin);
+    out.narrow(0, begin, count).copy_(to_index_dtype(values.narrow(0, begin, count), dtype));
+  }
+}
+
+std::string options_text(const std::vector<std::string>& options) {
+  return options.empty() ? "default options" : fmt::format("options {}", fmt::join(options, " "));
+}
 }  // namespace
 
+at::Tensor to_index_dtype(const at::Tensor& values, const std::string& dtype) {
+  if (dtype == "float16") return values.to(torch::kHalf).contiguous();
+  if (dtype == "bfloat16") return values.to(torch::kBFloat16).contiguous().view(torch::kShort);
+  return values.to(torch::kFloat).contiguous();
+}
+
+std::int64_t IndexRows::rows() const {
+  std::int64_t n = 0;
+  for (const auto& shard : shards) n += shard.empty() ? 0 : shard[0].size(0);
+  return n;
+}
+
+at::Tensor IndexRows::float_rows(std::size_t shard, std::size_t block, std::int64_t begin,
+                                 std::int64_t count) const {
+  at::Tensor stored = shards.at(shard).at(block).narrow(0, begin, count);
+  if (dtype == "bfloat16") stored = stored.view(torch::kBFloat16);
+  return stored.to(torch::kFloat).contiguous();
+}
+
 IndexRecord build_index(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
-                        const fs::path& dir, const std::string& dtype) {
-  if (dtype != "float16" && dtype != "float32")
-    throw Error(fmt::format("--dtype: expected float16 or float32, found '{}'", dtype));
-  IndexRecord record{config.source.string(),
-                     config.run_name,
-                     stage_key("finetune", config),
-                     stage_key("gradients", config),
-                     "",
-                     dtype,
-                     0};
+                        const fs::path& dir, const IndexBuildOptions& options) {
+  const std::string& dtype = options.dtype;
+  if (dtype != "float16" && dtype != "bfloat16" && dtype != "float32")
+    throw Error(fmt::format("--dtype: expected float16, bfloat16 or float32, found '{}'", dtype));
+  std::vector<std::string> fit_names;
+  for (const auto& name : options.fit)
+    if (!name.empty() && name != "none") {
+      registry.find(PluginKind::Estimator, name);  // a misspelt name fails before any work
+      fit_names.push_back(name);
+    }
+  IndexRecord record;
+  record.experiment = config.source.string(), record.run = config.run_name;
+  record.finetune_key = stage_key("finetune", config), record.gradients_key = stage_key("gradients", config);
+  record.dtype = dtype;
   if (fs::exists(dir / "index.json")) {
     const IndexRecord existing = read_record(dir / "index.json");
+    std::vector<std::string> existing_fits;
+    for (const auto& f : existing.fits) existing_fits.push_back(f.estimator);
     if (existing.gradients_key == record.gradients_key && existing.dtype == dtype) {
-      log(fmt::format("index {}: already built from these gradients", dir.string()));
+      log(fmt::format("index {}: already built from these gradients (fitted: {})", dir.string(),
+                      existing_fits.empty() ? "none" : fmt::format("{}", fmt::join(existing_fits, ", "))));
       return existing;
     }
     throw Error(
@@ -86,19 +165,87 @@ IndexRecord build_index(const ExperimentConfig& config, Registry& registry, cons
   }
   if (fs::exists(dir) && !fs::is_empty(dir))
     throw Error(fmt::format("--out {}: exists and is not an index; choose a new folder", dir.string()));
-  GradientStore store = prepare_gradients(config, registry, paths);
+
+  GradientStore store = prepare_gradients(config, registry, paths);  // this rank's training rows
+  const int rank = distributed_rank();
+  const auto ranks = static_cast<std::size_t>(distributed_world_size());
   record.projection = store.projection;
-  record.examples = store.train.empty() ? 0 : store.train[0].values.size(0);
-  if (dtype == "float16")
-    for (auto& block : store.train) block.values = block.values.to(torch::kHalf);
-  PendingEntry pending(dir);
-  save_gradient_store(pending.temporary / "gradients", store);
-  const fs::path examples = gradients_directory(stage_inputs("gradients", config), paths) / "examples.jsonl";
-  if (fs::exists(examples)) write_file_atomic(pending.temporary / "examples.jsonl", read_file(examples));
-  write_file_atomic(pending.temporary / "config.toml", config.resolved_toml);
-  write_file_atomic(pending.temporary / "index.json", record_json(record).dump(1) + "\n");
-  write_directory_checksums(pending.temporary);
-  pending.commit();
+  for (const auto& block : store.train)
+    record.block_names.push_back(block.name), record.block_dims.push_back(block.values.size(1));
+  {  // every rank's row count, in rank order
+    at::Tensor mine = torch::zeros({static_cast<std::int64_t>(ranks)}, torch::kLong);
+    mine[rank] = store.train.at(0).values.size(0);
+    sum_over_ranks(mine);
+    record.shard_rows.assign(mine.data_ptr<std::int64_t>(), mine.data_ptr<std::int64_t>() + ranks);
+  }
+  for (auto rows : record.shard_rows) record.examples += rows;
+  ExampleMeta train_meta = store.train_meta;
+  if (ranks > 1) gather_meta_over_ranks(train_meta);
+
+  // Every rank writes into one folder whose name they agree on; rank 0 renames it into place last.
+  fs::path building = dir;
+  building += ".building";
+  if (rank == 0) fs::remove_all(building);
+  barrier_over_ranks();
+  {
+    Progress progress(fmt::format("index shard {}", rank), static_cast<std::int64_t>(store.train.size()));
+    for (const auto& block : store.train) {
+      write_rows(shard_directory(building, static_cast<std::size_t>(rank)) / (block.name + ".npy"),
+                 block.values, dtype);
+      progress.advance();
+    }
+  }
+  // Each estimator's preconditioner per block: M_b^{-1} applied to the identity, so a query is
+  // one d x d product at explain time. Fitted on the float32 gradients, before 16-bit rounding.
+  double fit_mb = 0;
+  for (auto d : record.block_dims)
+    fit_mb += static_cast<double>(d) * static_cast<double>(d) * 4.0 / 1048576.0;
+  for (const auto& name : fit_names) {
+    const PluginRecord& plugin = registry.find(PluginKind::Estimator, name);
+    auto estimator = with_rescaling(registry.create_as<Estimator>(
+        PluginKind::Estimator, name,
+        options_from_assignments(fmt::format("estimator '{}'", name), plugin.info->options(), {})));
+    if (estimator->preconditioner_degree() == 0) continue;  // the identity: nothing to keep
+    if (fit_mb > options.fit_budget_mb) {
+      log(
+          fmt::format("index: {}'s preconditioners would take {:.0f} MiB (over {:.0f}); explain fits it at "
+                      "query time instead",
+                      name, fit_mb, options.fit_budget_mb));
+      continue;
+    }
+    if (ranks > 1 && !estimator->supports_distributed()) {
+      log(fmt::format("index: {} cannot be fitted across ranks; explain fits it at query time", name));
+      continue;
+    }
+    estimator->fit(store.train);
+    for (std::size_t b = 0; b < store.train.size(); ++b) {
+      const std::int64_t d = record.block_dims[b];
+      at::Tensor inverse = estimator->inverse_product(b, torch::eye(d, torch::kFloat));
+      inverse = inverse.to(torch::kDouble).mul_(std::ldexp(1.0, score_exponent(*estimator, b)));
+      if (rank == 0)
+        save_npy(building / "fits" / name / (record.block_names[b] + ".npy"), inverse.to(torch::kFloat));
+    }
+    record.fits.push_back({name, plugin.info->version, {}});
+    return_freed_memory();
+  }
+  barrier_over_ranks();
+  if (rank == 0) {
+    for (const auto& block : store.query)
+      save_npy(building / "queries" / (block.name + ".npy"), block.values);
+    write_file_atomic(
+        building / "meta.json",
+        nlohmann::json{{"train", meta_json(train_meta)}, {"query", meta_json(store.query_meta)}}.dump() +
+            "\n");
+    // Every rank's gradients list all the run's examples.
+    const fs::path examples = gradients_directory(gradients_stage_inputs(config), paths) / "examples.jsonl";
+    if (fs::exists(examples)) write_file_atomic(building / "examples.jsonl", read_file(examples));
+    write_file_atomic(building / "config.toml", config.resolved_toml);
+    write_file_atomic(building / "index.json", record_json(record).dump(1) + "\n");
+    write_directory_checksums(building);
+    if (fs::exists(dir)) fs::remove(dir);  // empty (checked above)
+    fs::rename(building, dir);
+  }
+  barrier_over_ranks();
   return record;
 }
 
@@ -106,7 +253,15 @@ AttributionIndex open_index(const fs::path& dir, Registry& registry) {
   AttributionIndex index;
   index.dir = dir;
   index.record = read_record(dir / "index.json");
-  if (std::string problem = verify_directory_checksums(dir); !problem.empty())
+  const IndexRecord& record = index.record;
+  std::uintmax_t shard_bytes = 0;
+  if (fs::is_directory(dir / "shards"))
+    for (const auto& entry : fs::recursive_directory_iterator(dir / "shards"))
+      if (entry.is_regular_file()) shard_bytes += entry.file_size();
+  const bool hash_shards = shard_bytes <= kHashedShardBytes;
+  if (std::string problem = verify_directory_checksums(
+          dir, [&](const std::string& file) { return !hash_shards && file.rfind("shards/", 0) == 0; });
+      !problem.empty())
     throw Error(fmt::format("index {}: {}; rebuild it with `inflab index build`", dir.string(), problem));
   auto runs = load_experiment(dir / "config.toml", {}, registry);
   if (runs.size() != 1)
@@ -115,21 +270,50 @@ AttributionIndex open_index(const fs::path& dir, Registry& registry) {
   index.config = std::move(runs[0]);
   // The plugins or the framework changed what the adapter or the gradients would be: the index
   // no longer describes what the model now computes.
-  for (const auto& [stage, recorded] :
-       {std::pair<const char*, std::string>{"finetune", index.record.finetune_key},
-        {"gradients", index.record.gradients_key}})
+  for (const auto& [stage, recorded] : {std::pair<const char*, std::string>{"finetune", record.finetune_key},
+                                        {"gradients", record.gradients_key}})
     if (const std::string now = stage_key(stage, index.config); now != recorded)
       throw Error(
           fmt::format("index {}: built from {} stage {}, but its configuration now gives {} (a plugin, "
                       "the kernels or inflab changed it); rebuild it with `inflab index build {}`",
-                      dir.string(), stage, recorded, now, index.record.experiment));
-  index.store = load_gradient_store(dir / "gradients");
-  if (index.store.projection != index.record.projection)
-    throw Error(fmt::format("index {}: gradients/blocks.json says projection '{}', index.json '{}'",
-                            dir.string(), index.store.projection, index.record.projection));
+                      dir.string(), stage, recorded, now, record.experiment));
+  // Every file has the shape and dtype index.json promises before anything is scored.
+  auto mapped = [&](const fs::path& file, std::int64_t rows, std::int64_t dim, c10::ScalarType type) {
+    if (!fs::is_regular_file(file))
+      throw Error(fmt::format("index {}: {} is missing", dir.string(), file.string()));
+    at::Tensor t = map_npy(file);
+    if (t.dim() != 2 || t.size(1) != dim || (rows >= 0 && t.size(0) != rows) || t.scalar_type() != type)
+      throw Error(fmt::format("{}: expected {} x {} of {}, found {} of {}", file.string(),
+                              rows >= 0 ? std::to_string(rows) : "n", dim, c10::toString(type),
+                              fmt::join(t.sizes(), " x "), c10::toString(t.scalar_type())));
+    return t;
+  };
+  index.train.dtype = record.dtype;
+  index.train.block_names = record.block_names;
+  for (std::size_t s = 0; s < record.shard_rows.size(); ++s) {
+    index.train.shards.emplace_back();
+    for (std::size_t b = 0; b < record.block_names.size(); ++b)
+      index.train.shards.back().push_back(mapped(shard_directory(dir, s) / (record.block_names[b] + ".npy"),
+                                                 record.shard_rows[s], record.block_dims[b],
+                                                 stored_type(record.dtype)));
+  }
+  for (std::size_t b = 0; b < record.block_names.size(); ++b) {
+    const fs::path file = dir / "queries" / (record.block_names[b] + ".npy");
+    index.queries.push_back(
+        {record.block_names[b],
+         checked_gradient_values(mapped(file, -1, record.block_dims[b], torch::kFloat), file.string())});
+  }
+  try {
+    const auto meta = nlohmann::json::parse(read_file(dir / "meta.json"));
+    index.train_meta = read_meta(meta.at("train")), index.query_meta = read_meta(meta.at("query"));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(fmt::format("{}: {}", (dir / "meta.json").string(), e.what()));
+  }
   std::ifstream lines(dir / "examples.jsonl");
   for (std::string line; std::getline(lines, line);)
-    if (line.find("\"split\":\"train\"") != std::string::npos) index.examples.push_back(line);
+    if (auto j = nlohmann::json::parse(line, nullptr, false);
+        j.is_object() && j.value("split", "") == "train")
+      index.examples.push_back(line);
   return index;
 }
 
@@ -201,40 +385,116 @@ ImageGradients image_gradients(const AttributionIndex& index, Registry& registry
   return out;
 }
 
-GradientBlocks gather_queries(const AttributionIndex& index, const std::vector<std::int64_t>& validation_rows,
-                              const GradientBlocks& extra) {
-  const std::int64_t count = index.store.query.empty() ? 0 : index.store.query[0].values.size(0);
-  for (auto row : validation_rows)
+void check_validation_rows(const AttributionIndex& index, const std::vector<std::int64_t>& rows) {
+  const std::int64_t count = index.queries.empty() ? 0 : index.queries[0].values.size(0);
+  for (auto row : rows)
     if (row < 0 || row >= count)
       throw Error(
           fmt::format("--validation {}: the index's run has validation rows 0 to {}", row, count - 1));
+}
+
+GradientBlocks gather_queries(const AttributionIndex& index, const std::vector<std::int64_t>& validation_rows,
+                              const GradientBlocks& extra) {
+  check_validation_rows(index, validation_rows);
   GradientBlocks out;
-  for (std::size_t b = 0; b < index.store.train.size(); ++b) {
+  for (std::size_t b = 0; b < index.queries.size(); ++b) {
     std::vector<torch::Tensor> pieces;
     if (!validation_rows.empty())
-      pieces.push_back(
-          index.store.query[b].values.index_select(0, torch::tensor(validation_rows, torch::kLong)));
+      pieces.push_back(index.queries[b].values.index_select(0, torch::tensor(validation_rows, torch::kLong)));
     if (!extra.empty()) pieces.push_back(extra.at(b).values);
-    out.push_back({index.store.train[b].name, torch::cat(pieces).contiguous()});
+    out.push_back({index.queries[b].name, torch::cat(pieces).contiguous()});
   }
   return out;
 }
 
-std::vector<QueryRanking> rank_training_rows(const at::Tensor& scores, std::int64_t k) {
-  const at::Tensor columns = scores.dim() == 1 ? scores.unsqueeze(1) : scores;
-  const std::int64_t n = columns.size(0), top = std::min(k, n);
-  std::vector<QueryRanking> out;
-  const at::Tensor values = columns.to(torch::kDouble).contiguous();
-  for (std::int64_t q = 0; q < columns.size(1); ++q) {
-    QueryRanking ranking;
-    const at::Tensor column = values.select(1, q);
-    for (bool harmful : {false, true}) {
-      auto [picked, rows] = column.topk(top, 0, /*largest=*/harmful, /*sorted=*/true);
-      auto& list = harmful ? ranking.harmful : ranking.helpful;
-      for (std::int64_t i = 0; i < top; ++i)
-        list.push_back({rows[i].item<std::int64_t>(), picked[i].item<double>()});
+PreconditionedQueries precondition_queries(const AttributionIndex& index, Registry& registry,
+                                           const std::string& name, const std::vector<std::string>& sets,
+                                           const GradientBlocks& queries) {
+  const PluginRecord& plugin = registry.find(PluginKind::Estimator, name);
+  Options options =
+      options_from_assignments(fmt::format("estimator '{}'", name), plugin.info->options(), sets);
+  auto estimator = with_rescaling(registry.create_as<Estimator>(PluginKind::Estimator, name, options));
+  if (estimator->preconditioner_degree() == 0) return {queries, fmt::format("{} (no preconditioner)", name)};
+  const auto kept = std::find_if(index.record.fits.begin(), index.record.fits.end(), [&](const IndexFit& f) {
+    return f.estimator == name && f.version == plugin.info->version && f.options == sets;
+  });
+  PreconditionedQueries out;
+  if (kept != index.record.fits.end()) {
+    for (std::size_t b = 0; b < queries.size(); ++b) {
+      at::Tensor inverse = map_npy(index.dir / "fits" / name / (queries[b].name + ".npy"));
+      // Row j of `inverse` is M^{-1} e_j, so M^{-1} v = sum_j v_j M^{-1} e_j: V = Q inverse.
+      out.blocks.push_back(
+          {queries[b].name,
+           queries[b].values.to(torch::kDouble).mm(inverse.to(torch::kDouble)).to(torch::kFloat)});
     }
-    out.push_back(std::move(ranking));
+    out.source = fmt::format("{} {} (fitted when the index was built)", name, plugin.info->version);
+    return out;
+  }
+  const auto n = index.train.rows();
+  log(fmt::format(
+      "explain: the index keeps no {} fit with {}; fitting it now on the {} training rows read into memory "
+      "(`inflab index build --fit {}` keeps one)",
+      name, options_text(sets), n, name));
+  GradientBlocks train;
+  for (std::size_t b = 0; b < index.train.block_names.size(); ++b) {
+    std::vector<at::Tensor> parts;
+    for (std::size_t s = 0; s < index.train.shards.size(); ++s)
+      parts.push_back(index.train.float_rows(s, b, 0, index.train.shards[s][b].size(0)));
+    train.push_back({index.train.block_names[b], torch::cat(parts).contiguous()});
+  }
+  estimator->fit(train);
+  for (std::size_t b = 0; b < queries.size(); ++b) {
+    at::Tensor r = estimator->inverse_product(b, queries[b].values);
+    if (const int e = score_exponent(*estimator, b); e != 0)
+      r = r.to(torch::kDouble).mul_(std::ldexp(1.0, e));
+    out.blocks.push_back({queries[b].name, r.to(torch::kFloat).contiguous()});
+  }
+  out.source = fmt::format("{} {} (fitted now, in memory)", name, plugin.info->version);
+  return out;
+}
+
+std::vector<QueryRanking> rank_index_rows(const IndexRows& rows, const GradientBlocks& preconditioned,
+                                          std::int64_t k, std::int64_t chunk_rows,
+                                          const std::string& progress_label) {
+  if (preconditioned.size() != rows.block_names.size())
+    throw Error(fmt::format("{} query blocks for an index of {} blocks", preconditioned.size(),
+                            rows.block_names.size()));
+  const std::int64_t queries = preconditioned.at(0).values.size(0), n = rows.rows();
+  const std::int64_t top = std::min(k, n);
+  // Running top k per query and side, rows down, queries across.
+  at::Tensor best[2], best_rows[2];  // 0: helpful (smallest), 1: harmful (largest)
+  std::vector<at::Tensor> transposed;
+  for (const auto& block : preconditioned) transposed.push_back(block.values.t().contiguous());
+  std::unique_ptr<Progress> progress;
+  if (!progress_label.empty()) progress = std::make_unique<Progress>(progress_label, n, "rows");
+  std::int64_t offset = 0;
+  for (std::size_t s = 0; s < rows.shards.size(); ++s) {
+    const std::int64_t shard_rows = rows.shards[s].empty() ? 0 : rows.shards[s][0].size(0);
+    for (std::int64_t begin = 0; begin < shard_rows; begin += chunk_rows) {
+      const std::int64_t count = std::min(chunk_rows, shard_rows - begin);
+      at::Tensor scores = torch::zeros({count, queries}, torch::kFloat);
+      for (std::size_t b = 0; b < transposed.size(); ++b)
+        scores.sub_(matrix_product(rows.float_rows(s, b, begin, count), transposed[b]));
+      for (int side = 0; side < 2; ++side) {
+        auto [values, where] = scores.topk(std::min(top, count), 0, /*largest=*/side == 1, /*sorted=*/false);
+        where.add_(offset + begin);
+        if (best[side].defined())
+          values = torch::cat({best[side], values}), where = torch::cat({best_rows[side], where});
+        auto [kept, position] = values.topk(std::min(top, values.size(0)), 0, side == 1, /*sorted=*/true);
+        best[side] = kept, best_rows[side] = where.gather(0, position);
+      }
+      if (progress) progress->advance(count);
+    }
+    offset += shard_rows;
+  }
+  std::vector<QueryRanking> out(static_cast<std::size_t>(queries));
+  for (int side = 0; side < 2; ++side) {
+    const at::Tensor values = best[side].to(torch::kDouble).contiguous(),
+                     where = best_rows[side].contiguous();
+    for (std::int64_t q = 0; q < queries; ++q)
+      for (std::int64_t i = 0; i < values.size(0); ++i)
+        (side == 0 ? out[q].helpful : out[q].harmful)
+            .push_back({where[i][q].item<std::int64_t>(), values[i][q].item<double>()});
   }
   return out;
 }

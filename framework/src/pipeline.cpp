@@ -54,7 +54,6 @@ BaseModel base_model(const ExperimentConfig& config, Registry& registry, const R
   return out;
 }
 
-namespace {
 // Distributed: each rank extracts (and caches) the gradients of its shard of the training rows.
 StageInputs gradients_stage_inputs(const ExperimentConfig& config) {
   StageInputs inputs = stage_inputs("gradients", config);
@@ -62,6 +61,8 @@ StageInputs gradients_stage_inputs(const ExperimentConfig& config) {
     inputs.add("shard", fmt::format("{} of {}", distributed_rank(), distributed_world_size()));
   return inputs;
 }
+
+namespace {
 
 // The finetune stage of `config`. With [model] adapter_from, the other experiment's fine-tuning
 // runs first (on its own data, if its cache lacks it) and this one's stage loads its adapters.

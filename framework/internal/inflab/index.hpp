@@ -3,6 +3,13 @@
 // (the fine-tuned adapter's and the gradients' stage keys, the projection, the resolved
 // configuration and the training examples), so new queries are scored against it without running
 // the experiment again, and a query against another adapter or projection is refused.
+//
+// Layout (version 2): index.json, config.toml, examples.jsonl, meta.json (the examples' ids and
+// labels), queries/<block>.npy (the run's own validation rows, float32), shards/NNNNN/<block>.npy
+// (the training rows in float16, bfloat16 (raw bits as int16) or float32; one shard per rank of
+// the build), fits/<estimator>/<block>.npy (an estimator's preconditioner as a d x d matrix, fitted
+// once at build time), CHECKSUMS. Queries are scored by one streamed pass over the shards, in chunks
+// of rows, keeping only each query's top k: memory is bounded by the page cache, not the index.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -19,25 +26,59 @@ namespace inflab {
 
 class Registry;
 
+// An estimator's fitted state kept with the index: its preconditioner per block.
+struct IndexFit {
+  std::string estimator, version;
+  std::vector<std::string> options;  // the --set assignments it was fitted with (none: defaults)
+};
+
 struct IndexRecord {
   std::string experiment, run, finetune_key, gradients_key, projection, dtype;
   std::int64_t examples = 0;
+  std::vector<std::string> block_names;
+  std::vector<std::int64_t> block_dims;
+  std::vector<std::int64_t> shard_rows;  // training rows per shard, in row order
+  std::vector<IndexFit> fits;
 };
 
-// Writes DIR (index.json, config.toml, examples.jsonl, gradients/) from the run's chain, each
-// stage from the cache when it is there. dtype: "float16" (half the size; scored in float32) or
-// "float32". An existing index of the same run is kept; of another run it is an error.
+struct IndexBuildOptions {
+  std::string dtype = "float16";               // float16 | bfloat16 | float32
+  std::vector<std::string> fit = {"datainf"};  // estimators fitted once and kept (none: "")
+  // Preconditioners are kept only when all blocks' d x d float32 matrices fit this budget
+  // (projected gradients); otherwise explain fits the estimator in memory at query time.
+  double fit_budget_mb = 2048;
+};
+
+// Writes DIR from the run's chain, each stage from the cache when it is there. Under `inflab
+// launch`, each rank writes the shard of training rows it extracted and rank 0 the rest.
+// An existing index of the same gradients is kept; of other gradients it is an error.
 IndexRecord build_index(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
-                        const std::filesystem::path& dir, const std::string& dtype);
+                        const std::filesystem::path& dir, const IndexBuildOptions& options);
+
+// The training rows as stored: per shard, per block a memory-mapped rows x dim tensor of the
+// stored dtype (bfloat16 as its int16 bits). Nothing is read until it is scored.
+struct IndexRows {
+  std::string dtype;
+  std::vector<std::string> block_names;
+  std::vector<std::vector<at::Tensor>> shards;  // [shard][block]
+  std::int64_t rows() const;
+  // Rows [begin, begin + count) of one shard's block as float32.
+  at::Tensor float_rows(std::size_t shard, std::size_t block, std::int64_t begin, std::int64_t count) const;
+};
+// 16-bit and float32 storage of float32 values (bfloat16 as int16 bits, for .npy).
+at::Tensor to_index_dtype(const at::Tensor& values, const std::string& dtype);
 
 struct AttributionIndex {
   std::filesystem::path dir;
   IndexRecord record;
   ExperimentConfig config;
-  GradientStore store;                // training rows (float32 in memory) and the run's own queries
-  std::vector<std::string> examples;  // per training row, its examples.jsonl line
+  IndexRows train;
+  GradientBlocks queries;  // the run's own validation rows (float32)
+  ExampleMeta train_meta, query_meta;
+  std::vector<std::string> examples;  // per training row, its examples.jsonl record
 };
-// Checks the files' checksums and that the configuration still gives the recorded stage keys.
+// Checks the files (checksums; the shards by size only when they exceed 1 GiB, which a full read
+// would cost) and that the configuration still gives the recorded stage keys.
 AttributionIndex open_index(const std::filesystem::path& dir, Registry& registry);
 
 // Queries given as prompts (a language model's run): the answers (given, or generated greedily by
@@ -64,13 +105,27 @@ ImageGradients image_gradients(const AttributionIndex& index, Registry& registry
                                const std::filesystem::path& images_file, std::int64_t sampling_steps,
                                std::uint64_t seed);
 
-// The queries' gradients block by block: the index's own validation rows (checked), then `extra`
-// (prompt gradients; empty: none).
+// Errors naming the row when a validation row is not one of the index's run.
+void check_validation_rows(const AttributionIndex& index, const std::vector<std::int64_t>& rows);
+// The queries' gradients block by block: the index's own validation rows, then `extra` (prompt or
+// image gradients; empty: none).
 GradientBlocks gather_queries(const AttributionIndex& index, const std::vector<std::int64_t>& validation_rows,
                               const GradientBlocks& extra);
 
-// Per query (column of scores, n x q): the k most helpful training rows (most negative scores:
-// up-weighting them lowers the query's loss) and the k most harmful (most positive).
+// M_b^{-1} v for every query v of every block, ready for the streamed pass (any rescaling folded
+// in): from the index's fitted preconditioner when it has one for this estimator and these
+// options, the queries themselves for hessian_free, else by fitting the estimator now on the
+// training rows read into memory (float32). `source` says which.
+struct PreconditionedQueries {
+  GradientBlocks blocks;
+  std::string source;
+};
+PreconditionedQueries precondition_queries(const AttributionIndex& index, Registry& registry,
+                                           const std::string& estimator, const std::vector<std::string>& sets,
+                                           const GradientBlocks& queries);
+
+// Per query: the k most helpful training rows (most negative scores: up-weighting them lowers the
+// query's loss) and the k most harmful (most positive), best first.
 struct RankedRow {
   std::int64_t row = 0;
   double score = 0;
@@ -78,6 +133,10 @@ struct RankedRow {
 struct QueryRanking {
   std::vector<RankedRow> helpful, harmful;
 };
-std::vector<QueryRanking> rank_training_rows(const at::Tensor& scores, std::int64_t k);
+// One pass over the rows in chunks: scores -sum_b G_b V_b^T (float32 products, a chunk at a time),
+// keeping each query's top k. Memory: one chunk of every block in float32, plus k per query.
+std::vector<QueryRanking> rank_index_rows(const IndexRows& rows, const GradientBlocks& preconditioned,
+                                          std::int64_t k, std::int64_t chunk_rows = 8192,
+                                          const std::string& progress_label = "");
 
 }  // namespace inflab

@@ -16,6 +16,10 @@ namespace inflab {
 
 class Registry;
 
+class StageInputs;
+// The gradients stage's inputs in this process: under `inflab launch`, this rank's shard.
+StageInputs gradients_stage_inputs(const ExperimentConfig& config);
+
 // Everything up to and including the gradient store (what `inflab gradients` writes).
 GradientStore prepare_gradients(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
                                 RunOutcome* outcome = nullptr);
