@@ -227,7 +227,7 @@ class Sweep:
             ("explain --queries with a bad line", [index, "--queries", queries], [f"{queries}:2"]),
             ("explain --prompt on a classifier", [index, "--prompt", "hello"], ["language model"]),
             ("explain --condition on a classifier", [index, "--condition", "0"], ["not a denoiser"]),
-            ("explain --chunk-rows 0", [index, "--validation", "0", "--chunk-rows", "0"], ["--chunk-rows"]),
+            ("explain --chunk-rows -1", [index, "--validation", "0", "--chunk-rows", "-1"], ["--chunk-rows"]),
         ]:
             code, output = self.inflab("explain", *args, *cache)
             self.expect_error("index", case, code, output, *needles)

@@ -100,8 +100,9 @@ void print_rows(const char* title, const nlohmann::json& rows) {
 
 int command_explain(const ExplainRequest& request, Registry& registry) {
   if (request.top < 1) throw Error(fmt::format("--top: expected at least 1, found {}", request.top));
-  if (request.chunk_rows < 1)
-    throw Error(fmt::format("--chunk-rows: expected at least 1, found {}", request.chunk_rows));
+  if (request.chunk_rows < 0)
+    throw Error(
+        fmt::format("--chunk-rows: expected at least 1 (or 0: automatic), found {}", request.chunk_rows));
   std::vector<std::string> prompts = request.prompts, responses = request.responses;
   if (responses.size() > prompts.size())
     throw Error(fmt::format("--response given {} times for {} --prompt; the i-th answers the i-th prompt",

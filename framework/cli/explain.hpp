@@ -29,7 +29,7 @@ struct ExplainRequest {
   std::vector<std::string> estimator_sets;
   std::int64_t top = 5;
   std::int64_t max_tokens = 64;
-  std::int64_t chunk_rows = 8192;  // training rows scored at a time
+  std::int64_t chunk_rows = 0;  // training rows scored at a time (0: 16 MiB of float32 values)
   bool json = false;
   std::filesystem::path cache;
 };

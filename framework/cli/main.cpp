@@ -646,7 +646,8 @@ static int run_cli(int argc, char** argv) {
   explain->add_option("--top", explain_request.top, "training examples listed per side (default 5)");
   explain->add_option("--max-tokens", explain_request.max_tokens, "longest generated answer (default 64)");
   explain->add_option("--chunk-rows", explain_request.chunk_rows,
-                      "training rows scored at a time (default 8192; memory: rows x total width x 4 bytes)");
+                      "training rows scored at a time (default 0: 16 MiB of float32 values; memory: rows x "
+                      "total width x 4 bytes)");
   explain->add_flag("--json", explain_request.json, "print JSON (one object per query) instead of text");
   explain->add_option("--cache", explain_request.cache, "stage cache (for the fine-tuned model)");
   explain->footer(

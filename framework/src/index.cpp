@@ -461,10 +461,14 @@ std::vector<QueryRanking> rank_index_rows(const IndexRows& rows, const GradientB
                             rows.block_names.size()));
   const std::int64_t queries = preconditioned.at(0).values.size(0), n = rows.rows();
   const std::int64_t top = std::min(k, n);
-  // Running top k per query and side, rows down, queries across.
+  if (chunk_rows <= 0) {
+    std::int64_t width = 0;
+    for (const auto& block : preconditioned) width += block.values.size(1);
+    chunk_rows = std::max<std::int64_t>(256, (std::int64_t{1} << 22) / std::max<std::int64_t>(1, width));
+  }
+  // Running top k per query and side (queries down, their best rows across), merged chunk by chunk.
+  // Scores are computed queries x rows so that top k runs along contiguous memory.
   at::Tensor best[2], best_rows[2];  // 0: helpful (smallest), 1: harmful (largest)
-  std::vector<at::Tensor> transposed;
-  for (const auto& block : preconditioned) transposed.push_back(block.values.t().contiguous());
   std::unique_ptr<Progress> progress;
   if (!progress_label.empty()) progress = std::make_unique<Progress>(progress_label, n, "rows");
   std::int64_t offset = 0;
@@ -472,16 +476,18 @@ std::vector<QueryRanking> rank_index_rows(const IndexRows& rows, const GradientB
     const std::int64_t shard_rows = rows.shards[s].empty() ? 0 : rows.shards[s][0].size(0);
     for (std::int64_t begin = 0; begin < shard_rows; begin += chunk_rows) {
       const std::int64_t count = std::min(chunk_rows, shard_rows - begin);
-      at::Tensor scores = torch::zeros({count, queries}, torch::kFloat);
-      for (std::size_t b = 0; b < transposed.size(); ++b)
-        scores.sub_(matrix_product(rows.float_rows(s, b, begin, count), transposed[b]));
+      at::Tensor scores;  // queries x count
+      for (std::size_t b = 0; b < preconditioned.size(); ++b) {
+        at::Tensor part = matrix_product(preconditioned[b].values, rows.float_rows(s, b, begin, count).t());
+        scores = b == 0 ? part.neg_() : scores.sub_(part);
+      }
       for (int side = 0; side < 2; ++side) {
-        auto [values, where] = scores.topk(std::min(top, count), 0, /*largest=*/side == 1, /*sorted=*/false);
+        auto [values, where] = scores.topk(std::min(top, count), 1, /*largest=*/side == 1, /*sorted=*/false);
         where.add_(offset + begin);
         if (best[side].defined())
-          values = torch::cat({best[side], values}), where = torch::cat({best_rows[side], where});
-        auto [kept, position] = values.topk(std::min(top, values.size(0)), 0, side == 1, /*sorted=*/true);
-        best[side] = kept, best_rows[side] = where.gather(0, position);
+          values = torch::cat({best[side], values}, 1), where = torch::cat({best_rows[side], where}, 1);
+        auto [kept, position] = values.topk(std::min(top, values.size(1)), 1, side == 1, /*sorted=*/true);
+        best[side] = kept, best_rows[side] = where.gather(1, position);
       }
       if (progress) progress->advance(count);
     }
@@ -489,12 +495,13 @@ std::vector<QueryRanking> rank_index_rows(const IndexRows& rows, const GradientB
   }
   std::vector<QueryRanking> out(static_cast<std::size_t>(queries));
   for (int side = 0; side < 2; ++side) {
-    const at::Tensor values = best[side].to(torch::kDouble).contiguous(),
-                     where = best_rows[side].contiguous();
+    const at::Tensor values = best[side].contiguous(), where = best_rows[side].contiguous();
+    const auto value = values.accessor<float, 2>();
+    const auto row = where.accessor<std::int64_t, 2>();
     for (std::int64_t q = 0; q < queries; ++q)
-      for (std::int64_t i = 0; i < values.size(0); ++i)
-        (side == 0 ? out[q].helpful : out[q].harmful)
-            .push_back({where[i][q].item<std::int64_t>(), values[i][q].item<double>()});
+      for (std::int64_t i = 0; i < values.size(1); ++i)
+        (side == 0 ? out[static_cast<std::size_t>(q)].helpful : out[static_cast<std::size_t>(q)].harmful)
+            .push_back({row[q][i], value[q][i]});
   }
   return out;
 }

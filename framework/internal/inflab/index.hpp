@@ -135,8 +135,9 @@ struct QueryRanking {
 };
 // One pass over the rows in chunks: scores -sum_b G_b V_b^T (float32 products, a chunk at a time),
 // keeping each query's top k. Memory: one chunk of every block in float32, plus k per query.
+// chunk_rows 0: as many rows as make 16 MiB of float32 values over all blocks (at least 256).
 std::vector<QueryRanking> rank_index_rows(const IndexRows& rows, const GradientBlocks& preconditioned,
-                                          std::int64_t k, std::int64_t chunk_rows = 8192,
+                                          std::int64_t k, std::int64_t chunk_rows = 0,
                                           const std::string& progress_label = "");
 
 }  // namespace inflab
