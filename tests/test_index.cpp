@@ -97,6 +97,10 @@ TEST_CASE(
   const auto record = nlohmann::json::parse(inflab::read_file(index / "index.json"));
   CHECK(record["projection"] == "gaussian dim 128 seed 0");
   CHECK(record["shard_rows"] == std::vector<std::int64_t>{200});
+  // Fashion-MNIST's class names (its documentation's order), kept for explain's lists.
+  REQUIRE(record["class_names"].size() == 10);
+  CHECK(record["class_names"][0] == "T-shirt/top");
+  CHECK(record["class_names"][9] == "Ankle boot");
   REQUIRE(record["blocks"].size() == full.train.size());
   std::vector<torch::Tensor> rows, queries;  // as stored: float16 rows, float32 queries
   for (std::size_t b = 0; b < full.train.size(); ++b) {
@@ -132,6 +136,11 @@ TEST_CASE(
     const auto helpful = static_cast<std::size_t>(explained[q]["helpful"][0]["row"].get<std::int64_t>());
     CHECK(explained[q]["helpful"][0]["id"] == full.train_meta.ids[helpful]);
     CHECK(explained[q]["helpful"][0]["flipped"] == (full.train_meta.flipped[helpful] != 0));
+    CHECK(explained[q]["helpful"][0]["class"] == record["class_names"][full.train_meta.labels[helpful]]);
+    CHECK(explained[q]["helpful"][0]["observed_class"] ==
+          record["class_names"][full.train_meta.observed_labels[helpful]]);
+    CHECK(explained[q]["class"] ==
+          record["class_names"][full.query_meta.labels[static_cast<std::size_t>(picked[q])]]);
   }
   // DataInf from the preconditioner fitted at build time (on the float32 gradients), and fitted at
   // query time (other options: on the stored float16 rows), each against the float64 formula.
@@ -244,6 +253,8 @@ TEST_CASE(
     bytes[bytes.size() - 3] ^= 0x40;
     std::ofstream(block, std::ios::binary | std::ios::trunc) << bytes;
     fails("explain " + index.string() + " --validation 0" + cache, "fc1.lora_A.npy");
+    // Building the same index again checks every byte (explain checks large shards by size only).
+    fails("index build " + file.string() + " --out " + index.string() + cache, "fc1.lora_A.npy");
     fs::remove(index / "index.json");
     fails("explain " + index.string() + " --validation 0" + cache, "index.json: not found");
   }

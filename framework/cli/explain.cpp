@@ -60,6 +60,18 @@ void read_query_file(const fs::path& file, std::vector<std::string>& prompts,
   }
 }
 
+// Beside each numeric label its class name ("class", "observed_class").
+void name_classes(const AttributionIndex& index, nlohmann::json& row) {
+  const auto& names = index.record.class_names;
+  for (const auto& [label, name] :
+       {std::pair<const char*, const char*>{"label", "class"}, {"observed_label", "observed_class"}})
+    if (row.contains(label) && row[label].is_number_integer()) {
+      const auto value = row[label].get<std::int64_t>();
+      if (value >= 0 && value < static_cast<std::int64_t>(names.size()))
+        row[name] = names[static_cast<std::size_t>(value)];
+    }
+}
+
 nlohmann::json describe_row(const AttributionIndex& index, const RankedRow& ranked) {
   nlohmann::json row = nlohmann::json::object();
   if (ranked.row < static_cast<std::int64_t>(index.examples.size()))
@@ -68,6 +80,7 @@ nlohmann::json describe_row(const AttributionIndex& index, const RankedRow& rank
   const auto& meta = index.train_meta;
   const auto i = static_cast<std::size_t>(ranked.row);
   if (i < meta.observed_labels.size()) row["observed_label"] = meta.observed_labels[i];
+  name_classes(index, row);
   if (i < meta.flipped.size()) row["flipped"] = meta.flipped[i] != 0;
   row["row"] = ranked.row;
   row["score"] = ranked.score;
@@ -80,17 +93,26 @@ std::string shorten(const std::string& text, std::size_t width) {
   return flat.size() <= width ? flat : flat.substr(0, width - 3) + "...";
 }
 
+// "3" or, with the class name kept, "3 Dress".
+std::string labelled(const nlohmann::json& row, const char* label, const char* name) {
+  std::string text = fmt::format("{:>3}", row.value(label, std::int64_t{-1}));
+  if (row.contains(name)) text += " " + row[name].get<std::string>();
+  return text;
+}
+
 void print_rows(const char* title, const nlohmann::json& rows) {
   std::cout << "  " << title << "\n";
   for (const auto& row : rows) {
     std::string what = row.contains("text") ? "\"" + shorten(row["text"], 60) + "\"" : "";
     if (row.contains("response")) what += " -> \"" + shorten(row["response"], 40) + "\"";
-    // The label the model was trained on; a flipped one with the true label beside it.
-    const std::int64_t trained_on = row.value("observed_label", row.value("label", std::int64_t{-1}));
+    // The label the model was trained on (and its class); a flipped one with the true one beside it.
+    const bool observed = row.contains("observed_label");
+    const std::string trained_on =
+        labelled(row, observed ? "observed_label" : "label", observed ? "observed_class" : "class");
     const std::string flipped = row.value("flipped", false)
-                                    ? fmt::format(" (flipped, true {})", row.value("label", std::int64_t{-1}))
+                                    ? fmt::format(" (flipped, true {})", labelled(row, "label", "class"))
                                     : "";
-    std::cout << fmt::format("    row {:>6}  score {:>+11.4e}  label {:>3}{}{}\n",
+    std::cout << fmt::format("    row {:>6}  score {:>+11.4e}  label {}{}{}\n",
                              row["row"].get<std::int64_t>(), row["score"].get<double>(), trained_on, flipped,
                              what.empty() ? "" : "  " + what);
   }
@@ -144,6 +166,7 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
     nlohmann::json query{{"validation_row", row}};
     const auto& labels = index.query_meta.labels;
     if (static_cast<std::size_t>(row) < labels.size()) query["label"] = labels[static_cast<std::size_t>(row)];
+    name_classes(index, query);
     queries.push_back(query);
   }
   for (std::size_t i = 0; i < prompts.size(); ++i)
@@ -186,7 +209,7 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
     else if (entry.contains("validation_row"))
       std::cout << fmt::format("\nquery: validation row {} (label {})\n",
                                entry["validation_row"].get<std::int64_t>(),
-                               entry.value("label", std::int64_t{-1}));
+                               labelled(entry, "label", "class"));
     else
       std::cout << fmt::format("\nquery: \"{}\"\nanswer: \"{}\"\n", shorten(entry["prompt"], 100),
                                shorten(entry["answer"], 100));

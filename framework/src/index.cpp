@@ -28,9 +28,10 @@ namespace inflab {
 
 namespace {
 constexpr int kIndexVersion = 2;
-// Shards above this many bytes are checked by size at open time: hashing them would cost more
-// than scoring a query (a full check: `inflab index build` on the same folder reports a mismatch).
-constexpr std::uintmax_t kHashedShardBytes = std::uintmax_t{1} << 30;
+// Shards above this many bytes are checked by size when explain opens the index: hashing them
+// would cost more than scoring a query (about 1 s per GB). `inflab index build` on the same folder
+// checks every byte.
+constexpr std::uintmax_t kHashedShardBytes = std::uintmax_t{64} << 20;
 
 fs::path shard_directory(const fs::path& index, std::size_t shard) {
   return index / "shards" / fmt::format("{:05d}", shard);
@@ -48,7 +49,8 @@ nlohmann::json record_json(const IndexRecord& r) {
           {"finetune_key", r.finetune_key}, {"gradients_key", r.gradients_key},
           {"projection", r.projection},     {"dtype", r.dtype},
           {"examples", r.examples},         {"blocks", blocks},
-          {"shard_rows", r.shard_rows},     {"fits", fits}};
+          {"shard_rows", r.shard_rows},     {"fits", fits},
+          {"class_names", r.class_names}};
 }
 
 IndexRecord read_record(const fs::path& file) {
@@ -76,6 +78,7 @@ IndexRecord read_record(const fs::path& file) {
     for (const auto& block : j.at("blocks"))
       r.block_names.push_back(block.at("name")), r.block_dims.push_back(block.at("dim"));
     r.shard_rows = j.at("shard_rows").get<std::vector<std::int64_t>>();
+    r.class_names = j.at("class_names").get<std::vector<std::string>>();
     for (const auto& f : j.at("fits"))
       r.fits.push_back({f.at("estimator"), f.at("version"), f.at("options").get<std::vector<std::string>>()});
   } catch (const std::exception& e) {
@@ -154,7 +157,10 @@ IndexRecord build_index(const ExperimentConfig& config, Registry& registry, cons
     std::vector<std::string> existing_fits;
     for (const auto& f : existing.fits) existing_fits.push_back(f.estimator);
     if (existing.gradients_key == record.gradients_key && existing.dtype == dtype) {
-      log(fmt::format("index {}: already built from these gradients (fitted: {})", dir.string(),
+      if (std::string problem = verify_directory_checksums(dir); !problem.empty())
+        throw Error(fmt::format("index {}: {}; remove it and build it again", dir.string(), problem));
+      log(fmt::format("index {}: already built from these gradients, every file checked (fitted: {})",
+                      dir.string(),
                       existing_fits.empty() ? "none" : fmt::format("{}", fmt::join(existing_fits, ", "))));
       return existing;
     }
@@ -167,6 +173,10 @@ IndexRecord build_index(const ExperimentConfig& config, Registry& registry, cons
     throw Error(fmt::format("--out {}: exists and is not an index; choose a new folder", dir.string()));
 
   GradientStore store = prepare_gradients(config, registry, paths);  // this rank's training rows
+  {  // the class names explain prints beside labels
+    RunOutcome unused;
+    record.class_names = load_data(stage_inputs("data", config), registry, unused).splits.class_names;
+  }
   const int rank = distributed_rank();
   const auto ranks = static_cast<std::size_t>(distributed_world_size());
   record.projection = store.projection;

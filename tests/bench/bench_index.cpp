@@ -8,6 +8,8 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <string>
 
 #include "bench_common.hpp"
 #include "inflab/estimator.hpp"
@@ -49,6 +51,15 @@ inflab::IndexRows synthetic_rows(std::int64_t rows) {
   return out;
 }
 
+// kB of /proc/self/status's field (RssAnon: the process's own memory; RssFile: mapped file pages,
+// which are the page cache's and reclaimable).
+double status_kb(const std::string& field) {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind(field + ":", 0) == 0) return std::stod(line.substr(field.size() + 1));
+  return 0;
+}
+
 // explain's pass: queries x rows scores, each query's 10 most helpful and harmful kept.
 void streamed_pass(benchmark::State& state) {
   const std::int64_t rows = state.range(0), queries = state.range(1), chunk = state.range(2);
@@ -62,6 +73,9 @@ void streamed_pass(benchmark::State& state) {
       benchmark::Counter::kIsRate);
   state.counters["rows/s"] =
       benchmark::Counter(static_cast<double>(rows * state.iterations()), benchmark::Counter::kIsRate);
+  // After the passes: the process's own memory stays a few chunks, whatever the index's size.
+  state.counters["anon_MiB"] = status_kb("RssAnon") / 1024;
+  state.counters["file_MiB"] = status_kb("RssFile") / 1024;
 }
 
 // The pass's products alone, from one float32 chunk already in memory (no conversion, no top k):

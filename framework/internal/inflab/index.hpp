@@ -39,6 +39,7 @@ struct IndexRecord {
   std::vector<std::int64_t> block_dims;
   std::vector<std::int64_t> shard_rows;  // training rows per shard, in row order
   std::vector<IndexFit> fits;
+  std::vector<std::string> class_names;  // the dataset's, by label
 };
 
 struct IndexBuildOptions {
@@ -51,7 +52,8 @@ struct IndexBuildOptions {
 
 // Writes DIR from the run's chain, each stage from the cache when it is there. Under `inflab
 // launch`, each rank writes the shard of training rows it extracted and rank 0 the rest.
-// An existing index of the same gradients is kept; of other gradients it is an error.
+// An existing index of the same gradients is kept after every byte is checked against CHECKSUMS;
+// of other gradients it is an error.
 IndexRecord build_index(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
                         const std::filesystem::path& dir, const IndexBuildOptions& options);
 
@@ -77,8 +79,8 @@ struct AttributionIndex {
   ExampleMeta train_meta, query_meta;
   std::vector<std::string> examples;  // per training row, its examples.jsonl record
 };
-// Checks the files (checksums; the shards by size only when they exceed 1 GiB, which a full read
-// would cost) and that the configuration still gives the recorded stage keys.
+// Checks the files (checksums; the shards by size only when they exceed 64 MiB, whose full read
+// would cost more than a query) and that the configuration still gives the recorded stage keys.
 AttributionIndex open_index(const std::filesystem::path& dir, Registry& registry);
 
 // Queries given as prompts (a language model's run): the answers (given, or generated greedily by
