@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <chrono>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -178,10 +179,18 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
                                                    request.sampling_steps, request.seed)
                                      : fmt::format("{} row {}", request.images_file.string(), i)}});
 
+  const auto start = std::chrono::steady_clock::now();
   const PreconditionedQueries preconditioned =
       precondition_queries(index, registry, request.estimator, request.estimator_sets, queries_blocks);
+  const auto preconditioned_at = std::chrono::steady_clock::now();
   const auto rankings = rank_index_rows(index.train, preconditioned.blocks, request.top, request.chunk_rows,
                                         index.train.rows() >= 100000 ? "scoring the index" : "");
+  const auto seconds = [](auto from, auto to) { return std::chrono::duration<double>(to - from).count(); };
+  if (!Progress::quiet())
+    std::cerr << fmt::format(
+        "[inflab] explain: {} queries preconditioned in {:.3f} s ({}), {} training rows scored in {:.3f} s\n",
+        queries.size(), seconds(start, preconditioned_at), preconditioned.source, index.train.rows(),
+        seconds(preconditioned_at, std::chrono::steady_clock::now()));
   nlohmann::json out = nlohmann::json::array();
   for (std::size_t q = 0; q < rankings.size(); ++q) {
     nlohmann::json entry = queries[q];
