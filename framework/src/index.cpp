@@ -207,20 +207,25 @@ IndexRecord build_index(const ExperimentConfig& config, Registry& registry, cons
   }
   // Each estimator's preconditioner per block: M_b^{-1} applied to the identity, so a query is
   // one d x d product at explain time. Fitted on the float32 gradients, before 16-bit rounding.
-  double fit_mb = 0;
-  for (auto d : record.block_dims)
+  double fit_mb = 0, rows_mb = 0;
+  for (auto d : record.block_dims) {
     fit_mb += static_cast<double>(d) * static_cast<double>(d) * 4.0 / 1048576.0;
+    rows_mb += static_cast<double>(record.examples) * static_cast<double>(d) * 4.0 / 1048576.0;
+  }
   for (const auto& name : fit_names) {
     const PluginRecord& plugin = registry.find(PluginKind::Estimator, name);
     auto estimator = with_rescaling(registry.create_as<Estimator>(
         PluginKind::Estimator, name,
         options_from_assignments(fmt::format("estimator '{}'", name), plugin.info->options(), {})));
     if (estimator->preconditioner_degree() == 0) continue;  // the identity: nothing to keep
-    if (fit_mb > options.fit_budget_mb) {
-      log(
-          fmt::format("index: {}'s preconditioners would take {:.0f} MiB (over {:.0f}); explain fits it at "
-                      "query time instead",
-                      name, fit_mb, options.fit_budget_mb));
+    // Kept only where a query costs less with it: d x d per block, no larger than the rows.
+    if (fit_mb > options.fit_budget_mb || fit_mb > rows_mb) {
+      log(fmt::format(
+          "index: not keeping {}'s preconditioners ({:.0f} MiB: {}); explain fits it at query "
+          "time instead",
+          name, fit_mb,
+          fit_mb > rows_mb ? fmt::format("more than the {:.0f} MiB of float32 training rows", rows_mb)
+                           : fmt::format("over --fit-budget-mb {:.0f}", options.fit_budget_mb)));
       continue;
     }
     if (ranks > 1 && !estimator->supports_distributed()) {
@@ -442,9 +447,9 @@ PreconditionedQueries precondition_queries(const AttributionIndex& index, Regist
   }
   const auto n = index.train.rows();
   log(fmt::format(
-      "explain: the index keeps no {} fit with {}; fitting it now on the {} training rows read into memory "
-      "(`inflab index build --fit {}` keeps one)",
-      name, options_text(sets), n, name));
+      "explain: fitting {} ({}) now on the {} training rows read into memory (the index keeps no such fit; "
+      "`inflab index build --fit` keeps one where it is smaller than the rows)",
+      name, options_text(sets), n));
   GradientBlocks train;
   for (std::size_t b = 0; b < index.train.block_names.size(); ++b) {
     std::vector<at::Tensor> parts;

@@ -45,8 +45,9 @@ struct IndexRecord {
 struct IndexBuildOptions {
   std::string dtype = "float16";               // float16 | bfloat16 | float32
   std::vector<std::string> fit = {"datainf"};  // estimators fitted once and kept (none: "")
-  // Preconditioners are kept only when all blocks' d x d float32 matrices fit this budget
-  // (projected gradients); otherwise explain fits the estimator in memory at query time.
+  // Preconditioners are kept only when all blocks' d x d float32 matrices fit this budget and are
+  // no larger than the training rows (d <= n: projected gradients, narrow blocks); otherwise
+  // explain fits the estimator in memory at query time.
   double fit_budget_mb = 2048;
 };
 
