@@ -5,12 +5,12 @@ difference is the projection's alone.
 
     /usr/bin/python3 framework/report/projection.py ROOT/<experiment> [--write]
 
-Columns: mislabel-detection AUC, or class-detection AUC and recall (mean and sd over seeds, as the
-runs measured them) beside the full gradients' value, the
+Columns: mislabel-detection AUC, or class-detection AUC and recall, and the LDS where the runs have
+ground truth (mean and sd over seeds, as the runs measured them) beside the full gradients' value, the
 Pearson correlation of each seed's projected scores with the same estimator's full scores and with
 full Exact's (mean over seeds), and the gradients stage's seconds (manifest, mean over the runs
 that computed their gradients rather than finding them cached). Writes
-ROOT/<experiment>/projection_summary.csv and figures/projection_<auc|class_auc>.{png,pdf} with --write;
+ROOT/<experiment>/projection_summary.csv and figures/projection_<auc|class_auc|lds>.{png,pdf} with --write;
 prints the table either way. Needs the runs' scores_*.npy (a rerun makes them).
 """
 import csv
@@ -59,7 +59,8 @@ def scores(run, estimator):
 def summarise(runs):
     full = {r["seed"]: r for r in runs if r["kind"] == "none"}
     # Mislabel detection (auc) or class detection (class_auc, class_recall), whichever the runs have.
-    measures = [m for m in ("auc", "class_auc", "class_recall") if any(k[1] == m for r in runs for k in r["metrics"])]
+    measures = [m for m in ("auc", "class_auc", "class_recall", "lds")
+                if any(k[1] == m for r in runs for k in r["metrics"])]
     estimators = sorted({e for r in runs for (e, m) in r["metrics"] if m == measures[0]},
                         key=lambda e: style.ORDER.index(e) if e in style.ORDER else 99)
     groups = {}
@@ -111,7 +112,7 @@ def figure(rows, out, measure):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("values per block (dim)")
         ax.set_title(style.LABELS.get(estimator, estimator))
-    label = {"auc": "mislabel AUC", "class_auc": "class-detection AUC"}[measure]
+    label = {"auc": "mislabel AUC", "class_auc": "class-detection AUC", "lds": "LDS (ground truth)"}[measure]
     np.atleast_1d(axes)[0].set_ylabel(f"{label} (mean, sd over seeds)")
     np.atleast_1d(axes)[0].legend(fontsize=8)
     style.save(fig, out, "projection_" + measure)
@@ -136,7 +137,10 @@ def main(argv):
             writer.writeheader()
             for r in rows:
                 writer.writerow({c: f"{v:.6g}" if isinstance(v, float) else v for c, v in r.items()})
-        figure(rows, os.path.join(experiment_dir, "figures"), "auc" if "auc" in rows[0] else "class_auc")
+        figures = os.path.join(experiment_dir, "figures")
+        figure(rows, figures, "auc" if "auc" in rows[0] else "class_auc")
+        if "lds" in rows[0]:
+            figure(rows, figures, "lds")
     return 0
 
 
