@@ -604,14 +604,20 @@ static int run_cli(int argc, char** argv) {
                           "float16 (default), bfloat16 (both half the size of float32, scored in float32) or "
                           "float32");
   index_build
-      ->add_option("--fit", index_options.fit,
-                   "estimators whose preconditioner is fitted once and kept with the index (comma-separated; "
-                   "default datainf; none: keep none; explain fits any other at query time)")
+      ->add_option(
+          "--fit", index_options.fit,
+          "estimators whose preconditioner is fitted once and kept with the index, where it is no "
+          "larger than the training rows (comma-separated; default datainf; none: keep none; explain "
+          "fits any other at query time)")
       ->delimiter(',');
   index_build->add_option("--fit-budget-mb", index_options.fit_budget_mb,
                           "largest size of one estimator's kept preconditioners (d x d float32 per block; "
                           "default 2048)");
   index_build->add_option("--cache", cache, "stage cache");
+  index_build->footer(
+      "Example: inflab index build experiments/quickstart.toml --out idx   (then: inflab explain idx "
+      "--validation 0)\n"
+      "By N ranks, a shard each: inflab launch -n 2 index build FILE.toml --out idx   (docs/explain.md)");
 
   ExplainRequest explain_request;
   auto* explain = app.add_subcommand(
