@@ -8,6 +8,7 @@
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "inflab/distributed.hpp"
 #include "inflab/error.hpp"
@@ -111,6 +112,25 @@ void write_rows(const fs::path& file, const at::Tensor& values, const std::strin
     const std::int64_t count = std::min(kChunk, values.size(0) - begin);
     out.narrow(0, begin, count).copy_(to_index_dtype(values.narrow(0, begin, count), dtype));
   }
+}
+
+// verify_directory_checksums, with the shards checked by size only unless `hash_shards`.
+std::string verify_index_checksums(const fs::path& dir, bool hash_shards) {
+  if (hash_shards) return verify_directory_checksums(dir);
+  if (!fs::exists(dir / "CHECKSUMS")) return (dir / "CHECKSUMS").string() + " is missing";
+  std::istringstream lines(read_file(dir / "CHECKSUMS"));
+  std::string hash, size, file;
+  while (lines >> hash >> size && std::getline(lines >> std::ws, file)) {
+    const fs::path path = dir / file;
+    if (!fs::exists(path)) return path.string() + " is missing";
+    if (file.rfind("shards/", 0) == 0) {
+      if (std::to_string(fs::file_size(path)) != size)
+        return fmt::format("{}: {} bytes, expected {}", path.string(), fs::file_size(path), size);
+    } else if (const std::string found = file_checksum(path); found != hash + " " + size) {
+      return fmt::format("{}: checksum and size {}, expected {} {}", path.string(), found, hash, size);
+    }
+  }
+  return "";
 }
 
 std::string options_text(const std::vector<std::string>& options) {
@@ -274,9 +294,7 @@ AttributionIndex open_index(const fs::path& dir, Registry& registry) {
     for (const auto& entry : fs::recursive_directory_iterator(dir / "shards"))
       if (entry.is_regular_file()) shard_bytes += entry.file_size();
   const bool hash_shards = shard_bytes <= kHashedShardBytes;
-  if (std::string problem = verify_directory_checksums(
-          dir, [&](const std::string& file) { return !hash_shards && file.rfind("shards/", 0) == 0; });
-      !problem.empty())
+  if (std::string problem = verify_index_checksums(dir, hash_shards); !problem.empty())
     throw Error(fmt::format("index {}: {}; rebuild it with `inflab index build`", dir.string(), problem));
   auto runs = load_experiment(dir / "config.toml", {}, registry);
   if (runs.size() != 1)

@@ -40,10 +40,7 @@ void write_directory_checksums(const std::filesystem::path& dir);
 // "" when the entry matches its checksums; otherwise what is wrong (missing list, missing or
 // changed file), for a warning.
 std::string verify_checksum_sidecar(const std::filesystem::path& data_file);
-// `size_only(relative path)`: files checked by size only (large ones whose read would cost more than
-// the use that follows).
-std::string verify_directory_checksums(const std::filesystem::path& dir,
-                                       const std::function<bool(const std::string&)>& size_only = {});
+std::string verify_directory_checksums(const std::filesystem::path& dir);
 
 // Removes entries of `dir` named <anything>.tmp-<pid>[-...] whose process no longer runs: the
 // temporaries of a killed run. Those of live processes (a concurrent run) are left alone.
