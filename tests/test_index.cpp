@@ -253,6 +253,15 @@ TEST_CASE(
     bytes[bytes.size() - 3] ^= 0x40;
     std::ofstream(block, std::ios::binary | std::ios::trunc) << bytes;
     fails("explain " + index.string() + " --validation 0" + cache, "fc1.lora_A.npy");
+    // Shards over --hash-limit-mb are checked by their size only: the changed byte passes, a
+    // shortened file does not.
+    CHECK(test::run_command(bin + "explain " + index.string() + " --validation 0 --hash-limit-mb 0" + cache)
+              .exit_code == 0);
+    std::ofstream(block, std::ios::binary | std::ios::trunc) << bytes.substr(0, bytes.size() - 2);
+    fails("explain " + index.string() + " --validation 0 --hash-limit-mb 0" + cache,
+          fmt::format("fc1.lora_A.npy: {} bytes, expected {}", bytes.size() - 2, bytes.size()));
+    fails("explain " + index.string() + " --validation 0 --hash-limit-mb -1" + cache, "--hash-limit-mb");
+    std::ofstream(block, std::ios::binary | std::ios::trunc) << bytes;
     // Building the same index again checks every byte (explain checks large shards by size only).
     fails("index build " + file.string() + " --out " + index.string() + cache, "fc1.lora_A.npy");
     fs::remove(index / "index.json");

@@ -142,7 +142,9 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
     throw Error(
         "explain: prompts are a language model's queries, --condition/--image a denoiser's; give one kind");
   registry.find(PluginKind::Estimator, request.estimator);  // a misspelt name fails before any work
-  AttributionIndex index = open_index(request.index, registry);
+  if (!(request.hash_limit_mb >= 0))
+    throw Error(fmt::format("--hash-limit-mb: expected a size >= 0, found {}", request.hash_limit_mb));
+  AttributionIndex index = open_index(request.index, registry, request.hash_limit_mb);
 
   // The queries' gradients: the run's own validation rows, then the prompts (generated answers).
   std::vector<nlohmann::json> queries;

@@ -651,6 +651,9 @@ static int run_cli(int argc, char** argv) {
                       "estimator option, e.g. --set damping_scale=0.1");
   explain->add_option("--top", explain_request.top, "training examples listed per side (default 5)");
   explain->add_option("--max-tokens", explain_request.max_tokens, "longest generated answer (default 64)");
+  explain->add_option("--hash-limit-mb", explain_request.hash_limit_mb,
+                      "shards up to this size in total are checked byte by byte when the index opens, larger "
+                      "ones by size (default 64; about 1 s per GB to hash; rebuilding the index checks all)");
   explain->add_option("--chunk-rows", explain_request.chunk_rows,
                       "training rows scored at a time (default 0: 16 MiB of float32 values; memory: rows x "
                       "total width x 4 bytes)");

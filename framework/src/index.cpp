@@ -29,10 +29,6 @@ namespace inflab {
 
 namespace {
 constexpr int kIndexVersion = 2;
-// Shards above this many bytes are checked by size when explain opens the index: hashing them
-// would cost more than scoring a query (about 1 s per GB). `inflab index build` on the same folder
-// checks every byte.
-constexpr std::uintmax_t kHashedShardBytes = std::uintmax_t{64} << 20;
 
 fs::path shard_directory(const fs::path& index, std::size_t shard) {
   return index / "shards" / fmt::format("{:05d}", shard);
@@ -284,7 +280,7 @@ IndexRecord build_index(const ExperimentConfig& config, Registry& registry, cons
   return record;
 }
 
-AttributionIndex open_index(const fs::path& dir, Registry& registry) {
+AttributionIndex open_index(const fs::path& dir, Registry& registry, double hash_limit_mb) {
   AttributionIndex index;
   index.dir = dir;
   index.record = read_record(dir / "index.json");
@@ -293,7 +289,7 @@ AttributionIndex open_index(const fs::path& dir, Registry& registry) {
   if (fs::is_directory(dir / "shards"))
     for (const auto& entry : fs::recursive_directory_iterator(dir / "shards"))
       if (entry.is_regular_file()) shard_bytes += entry.file_size();
-  const bool hash_shards = shard_bytes <= kHashedShardBytes;
+  const bool hash_shards = static_cast<double>(shard_bytes) <= hash_limit_mb * 1048576.0;
   if (std::string problem = verify_index_checksums(dir, hash_shards); !problem.empty())
     throw Error(fmt::format("index {}: {}; rebuild it with `inflab index build`", dir.string(), problem));
   auto runs = load_experiment(dir / "config.toml", {}, registry);

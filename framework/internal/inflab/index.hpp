@@ -80,9 +80,11 @@ struct AttributionIndex {
   ExampleMeta train_meta, query_meta;
   std::vector<std::string> examples;  // per training row, its examples.jsonl record
 };
-// Checks the files (checksums; the shards by size only when they exceed 64 MiB, whose full read
-// would cost more than a query) and that the configuration still gives the recorded stage keys.
-AttributionIndex open_index(const std::filesystem::path& dir, Registry& registry);
+// Checks the files against CHECKSUMS and that the configuration still gives the recorded stage
+// keys. Shards larger than `hash_limit_mb` in total are checked by size only: hashing them would
+// cost more than scoring a query (about 1 s per GB); `inflab index build` on the same folder
+// checks every byte.
+AttributionIndex open_index(const std::filesystem::path& dir, Registry& registry, double hash_limit_mb = 64);
 
 // Queries given as prompts (a language model's run): the answers (given, or generated greedily by
 // the fine-tuned model) and their gradients with the index's projection.
