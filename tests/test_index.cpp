@@ -167,6 +167,33 @@ TEST_CASE(
   CHECK_THAT(text.output,
              Contains(fmt::format("row {:>6}", explained[0]["helpful"][0]["row"].get<std::int64_t>())));
 
+  SECTION("K-FAC from a kept fit equals K-FAC fitted at query time from the index's stored factors") {
+    // The factorised projection keeps each block's Kronecker factors (projected); a dense one has none.
+    const fs::path kept_fit = dir.path / "index_kfac", no_fit = dir.path / "index_factors";
+    for (const auto& [out, fit] : {std::pair{kept_fit, "kfac"}, std::pair{no_fit, "none"}}) {
+      auto r = test::run_command(bin + "index build " + file.string() +
+                                 " --set projection.kind=factorised --fit " + fit + " --out " + out.string() +
+                                 cache);
+      INFO(r.output);
+      REQUIRE(r.exit_code == 0);
+    }
+    CHECK(fs::exists(no_fit / "factors" / "fc1.lora_A.activation.npy"));
+    const std::string request = " --validation 7 --estimator kfac --top 3 --json" + cache;
+    auto kept = test::run_command(bin + "explain " + kept_fit.string() + request);
+    auto fitted_now = test::run_command(bin + "explain " + no_fit.string() + request);
+    INFO(kept.output << "\n" << fitted_now.output);
+    REQUIRE(kept.exit_code == 0);
+    REQUIRE(fitted_now.exit_code == 0);
+    const auto a = nlohmann::json::parse(kept.output)[0], c = nlohmann::json::parse(fitted_now.output)[0];
+    CHECK_THAT(a["preconditioner"].get<std::string>(), Contains("fitted when the index was built"));
+    CHECK_THAT(c["preconditioner"].get<std::string>(), Contains("fitted now"));
+    for (const char* side : {"helpful", "harmful"})
+      for (std::size_t i = 0; i < 3; ++i) {
+        CHECK(a[side][i]["row"] == c[side][i]["row"]);
+        CHECK(c[side][i]["score"].get<double>() == Approx(a[side][i]["score"].get<double>()).epsilon(2e-3));
+      }
+  }
+
   SECTION("bfloat16 rows are the gradients rounded to bfloat16, scored alike") {
     const fs::path other = dir.path / "index_bf16";
     auto r = test::run_command(bin + "index build " + file.string() + " --dtype bfloat16 --fit none --out " +

@@ -40,7 +40,8 @@ nlohmann::json record_json(const IndexRecord& r) {
     fits.push_back({{"estimator", f.estimator}, {"version", f.version}, {"options", f.options}});
   nlohmann::json blocks = nlohmann::json::array();
   for (std::size_t b = 0; b < r.block_names.size(); ++b)
-    blocks.push_back({{"name", r.block_names[b]}, {"dim", r.block_dims[b]}});
+    blocks.push_back(
+        {{"name", r.block_names[b]}, {"dim", r.block_dims[b]}, {"factor_tokens", r.factor_tokens[b]}});
   return {{"format", "inflab-index"},       {"version", kIndexVersion},
           {"experiment", r.experiment},     {"run", r.run},
           {"finetune_key", r.finetune_key}, {"gradients_key", r.gradients_key},
@@ -72,8 +73,10 @@ IndexRecord read_record(const fs::path& file) {
     r.experiment = j.at("experiment"), r.run = j.at("run"), r.finetune_key = j.at("finetune_key");
     r.gradients_key = j.at("gradients_key"), r.projection = j.at("projection"), r.dtype = j.at("dtype");
     r.examples = j.at("examples");
-    for (const auto& block : j.at("blocks"))
+    for (const auto& block : j.at("blocks")) {
       r.block_names.push_back(block.at("name")), r.block_dims.push_back(block.at("dim"));
+      r.factor_tokens.push_back(block.at("factor_tokens"));
+    }
     r.shard_rows = j.at("shard_rows").get<std::vector<std::int64_t>>();
     r.class_names = j.at("class_names").get<std::vector<std::string>>();
     for (const auto& f : j.at("fits"))
@@ -188,7 +191,9 @@ IndexRecord build_index(const ExperimentConfig& config, Registry& registry, cons
   if (fs::exists(dir) && !fs::is_empty(dir))
     throw Error(fmt::format("--out {}: exists and is not an index; choose a new folder", dir.string()));
 
-  GradientStore store = prepare_gradients(config, registry, paths);  // this rank's training rows
+  GradientStore store = prepare_gradients(config, registry, paths);           // this rank's training rows
+  select_blocks(store, config.evaluation.blocks);                             // [evaluation] blocks, as a run
+  if (distributed_world_size() > 1) combine_factors_over_ranks(store.train);  // K-FAC's, over all rows
   {  // the class names explain prints beside labels
     RunOutcome unused;
     record.class_names = load_data(stage_inputs("data", config), registry, unused).splits.class_names;
@@ -196,8 +201,10 @@ IndexRecord build_index(const ExperimentConfig& config, Registry& registry, cons
   const int rank = distributed_rank();
   const auto ranks = static_cast<std::size_t>(distributed_world_size());
   record.projection = store.projection;
-  for (const auto& block : store.train)
+  for (const auto& block : store.train) {
     record.block_names.push_back(block.name), record.block_dims.push_back(block.values.size(1));
+    record.factor_tokens.push_back(block.has_factors() ? block.factor_tokens : 0);
+  }
   {  // every rank's row count, in rank order
     at::Tensor mine = torch::zeros({static_cast<std::int64_t>(ranks)}, torch::kLong);
     mine[rank] = store.train.at(0).values.size(0);
@@ -263,6 +270,11 @@ IndexRecord build_index(const ExperimentConfig& config, Registry& registry, cons
   if (rank == 0) {
     for (const auto& block : store.query)
       save_npy(building / "queries" / (block.name + ".npy"), block.values);
+    for (const auto& block : store.train)
+      if (block.has_factors()) {  // K-FAC's and EK-FAC's statistics, for fits at query time
+        save_npy(building / "factors" / (block.name + ".activation.npy"), block.activation_covariance);
+        save_npy(building / "factors" / (block.name + ".gradient.npy"), block.gradient_covariance);
+      }
     write_file_atomic(
         building / "meta.json",
         nlohmann::json{{"train", meta_json(train_meta)}, {"query", meta_json(store.query_meta)}}.dump() +
@@ -430,7 +442,12 @@ GradientBlocks gather_queries(const AttributionIndex& index, const std::vector<s
     std::vector<torch::Tensor> pieces;
     if (!validation_rows.empty())
       pieces.push_back(index.queries[b].values.index_select(0, torch::tensor(validation_rows, torch::kLong)));
-    if (!extra.empty()) pieces.push_back(extra.at(b).values);
+    if (!extra.empty()) {  // by name: the index may hold a selection of the blocks ([evaluation] blocks)
+      const auto& name = index.queries[b].name;
+      const auto it = std::find_if(extra.begin(), extra.end(), [&](const auto& e) { return e.name == name; });
+      if (it == extra.end()) throw Error(fmt::format("the queries' gradients have no block '{}'", name));
+      pieces.push_back(it->values);
+    }
     out.push_back({index.queries[b].name, torch::cat(pieces).contiguous()});
   }
   return out;
@@ -470,6 +487,12 @@ PreconditionedQueries precondition_queries(const AttributionIndex& index, Regist
     for (std::size_t s = 0; s < index.train.shards.size(); ++s)
       parts.push_back(index.train.float_rows(s, b, 0, index.train.shards[s][b].size(0)));
     train.push_back({index.train.block_names[b], torch::cat(parts).contiguous()});
+    if (const auto tokens = index.record.factor_tokens[b]; tokens > 0) {
+      const std::string factors = (index.dir / "factors" / index.train.block_names[b]).string();
+      train.back().activation_covariance = load_npy(factors + ".activation.npy");
+      train.back().gradient_covariance = load_npy(factors + ".gradient.npy");
+      train.back().factor_tokens = tokens;
+    }
   }
   estimator->fit(train);
   for (std::size_t b = 0; b < queries.size(); ++b) {

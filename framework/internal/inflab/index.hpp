@@ -7,9 +7,10 @@
 // Layout (version 2): index.json, config.toml, examples.jsonl, meta.json (the examples' ids and
 // labels), queries/<block>.npy (the run's own validation rows, float32), shards/NNNNN/<block>.npy
 // (the training rows in float16, bfloat16 (raw bits as int16) or float32; one shard per rank of
-// the build), fits/<estimator>/<block>.npy (an estimator's preconditioner as a d x d matrix, fitted
-// once at build time), CHECKSUMS. Queries are scored by one streamed pass over the shards, in chunks
-// of rows, keeping only each query's top k: memory is bounded by the page cache, not the index.
+// the build), factors/<block>.{activation,gradient}.npy (K-FAC's), fits/<estimator>/<block>.npy (an
+// estimator's preconditioner as a d x d matrix, fitted once at build time), CHECKSUMS. Queries are scored by
+// one streamed pass over the shards, in chunks of rows, keeping only each query's top k: memory is bounded by
+// the page cache, not the index.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -37,7 +38,8 @@ struct IndexRecord {
   std::int64_t examples = 0;
   std::vector<std::string> block_names;
   std::vector<std::int64_t> block_dims;
-  std::vector<std::int64_t> shard_rows;  // training rows per shard, in row order
+  std::vector<std::int64_t> factor_tokens;  // per block: K-FAC factors kept in factors/ (0: none)
+  std::vector<std::int64_t> shard_rows;     // training rows per shard, in row order
   std::vector<IndexFit> fits;
   std::vector<std::string> class_names;  // the dataset's, by label
 };
