@@ -80,6 +80,24 @@ torch::Tensor datainf_oracle(const torch::Tensor& train_in, const torch::Tensor&
   const auto weights = (g.pow(2).sum(1) + lambda).reciprocal() / static_cast<double>(g.size(0));
   return (v - ((g.mv(v)) * weights).matmul(g)) / lambda;
 }
+
+// The first query of two explain runs' JSON, each run required to succeed.
+std::pair<nlohmann::json, nlohmann::json> first_queries(const std::string& first, const std::string& second) {
+  const auto a = test::run_command(first), b = test::run_command(second);
+  INFO(a.output << "\n" << b.output);
+  REQUIRE(a.exit_code == 0);
+  REQUIRE(b.exit_code == 0);
+  return {nlohmann::json::parse(a.output)[0], nlohmann::json::parse(b.output)[0]};
+}
+
+// The same k rows on both sides, best first, with scores equal within `epsilon` (relative).
+void check_same_ranking(const nlohmann::json& a, const nlohmann::json& b, std::size_t k, double epsilon) {
+  for (const char* side : {"helpful", "harmful"})
+    for (std::size_t i = 0; i < k; ++i) {
+      CHECK(a[side][i]["row"] == b[side][i]["row"]);
+      CHECK(b[side][i]["score"].get<double>() == Approx(a[side][i]["score"].get<double>()).epsilon(epsilon));
+    }
+}
 }  // namespace
 
 TEST_CASE(
@@ -179,19 +197,11 @@ TEST_CASE(
     }
     CHECK(fs::exists(no_fit / "factors" / "fc1.lora_A.activation.npy"));
     const std::string request = " --validation 7 --estimator kfac --top 3 --json" + cache;
-    auto kept = test::run_command(bin + "explain " + kept_fit.string() + request);
-    auto fitted_now = test::run_command(bin + "explain " + no_fit.string() + request);
-    INFO(kept.output << "\n" << fitted_now.output);
-    REQUIRE(kept.exit_code == 0);
-    REQUIRE(fitted_now.exit_code == 0);
-    const auto a = nlohmann::json::parse(kept.output)[0], c = nlohmann::json::parse(fitted_now.output)[0];
+    const auto [a, c] = first_queries(bin + "explain " + kept_fit.string() + request,
+                                      bin + "explain " + no_fit.string() + request);
     CHECK_THAT(a["preconditioner"].get<std::string>(), Contains("fitted when the index was built"));
     CHECK_THAT(c["preconditioner"].get<std::string>(), Contains("fitted now"));
-    for (const char* side : {"helpful", "harmful"})
-      for (std::size_t i = 0; i < 3; ++i) {
-        CHECK(a[side][i]["row"] == c[side][i]["row"]);
-        CHECK(c[side][i]["score"].get<double>() == Approx(a[side][i]["score"].get<double>()).epsilon(2e-3));
-      }
+    check_same_ranking(a, c, 3, 2e-3);
   }
 
   SECTION("bfloat16 rows are the gradients rounded to bfloat16, scored alike") {
@@ -241,17 +251,9 @@ TEST_CASE(
       CHECK((joined - whole).abs().max().item<double>() <= 1e-3 * whole.abs().max().item<double>());
     }
     const std::string request = " --validation 7 --top 3 --json" + cache;
-    auto one = test::run_command(one_thread + "explain " + single.string() + request);
-    auto sharded = test::run_command(one_thread + "explain " + ranked.string() + request);
-    INFO(one.output << "\n" << sharded.output);
-    REQUIRE(one.exit_code == 0);
-    REQUIRE(sharded.exit_code == 0);
-    const auto a = nlohmann::json::parse(one.output)[0], c = nlohmann::json::parse(sharded.output)[0];
-    for (const char* side : {"helpful", "harmful"})
-      for (std::size_t i = 0; i < 3; ++i) {
-        CHECK(a[side][i]["row"] == c[side][i]["row"]);
-        CHECK(c[side][i]["score"].get<double>() == Approx(a[side][i]["score"].get<double>()).epsilon(1e-3));
-      }
+    const auto [a, c] = first_queries(one_thread + "explain " + single.string() + request,
+                                      one_thread + "explain " + ranked.string() + request);
+    check_same_ranking(a, c, 3, 1e-3);
   }
 
   SECTION("bad requests and damaged or mismatched indexes are clear errors") {
@@ -341,19 +343,11 @@ plugin = "hessian_free"
       << nlohmann::json{{"prompt", test_example["text"]}, {"response", test_example["response"]}}.dump()
       << "\n";
   const std::string common = " --estimator hessian_free --top 5 --json" + cache;
-  auto stored = test::run_command(bin + "explain " + index.string() + " --validation 3" + common);
-  auto prompted = test::run_command(bin + "explain " + index.string() + " --queries " +
-                                    (dir.path / "queries.jsonl").string() + common);
-  INFO(stored.output << "\n" << prompted.output);
-  REQUIRE(stored.exit_code == 0);
-  REQUIRE(prompted.exit_code == 0);
-  const auto a = nlohmann::json::parse(stored.output)[0], b = nlohmann::json::parse(prompted.output)[0];
+  const auto [a, b] = first_queries(
+      bin + "explain " + index.string() + " --validation 3" + common,
+      bin + "explain " + index.string() + " --queries " + (dir.path / "queries.jsonl").string() + common);
   CHECK(b["answer"] == test_example["response"]);
-  for (const char* side : {"helpful", "harmful"})
-    for (std::size_t i = 0; i < 5; ++i) {
-      CHECK(a[side][i]["row"] == b[side][i]["row"]);
-      CHECK(b[side][i]["score"].get<double>() == Approx(a[side][i]["score"].get<double>()).epsilon(1e-3));
-    }
+  check_same_ranking(a, b, 5, 1e-3);
 }
 
 TEST_CASE("explain a denoiser's image queries: a drawn image and the same image from a file score alike",
