@@ -13,6 +13,28 @@
 
 namespace test {
 
+// A tiny style-conditioned denoiser run (8x8 styled digits, 6 training images per class, two
+// timesteps, one epoch each of pretraining and fine-tuning); tests append their own sections.
+inline const std::string kTinyDenoiserExperiment = R"([experiment]
+name = "styles"
+[dataset]
+plugin = "styled_digits"
+train_per_class = 6
+test_per_class = 2
+n_pretrain = 60
+[model]
+plugin = "ddpm_lora"
+channels = [8, 8]
+embedding = 8
+groups = 4
+[task]
+name = "denoising"
+timesteps = [25, 525]
+[training]
+epochs = 1
+pretrain_epochs = 1
+)";
+
 // A fresh directory under the system temp dir, removed when the object dies.
 struct TempDir {
   std::filesystem::path path;

@@ -352,25 +352,7 @@ plugin = "hessian_free"
 
 TEST_CASE("explain a denoiser's image queries: a drawn image and the same image from a file score alike",
           "[index][cli][ddpm]") {
-  BuiltIndex built(R"([experiment]
-name = "styles"
-[dataset]
-plugin = "styled_digits"
-train_per_class = 6
-test_per_class = 2
-n_pretrain = 60
-[model]
-plugin = "ddpm_lora"
-channels = [8, 8]
-embedding = 8
-groups = 4
-[task]
-name = "denoising"
-timesteps = [25, 525]
-[training]
-epochs = 1
-pretrain_epochs = 1
-[projection]
+  BuiltIndex built(test::kTinyDenoiserExperiment + R"([projection]
 kind = "factorised"
 dim = 16
 [[estimator]]

@@ -469,33 +469,11 @@ plugin = "hessian_free"
 TEST_CASE("[queries]: the fine-tuned denoiser's own images are the queries, reproducible from the cache",
           "[task][ddpm]") {
   test::TempDir dir;
-  const std::string text = R"([experiment]
-name = "styles"
-
-[dataset]
-plugin = "styled_digits"
-train_per_class = 6
-test_per_class = 2
-n_pretrain = 60
-
-[model]
-plugin = "ddpm_lora"
-channels = [8, 8]
-embedding = 8
-groups = 4
-
-[task]
-name = "denoising"
-timesteps = [25, 525]
-
+  const std::string text = test::kTinyDenoiserExperiment + R"(
 [queries]
 generated_per_class = 2
 sampling_steps = 4
 seed = 5
-
-[training]
-epochs = 1
-pretrain_epochs = 1
 
 [[estimator]]
 plugin = "hessian_free"
