@@ -319,7 +319,13 @@ class Sweep:
                              (["--estimator", "cg", "--set", "tolerance=-1"], "tolerance"),
                              (["--estimator", "cg", "--set", "max_iterations=0"], "max_iterations"),
                              (["--estimator", "exact", "--set", "memory_budget_mb=0"], "memory_budget_mb"),
-                             (["--estimator", "kfac"], "factors")]:
+                             (["--estimator", "kfac"], "factors"),
+                             (["--estimator", "cg", "--set", "preconditioner=ekfac"], "factors"),
+                             (["--estimator", "cg", "--set", "preconditioner=kfac"], "preconditioner"),
+                             (["--estimator", "lissa", "--set", "tolerance=-1"], "tolerance"),
+                             (["--estimator", "arnoldi", "--set", "rank=0"], "rank"),
+                             (["--estimator", "arnoldi", "--set", "rank=8", "--set", "iterations=3"], "iterations"),
+                             (["--estimator", "datainf", "--normalise", "cosine"], "normalise")]:
             code, output = self.inflab("score", "--gradients", store, *args, "--out", self.work / "s.npy")
             self.expect_error("score", " ".join(args), code, output, needle)
 

@@ -231,6 +231,17 @@ TEST_CASE("semantic checks: references, metrics, ranges", "[config]") {
   CHECK_THAT(f.error_of(replace(kValid, "[[estimator]]\nplugin = \"hessian_free\"",
                                 "[[estimator]]\nplugin = \"datainf\"")),
              Contains("two [[estimator]] entries are named 'datainf'"));
+  // normalise: a framework key of every [[estimator]], named with its line and the three values.
+  const std::string typo = replace(kValid, "[[estimator]]\nplugin = \"hessian_free\"",
+                                   "[[estimator]]\nplugin = \"hessian_free\"\nnormalise = \"cosine\"");
+  REQUIRE(typo != kValid);
+  CHECK_THAT(f.error_of(typo), Contains("estimator.normalise") && Contains("hessian_free") &&
+                                   Contains("\"cosine\"") && Contains("relatif"));
+  auto runs = f.load(replace(kValid, "[[estimator]]\nplugin = \"hessian_free\"",
+                             "[[estimator]]\nplugin = \"hessian_free\"\nnormalise = \"unit\""));
+  REQUIRE(runs.size() == 1);
+  for (const auto& e : runs[0].estimators)
+    CHECK(e.normalise == (e.plugin == "hessian_free" ? "unit" : "none"));
 }
 
 TEST_CASE("`inflab validate` reports errors on stderr with exit code 2", "[config][cli]") {

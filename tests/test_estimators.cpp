@@ -301,7 +301,8 @@ TEST_CASE("scores follow the gradients' scale exactly, from 1e-20 to 1e19, and n
     return blocks;
   };
   auto& registry = test::registry();
-  for (const std::string name : {"datainf", "exact", "lissa", "cg", "kfac", "ekfac", "hessian_free"}) {
+  for (const std::string name :
+       {"datainf", "exact", "lissa", "cg", "kfac", "ekfac", "hessian_free", "arnoldi"}) {
     const int k = name == "hessian_free" ? 0 : 2;
     const auto unit = inflab::score_with_estimator(registry, name, {}, "pairwise", train, queries)
                           .scores.to(torch::kDouble);
@@ -352,4 +353,105 @@ TEST_CASE("nonfinite_rows finds NaN and Inf rows and is not fooled by finite val
   CHECK(found.first == 66000);
   huge[42][5] = std::numeric_limits<float>::quiet_NaN();
   CHECK(inflab::nonfinite_rows(huge).first == 42);
+}
+
+namespace {
+// Arnoldi's formula with the top-p eigenpairs of G^T G / n from a dense float64 eigensolver.
+torch::Tensor arnoldi_solve(const torch::Tensor& G, const torch::Tensor& V, int64_t p) {
+  const auto n = G.size(0), d = G.size(1);
+  const double lambda = lambda_rule(G);
+  auto [values, vectors] = torch::linalg::eigh(G.t().mm(G) / n, "L");  // ascending
+  p = std::min(p, d);
+  auto top = values.narrow(0, d - p, p), u = vectors.narrow(1, d - p, p);
+  auto coordinates = u.t().mm(V.t());  // p x Q
+  return V.t() / lambda + u.mm(coordinates * (1 / (top + lambda) - 1 / lambda).unsqueeze(1));
+}
+}  // namespace
+
+TEST_CASE("Arnoldi equals its formula on the dense top-p eigenpairs, and Exact at p = d",
+          "[estimators][arnoldi]") {
+  for (auto [widths, n, q] : kShapes) {
+    auto p = random_problem(widths, n, q, 29);
+    for (int64_t rank : {2, 5}) {
+      // As many Lanczos steps as the widest block: the Krylov space is then the whole space.
+      auto oracle = oracle_scores(
+          p, [&](const torch::Tensor& G, const torch::Tensor& V) { return arnoldi_solve(G, V, rank); });
+      auto estimator = make("arnoldi", {{"rank", rank}, {"iterations", std::int64_t{30}}});
+      estimator->fit(p.train);
+      INFO("rank " << rank << " n=" << n << " q=" << q << " blocks=" << widths.size());
+      CHECK(relative_error(inflab::score_pairwise(*estimator, p.train, p.queries), oracle) < 1e-4);
+    }
+    auto full = make("arnoldi", {{"rank", std::int64_t{30}}, {"iterations", std::int64_t{30}}});
+    full->fit(p.train);
+    CHECK(relative_error(inflab::score_pairwise(*full, p.train, p.queries), oracle_scores(p, exact_solve)) <
+          1e-4);
+  }
+}
+
+TEST_CASE("Arnoldi's default Lanczos steps find a decaying spectrum's top eigenpairs",
+          "[estimators][arnoldi]") {
+  // Gradients whose second moment decays geometrically, as real ones do: 3 x rank steps suffice.
+  torch::manual_seed(31);
+  const int64_t n = 400, d = 120, rank = 8;
+  auto G = (torch::randn({n, d}) * torch::pow(0.85, torch::arange(d, torch::kFloat))).contiguous();
+  Problem p{{{"w", G}}, {{"w", torch::randn({3, d})}}};
+  auto oracle = oracle_scores(
+      p, [&](const torch::Tensor& g, const torch::Tensor& V) { return arnoldi_solve(g, V, rank); });
+  auto estimator = make("arnoldi", {{"rank", rank}});
+  estimator->fit(p.train);
+  CHECK(relative_error(inflab::score_pairwise(*estimator, p.train, p.queries), oracle) < 1e-3);
+  auto diagnostics = estimator->diagnostics();
+  auto g = G.to(torch::kDouble);
+  auto eigenvalues = std::get<0>(torch::linalg::eigh(g.t().mm(g) / n, "L"));
+  const double share = (eigenvalues.narrow(0, d - rank, rank).sum() / eigenvalues.sum()).item<double>();
+  CHECK(diagnostics["w.captured_share"] == Approx(share).epsilon(1e-4));
+  CHECK(diagnostics["w.iterations"] == 3 * rank);
+  CHECK(diagnostics["w.ritz_residual"] < 1e-2);
+  REQUIRE_THROWS_WITH(make("arnoldi", {{"rank", std::int64_t{10}}, {"iterations", std::int64_t{4}}}),
+                      Contains("iterations (4) must be >= rank (10)"));
+}
+
+TEST_CASE("normalised scores: unit divides by both gradients' norms, relatif by sqrt(self-influence)",
+          "[estimators][scoring][normalise]") {
+  auto p = random_problem({6, 9}, 25, 4, 37);
+  auto raw = oracle_scores(p, exact_solve);  // n x q, float64
+  auto norms = [](const inflab::GradientBlocks& blocks) {
+    torch::Tensor sum;
+    for (const auto& b : blocks) {
+      auto s = b.values.to(torch::kDouble).pow(2).sum(1);
+      sum = sum.defined() ? sum + s : s;
+    }
+    return sum.sqrt();
+  };
+  const auto train_norms = norms(p.train), query_norms = norms(p.queries);
+  // Self-influence g_k . (G + lambda I)^{-1} g_k per block, by dense solves.
+  torch::Tensor self = torch::zeros({25}, torch::kDouble);
+  for (const auto& block : p.train) {
+    auto G = block.values.to(torch::kDouble);
+    self += (G * exact_solve(G, G).t()).sum(1);
+  }
+  auto exact = make("exact");
+  exact->fit(p.train);
+  using inflab::Normalisation;
+  auto unit = inflab::score_normalised(*exact, p.train, p.queries, false, Normalisation::Unit);
+  CHECK(relative_error(unit, raw / train_norms.unsqueeze(1) / query_norms.unsqueeze(0)) < 1e-5);
+  auto relatif = inflab::score_normalised(*exact, p.train, p.queries, false, Normalisation::Relatif);
+  CHECK(relative_error(relatif, raw / self.sqrt().unsqueeze(1)) < 1e-5);
+  CHECK(relative_error(inflab::self_influence(*exact, p.train, 7), self) < 1e-5);  // chunks of 7 rows
+  // Aggregate: the mean of the unit-norm queries, then divided by the training norms.
+  auto unit_mean = inflab::score_normalised(*exact, p.train, p.queries, true, Normalisation::Unit);
+  CHECK(relative_error(unit_mean, (raw / query_norms.unsqueeze(0)).mean(1) / train_norms) < 1e-5);
+  auto relatif_mean = inflab::score_normalised(*exact, p.train, p.queries, true, Normalisation::Relatif);
+  CHECK(relative_error(relatif_mean, raw.mean(1) / self.sqrt()) < 1e-5);
+  // A zero training gradient scores 0, not NaN.
+  auto zero = p;
+  for (auto& block : zero.train) block.values[3].zero_();
+  exact->fit(zero.train);
+  for (auto normalisation : {Normalisation::Unit, Normalisation::Relatif}) {
+    auto scores = inflab::score_normalised(*exact, zero.train, zero.queries, false, normalisation);
+    CHECK(torch::isfinite(scores).all().item<bool>());
+    CHECK(scores[3].abs().max().item<double>() == 0);
+  }
+  CHECK_THROWS_WITH(inflab::normalisation_from("cosine", "estimator 'x' normalise"),
+                    Contains("estimator 'x' normalise") && Contains("\"cosine\"") && Contains("relatif"));
 }

@@ -239,8 +239,8 @@ int command_gradients(const fs::path& file, const std::vector<std::string>& sets
 }
 
 int command_score(const fs::path& gradients, const std::string& estimator_name,
-                  const std::vector<std::string>& sets, const std::string& mode, const fs::path& out,
-                  const std::vector<std::string>& blocks, const Common& common) {
+                  const std::vector<std::string>& sets, const std::string& mode, const std::string& normalise,
+                  const fs::path& out, const std::vector<std::string>& blocks, const Common& common) {
   if (mode != "aggregate" && mode != "pairwise")
     throw Error(fmt::format("--mode: expected aggregate or pairwise, found '{}'", mode));
   Registry registry;
@@ -254,7 +254,8 @@ int command_score(const fs::path& gradients, const std::string& estimator_name,
   check_writable_folder(fs::absolute(out).parent_path(), "--out's folder");
   GradientStore store = load_gradient_store(gradients);
   if (!blocks.empty()) select_blocks(store, blocks);
-  ScoredBlocks scored = score_with_estimator(registry, estimator_name, sets, mode, store.train, store.query);
+  ScoredBlocks scored =
+      score_with_estimator(registry, estimator_name, sets, mode, store.train, store.query, normalise);
   save_npy(out, scored.scores.contiguous());
   if (common.quiet) return 0;
   std::cerr << fmt::format("[inflab] wrote {} ({})\n", out.string(), fmt::join(scored.scores.sizes(), " x "));
@@ -512,6 +513,12 @@ static int run_cli(int argc, char** argv) {
   score->add_option("--set", sets, "estimator option: --set damping_scale=0.1 (repeatable)");
   score->add_option("--mode", mode, "aggregate (mean query gradient, n scores) or pairwise (n x q)");
   score->add_option("--out", score_out, "output .npy (float32; row i = training example i)")->required();
+  std::string normalise = "none";
+  score
+      ->add_option("--normalise", normalise,
+                   "none; unit: score / (||g_train|| ||g_query||); relatif: score / sqrt(the training "
+                   "example's self-influence) (docs/estimators.md, \"Normalised scores\")")
+      ->check(CLI::IsMember({"none", "unit", "relatif"}));
   std::vector<std::string> blocks;
   score->add_option("--blocks", blocks,
                     "only blocks matching these glob patterns, e.g. '*.lora_B' (repeatable)");
@@ -694,7 +701,8 @@ static int run_cli(int argc, char** argv) {
     if (*validate) return command_validate(file, sets, common);
     if (*plugins) return command_plugins(plugin_name, common);
     if (*gradients) return command_gradients(file, sets, gradients_dir, cache, safetensors, common);
-    if (*score) return command_score(gradients_dir, estimator_name, sets, mode, score_out, blocks, common);
+    if (*score)
+      return command_score(gradients_dir, estimator_name, sets, mode, normalise, score_out, blocks, common);
     if (*embed) return command_embed(model_name, texts, sets, common);
     if (*generate)
       return command_generate(lm_name, prompt, raw, json, logits_file, generation, sets, lora_run, cache,

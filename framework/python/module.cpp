@@ -76,15 +76,16 @@ py::array to_numpy(const at::Tensor& tensor) {
 }
 
 py::tuple score(const py::dict& train, const py::dict& query, const std::string& estimator,
-                const std::string& mode, const std::vector<std::string>& assignments) {
+                const std::string& mode, const std::vector<std::string>& assignments,
+                const std::string& normalise) {
   std::vector<py::array> keep;
   GradientBlocks train_blocks = blocks_from(train, "train", keep);
   GradientBlocks query_blocks = blocks_from(query, "query", keep);
   ScoredBlocks scored;
   {
     py::gil_scoped_release release;  // other Python threads run while inflab computes
-    scored =
-        score_with_estimator(shared_registry(), estimator, assignments, mode, train_blocks, query_blocks);
+    scored = score_with_estimator(shared_registry(), estimator, assignments, mode, train_blocks, query_blocks,
+                                  normalise);
   }
   return py::make_tuple(to_numpy(scored.scores), scored.diagnostics);
 }
@@ -169,7 +170,7 @@ PYBIND11_MODULE(_inflab, m) {
   configure_threads(0);                              // as the CLI: $INFLAB_THREADS, else every core
   select_kernels(requested_kernel_mode(""), false);  // __init__.py set the environment if it could
   m.def("score", &score, py::arg("train"), py::arg("query"), py::arg("estimator"), py::arg("mode"),
-        py::arg("assignments"));
+        py::arg("assignments"), py::arg("normalise") = "none");
   m.def("plugins", &plugins);
   m.def("run", &run, py::arg("path"), py::arg("overrides"), py::arg("out"), py::arg("cache"),
         py::arg("resume"), py::arg("replace"), py::arg("quiet"));

@@ -259,6 +259,9 @@ const std::vector<OptionSpec>& estimator_framework_specs() {
   static const std::vector<OptionSpec> specs{
       spec("plugin", OptionType::String, std::string(), "estimator plugin name", true),
       spec("name", OptionType::String, std::string(), "label in results (default: the plugin name)"),
+      spec("normalise", OptionType::String, std::string("none"),
+           "none; unit: score / (||g_train|| ||g_query||); relatif: score / sqrt(self-influence of the "
+           "training example) (docs/estimators.md, \"Normalised scores\")"),
   };
   return specs;
 }
@@ -682,6 +685,12 @@ void validate_estimators(const Validator& v, const toml::table& root, Registry& 
     v.validate(table, with_plugin_options({"estimator", estimator_framework_specs()}, plugin_specs), all);
     estimator.label = all.get_string("name").empty() ? estimator.plugin : all.get_string("name");
     all.set("name", estimator.label);
+    estimator.normalise = all.get_string("normalise");
+    if (estimator.normalise != "none" && estimator.normalise != "unit" && estimator.normalise != "relatif")
+      v.fail(table.get("normalise")->source(),
+             fmt::format("key 'estimator.normalise' (estimator '{}'): expected \"none\", \"unit\" or "
+                         "\"relatif\", found \"{}\"",
+                         estimator.label, estimator.normalise));
     estimator.options = plugin_options("estimator " + estimator.label, plugin_specs, all);
     for (const auto& other : config.estimators)
       if (other.label == estimator.label)

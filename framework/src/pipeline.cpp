@@ -289,8 +289,8 @@ nlohmann::json score_estimators(const ExperimentConfig& config, Registry& regist
                    registry.find(PluginKind::Estimator, spec.plugin).info->version, store.train);
     outcome.stage_cached["fit:" + spec.label] = fit_estimator(fit_in, *estimator, store.train, paths, who);
     torch::Tensor scores = in_plugin(who, [&] {
-      return aggregate ? score_aggregate(*estimator, store.train, store.query)
-                       : score_pairwise(*estimator, store.train, store.query);
+      return score_normalised(*estimator, store.train, store.query, aggregate,
+                              normalisation_from(spec.normalise, "estimator " + spec.label));
     });
     scores = gather_rows_over_ranks(scores);  // this rank's rows -> all n rows, in order
     EstimatorOutcome result{spec.label, seconds_since(start), {}};

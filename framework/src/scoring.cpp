@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include "inflab/config.hpp"
 #include "inflab/distributed.hpp"
@@ -99,9 +100,11 @@ int score_exponent(const Estimator& estimator, std::size_t block) {
 
 ScoredBlocks score_with_estimator(const Registry& registry, const std::string& estimator_name,
                                   const std::vector<std::string>& assignments, const std::string& mode,
-                                  const GradientBlocks& train, const GradientBlocks& queries) {
+                                  const GradientBlocks& train, const GradientBlocks& queries,
+                                  const std::string& normalise) {
   if (mode != "aggregate" && mode != "pairwise")
     throw Error(fmt::format("mode: expected aggregate or pairwise, found '{}'", mode));
+  const Normalisation normalisation = normalisation_from(normalise, "normalise");
   const PluginRecord& record = registry.find(PluginKind::Estimator, estimator_name);
   Options options = options_from_assignments(fmt::format("estimator '{}'", estimator_name),
                                              record.info->options(), assignments);
@@ -110,8 +113,7 @@ ScoredBlocks score_with_estimator(const Registry& registry, const std::string& e
       with_rescaling(registry.create_as<Estimator>(PluginKind::Estimator, estimator_name, options));
   estimator->fit(train);
   ScoredBlocks out;
-  out.scores = mode == "aggregate" ? score_aggregate(*estimator, train, queries)
-                                   : score_pairwise(*estimator, train, queries);
+  out.scores = score_normalised(*estimator, train, queries, mode == "aggregate", normalisation);
   out.diagnostics = estimator->diagnostics();
   return out;
 }
@@ -244,6 +246,81 @@ at::Tensor score_aggregate(Estimator& estimator, const GradientBlocks& train, co
   GradientBlocks mean = queries;
   for (auto& block : mean) block.values = block.values.mean(0, /*keepdim=*/true);
   return score_pairwise(estimator, train, mean).squeeze(1);
+}
+
+Normalisation normalisation_from(const std::string& value, const std::string& who) {
+  if (value == "none") return Normalisation::None;
+  if (value == "unit") return Normalisation::Unit;
+  if (value == "relatif") return Normalisation::Relatif;
+  throw Error(fmt::format("{}: expected \"none\", \"unit\" or \"relatif\", found \"{}\"", who, value));
+}
+
+namespace {
+// ||row|| over every block's columns, per row (float64).
+at::Tensor row_norms(const GradientBlocks& blocks) {
+  at::Tensor sum = at::zeros({blocks.at(0).values.size(0)}, at::kDouble);
+  for (const auto& block : blocks) sum.add_(squared_row_norms(block.values).to(at::kDouble));
+  return sum.sqrt_();
+}
+// 1 / x, and 0 where x is 0: a zero gradient scores 0 instead of NaN.
+at::Tensor reciprocal_or_zero(const at::Tensor& x) {
+  return at::where(x.gt(0), x.reciprocal(), at::zeros_like(x));
+}
+}  // namespace
+
+at::Tensor self_influence(Estimator& estimator, const GradientBlocks& train, std::int64_t chunk_rows) {
+  const auto n = train.at(0).values.size(0);
+  at::Tensor out = at::zeros({n}, at::kDouble);
+  for (std::int64_t start = 0; start < n; start += chunk_rows) {
+    const auto rows = std::min(chunk_rows, n - start);
+    for (std::size_t b = 0; b < train.size(); ++b) {
+      const at::Tensor g = train[b].values.narrow(0, start, rows);
+      at::Tensor products = estimator.inverse_product(b, g.contiguous());
+      out.narrow(0, start, rows)
+          .add_(g.to(at::kDouble)
+                    .mul(products.to(at::kDouble))
+                    .sum(1)
+                    .mul(std::ldexp(1.0, score_exponent(estimator, b))));
+    }
+  }
+  return out;
+}
+
+at::Tensor score_normalised(Estimator& estimator, const GradientBlocks& train, const GradientBlocks& queries,
+                            bool aggregate, Normalisation normalisation) {
+  auto score = [&](const GradientBlocks& q) {
+    return aggregate ? score_aggregate(estimator, train, q) : score_pairwise(estimator, train, q);
+  };
+  if (normalisation == Normalisation::None) return score(queries);
+  at::Tensor divisor;  // per training row
+  at::Tensor scores;
+  if (normalisation == Normalisation::Unit) {
+    check_blocks(train, queries);
+    GradientBlocks unit = queries;
+    const at::Tensor query_scale = reciprocal_or_zero(row_norms(queries)).to(at::kFloat).unsqueeze(1);
+    for (auto& block : unit) block.values = block.values.mul(query_scale);
+    scores = score(unit);
+    divisor = row_norms(train);
+  } else {
+    if (distributed_world_size() > 1)
+      throw Error(
+          "normalise = \"relatif\" is not available in distributed runs yet (each rank would need every "
+          "rank's self-influence products in step); run it on one process");
+    scores = score(queries);
+    at::Tensor self = self_influence(estimator, train);
+    // A preconditioner that is not positive definite (LiSSA's reference_code variant) can give a
+    // self-influence < 0: its square root is undefined, so the score is set to 0 and counted. (A
+    // zero gradient has self-influence 0 and scores 0 anyway.)
+    if (const auto bad = self.lt(0).sum().item<std::int64_t>(); bad > 0)
+      std::fprintf(stderr,
+                   "[inflab] warning: normalise = \"relatif\": %lld training examples have a negative "
+                   "self-influence (the preconditioner is not positive definite for them); their scores "
+                   "are set to 0\n",
+                   static_cast<long long>(bad));
+    divisor = self.clamp_min(0).sqrt_();
+  }
+  at::Tensor scale = reciprocal_or_zero(divisor).to(scores.scalar_type());
+  return aggregate ? scores.mul(scale) : scores.mul(scale.unsqueeze(1));
 }
 
 }  // namespace inflab

@@ -16,7 +16,8 @@ class Registry;
 
 struct PluginSpec {
   std::string plugin;
-  std::string label;  // estimator display name (defaults to the plugin name)
+  std::string label;               // estimator display name (defaults to the plugin name)
+  std::string normalise = "none";  // estimators: none | unit | relatif (inflab/scoring.hpp)
   Options options;
 };
 

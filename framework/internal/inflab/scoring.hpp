@@ -17,6 +17,20 @@ class Registry;
 at::Tensor score_pairwise(Estimator& estimator, const GradientBlocks& train, const GradientBlocks& queries);
 // n_train: the query is the mean query gradient (equals the pairwise mean, by linearity).
 at::Tensor score_aggregate(Estimator& estimator, const GradientBlocks& train, const GradientBlocks& queries);
+// Normalised influence, an option of every estimator ([[estimator]] normalise, `inflab score
+// --normalise`), because raw scores are dominated by the gradients' size (docs/estimators.md):
+//   unit:    I(k, q) / (||g_k|| ||v_q||), norms over all blocks (a cosine in the preconditioner's
+//            bilinear form); aggregate mode scores against the mean of the unit-norm queries;
+//   relatif: I(k, q) / sqrt(g_k . M^{-1} g_k), RelatIF's l-relative influence (Barshan et al. 2020):
+//            the score divided by the square root of the training example's self-influence.
+enum class Normalisation { None, Unit, Relatif };
+// "none" | "unit" | "relatif"; throws naming `who` and the value otherwise.
+Normalisation normalisation_from(const std::string& value, const std::string& who);
+// score_aggregate (aggregate) or score_pairwise (pairwise) with the normalisation applied.
+at::Tensor score_normalised(Estimator& estimator, const GradientBlocks& train, const GradientBlocks& queries,
+                            bool aggregate, Normalisation normalisation);
+// g_k . M^{-1} g_k summed over blocks, per training row (in chunks of rows): RelatIF's denominator.
+at::Tensor self_influence(Estimator& estimator, const GradientBlocks& train, std::int64_t chunk_rows = 1024);
 // Checks that train and query blocks agree in names and widths; throws naming the block.
 void check_blocks(const GradientBlocks& train, const GradientBlocks& queries);
 
@@ -41,6 +55,7 @@ struct ScoredBlocks {
 };
 ScoredBlocks score_with_estimator(const Registry& registry, const std::string& estimator,
                                   const std::vector<std::string>& assignments, const std::string& mode,
-                                  const GradientBlocks& train, const GradientBlocks& queries);
+                                  const GradientBlocks& train, const GradientBlocks& queries,
+                                  const std::string& normalise = "none");
 
 }  // namespace inflab

@@ -92,7 +92,8 @@ def _option_text(key: str, value: Any) -> str:
 
 
 def score(train: Mapping[str, Any], query: Mapping[str, Any], estimator: str = "datainf",
-          mode: str = "aggregate", *, diagnostics: bool = False, **options: Any):
+          mode: str = "aggregate", *, diagnostics: bool = False, normalise: str = "none",
+          **options: Any):
     """Influence scores of every training example on the queries.
 
     train, query: dicts of block name -> array of per-example gradients (rows = examples, columns =
@@ -101,11 +102,13 @@ def score(train: Mapping[str, Any], query: Mapping[str, Any], estimator: str = "
     (the mean query gradient: n scores) or "pairwise" (n x q). options: the estimator's options,
     e.g. damping_scale=0.1 (see `inflab plugins datainf`). Positive = up-weighting the example
     raises the query loss (harmful). Returns a float32 array; with diagnostics=True, also the
-    estimator's diagnostics (damping per block, residuals, ...).
+    estimator's diagnostics (damping per block, residuals, ...). normalise: "none", "unit" (score
+    divided by both gradients' norms) or "relatif" (divided by the square root of the training
+    example's self-influence); docs/estimators.md, "Normalised scores".
     """
     assignments = [_option_text(k, v) for k, v in options.items()]
     scores, details = _inflab.score(_blocks("train", train), _blocks("query", query), estimator, mode,
-                                    assignments)
+                                    assignments, normalise)
     return (scores, details) if diagnostics else scores
 
 

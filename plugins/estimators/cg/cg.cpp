@@ -1,6 +1,8 @@
 // Conjugate gradients on (G_l + lambda_l I) r = v per block, matrix-free (G_l r = G^T (G r) / n),
 // all queries at once (one step size per query). The damped system is symmetric positive
 // definite, so CG converges; it stops at relative residual `tolerance` or `max_iterations`.
+// preconditioner = "ekfac": preconditioned CG with EK-FAC's damped inverse P, z = P r (the same
+// solution; the iterations depend on P (G + lambda I)'s spread of eigenvalues instead of G's).
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros_like.h>
 #include <fmt/format.h>
@@ -8,12 +10,16 @@
 #include <cstdio>
 #include <inflab/error.hpp>
 #include <inflab/estimator.hpp>
+#include <optional>
+
+#include "kronecker.hpp"
 
 namespace {
 
 struct Fitted {
   at::Tensor gradients;
   double lambda;
+  std::optional<inflab::EkfacPreconditioner> preconditioner;
 };
 
 class ConjugateGradients : public inflab::BlockwiseEstimator<Fitted> {
@@ -22,11 +28,17 @@ class ConjugateGradients : public inflab::BlockwiseEstimator<Fitted> {
     const Fitted& block = state(b);
     const at::Tensor& g = block.gradients;
     auto apply = [&](const at::Tensor& p) { return inflab::gauss_newton_product(g, p, block.lambda); };
-    // Rows are queries; every reduction is per row.
+    auto precondition = [&](const at::Tensor& residual) {
+      return block.preconditioner ? block.preconditioner->apply(residual) : residual;
+    };
+    // Rows are queries; every reduction is per row. rs = ||residual||^2 decides convergence;
+    // rz = residual . z (= rs without a preconditioner) sets the steps.
     at::Tensor r = at::zeros_like(queries);
     at::Tensor residual = queries.clone();
-    at::Tensor direction = residual.clone();
+    at::Tensor z = precondition(residual);
+    at::Tensor direction = z.clone();
     at::Tensor rs = residual.square().sum(1);
+    at::Tensor rz = block.preconditioner ? residual.mul(z).sum(1) : rs;
     at::Tensor target = queries.square().sum(1).mul(tolerance_ * tolerance_);
     std::int64_t iterations = 0;
     for (; iterations < max_iterations_; ++iterations) {
@@ -36,13 +48,15 @@ class ConjugateGradients : public inflab::BlockwiseEstimator<Fitted> {
       at::Tensor curvature = direction.mul(hp).sum(1);
       // Converged rows (and any row with no curvature left) take no step: no 0/0, no NaN.
       at::Tensor usable = active.logical_and(curvature.gt(0));
-      at::Tensor alpha = at::where(usable, rs.div(curvature.clamp_min(1e-300)), at::zeros_like(rs));
+      at::Tensor alpha = at::where(usable, rz.div(curvature.clamp_min(1e-300)), at::zeros_like(rs));
       r.add_(direction.mul(alpha.unsqueeze(1)));
       residual.sub_(hp.mul(alpha.unsqueeze(1)));
-      at::Tensor rs_new = residual.square().sum(1);
-      at::Tensor beta = at::where(usable, rs_new.div(rs.clamp_min(1e-300)), at::zeros_like(rs));
-      direction = residual.add(direction.mul(beta.unsqueeze(1)));
-      rs = rs_new;
+      rs = residual.square().sum(1);
+      z = precondition(residual);
+      at::Tensor rz_new = block.preconditioner ? residual.mul(z).sum(1) : rs;
+      at::Tensor beta = at::where(usable, rz_new.div(rz.clamp_min(1e-300)), at::zeros_like(rs));
+      direction = z.add(direction.mul(beta.unsqueeze(1)));
+      rz = rz_new;
     }
     // Report the true residual, recomputed, not the recurrence's.
     const double worst = inflab::max_relative_residual(g, r, queries, block.lambda);
@@ -62,17 +76,22 @@ class ConjugateGradients : public inflab::BlockwiseEstimator<Fitted> {
   void configure_method(const inflab::Options& options) override {
     tolerance_ = options.get_double("tolerance");
     max_iterations_ = options.get_int("max_iterations");
+    preconditioned_ = inflab::ekfac_preconditioned(options);
     if (tolerance_ <= 0)
       throw inflab::Error(fmt::format("{}: tolerance must be > 0, found {}", options.owner(), tolerance_));
     if (max_iterations_ < 1)
       throw inflab::Error(
           fmt::format("{}: max_iterations must be >= 1, found {}", options.owner(), max_iterations_));
   }
-  Fitted fit_block(const inflab::BlockFit& fit) override { return {fit.block.values, fit.lambda}; }
+  Fitted fit_block(const inflab::BlockFit& fit) override {
+    if (!preconditioned_) return {fit.block.values, fit.lambda, std::nullopt};
+    return {fit.block.values, fit.lambda, inflab::ekfac_preconditioner(fit.block, fit.lambda, "cg")};
+  }
 
  private:
   double tolerance_ = 1e-6;
   std::int64_t max_iterations_ = 500;
+  bool preconditioned_ = false;
 };
 
 std::vector<inflab::OptionSpec> options() {
@@ -82,11 +101,12 @@ std::vector<inflab::OptionSpec> options() {
                    inflab::at_least(0)});
   specs.push_back({"max_iterations", inflab::OptionType::Int, std::int64_t{500}, "iteration limit per block",
                    false, inflab::between(1, 1e9)});
+  specs.push_back(inflab::preconditioner_option_spec());
   return specs;
 }
 
 }  // namespace
 
-INFLAB_PLUGIN(Estimator, "cg", "1.0.0",
+INFLAB_PLUGIN(Estimator, "cg", "1.1.0",
               "Conjugate gradients on the damped Gauss-Newton block, matrix-free, batched over queries",
               options, ConjugateGradients)

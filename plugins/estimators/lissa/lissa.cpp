@@ -3,6 +3,9 @@
 //   variant "paper":          H = G_l + lambda_l I (the paper's equation 3);
 //   variant "reference_code": H = G_l - lambda_l I (the paper's code subtracts the damping,
 //                             so it converges toward (G_l - lambda_l I)^{-1} v, if at all).
+// preconditioner = "ekfac" (as ASTRA does): r <- r + P (v - H r / s) with P EK-FAC's damped inverse,
+// started at s P v (EK-FAC's own answer); s then bounds P H's largest eigenvalue, near 1, so the
+// iteration contracts at the rate of P H's spread instead of H's.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/randperm.h>
@@ -11,12 +14,16 @@
 #include <cmath>
 #include <inflab/error.hpp>
 #include <inflab/estimator.hpp>
+#include <optional>
+
+#include "kronecker.hpp"
 
 namespace {
 
 struct Fitted {
   at::Tensor gradients;
   double signed_lambda, scale;
+  std::optional<inflab::EkfacPreconditioner> preconditioner;
 };
 
 class Lissa : public inflab::BlockwiseEstimator<Fitted> {
@@ -26,10 +33,17 @@ class Lissa : public inflab::BlockwiseEstimator<Fitted> {
     const at::Tensor& g = block.gradients;
     const auto n = g.size(0);
     auto generator = at::detail::createCPUGenerator(static_cast<std::uint64_t>(seed_));
-    at::Tensor r = queries.clone();
+    const auto& preconditioner = block.preconditioner;
+    at::Tensor r = preconditioner ? preconditioner->apply(queries).mul_(block.scale) : queries.clone();
     at::Tensor order;
     std::int64_t position = n;
-    for (std::int64_t it = 0; it < iterations_; ++it) {
+    std::int64_t it = 0;
+    for (; it < iterations_; ++it) {
+      // Every check_every steps: stop once the true residual of the damped system is small.
+      if (tolerance_ > 0 && it > 0 && it % check_every_ == 0 &&
+          inflab::max_relative_residual(g, r.div(block.scale), queries, std::abs(block.signed_lambda)) <=
+              tolerance_)
+        break;
       at::Tensor hr;
       if (batch_size_ == 0 || batch_size_ >= n) {
         hr = inflab::gauss_newton_product(g, r, block.signed_lambda);
@@ -39,8 +53,10 @@ class Lissa : public inflab::BlockwiseEstimator<Fitted> {
                                           block.signed_lambda);
         position += batch_size_;
       }
-      r = queries.add(r).sub_(hr.div_(block.scale));
+      r = preconditioner ? r.add(preconditioner->apply(queries.sub(hr.div_(block.scale))))
+                         : queries.add(r).sub_(hr.div_(block.scale));
     }
+    report(b, "iterations", static_cast<double>(it));
     r.div_(block.scale);
     // Residual against the damped system the paper means, (G + lambda I) r = v, whatever the variant.
     report(b, "relative_residual",
@@ -61,6 +77,8 @@ class Lissa : public inflab::BlockwiseEstimator<Fitted> {
     batch_size_ = options.get_int("batch_size");
     seed_ = options.get_int("seed");
     variant_ = options.get_string("variant");
+    tolerance_ = options.get_double("tolerance");
+    preconditioned_ = inflab::ekfac_preconditioned(options);
     if (variant_ != "paper" && variant_ != "reference_code")
       throw inflab::Error(fmt::format("{}: variant must be \"paper\" or \"reference_code\", found \"{}\"",
                                       options.owner(), variant_));
@@ -76,22 +94,28 @@ class Lissa : public inflab::BlockwiseEstimator<Fitted> {
 
   Fitted fit_block(const inflab::BlockFit& fit) override {
     const double sign = variant_ == "paper" ? 1.0 : -1.0;
+    std::optional<inflab::EkfacPreconditioner> preconditioner;
+    if (preconditioned_) preconditioner = inflab::ekfac_preconditioner(fit.block, fit.lambda, "lissa");
     double scale = scale_;
-    if (scale == 0)
+    if (scale == 0 && preconditioner)  // automatic: 1.1 x P H's largest eigenvalue
+      scale = 1.1 * largest_eigenvalue(fit.block.values, sign * fit.lambda, &*preconditioner);
+    else if (scale == 0)
       scale = 1.1 * (largest_eigenvalue(fit.block.values) + fit.lambda);  // automatic: converges
     report(fit.index, "scale", scale);
-    return {fit.block.values, sign * fit.lambda, scale};
+    return {fit.block.values, sign * fit.lambda, scale, std::move(preconditioner)};
   }
 
  private:
-  // Power iteration on G^T G / n (30 steps from a fixed start).
-  static double largest_eigenvalue(const at::Tensor& g) {
+  // Power iteration on G^T G / n, or on P (G^T G / n + lambda I) (30 steps from a fixed start).
+  static double largest_eigenvalue(const at::Tensor& g, double lambda = 0,
+                                   const inflab::EkfacPreconditioner* preconditioner = nullptr) {
     auto generator = at::detail::createCPUGenerator(12345);
     at::Tensor v = at::randn({1, g.size(1)}, generator, g.options());
     double estimate = 0;
     for (int k = 0; k < 30; ++k) {
       v = v.div(v.norm().clamp_min(1e-30));
-      at::Tensor w = inflab::gauss_newton_product(g, v, 0.0);
+      at::Tensor w = inflab::gauss_newton_product(g, v, lambda);
+      if (preconditioner) w = preconditioner->apply(w);
       estimate = w.norm().item<double>();
       v = w;
     }
@@ -99,7 +123,9 @@ class Lissa : public inflab::BlockwiseEstimator<Fitted> {
   }
 
   std::int64_t iterations_ = 100, batch_size_ = 0, seed_ = 0;
-  double scale_ = 0;
+  double scale_ = 0, tolerance_ = 0;
+  bool preconditioned_ = false;
+  static constexpr std::int64_t check_every_ = 10;
   std::string variant_ = "paper";
 };
 
@@ -117,11 +143,17 @@ std::vector<inflab::OptionSpec> options() {
   specs.push_back({"seed", inflab::OptionType::Int, std::int64_t{0}, "mini-batch order"});
   specs.push_back({"variant", inflab::OptionType::String, std::string("paper"),
                    "paper: H = G + lambda I; reference_code: H = G - lambda I, as the paper's code does"});
+  specs.push_back(
+      {"tolerance", inflab::OptionType::Double, 0.0,
+       "stop early once ||(G + lambda I) r - v|| <= tolerance ||v|| for every query (checked every "
+       "10 iterations, one extra product each); 0 = run all iterations",
+       false, inflab::at_least(0)});
+  specs.push_back(inflab::preconditioner_option_spec());
   return specs;
 }
 
 }  // namespace
 
-INFLAB_PLUGIN(Estimator, "lissa", "1.0.0",
+INFLAB_PLUGIN(Estimator, "lissa", "1.1.0",
               "LiSSA: stochastic Neumann-series iteration for (G_l + lambda_l I)^-1 v, with residual report",
               options, Lissa)
