@@ -68,6 +68,28 @@ def test_scores_equal_the_cli_on_the_same_files(store, estimator, mode, options,
     assert np.array_equal(from_python, from_cli)
 
 
+@pytest.mark.parametrize("estimator,normalise", [("hessian_free", "unit"), ("datainf", "relatif"),
+                                                  ("arnoldi", "none")])
+def test_normalised_scores_equal_the_cli(store, estimator, normalise):
+    work, train, query = store
+    from_python = inflab.score(train, query, estimator, "pairwise", normalise=normalise)
+    out = work / f"{estimator}_{normalise}.npy"
+    cli("score", "--gradients", str(work / "g"), "--estimator", estimator, "--mode", "pairwise",
+        "--normalise", normalise, "--out", str(out))
+    assert np.array_equal(from_python, np.load(out))
+
+
+def test_unit_normalised_hessian_free_is_the_gradient_cosine(store):
+    _, train, query = store
+    g = np.concatenate([np.asarray(train[n], dtype=np.float64) for n in train], axis=1)
+    v = np.concatenate([np.asarray(query[n], dtype=np.float64) for n in train], axis=1)
+    cosine = -(g @ v.T) / np.linalg.norm(g, axis=1)[:, None] / np.linalg.norm(v, axis=1)[None, :]
+    got = inflab.score(train, query, "hessian_free", "pairwise", normalise="unit").astype(np.float64)
+    assert np.abs(got - cosine).max() <= 1e-5
+    with pytest.raises(inflab.Error, match="cosine"):
+        inflab.score(train, query, "hessian_free", normalise="cosine")
+
+
 def datainf_float64(train, query, damping_scale=0.1):
     """The paper's DataInf (paper-facts.md), per block, in float64: an independent oracle."""
     scores = 0.0
