@@ -728,3 +728,60 @@ TEST_CASE("K-FAC/EK-FAC fits are cached by gradients and options and give identi
   auto third = inflab::run_experiment(damped, registry, paths, /*resume=*/false, /*replace=*/true);
   CHECK_FALSE(third.stage_cached["fit:ekfac"]);
 }
+
+TEST_CASE("TracIn sums learning rate x gradient dot products over the fine-tuning's checkpoints",
+          "[pipeline][tracin]") {
+  test::TempDir dir;
+  const std::string estimators =
+      "[[estimator]]\nplugin = \"hessian_free\"\n\n[[estimator]]\nplugin = \"tracin\"\n";
+  const std::string base = test::replace(
+      kExperiment, "[[estimator]]\nplugin = \"datainf\"\n\n[[estimator]]\nplugin = \"exact\"\n", estimators);
+  REQUIRE(base != kExperiment);
+  auto file = dir.write("tracin.toml", base + "\n[checkpoints]\ncount = 2\n");
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  inflab::RunPaths paths{dir.path / "results", dir.path / "cache"};
+  // Four epochs, checkpoints after epochs 2 and 4 (the final adapter).
+  inflab::run_experiment(inflab::load_experiment(file, {}, registry).at(0), registry, paths);
+  const fs::path run = dir.path / "results" / "e2e" / "run";
+  const at::Tensor tracin = inflab::load_npy(run / "scores_tracin.npy").to(torch::kDouble);
+  const at::Tensor final_dot = inflab::load_npy(run / "scores_hessian_free.npy").to(torch::kDouble);
+  // The oracle for checkpoint 1: the same fine-tuning stopped after 2 epochs (same seed, same batch
+  // order, a constant learning rate), scored by Hessian-free in a run of its own.
+  const std::string hessian_free_only = test::replace(base, "\n[[estimator]]\nplugin = \"tracin\"\n", "\n");
+  REQUIRE(hessian_free_only != base);
+  auto two_epochs = dir.write("two.toml", test::replace(hessian_free_only, "[experiment]\nname = \"e2e\"",
+                                                        "[experiment]\nname = \"two_epochs\""));
+  inflab::run_experiment(inflab::load_experiment(two_epochs, {"training.epochs=2"}, registry).at(0), registry,
+                         paths);
+  const at::Tensor first_dot =
+      inflab::load_npy(dir.path / "results" / "two_epochs" / "run" / "scores_hessian_free.npy")
+          .to(torch::kDouble);
+  REQUIRE(first_dot.sub(final_dot).abs().max().item<double>() > 0);  // the checkpoints differ
+  const at::Tensor expected = (first_dot + final_dot) * 3e-3;
+  CHECK((tracin - expected).norm().item<double>() <= 1e-5 * expected.norm().item<double>());
+  const auto manifest = nlohmann::json::parse(inflab::read_file(run / "manifest.json"));
+  CHECK(manifest["diagnostics"]["tracin"]["checkpoint1.epoch"] == 2.0);
+  CHECK(manifest["diagnostics"]["tracin"]["checkpoint2.epoch"] == 4.0);
+  CHECK(manifest["diagnostics"]["tracin"]["checkpoint1.learning_rate"].get<double>() == Approx(3e-3));
+  // One checkpoint: the final adapter alone, so TracIn is the learning rate x Hessian-free.
+  auto single = dir.write(
+      "single.toml", test::replace(base, "[experiment]\nname = \"e2e\"", "[experiment]\nname = \"single\"") +
+                         "\n[checkpoints]\ncount = 1\n");
+  inflab::run_experiment(inflab::load_experiment(single, {}, registry).at(0), registry, paths);
+  const fs::path single_run = dir.path / "results" / "single" / "run";
+  CHECK(inflab::load_npy(single_run / "scores_tracin.npy")
+            .to(torch::kDouble)
+            .sub(final_dot * 3e-3)
+            .abs()
+            .max()
+            .item<double>() <= 1e-6 * final_dot.abs().max().item<double>() * 3e-3);
+  // Without [checkpoints], or with more checkpoints than epochs: clear errors.
+  auto none = dir.write("none.toml", base);
+  CHECK_THROWS_WITH(
+      inflab::run_experiment(inflab::load_experiment(none, {"experiment.name=none"}, registry).at(0),
+                             registry, paths),
+      Contains("tracin") && Contains("[checkpoints]"));
+  CHECK_THROWS_WITH(inflab::load_experiment(file, {"checkpoints.count=5"}, registry),
+                    Contains("checkpoints.count") && Contains("training.epochs = 4"));
+}

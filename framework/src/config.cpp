@@ -520,8 +520,8 @@ std::shared_ptr<const ExperimentConfig> adapter_source(const Validator& v, const
 
 void check_section_names(const Validator& v, const toml::table& root) {
   static const std::vector<std::string> sections{
-      "experiment", "dataset",      "model",         "training", "task",  "estimator", "queries",
-      "evaluation", "ground_truth", "leave_one_out", "numerics", "sweep", "projection"};
+      "experiment", "dataset",      "model",         "training", "task",  "estimator",  "queries",
+      "evaluation", "ground_truth", "leave_one_out", "numerics", "sweep", "projection", "checkpoints"};
   for (auto&& [key, node] : root) {
     std::string name(key.str());
     if (std::find(sections.begin(), sections.end(), name) != sections.end()) continue;
@@ -767,6 +767,25 @@ void validate_projection(const Validator& v, const toml::table& root, toml::tabl
   if (projection.get_string("kind") != "none") resolved.insert("projection", options_table(projection));
 }
 
+// [checkpoints] (checkpoints_section): only when written (the finetune stage's key ignores it:
+// the checkpoints are kept beside the adapter it trains). At most one checkpoint per epoch.
+void validate_checkpoints(const Validator& v, const toml::table& root, ExperimentConfig& config,
+                          toml::table& resolved) {
+  if (!root.get("checkpoints")) return;
+  Options checkpoints("[checkpoints]");
+  v.validate(v.section(root, "checkpoints", false), checkpoints_section(), checkpoints);
+  const auto count = checkpoints.get_int("count");
+  const auto epochs = resolved["training"]["epochs"].value_or(std::int64_t{0});
+  if (count > epochs)
+    v.fail(
+        root.get("checkpoints")->source(),
+        fmt::format("key 'checkpoints.count': {} checkpoints need at least as many epochs (checkpoints are "
+                    "kept at the end of epochs), found training.epochs = {}",
+                    count, epochs));
+  config.checkpoints = count;
+  resolved.insert("checkpoints", options_table(checkpoints));
+}
+
 // [evaluation] (evaluation_section); the reference must name one of the estimators.
 void validate_evaluation(const Validator& v, const toml::table& root, ExperimentConfig& config,
                          toml::table& resolved) {
@@ -845,6 +864,7 @@ ExperimentConfig validate_run(const toml::table& root, const fs::path& file, Reg
   validate_task(v, root, config, resolved);
   validate_queries(v, root, config, resolved);
   validate_projection(v, root, resolved);
+  validate_checkpoints(v, root, config, resolved);
   validate_evaluation(v, root, config, resolved);
   validate_metric_sections(v, root, config, resolved);
   config.resolved_toml = to_text(resolved);  // the stages' cache keys are computed from it

@@ -142,6 +142,48 @@ GradientStore prepare_gradients(const ExperimentConfig& config, Registry& regist
 
 namespace {
 
+// The gradients at each checkpoint the fine-tuning kept ([checkpoints]), each cached as an entry of
+// the gradients stage (its key plus the checkpoint), with the checkpoint's learning-rate weight.
+struct CheckpointStore {
+  std::int64_t epoch;
+  double learning_rate;
+  GradientStore store;
+};
+std::vector<CheckpointStore> checkpoint_gradients(const ExperimentConfig& config, Registry& registry,
+                                                  const RunPaths& paths, RunOutcome& outcome,
+                                                  const std::string& who) {
+  if (config.checkpoints == 0)
+    throw Error(fmt::format(
+        "{} is scored over the fine-tuning's checkpoints: add a [checkpoints] section (count = 3 keeps the "
+        "adapters after every third of the epochs; docs/estimators.md, \"TracIn\")",
+        who));
+  const auto start = Clock::now();
+  RunOutcome chain_outcome;  // this run's data/base/finetune times are the main chain's
+  auto [data_in, data, model] = base_model(config, registry, paths, chain_outcome);
+  const std::vector<Checkpoint> checkpoints =
+      fine_tuning_checkpoints(stage_inputs("finetune", config), *model, data, config.checkpoints, paths);
+  std::vector<CheckpointStore> out;
+  for (std::size_t c = 0; c < checkpoints.size(); ++c) {
+    StageInputs inputs = gradients_stage_inputs(config);
+    inputs.add("checkpoint", fmt::format("{} of {}", c + 1, checkpoints.size()));
+    const fs::path directory = gradients_directory(inputs, paths);
+    GradientStore store;
+    if (fs::exists(directory / "blocks.json") && verify_directory_checksums(directory).empty()) {
+      store = load_gradient_store(directory);
+    } else {
+      fs::remove_all(directory);
+      load_adapters(*model, checkpoints[c].adapters);
+      log(fmt::format("gradients at checkpoint {} of {} (epoch {})", c + 1, checkpoints.size(),
+                      checkpoints[c].epoch));
+      store = extract_gradients(inputs, *model, data, paths, chain_outcome, /*measure=*/false);
+    }
+    select_blocks(store, config.evaluation.blocks);
+    out.push_back({checkpoints[c].epoch, checkpoints[c].learning_rate, std::move(store)});
+  }
+  outcome.stage_seconds["checkpoints"] = seconds_since(start);
+  return out;
+}
+
 std::string metrics_csv(const std::vector<EstimatorOutcome>& estimators) {
   std::string csv = "estimator,metric,value\n";
   for (const auto& e : estimators) {
@@ -277,21 +319,39 @@ nlohmann::json score_estimators(const ExperimentConfig& config, Registry& regist
   const bool aggregate = config.evaluation.mode == "aggregate";
   const int world_size = distributed_world_size();
   nlohmann::json diagnostics;
+  std::optional<std::vector<CheckpointStore>> checkpoints;  // computed for the first estimator needing them
   for (const auto& spec : config.estimators) {
     auto estimator =
         with_rescaling(registry.create_as<Estimator>(PluginKind::Estimator, spec.plugin, spec.options));
     const std::string who = fmt::format("estimator '{}' ({})", spec.label,
                                         describe_plugin(registry, PluginKind::Estimator, spec.plugin));
+    const Normalisation normalisation = normalisation_from(spec.normalise, "estimator " + spec.label);
+    if (estimator->over_checkpoints() && !checkpoints)  // a stage of its own: outside the estimator's time
+      checkpoints = checkpoint_gradients(config, registry, paths, outcome, who);
     auto start = Clock::now();
     const std::uint64_t bytes_before = distributed_bytes_communicated();
-    const StageInputs fit_in =
-        fit_inputs(config.resolved_toml, config.plugin_versions, spec,
-                   registry.find(PluginKind::Estimator, spec.plugin).info->version, store.train);
-    outcome.stage_cached["fit:" + spec.label] = fit_estimator(fit_in, *estimator, store.train, paths, who);
-    torch::Tensor scores = in_plugin(who, [&] {
-      return score_normalised(*estimator, store.train, store.query, aggregate,
-                              normalisation_from(spec.normalise, "estimator " + spec.label));
-    });
+    torch::Tensor scores;
+    if (estimator->over_checkpoints()) {  // TracIn: sum over checkpoints of learning rate x scores
+      for (std::size_t c = 0; c < checkpoints->size(); ++c) {
+        const CheckpointStore& at = (*checkpoints)[c];
+        torch::Tensor weighted = in_plugin(who, [&] {
+          estimator->fit(at.store.train);
+          return score_normalised(*estimator, at.store.train, at.store.query, aggregate, normalisation)
+              .mul_(at.learning_rate);
+        });
+        scores = scores.defined() ? scores.add_(weighted) : weighted;
+        diagnostics[spec.label][fmt::format("checkpoint{}.epoch", c + 1)] = static_cast<double>(at.epoch);
+        diagnostics[spec.label][fmt::format("checkpoint{}.learning_rate", c + 1)] = at.learning_rate;
+      }
+    } else {
+      const StageInputs fit_in =
+          fit_inputs(config.resolved_toml, config.plugin_versions, spec,
+                     registry.find(PluginKind::Estimator, spec.plugin).info->version, store.train);
+      outcome.stage_cached["fit:" + spec.label] = fit_estimator(fit_in, *estimator, store.train, paths, who);
+      scores = in_plugin(who, [&] {
+        return score_normalised(*estimator, store.train, store.query, aggregate, normalisation);
+      });
+    }
     scores = gather_rows_over_ranks(scores);  // this rank's rows -> all n rows, in order
     EstimatorOutcome result{spec.label, seconds_since(start), {}};
     if (world_size > 1)  // this rank's all-reduce and all-gather volume for this estimator

@@ -58,6 +58,7 @@ class RescaledEstimator : public Estimator {
   }
   bool supports_distributed() const override { return inner_->supports_distributed(); }
   int preconditioner_degree() const override { return inner_->preconditioner_degree(); }
+  bool over_checkpoints() const override { return inner_->over_checkpoints(); }
   int score_exponent(std::size_t block) const { return score_exponents_.at(block); }
 
  private:

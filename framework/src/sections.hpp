@@ -25,12 +25,13 @@ struct SectionSchema {
   std::optional<SectionProblem> (*check)(Options& values) = nullptr;
 };
 
-const SectionSchema& dataset_section();     // stages/data.cpp: label noise (with the plugin's keys)
-const SectionSchema& lora_section();        // stages/data.cpp: the adapters put on the model
-const SectionSchema& training_section();    // stages/training.cpp: fine-tuning and pretraining
-const SectionSchema& queries_section();     // stages/gradients.cpp: generated query images
-const SectionSchema& projection_section();  // stages/gradients.cpp: random projection of gradients
-const SectionSchema& evaluation_section();  // evaluation.cpp: metrics and how gradients are kept
+const SectionSchema& dataset_section();      // stages/data.cpp: label noise (with the plugin's keys)
+const SectionSchema& lora_section();         // stages/data.cpp: the adapters put on the model
+const SectionSchema& training_section();     // stages/training.cpp: fine-tuning and pretraining
+const SectionSchema& checkpoints_section();  // stages/training.cpp: fine-tuning checkpoints (TracIn)
+const SectionSchema& queries_section();      // stages/gradients.cpp: generated query images
+const SectionSchema& projection_section();   // stages/gradients.cpp: random projection of gradients
+const SectionSchema& evaluation_section();   // evaluation.cpp: metrics and how gradients are kept
 
 // For checks: nothing when `section`.`key` is one of `words`, else the problem naming them.
 std::optional<SectionProblem> one_of(const Options& values, const std::string& section,

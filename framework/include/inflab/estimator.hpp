@@ -58,6 +58,10 @@ class Estimator : public Plugin {
   // very large or very small to unit size before fit and undoes it exactly after, so scores do not
   // underflow or overflow in float32.
   virtual int preconditioner_degree() const { return 2; }
+  // True for estimators scored over the fine-tuning's checkpoints (TracIn): the framework fits and
+  // scores the estimator on each checkpoint's gradients ([checkpoints] count = C in the experiment)
+  // and sums the scores weighted by the learning rate of that stretch of training.
+  virtual bool over_checkpoints() const { return false; }
 };
 
 // The damping rule shared by every estimator (paper-facts.md):

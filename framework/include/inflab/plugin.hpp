@@ -20,8 +20,9 @@ namespace inflab {
 // number does not; `tests/abi_headers.sh --update` records the new state.
 // 2: Kronecker factors; 3: text; 4: fit cache; 5: token masks; 6: distributed runs;
 // 7: tasks (Split::targets, Model::token_logits/denoise), build fingerprint; 12: optional model
-// capabilities as interfaces (inflab/model.hpp: TextEncoder, LinearProbe, Denoiser, ...).
-#define INFLAB_ABI_VERSION 12
+// capabilities as interfaces (inflab/model.hpp: TextEncoder, LinearProbe, Denoiser, ...);
+// 13: Estimator::over_checkpoints (TracIn).
+#define INFLAB_ABI_VERSION 13
 inline constexpr std::uint32_t kAbiVersion = INFLAB_ABI_VERSION;
 
 #define INFLAB_STRINGIFY_(x) #x

@@ -41,7 +41,8 @@ struct ExperimentConfig {
   std::vector<PluginSpec> estimators;
   std::string task = "classification";  // [task] name; its options are in resolved_toml
   EvaluationConfig evaluation;
-  std::string kernels;  // numerics.kernels as written ("pinned" | "native"), "" when absent
+  std::string kernels;           // numerics.kernels as written ("pinned" | "native"), "" when absent
+  std::int64_t checkpoints = 0;  // [checkpoints] count; 0 when the section is absent
   // The whole config with every default filled in: what the stages read (framework/src/stage_keys.hpp),
   // and so what their cache keys are computed from. The typed fields above are what the
   // orchestrator needs before any stage runs; every other value is read from here.

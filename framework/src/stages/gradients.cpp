@@ -243,7 +243,7 @@ fs::path gradients_directory(const StageInputs& inputs, const RunPaths& paths) {
 }
 
 GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedData& data,
-                                const RunPaths& paths, RunOutcome& outcome) {
+                                const RunPaths& paths, RunOutcome& outcome, bool measure) {
   auto start = Clock::now();
   const fs::path gradient_dir = gradients_directory(inputs, paths);
   PendingEntry pending(gradient_dir);
@@ -297,7 +297,8 @@ GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedD
   store.query = per_example_gradients(model, *task, data.validation,
                                       {batch_size, "validation gradients", false, true, {}, projection});
   store.projection = projection.describe();
-  ModelMeasurements measured = measure_model(model, *task, data, batch_size, inputs, paths);
+  ModelMeasurements measured =
+      measure ? measure_model(model, *task, data, batch_size, inputs, paths) : ModelMeasurements{};
   store.model_metrics = measured.metrics;
   store.train_meta = std::move(train_meta);
   store.query_meta = data.query_meta;

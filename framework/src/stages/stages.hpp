@@ -144,10 +144,28 @@ struct LeaveOneOut {
 };
 LeaveOneOut leave_one_out(const StageInputs& inputs, Model& model, const LoadedData& data,
                           const std::vector<std::int64_t>& rows, const RunPaths& paths, RunOutcome& outcome);
+// checkpoints ([checkpoints] count = C, for estimators scored over checkpoints such as TracIn):
+// the fine-tuning repeated from the same initialisation with the same seed and schedule, keeping
+// the adapters after epochs round(E c / C), c = 1..C, and the mean learning rate of the optimizer
+// steps since the previous one. The last is the finetune stage's adapter (checked bit for bit when
+// that is cached). Cached under the finetune key; `model` must hold the adapters' initialisation
+// and holds them again afterwards.
+struct Checkpoint {
+  std::int64_t epoch = 0;            // epochs completed
+  double learning_rate = 0;          // mean over the optimizer steps since the previous checkpoint
+  std::vector<at::Tensor> adapters;  // as lora_tensors orders them
+};
+std::vector<Checkpoint> fine_tuning_checkpoints(const StageInputs& finetune_inputs, Model& model,
+                                                const LoadedData& data, std::int64_t count,
+                                                const RunPaths& paths);
+// Puts `adapters` (lora_tensors' order) into the model's LoRA tensors.
+void load_adapters(Model& model, const std::vector<at::Tensor>& adapters);
 // gradients: per-example gradients of the training losses and the queries' measurements.
 std::filesystem::path gradients_directory(const StageInputs& inputs, const RunPaths& paths);
+// measure = false: the model's own measurements (accuracy, generated answers) are skipped (the
+// gradients of a fine-tuning checkpoint).
 GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedData& data,
-                                const RunPaths& paths, RunOutcome& outcome);
+                                const RunPaths& paths, RunOutcome& outcome, bool measure = true);
 // New queries for a language model's run (`inflab explain --prompt`): each prompt's answer (the
 // given response, or the model's greedy one of at most max_tokens), encoded as the run encodes its
 // test split, and the gradients of its influence loss with the run's projection (`inputs`: the
@@ -184,6 +202,9 @@ struct TrainingSchedule {
   bool linear_decay = false;  // learning rate decays linearly to 0 over all optimizer steps
   std::string optimizer = "adam", label;
   bool show_progress = true;
+  // Called after each epoch with the epochs and optimizer steps completed and the learning rates
+  // of the steps so far summed (a checkpoint's weight is the mean over its stretch).
+  std::function<void(std::int64_t epochs, std::int64_t steps, double learning_rate_sum)> after_epoch;
 };
 void train(Model& model, const std::function<at::Tensor(const Batch&)>& loss,
            const std::vector<at::Tensor>& parameters, const Batch& examples,

@@ -15,6 +15,17 @@ namespace fs = std::filesystem;
 namespace inflab {
 
 // [training]: read by the base stage (pretrain_*, batch_size) and every fine-tuning (the rest).
+// [checkpoints] (optional): what estimators scored over checkpoints (tracin) read.
+const SectionSchema& checkpoints_section() {
+  static const SectionSchema section{"checkpoints",
+                                     {{"count", OptionType::Int, std::int64_t{3},
+                                       "checkpoints the fine-tuning keeps, after epochs round(epochs x c / "
+                                       "count), c = 1..count (the last is "
+                                       "the final adapter); estimators such as tracin are scored on each",
+                                       false, between(1, 1000)}}};
+  return section;
+}
+
 const SectionSchema& training_section() {
   static const SectionSchema section{
       "training",
@@ -152,6 +163,7 @@ void train(Model& model, const std::function<at::Tensor(const Batch&)>& loss,
   std::optional<Progress> progress;
   if (schedule.show_progress) progress.emplace(schedule.label, schedule.epochs * batches, "batches");
   std::int64_t step = 0;
+  double rate_sum = 0;
   for (std::int64_t epoch = 0; epoch < schedule.epochs; ++epoch) {
     torch::Tensor order = torch::randperm(n, generator, torch::kLong);
     for (std::int64_t b = 0; b < batches; ++b) {
@@ -166,11 +178,16 @@ void train(Model& model, const std::function<at::Tensor(const Batch&)>& loss,
         if (schedule.linear_decay)  // Hugging Face's linear schedule without warm-up
           for (auto& group : optimizer->param_groups())
             group.options().set_lr(schedule.learning_rate * (1.0 - static_cast<double>(step) / total_steps));
+        const double rate = schedule.linear_decay
+                                ? schedule.learning_rate * (1.0 - static_cast<double>(step) / total_steps)
+                                : schedule.learning_rate;
         optimizer->step();
         ++step;
+        rate_sum += rate;
       }
       if (progress) progress->advance();
     }
+    if (schedule.after_epoch) schedule.after_epoch(epoch + 1, step, rate_sum);
   }
   if (progress) progress->finish();
   model.set_training(false);
@@ -252,7 +269,8 @@ void train_probe_head(const StageInputs& inputs, Model& model, LinearProbe& prob
 // stage repeats it on subsets): the experiment's seed draws dropout, batch order and a task's noise.
 void fine_tune_adapters(const StageInputs& inputs, Model& model, const std::vector<torch::Tensor>& lora,
                         const Batch& examples, const std::string& label, bool show_progress = true,
-                        std::optional<std::int64_t> training_seed = std::nullopt) {
+                        std::optional<std::int64_t> training_seed = std::nullopt,
+                        decltype(TrainingSchedule::after_epoch) after_epoch = {}) {
   const std::int64_t seed = training_seed.value_or(inputs.get_int("experiment.seed"));
   torch::manual_seed(static_cast<std::uint64_t>(seed));  // dropout masks (and a task's own draws)
   auto task = stage_task(inputs);
@@ -268,6 +286,7 @@ void fine_tune_adapters(const StageInputs& inputs, Model& model, const std::vect
   schedule.seed = seed;
   schedule.label = label;
   schedule.show_progress = show_progress;
+  schedule.after_epoch = std::move(after_epoch);
   train(
       model, [&](const Batch& b) { return task->training_loss(model, b); }, lora, examples, schedule);
 }
@@ -388,6 +407,78 @@ void finetune(const StageInputs& inputs, Model& model, const LoadedData& data, c
     save_tensors(file, lora);
   }
   outcome.stage_seconds["finetune"] = seconds_since(start);
+}
+
+void load_adapters(Model& model, const std::vector<at::Tensor>& adapters) {
+  std::vector<torch::Tensor> lora = lora_tensors(model);
+  if (lora.size() != adapters.size())
+    throw Error(
+        fmt::format("a checkpoint holds {} adapter tensors, the model has {}", adapters.size(), lora.size()));
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < lora.size(); ++i) lora[i].copy_(adapters[i]);
+}
+
+std::vector<Checkpoint> fine_tuning_checkpoints(const StageInputs& inputs, Model& model,
+                                                const LoadedData& data, std::int64_t count,
+                                                const RunPaths& paths) {
+  if (inputs.present("model.adapter") || inputs.present("model.adapter_key"))
+    throw Error(
+        "[checkpoints] needs the run's own fine-tuning: this run takes its adapter from elsewhere "
+        "([model] adapter or adapter_from), whose training inflab did not see");
+  const std::int64_t epochs = inputs.get_int("training.epochs");
+  std::vector<std::int64_t> at_epoch;  // epochs completed at each checkpoint
+  for (std::int64_t c = 1; c <= count; ++c)
+    at_epoch.push_back(static_cast<std::int64_t>(std::llround(double(epochs) * double(c) / double(count))));
+  const fs::path directory = cache_root_of(paths) / "checkpoints" / fmt::format("{}-{}", inputs.key(), count);
+  std::vector<torch::Tensor> lora = lora_tensors(model);
+  std::vector<Checkpoint> out(static_cast<std::size_t>(count));
+  auto file = [&](std::size_t c) { return directory / fmt::format("checkpoint_{:03d}.pt", c + 1); };
+  bool cached = true;
+  for (std::size_t c = 0; c < out.size() && cached; ++c) {
+    std::vector<torch::Tensor> held;
+    for (const auto& t : lora) held.push_back(torch::empty_like(t));
+    held.push_back(torch::zeros({2}, torch::kDouble));  // epoch, learning rate
+    cached = load_tensors(file(c), held);
+    if (cached) {
+      out[c].epoch = static_cast<std::int64_t>(held.back()[0].item<double>());
+      out[c].learning_rate = held.back()[1].item<double>();
+      held.pop_back();
+      out[c].adapters = std::move(held);
+    }
+  }
+  if (cached) return out;
+  AdapterSnapshot initial(model);
+  std::size_t next = 0;
+  std::int64_t steps_before = 0;
+  double rate_before = 0;
+  fine_tune_adapters(
+      inputs, model, lora, data.train_fit, fmt::format("fine-tuning LoRA, keeping {} checkpoints", count),
+      true, std::nullopt, [&](std::int64_t done, std::int64_t steps, double rate_sum) {
+        while (next < out.size() && at_epoch[next] == done) {
+          Checkpoint& checkpoint = out[next];
+          checkpoint.epoch = done;
+          checkpoint.learning_rate =
+              steps > steps_before ? (rate_sum - rate_before) / double(steps - steps_before) : 0.0;
+          for (const auto& t : lora) checkpoint.adapters.push_back(t.detach().clone());
+          std::vector<torch::Tensor> saved = checkpoint.adapters;
+          saved.push_back(torch::tensor({double(done), checkpoint.learning_rate}, torch::kDouble));
+          save_tensors(file(next), saved);
+          ++next, steps_before = steps, rate_before = rate_sum;
+        }
+      });
+  // The last checkpoint is the finetune stage's adapter: the same training, so the same bits.
+  std::vector<torch::Tensor> finetuned;
+  for (const auto& t : lora) finetuned.push_back(torch::empty_like(t));
+  if (load_tensors(adapter_file(inputs.key(), paths), finetuned))
+    for (std::size_t i = 0; i < finetuned.size(); ++i)
+      if (!finetuned[i].equal(out.back().adapters[i]))
+        throw Error(fmt::format(
+            "the fine-tuning repeated for [checkpoints] ended at other adapters than the finetune stage's "
+            "cached ones ({}): the training is not deterministic here (threads or kernels changed since "
+            "the cache was written?); clear that cache entry and rerun",
+            adapter_file(inputs.key(), paths).string()));
+  initial.restore();
+  return out;
 }
 
 GroundTruth ground_truth(const StageInputs& inputs, Model& model, const LoadedData& data,
