@@ -245,7 +245,7 @@ def main(root):
     rank4 = [e for e in experiments_with(table, lambda k: k[1] == 4 and k[4] == "auc") if e in studies]
     if rank4:
         fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rank4) * 1.5), 3.8))
-        estimators = [e for e in ORDER if e != "cg"]
+        estimators = [e for e in ORDER if e != "cg" and any(k[0] in rank4 and k[1] == 4 and k[3] == e for k in table)]
         width = 0.8 / len(estimators)
         for j, estimator in enumerate(estimators):
             xs, ys, errs = [], [], []

@@ -75,7 +75,10 @@ def ground_truth(rows):
 
 GROUND_TRUTH_ROWS = [("exact", "Exact"), ("datainf", "DataInf"), ("hessian_free", "Hessian-free"), ("kfac", "K-FAC"),
                      ("ekfac", "EK-FAC"), ("lissa", "LiSSA (paper's equation, converged)"),
-                     ("lissa_reference_code", "LiSSA (paper's code)")]
+                     ("lissa_reference_code", "LiSSA (paper's code)"), ("arnoldi", "Arnoldi (p = 64)"),
+                     ("exact_unit", "Exact, unit-normalised"), ("exact_relatif", "Exact, RelatIF"),
+                     ("datainf_unit", "DataInf, unit-normalised"), ("datainf_relatif", "DataInf, RelatIF"),
+                     ("hessian_free_unit", "Hessian-free, unit-normalised (gradient cosine)")]
 
 
 def ground_truth_side_by_side(rows, studies):
