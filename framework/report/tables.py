@@ -78,7 +78,8 @@ GROUND_TRUTH_ROWS = [("exact", "Exact"), ("datainf", "DataInf"), ("hessian_free"
                      ("lissa_reference_code", "LiSSA (paper's code)"), ("arnoldi", "Arnoldi (p = 64)"),
                      ("exact_unit", "Exact, unit-normalised"), ("exact_relatif", "Exact, RelatIF"),
                      ("datainf_unit", "DataInf, unit-normalised"), ("datainf_relatif", "DataInf, RelatIF"),
-                     ("hessian_free_unit", "Hessian-free, unit-normalised (gradient cosine)")]
+                     ("hessian_free_unit", "Hessian-free, unit-normalised (gradient cosine)"),
+                     ("tracin", "TracIn (3 checkpoints)")]
 
 
 def ground_truth_side_by_side(rows, studies):
