@@ -8,7 +8,6 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/ops/linalg_eigh.h>
 #include <ATen/ops/randn.h>
-#include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <fmt/format.h>
 
@@ -55,24 +54,25 @@ class Arnoldi : public inflab::BlockwiseEstimator<Fitted> {
           .to(c10::kDouble);
     };
     auto generator = at::detail::createCPUGenerator(static_cast<std::uint64_t>(seed_));
+    at::Tensor basis =
+        at::zeros({steps, d}, at::TensorOptions().dtype(c10::kDouble));  // rows: Lanczos vectors
     at::Tensor q = at::randn({d}, generator, at::TensorOptions().dtype(c10::kDouble));
-    q.div_(q.norm());
-    std::vector<at::Tensor> basis{q};
+    basis[0].copy_(q.div_(q.norm()));
     std::vector<double> alpha, beta;
     double residual_norm = 0;
     for (std::int64_t j = 0; j < steps; ++j) {
-      at::Tensor w = apply(basis.back());
-      alpha.push_back(w.dot(basis.back()).item<double>());
+      at::Tensor w = apply(basis[j]);
+      alpha.push_back(w.dot(basis[j]).item<double>());
       // Full reorthogonalisation, twice (Kahan's "twice is enough"): the three-term recurrence
       // alone loses orthogonality as Ritz values converge.
-      at::Tensor stacked = at::stack(basis);  // (j+1) x d
-      for (int pass = 0; pass < 2; ++pass) w.sub_(stacked.t().mv(stacked.mv(w)));
+      const at::Tensor kept = basis.narrow(0, 0, j + 1);
+      for (int pass = 0; pass < 2; ++pass) w.sub_(kept.t().mv(kept.mv(w)));
       residual_norm = w.norm().item<double>();
       if (j + 1 == steps) break;
       // An invariant subspace: G restricted to it is captured exactly; stop there.
       if (residual_norm <= 1e-12 * std::max(std::abs(alpha.front()), 1e-300)) break;
       beta.push_back(residual_norm);
-      basis.push_back(w.div(residual_norm));
+      basis[j + 1].copy_(w.div_(residual_norm));
     }
     const auto m = static_cast<std::int64_t>(alpha.size());
     at::Tensor tridiagonal = at::zeros({m, m}, at::TensorOptions().dtype(c10::kDouble));
@@ -84,7 +84,7 @@ class Arnoldi : public inflab::BlockwiseEstimator<Fitted> {
     const std::int64_t p = std::min(rank_, m);
     at::Tensor top = ritz_values.narrow(0, m - p, p).flip(0).clamp_min(0);
     at::Tensor coordinates = ritz_coordinates.narrow(1, m - p, p).flip(1);  // m x p
-    at::Tensor vectors = at::stack(basis).t().mm(coordinates);              // d x p
+    at::Tensor vectors = basis.narrow(0, 0, m).t().mm(coordinates);         // d x p
     // Lanczos: ||G u_j - mu_j u_j|| = beta_m |last coordinate of s_j|.
     const double largest = std::max(top[0].item<double>(), 1e-300);
     const double ritz_residual =
