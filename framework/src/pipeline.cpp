@@ -149,9 +149,11 @@ struct CheckpointStore {
   double learning_rate;
   GradientStore store;
 };
+// The last checkpoint is the final adapter (fine_tuning_checkpoints checks it bit for bit): its
+// gradients are `final_store`, not extracted again.
 std::vector<CheckpointStore> checkpoint_gradients(const ExperimentConfig& config, Registry& registry,
                                                   const RunPaths& paths, RunOutcome& outcome,
-                                                  const std::string& who) {
+                                                  const std::string& who, const GradientStore& final_store) {
   if (config.checkpoints == 0)
     throw Error(fmt::format(
         "{} is scored over the fine-tuning's checkpoints: add a [checkpoints] section (count = 3 keeps the "
@@ -164,6 +166,10 @@ std::vector<CheckpointStore> checkpoint_gradients(const ExperimentConfig& config
       fine_tuning_checkpoints(stage_inputs("finetune", config), *model, data, config.checkpoints, paths);
   std::vector<CheckpointStore> out;
   for (std::size_t c = 0; c < checkpoints.size(); ++c) {
+    if (c + 1 == checkpoints.size()) {
+      out.push_back({checkpoints[c].epoch, checkpoints[c].learning_rate, final_store});
+      break;
+    }
     StageInputs inputs = gradients_stage_inputs(config);
     inputs.add("checkpoint", fmt::format("{} of {}", c + 1, checkpoints.size()));
     const fs::path directory = gradients_directory(inputs, paths);
@@ -327,7 +333,7 @@ nlohmann::json score_estimators(const ExperimentConfig& config, Registry& regist
                                         describe_plugin(registry, PluginKind::Estimator, spec.plugin));
     const Normalisation normalisation = normalisation_from(spec.normalise, "estimator " + spec.label);
     if (estimator->over_checkpoints() && !checkpoints)  // a stage of its own: outside the estimator's time
-      checkpoints = checkpoint_gradients(config, registry, paths, outcome, who);
+      checkpoints = checkpoint_gradients(config, registry, paths, outcome, who, store);
     auto start = Clock::now();
     const std::uint64_t bytes_before = distributed_bytes_communicated();
     torch::Tensor scores;
