@@ -325,7 +325,8 @@ class Sweep:
                              (["--estimator", "lissa", "--set", "tolerance=-1"], "tolerance"),
                              (["--estimator", "arnoldi", "--set", "rank=0"], "rank"),
                              (["--estimator", "arnoldi", "--set", "rank=8", "--set", "iterations=3"], "iterations"),
-                             (["--estimator", "datainf", "--normalise", "cosine"], "normalise")]:
+                             (["--estimator", "datainf", "--normalise", "cosine"], "normalise"),
+                             (["--estimator", "tracin"], "[checkpoints]")]:
             code, output = self.inflab("score", "--gradients", store, *args, "--out", self.work / "s.npy")
             self.expect_error("score", " ".join(args), code, output, needle)
 

@@ -455,3 +455,10 @@ TEST_CASE("normalised scores: unit divides by both gradients' norms, relatif by 
   CHECK_THROWS_WITH(inflab::normalisation_from("cosine", "estimator 'x' normalise"),
                     Contains("estimator 'x' normalise") && Contains("\"cosine\"") && Contains("relatif"));
 }
+
+TEST_CASE("TracIn on one set of gradients is refused: it needs a run's checkpoints", "[estimators][tracin]") {
+  auto p = random_problem({4}, 6, 2, 43);
+  CHECK_THROWS_WITH(
+      inflab::score_with_estimator(test::registry(), "tracin", {}, "pairwise", p.train, p.queries),
+      Contains("tracin") && Contains("[checkpoints]") && Contains("hessian_free"));
+}

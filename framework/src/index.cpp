@@ -460,6 +460,7 @@ PreconditionedQueries precondition_queries(const AttributionIndex& index, Regist
   Options options =
       options_from_assignments(fmt::format("estimator '{}'", name), plugin.info->options(), sets);
   auto estimator = with_rescaling(registry.create_as<Estimator>(PluginKind::Estimator, name, options));
+  refuse_over_checkpoints(*estimator, name, "the index");
   if (estimator->preconditioner_degree() == 0) return {queries, fmt::format("{} (no preconditioner)", name)};
   const auto kept = std::find_if(index.record.fits.begin(), index.record.fits.end(), [&](const IndexFit& f) {
     return f.estimator == name && f.version == plugin.info->version && f.options == sets;

@@ -112,6 +112,7 @@ ScoredBlocks score_with_estimator(const Registry& registry, const std::string& e
   check_blocks(train, queries);  // before the fit, which would otherwise meet a mismatch first
   auto estimator =
       with_rescaling(registry.create_as<Estimator>(PluginKind::Estimator, estimator_name, options));
+  refuse_over_checkpoints(*estimator, estimator_name, "a gradient directory");
   estimator->fit(train);
   ScoredBlocks out;
   out.scores = score_normalised(*estimator, train, queries, mode == "aggregate", normalisation);
@@ -247,6 +248,15 @@ at::Tensor score_aggregate(Estimator& estimator, const GradientBlocks& train, co
   GradientBlocks mean = queries;
   for (auto& block : mean) block.values = block.values.mean(0, /*keepdim=*/true);
   return score_pairwise(estimator, train, mean).squeeze(1);
+}
+
+void refuse_over_checkpoints(const Estimator& estimator, const std::string& name, const std::string& what) {
+  if (estimator.over_checkpoints())
+    throw Error(fmt::format(
+        "estimator '{}' is scored over a fine-tuning's checkpoints, and {} holds the gradients of one "
+        "adapter: run it in an experiment with a [checkpoints] section, or use hessian_free (its form at "
+        "one checkpoint)",
+        name, what));
 }
 
 Normalisation normalisation_from(const std::string& value, const std::string& who) {

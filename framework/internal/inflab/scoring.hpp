@@ -29,6 +29,9 @@ Normalisation normalisation_from(const std::string& value, const std::string& wh
 // score_aggregate (aggregate) or score_pairwise (pairwise) with the normalisation applied.
 at::Tensor score_normalised(Estimator& estimator, const GradientBlocks& train, const GradientBlocks& queries,
                             bool aggregate, Normalisation normalisation);
+// Throws, naming the estimator and `what` ("a gradient directory", "the index"), when the
+// estimator is scored over checkpoints (TracIn) and only one set of gradients is at hand.
+void refuse_over_checkpoints(const Estimator& estimator, const std::string& name, const std::string& what);
 // g_k . M^{-1} g_k summed over blocks, per training row (in chunks of rows): RelatIF's denominator.
 at::Tensor self_influence(Estimator& estimator, const GradientBlocks& train, std::int64_t chunk_rows = 1024);
 // Checks that train and query blocks agree in names and widths; throws naming the block.
