@@ -27,6 +27,7 @@ import sys
 # The quoted text holds no markup (a backtick or "<" means the pattern is being shown, not used).
 QUOTE = re.compile(r"<!--q (?P<source>[^:]*?)\s*:\s*(?P<field>[^>]*?)-->(?P<text>[^<`]*?)<!--/q-->", re.S)
 NUMBER = re.compile(r"[+-]?\d+(?:\.(\d+))?")
+SOURCE_NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")  # CSV cells may be 1e-05
 
 
 class SourceError(Exception):
@@ -62,7 +63,7 @@ def lookup(root, source, field, cache):
 def requote(text, value):
     """`text` with each of its numbers replaced by the value's corresponding number, at the text's
     decimals (and with an explicit + where the text has one). None when the value has too few."""
-    numbers = [float(m.group(0)) for m in NUMBER.finditer(value)]
+    numbers = [float(m.group(0)) for m in SOURCE_NUMBER.finditer(value)]
     out, k = [], 0
     last = 0
     for m in NUMBER.finditer(text):

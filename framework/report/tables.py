@@ -19,7 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from doc_blocks import sync  # noqa: E402
 from paper_numbers import TABLE2  # noqa: E402
-from style import ORDER  # noqa: E402
+from style import LABELS, ORDER  # noqa: E402
 from table2 import cell as auc_recall  # noqa: E402  ("AUC / recall" of a class_detection.csv row)
 
 NAMES = {"exact": "Exact", "cg": "CG", "datainf": "DataInf", "ekfac": "EK-FAC", "kfac": "K-FAC",
@@ -45,8 +45,9 @@ def correlations(rows, index):
             keys = sorted({(k[1], k[2]) for k in index if k[0] == experiment})
             runs = {k[1]: index[(experiment, k[0], k[1], "datainf", metric)]["runs"] for k in keys if (experiment, k[0], k[1], "datainf", metric) in index}
             out.append(f"{experiment} (n = {keys[0][1]}, {next(iter(runs.values()), '?')} seeds per rank)\n")
-            estimators = [e for e in ORDER if e not in (("exact", "cg") if metric != "auc" else ())]
-            out.append("| rank | " + " | ".join(NAMES[e] for e in estimators) + " |")
+            estimators = [e for e in ORDER if e not in (("exact", "cg") if metric != "auc" else ())
+                          and any(k[0] == experiment and k[3] == e for k in index)]
+            out.append("| rank | " + " | ".join(NAMES.get(e, LABELS.get(e, e)) for e in estimators) + " |")
             out.append("| ---: | " + " | ".join("---:" for _ in estimators) + " |")
             for rank, n in keys:
                 out.append(f"| {rank} | " + " | ".join(cell(index.get((experiment, rank, n, e, metric))) for e in estimators) + " |")
