@@ -234,7 +234,8 @@ def main(root):
         fig.legend(handles, labels, fontsize=8, ncol=min(4, len(labels)), loc="lower center",
                    bbox_to_anchor=(0.5, -0.01))
         fig.suptitle(title, fontsize=10)
-        fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+        legend_rows = -(-len(labels) // min(4, max(1, len(labels))))  # room below the panels for the legend
+        fig.tight_layout(rect=(0, min(0.3, 0.03 + 0.028 * legend_rows / (len(axes) / 2)), 1, 0.95))
         save(fig, out, name)
 
     per_rank_figure("pearson", "Pearson correlation with Exact", "fig1_correlation_vs_rank",
