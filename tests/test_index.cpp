@@ -160,6 +160,26 @@ TEST_CASE(
     CHECK(explained[q]["class"] ==
           record["class_names"][full.query_meta.labels[static_cast<std::size_t>(picked[q])]]);
   }
+  // --normalise unit: hessian_free becomes the cosine of the stored row and the query, in float64.
+  auto unit = test::run_command(bin + "explain " + index.string() +
+                                " --validation 7 --estimator hessian_free --top 4 --json --normalise unit "
+                                "--chunk-rows 7" +
+                                cache);
+  INFO(unit.output);
+  REQUIRE(unit.exit_code == 0);
+  {
+    const auto j = nlohmann::json::parse(unit.output)[0];
+    CHECK(j["normalise"] == "unit");
+    torch::Tensor dots = torch::zeros({200}, torch::kDouble), row_norms = torch::zeros({200}, torch::kDouble);
+    double query_norm = 0;
+    for (std::size_t b = 0; b < rows.size(); ++b) {
+      const auto g = rows[b].to(torch::kDouble), v = queries[b][7].to(torch::kDouble);
+      dots -= g.mv(v);
+      row_norms += g.square().sum(1);
+      query_norm += v.square().sum().item<double>();
+    }
+    check_top_k(j, dots / row_norms.sqrt() / std::sqrt(query_norm), 4);
+  }
   // DataInf from the preconditioner fitted at build time (on the float32 gradients), and fitted at
   // query time (other options: on the stored float16 rows), each against the float64 formula.
   for (const std::string sets : {"", " --set damping_scale=0.1"}) {

@@ -1,5 +1,7 @@
 #include "explain.hpp"
 
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros_like.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -182,11 +184,21 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
                                      : fmt::format("{} row {}", request.images_file.string(), i)}});
 
   const auto start = std::chrono::steady_clock::now();
+  const bool unit = request.normalise == "unit";
+  if (unit) {  // each query at unit norm over all blocks (then its preconditioned form is scaled alike)
+    at::Tensor squared;
+    for (const auto& block : queries_blocks)
+      squared =
+          squared.defined() ? squared.add(squared_row_norms(block.values)) : squared_row_norms(block.values);
+    const at::Tensor norms = squared.sqrt();
+    const at::Tensor scale = at::where(norms.gt(0), norms.reciprocal(), at::zeros_like(norms)).unsqueeze(1);
+    for (auto& block : queries_blocks) block.values = block.values.mul(scale);
+  }
   const PreconditionedQueries preconditioned =
       precondition_queries(index, registry, request.estimator, request.estimator_sets, queries_blocks);
   const auto preconditioned_at = std::chrono::steady_clock::now();
   const auto rankings = rank_index_rows(index.train, preconditioned.blocks, request.top, request.chunk_rows,
-                                        index.train.rows() >= 100000 ? "scoring the index" : "");
+                                        index.train.rows() >= 100000 ? "scoring the index" : "", unit);
   const auto seconds = [](auto from, auto to) { return std::chrono::duration<double>(to - from).count(); };
   if (!Progress::quiet())
     std::cerr << fmt::format(
@@ -198,6 +210,7 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
     nlohmann::json entry = queries[q];
     entry["estimator"] = request.estimator;
     entry["preconditioner"] = preconditioned.source;
+    entry["normalise"] = request.normalise;
     entry["helpful"] = nlohmann::json::array();
     entry["harmful"] = nlohmann::json::array();
     for (const auto& r : rankings[q].helpful) entry["helpful"].push_back(describe_row(index, r));

@@ -664,6 +664,11 @@ static int run_cli(int argc, char** argv) {
   explain->add_option("--chunk-rows", explain_request.chunk_rows,
                       "training rows scored at a time (default 0: 16 MiB of float32 values; memory: rows x "
                       "total width x 4 bytes)");
+  explain
+      ->add_option("--normalise", explain_request.normalise,
+                   "none; unit: each score divided by the training and query gradients' norms (with "
+                   "hessian_free, the gradient cosine; docs/estimators.md, \"Normalised scores\")")
+      ->check(CLI::IsMember({"none", "unit"}));
   explain->add_flag("--json", explain_request.json, "print JSON (one object per query) instead of text");
   explain->add_option("--cache", explain_request.cache, "stage cache (for the fine-tuned model)");
   explain->footer(

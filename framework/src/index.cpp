@@ -508,7 +508,7 @@ PreconditionedQueries precondition_queries(const AttributionIndex& index, Regist
 
 std::vector<QueryRanking> rank_index_rows(const IndexRows& rows, const GradientBlocks& preconditioned,
                                           std::int64_t k, std::int64_t chunk_rows,
-                                          const std::string& progress_label) {
+                                          const std::string& progress_label, bool unit_rows) {
   if (preconditioned.size() != rows.block_names.size())
     throw Error(fmt::format("{} query blocks for an index of {} blocks", preconditioned.size(),
                             rows.block_names.size()));
@@ -529,10 +529,18 @@ std::vector<QueryRanking> rank_index_rows(const IndexRows& rows, const GradientB
     const std::int64_t shard_rows = rows.shards[s].empty() ? 0 : rows.shards[s][0].size(0);
     for (std::int64_t begin = 0; begin < shard_rows; begin += chunk_rows) {
       const std::int64_t count = std::min(chunk_rows, shard_rows - begin);
-      at::Tensor scores;  // queries x count
+      at::Tensor scores, squared_norms;  // queries x count; count
       for (std::size_t b = 0; b < preconditioned.size(); ++b) {
-        at::Tensor part = matrix_product(preconditioned[b].values, rows.float_rows(s, b, begin, count).t());
+        const at::Tensor block_rows = rows.float_rows(s, b, begin, count);
+        at::Tensor part = matrix_product(preconditioned[b].values, block_rows.t());
         scores = b == 0 ? part.neg_() : scores.sub_(part);
+        if (unit_rows)
+          squared_norms =
+              b == 0 ? squared_row_norms(block_rows) : squared_norms.add_(squared_row_norms(block_rows));
+      }
+      if (unit_rows) {
+        at::Tensor norms = squared_norms.sqrt_();
+        scores.mul_(at::where(norms.gt(0), norms.reciprocal(), at::zeros_like(norms)).unsqueeze(0));
       }
       for (int side = 0; side < 2; ++side) {
         auto [values, where] = scores.topk(std::min(top, count), 1, /*largest=*/side == 1, /*sorted=*/false);

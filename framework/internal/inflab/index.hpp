@@ -143,8 +143,10 @@ struct QueryRanking {
 // One pass over the rows in chunks: scores -sum_b G_b V_b^T (float32 products, a chunk at a time),
 // keeping each query's top k. Memory: one chunk of every block in float32, plus k per query.
 // chunk_rows 0: as many rows as make 16 MiB of float32 values over all blocks (at least 256).
+// unit_rows: each training row's scores divided by its norm over all blocks (a zero row scores 0),
+// the training side of `normalise = "unit"` (the queries' side is theirs to scale before).
 std::vector<QueryRanking> rank_index_rows(const IndexRows& rows, const GradientBlocks& preconditioned,
                                           std::int64_t k, std::int64_t chunk_rows = 0,
-                                          const std::string& progress_label = "");
+                                          const std::string& progress_label = "", bool unit_rows = false);
 
 }  // namespace inflab
