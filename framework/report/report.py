@@ -2,6 +2,7 @@
 """inflab report: tables and figures from finished runs.
 
     ./inflab report results/paper            (figures into results/paper/figures/)
+    ./inflab report results/paper --html     (and results/paper/html/index.html: html_report.py)
 
 Reads every RUN/config.toml, RUN/metrics.csv and RUN/manifest.json under the given directory
 (layout: <dir>/<experiment>/<run>/), writes <dir>/summary.csv (mean and 95% confidence interval
@@ -311,6 +312,22 @@ def main(root):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: inflab report RESULTS_DIR   (e.g. results/paper)")
-    main(sys.argv[1])
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="inflab report", description="summary.csv, figures and (--html) a report page "
+                                     "from the finished runs under RESULTS_DIR (layout RESULTS_DIR/<experiment>/<run>/)")
+    parser.add_argument("root", metavar="RESULTS_DIR", help="e.g. results/paper")
+    parser.add_argument("--html", action="store_true", help="also write RESULTS_DIR/html/index.html: every study and run "
+                        "in one self-contained page (opens from file://; see docs/report.md)")
+    parser.add_argument("--top", type=int, default=10, help="run pages: most helpful and most harmful examples shown "
+                        "per estimator and query (default 10)")
+    parser.add_argument("--queries-per-class", type=int, default=2, help="run pages of pairwise runs: the first N "
+                        "queries of each class are offered besides the mean query (default 2, at most 20 queries)")
+    args = parser.parse_args()
+    if args.top < 1 or args.queries_per_class < 0:
+        parser.error("--top must be >= 1 and --queries-per-class >= 0")
+    main(args.root)
+    if args.html:
+        import html_report
+
+        html_report.build(args.root, top=args.top, per_class=args.queries_per_class)
