@@ -122,11 +122,12 @@ def run_units(run_dir):
         write_units(run_dir, units, query, classes)
     elif os.path.exists(os.path.join(run_dir, UNITS)):
         units, classes = read_units(run_dir, estimators)
-    else:  # a run of an inflab older than examples.jsonl: left out, said so, the rest reported
-        missing = "examples.jsonl" if arrays else f"scores_<estimator>.npy and {UNITS}"
-        print(f"class_detection: {run_dir} has no {missing} (an older run?): left out of class_detection.csv; "
-              "rerun its experiment with --no-resume to include it", file=sys.stderr)
+    elif arrays:  # a run of an inflab older than examples.jsonl: left out, said so, the rest reported
+        print(f"class_detection: {run_dir} has score arrays but no examples.jsonl (an older run): left out of "
+              "class_detection.csv; rerun its experiment with --no-resume to include it", file=sys.stderr)
         return None
+    else:
+        sys.exit(f"{run_dir}: neither scores_<estimator>.npy nor {UNITS}: rerun the experiment with --no-resume")
     for estimator in estimators:  # an independent check of the C++ metric (and of the file)
         for k, metric in enumerate(("class_auc", "class_recall")):
             if abs(units[estimator][:, k].mean() - metrics[estimator][metric]) > 1e-6:
