@@ -9,8 +9,8 @@ reviews, pairwise), writes the report page and checks in Chromium, against the C
 (not against the page's own output): the studies and summary tables have the right rows and values,
 sorting a column sorts it, every estimator's helpful and harmful lists are the k most negative and
 most positive scores of the array with the right example text, class and flip, the images load, the
-Spearman agreement matrix equals scipy's, a run without score arrays says so, and the console has no
-errors. Saves screenshots. Exits 77 (skipped) only where Chromium or Selenium cannot be had.
+Spearman agreement matrix equals scipy's, a run without score arrays says so, `./inflab explain
+--html` shows the rows and scores explain printed, and the console has no errors. Saves screenshots. Exits 77 (skipped) only where Chromium or Selenium cannot be had.
 """
 import csv
 import json
@@ -25,6 +25,8 @@ import scipy.stats
 
 SKIP = 77
 TOP = 5
+QUICKSTART_SETS = ["--set", "dataset.n_train=200", "--set", "dataset.n_validation=50", "--set",
+                   "dataset.n_pretrain=1000", "--set", "training.epochs=2"]
 
 
 def fail(message):
@@ -61,8 +63,7 @@ def make_runs(build, source, results, cache):
     inflab = [os.path.join(build, "bin", "inflab"), "--quiet", "--threads", "1"]
     common = ["--out", results, "--cache", cache]
     runs = [
-        [os.path.join(source, "experiments/quickstart.toml"), "--set", "dataset.n_train=200", "--set",
-         "dataset.n_validation=50", "--set", "dataset.n_pretrain=1000", "--set", "training.epochs=2", "--set",
+        [os.path.join(source, "experiments/quickstart.toml"), *QUICKSTART_SETS, "--set",
          'evaluation.metrics=["auc","pearson","lds","loo"]', "--set", "ground_truth.subsets=5", "--set",
          "ground_truth.fraction=0.5", "--set", "leave_one_out.examples=2", "--set", "leave_one_out.repeats=1"],
         [os.path.join(source, "experiments/paper/class_detection_diffusion_style.toml"), "--set", "sweep={}",
@@ -231,6 +232,33 @@ def check_run(driver, url, results, study, run_id, shots, query=-1):
     return images
 
 
+def check_explain(driver, build, source, results, cache, work, shots):
+    """`./inflab explain IDX ... --json --html DIR`: the page lists, per query, the rows and scores
+    explain printed."""
+    quickstart = QUICKSTART_SETS
+    index = os.path.join(work, "index")
+    subprocess.run([os.path.join(build, "bin", "inflab"), "--quiet", "--threads", "1", "index", "build",
+                    os.path.join(source, "experiments/quickstart.toml"), *quickstart, "--cache", cache, "--out", index],
+                   check=True, stdout=subprocess.DEVNULL)
+    page = os.path.join(work, "explain_html")
+    answer = subprocess.run([os.path.join(source, "inflab"), "--quiet", "--threads", "1", "explain", index,
+                             "--validation", "0", "--validation", "5", "--top", str(TOP), "--json", "--html", page],
+                            check=True, capture_output=True, text=True).stdout
+    entries = json.loads(answer)
+    check(len(entries) == 2, f"explain printed {len(entries)} queries, asked for 2")
+    for q, entry in enumerate(entries):
+        driver.get("about:blank")
+        driver.get("file://" + os.path.join(page, "index.html") + f"#run/0/{q}")
+        for kind in ("helpful", "harmful"):
+            table = driver.find_element("css selector", f"table.examples[data-kind={kind}]")
+            rows = [int(v) for v in values(table, header_index(table, "row"))]
+            scores = values(table, header_index(table, "score"))
+            check(rows == [r["row"] for r in entry[kind]], f"explain page query {q} {kind}: rows {rows}")
+            check(np.allclose(scores, [r["score"] for r in entry[kind]], rtol=1e-6), f"explain page {kind} scores")
+    driver.save_screenshot(os.path.join(shots, "explain.png"))
+    check(not console_errors(driver), "console errors on the explain page")
+
+
 def main():
     build, source = sys.argv[1], sys.argv[2]
     shots = sys.argv[3] if len(sys.argv) > 3 else os.path.join(build, "html_report_screenshots")
@@ -269,6 +297,7 @@ def main():
         driver.get(url + f"#run/{ids['text_quickstart']}")
         check("not in the results folder" in driver.find_element("id", "no-scores").text, "no note on missing arrays")
         check(not console_errors(driver), "console errors on the page without arrays")
+        check_explain(driver, build, source, results, cache, work, shots)
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.dirname(url[7:])) for f in fs)
         print(f"test_html_report: 3 studies, page {size / 1e6:.2f} MB, screenshots in {shots}")
     finally:

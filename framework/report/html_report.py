@@ -339,7 +339,84 @@ def build(root, top=10, per_class=2, max_queries=20, out=None):
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# inflab explain --html: the run page's view for explain's own queries
+
+
+def explain_query_title(q, entry):
+    if "prompt" in entry:
+        return f"query {q}: " + " ".join(entry["prompt"].split())[:70]
+    if "validation_row" in entry:
+        return f"query {q}: validation row {entry['validation_row']}"
+    if "condition" in entry:
+        return f"query {q}: image for condition {entry['condition']}"
+    return f"query {q}"
+
+
+def explain_page(entries, title):
+    """`inflab explain --json`'s output as a run page's data (one estimator, its ranked rows)."""
+    estimator = entries[0].get("estimator", "estimator") if entries else "estimator"
+    if entries and entries[0].get("normalise", "none") not in ("", "none"):
+        estimator += "_" + entries[0]["normalise"]
+    queries, top, examples = [], {}, {}
+    for q, entry in enumerate(entries):
+        example = {"label": entry.get("label")}
+        if "prompt" in entry:
+            example["text"] = entry["prompt"]
+        if "answer" in entry or "response" in entry:
+            example["answer"] = entry.get("answer", entry.get("response"))
+        queries.append({"index": q, "title": explain_query_title(q, entry), "example": example})
+        lists = {}
+        for kind in ("helpful", "harmful"):
+            lists[kind] = [[row["row"], row["score"]] for row in entry.get(kind, [])]
+            for row in entry.get(kind, []):
+                record = {k: row[k] for k in ("id", "label", "observed_label", "flipped", "text", "response")
+                          if k in row}
+                examples[str(row["row"])] = record
+        top.setdefault(estimator, {})[str(q)] = lists
+    return {"id": 0, "study": "explain", "run": title, "mode": "explain", "n_train": None, "n_query": len(entries),
+            "commit": None, "threads": None, "estimators": [estimator], "metrics": {}, "has_scores": bool(entries),
+            "queries": queries, "top": top, "examples": examples, "agreement": {},
+            "scored_estimators": [estimator] if entries else []}
+
+
+def build_explain(json_file, out, title):
+    entries = json.load(open(json_file))
+    if not isinstance(entries, list):
+        sys.exit(f"{json_file}: expected inflab explain --json's output (a list of queries)")
+    staging = out.rstrip("/") + f".tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(os.path.join(staging, "data"))
+    for asset in os.listdir(ASSETS):
+        shutil.copy(os.path.join(ASSETS, asset), staging)
+    page = explain_page(entries, title)
+    write_js(os.path.join(staging, "data", "run0.js"), "INFLAB.runs[0]", clean(page))
+    index = {"root": title, "start": "run/0", "studies": [], "figures": [], "labels": LABELS, "colours": COLOURS,
+             "top": max((len(e.get("helpful", [])) for e in entries), default=0)}
+    write_js(os.path.join(staging, "data", "index.js"), "INFLAB.index", clean(index))
+    old = out.rstrip("/") + f".old-{os.getpid()}"
+    if os.path.exists(out):
+        os.rename(out, old)
+    os.rename(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
+    print(f"html: {os.path.join(out, 'index.html')} ({len(entries)} queries)")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: html_report.py RESULTS_DIR  (normally run as ./inflab report RESULTS_DIR --html)")
-    build(sys.argv[1])
+    import argparse
+
+    parser = argparse.ArgumentParser(description="the report page (normally ./inflab report DIR --html, or "
+                                     "./inflab explain ... --html DIR)")
+    parser.add_argument("root", nargs="?", metavar="RESULTS_DIR")
+    parser.add_argument("--explain", metavar="FILE.json", help="inflab explain --json's output to draw instead")
+    parser.add_argument("--out", help="the page's folder (default RESULTS_DIR/html)")
+    parser.add_argument("--title", default="inflab explain", help="--explain: what the page is of (the index)")
+    args = parser.parse_args()
+    if args.explain:
+        if not args.out:
+            parser.error("--explain needs --out DIR")
+        build_explain(args.explain, args.out, args.title)
+    elif args.root:
+        build(args.root, out=args.out)
+    else:
+        parser.error("give RESULTS_DIR or --explain FILE.json --out DIR")

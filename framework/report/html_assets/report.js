@@ -242,7 +242,9 @@ function runPage(id, query) {
                    el("p", {class: "note", text: `${run.mode} mode, ${run.n_train} training examples, ${run.n_query} queries; ` +
                      `commit ${run.commit}, ${run.threads} thread(s).`})];
     const metrics = [...new Set(Object.values(run.metrics).flatMap(m => Object.keys(m)))];
-    parts.push(el("h2", {text: "Metrics of this run"}),
+    if (run.mode === "explain") parts.splice(0, 3, el("h1", {text: `inflab explain: ${run.run}`}),
+      el("p", {class: "note", text: `${run.n_query} queries scored against the index by ${label(run.estimators[0])}.`}));
+    else parts.push(el("h2", {text: "Metrics of this run"}),
                sortableTable(["estimator", ...metrics], Object.keys(run.metrics).map(e =>
                  [e === "model" ? "fine-tuned model" : estimatorCell(e), ...metrics.map(m => ({value: run.metrics[e][m] ?? null}))]),
                  {class: "run-metrics"}));
@@ -272,7 +274,7 @@ function runPage(id, query) {
     if (query !== undefined && query !== "" && String(query) !== current)
       parts.push(el("p", {class: "note", id: "query-missing", text: `Query ${query} is not on this page (it keeps the mean ` +
         "query and the first queries of each class: ./inflab report DIR --html --queries-per-class N keeps more)."}));
-    if (chosen.example) parts.push(el("div", {class: "query"}, el("b", {text: `Query ${chosen.index}, class ${chosen.example.label}`}), exampleNode(chosen.example)));
+    if (chosen.example) parts.push(el("div", {class: "query"}, el("b", {text: `Query ${chosen.index}` + (chosen.example.label !== undefined && chosen.example.label !== null ? `, class ${chosen.example.label}` : "")}), exampleNode(chosen.example)));
     else parts.push(el("p", {class: "note", text: run.mode === "aggregate" ? "The query is the mean gradient of the validation examples." :
       "Scores averaged over every query (for a method linear in the query gradient, the mean query's scores)."}));
     for (const estimator of run.scored_estimators)
@@ -281,14 +283,15 @@ function runPage(id, query) {
                                                 exampleList(run, estimator, current, "helpful")),
                                  el("section", {}, el("b", {text: `Most harmful (${run.top[estimator][current].harmful.length}, most positive)`}),
                                                 exampleList(run, estimator, current, "harmful"))));
-    parts.push(el("h2", {text: "How the methods agree (Spearman rank correlation over training examples, this query)"}),
-               agreementTable(run, current));
+    if (run.agreement[current])
+      parts.push(el("h2", {text: "How the methods agree (Spearman rank correlation over training examples, this query)"}),
+                 agreementTable(run, current));
     main.replaceChildren(...parts);
   });
 }
 
 function route() {
-  const [page, id, query] = decodeURIComponent(location.hash.slice(1)).split("/");
+  const [page, id, query] = decodeURIComponent(location.hash.slice(1) || index.start || "").split("/");
   if (page === "study") studyPage(id);
   else if (page === "run") runPage(Number(id), query);
   else overview();
