@@ -3,7 +3,7 @@
 
     ./inflab report results/paper --html [--top 10] [--queries-per-class 2]
 
-Writes DIR/html/ (index.html, report.js, report.css, data/*.js, figures/, img/): no network, no
+Writes DIR/html/ (index.html, report.js, report.css, data/*.js, figures/): no network, no
 server, opens from file://. Data is held in .js files that assign JSON (a browser refuses to
 fetch() local JSON from file://), one for the index and one per run, loaded when its page opens.
 
@@ -32,7 +32,6 @@ from results_tree import finished_runs, sweep_label
 from style import COLOURS, LABELS, ORDER
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "html_assets")
-THUMBNAIL_PIXELS = 48  # thumbnails are scaled up by a whole factor to about this size
 
 
 def read_csv(path):
@@ -109,9 +108,12 @@ def image_source(run_dir, config):
     return None
 
 
-def write_thumbnail(image, out):
-    """The image as a PNG under out/img/, named by its content (runs and seeds that show the same
-    training image share one file); returns its path relative to out."""
+def thumbnail(image, bundle):
+    """The image as a PNG data URI at its native size (the page scales it up, pixelated), kept in
+    `bundle` (one per study, data/images<N>.js) under a key of its content, which is returned: the
+    runs and seeds of a study that show one training image share it, and there are no thousands of
+    half-kilobyte files taking a 4 KB block apiece."""
+    import base64
     import hashlib
     import io
 
@@ -120,16 +122,11 @@ def write_thumbnail(image, out):
     image = np.asarray(image, dtype=np.float64)
     low, high = float(image.min()), float(image.max())
     scaled = np.zeros_like(image) if high <= low else (image - low) / (high - low)
-    picture = Image.fromarray((scaled * 255).round().astype(np.uint8))
-    scale = max(1, round(THUMBNAIL_PIXELS / max(picture.width, picture.height)))
-    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     encoded = io.BytesIO()
-    picture.save(encoded, format="PNG", optimize=True)
-    name = "img/" + hashlib.sha256(encoded.getvalue()).hexdigest()[:20] + ".png"
-    if not os.path.exists(os.path.join(out, name)):
-        with open(os.path.join(out, name), "wb") as f:
-            f.write(encoded.getvalue())
-    return name
+    Image.fromarray((scaled * 255).round().astype(np.uint8)).save(encoded, format="PNG", optimize=True)
+    key = hashlib.sha256(encoded.getvalue()).hexdigest()[:16]
+    bundle.setdefault(key, "data:image/png;base64," + base64.b64encode(encoded.getvalue()).decode("ascii"))
+    return key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +179,7 @@ def example_record(example, meta):
     return record
 
 
-def run_page(run_id, experiment, run, run_dir, out, top, per_class, max_queries):
+def run_page(run_id, experiment, run, run_dir, bundle, top, per_class, max_queries):
     import tomllib
 
     config = tomllib.load(open(os.path.join(run_dir, "config.toml"), "rb"))
@@ -239,14 +236,14 @@ def run_page(run_id, experiment, run, run_dir, out, top, per_class, max_queries)
         if images:
             image = images("train", row, example.get("id"))
             if image is not None:
-                record["image"] = write_thumbnail(image, out)
+                record["image"] = thumbnail(image, bundle)
         records[str(row)] = record
     if images:
         for entry in queries:
             if "example" in entry:
                 image = images("query", entry["index"], entry["example"].get("id"))
                 if image is not None:
-                    entry["example"]["image"] = write_thumbnail(image, out)
+                    entry["example"]["image"] = thumbnail(image, bundle)
     page.update({"queries": queries, "top": tops, "examples": records, "agreement": agreement,
                  "scored_estimators": ordered(list(scores))})
     return page
@@ -300,11 +297,11 @@ def build(root, top=10, per_class=2, max_queries=20, out=None):
     out = out or os.path.join(root, "html")
     staging = out.rstrip("/") + f".tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    for sub in ("data", "figures", "img"):
+    for sub in ("data", "figures"):
         os.makedirs(os.path.join(staging, sub))
     for asset in os.listdir(ASSETS):
         shutil.copy(os.path.join(ASSETS, asset), staging)
-    studies, figures = {}, []
+    studies, figures, bundles = {}, [], {}
     figure_dir = os.path.join(root, "figures")
     if os.path.isdir(figure_dir):
         for name in sorted(os.listdir(figure_dir)):
@@ -314,10 +311,16 @@ def build(root, top=10, per_class=2, max_queries=20, out=None):
     for run_id, (experiment, run, run_dir) in enumerate(finished_runs(root)):
         study = studies.setdefault(experiment, {"name": experiment, "runs": [], "summary": [], "paired": [],
                                                 "class_detection": [], "figures": [], "paper_task": None})
-        page = run_page(run_id, experiment, run, run_dir, staging, top, per_class, max_queries)
+        bundle = bundles.setdefault(experiment, {})
+        page = run_page(run_id, experiment, run, run_dir, bundle, top, per_class, max_queries)
+        if bundle:
+            page["image_bundle"] = list(bundles).index(experiment)  # data/images<N>.js
         write_js(os.path.join(staging, "data", f"run{run_id}.js"), f"INFLAB.runs[{run_id}]", clean(page))
         study["runs"].append({"id": run_id, "run": run, "setting": sweep_label(run).lstrip("@"),
                               "has_scores": page["has_scores"], "mode": page["mode"]})
+    for number, bundle in enumerate(bundles.values()):
+        if bundle:
+            write_js(os.path.join(staging, "data", f"images{number}.js"), f"INFLAB.images[{number}]", bundle)
     for name, study in studies.items():
         study["figures"] = [f for f in figures if name in f]
         task = paper_task(name)

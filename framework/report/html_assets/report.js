@@ -167,17 +167,29 @@ function studyPage(name) {
 
 // ---------------------------------------------------------------------------------------------
 
-function loadRun(id, then) {
-  if (INFLAB.runs[id]) return then(INFLAB.runs[id]);
-  const script = el("script", {src: `data/run${id}.js`});
-  script.onload = () => then(INFLAB.runs[id]);
-  script.onerror = () => main.replaceChildren(el("p", {text: `data/run${id}.js is missing: rerun ./inflab report --html.`}));
+// Loads data/<name>.js once (it assigns INFLAB.runs[N] or INFLAB.images[N]), then calls `then`.
+function loadScript(name, loaded, then) {
+  if (loaded()) return then();
+  const script = el("script", {src: `data/${name}.js`});
+  script.onload = then;
+  script.onerror = () => main.replaceChildren(el("p", {text: `data/${name}.js is missing: rerun ./inflab report --html.`}));
   document.body.append(script);
 }
 
-function exampleNode(example) {
+// A run's data, and the study's thumbnails when its examples are images.
+function loadRun(id, then) {
+  loadScript(`run${id}`, () => INFLAB.runs[id], () => {
+    const run = INFLAB.runs[id], bundle = run.image_bundle;
+    if (bundle === undefined) return then(run);
+    loadScript(`images${bundle}`, () => INFLAB.images[bundle], () => then(run));
+  });
+}
+
+function imageSource(run, key) { return run.image_bundle === undefined ? key : INFLAB.images[run.image_bundle][key]; }
+
+function exampleNode(example, run) {
   const node = el("div", {});
-  if (example.image) node.append(el("img", {class: "thumb", src: example.image, alt: `example ${example.id}`}));
+  if (example.image) node.append(el("img", {class: "thumb", src: imageSource(run, example.image), alt: `example ${example.id}`}));
   if (example.text !== undefined) node.append(el("div", {text: example.text}));
   if (example.response !== undefined) node.append(el("div", {text: "→ " + example.response}));
   if (example.answer !== undefined) node.append(el("div", {text: "model's answer: " + example.answer}));
@@ -193,7 +205,7 @@ function exampleList(run, estimator, query, kind) {
     const flipped = e.flipped ? "flipped" : "no";
     return [{value: i + 1}, {value: row}, {value: e.id}, {value: e.true_label ?? e.label},
             ...(noisy ? [{value: e.observed_label}, {text: flipped, value: flipped, cls: e.flipped ? "flipped" : ""}] : []),
-            {node: exampleNode(e), value: e.text || ""}, {value: score}];
+            {node: exampleNode(e, run), value: e.text || ""}, {value: score}];
   });
   const columns = ["rank", "row", "id", "class", ...(noisy ? ["trained as", "flipped"] : []), "example", "score"];
   return sortableTable(columns, rows, {class: "examples", "data-estimator": estimator, "data-kind": kind, "data-query": query});
@@ -274,7 +286,7 @@ function runPage(id, query) {
     if (query !== undefined && query !== "" && String(query) !== current)
       parts.push(el("p", {class: "note", id: "query-missing", text: `Query ${query} is not on this page (it keeps the mean ` +
         "query and the first queries of each class: ./inflab report DIR --html --queries-per-class N keeps more)."}));
-    if (chosen.example) parts.push(el("div", {class: "query"}, el("b", {text: `Query ${chosen.index}` + (chosen.example.label !== undefined && chosen.example.label !== null ? `, class ${chosen.example.label}` : "")}), exampleNode(chosen.example)));
+    if (chosen.example) parts.push(el("div", {class: "query"}, el("b", {text: `Query ${chosen.index}` + (chosen.example.label !== undefined && chosen.example.label !== null ? `, class ${chosen.example.label}` : "")}), exampleNode(chosen.example, run)));
     else parts.push(el("p", {class: "note", text: run.mode === "aggregate" ? "The query is the mean gradient of the validation examples." :
       "Scores averaged over every query (for a method linear in the query gradient, the mean query's scores)."}));
     for (const estimator of run.scored_estimators)
