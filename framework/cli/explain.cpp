@@ -186,12 +186,7 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
   const auto start = std::chrono::steady_clock::now();
   const bool unit = request.normalise == "unit";
   if (unit) {  // each query at unit norm over all blocks (then its preconditioned form is scaled alike)
-    at::Tensor squared;
-    for (const auto& block : queries_blocks)
-      squared =
-          squared.defined() ? squared.add(squared_row_norms(block.values)) : squared_row_norms(block.values);
-    const at::Tensor norms = squared.sqrt();
-    const at::Tensor scale = at::where(norms.gt(0), norms.reciprocal(), at::zeros_like(norms)).unsqueeze(1);
+    const at::Tensor scale = reciprocal_or_zero(row_norms(queries_blocks)).to(at::kFloat).unsqueeze(1);
     for (auto& block : queries_blocks) block.values = block.values.mul(scale);
   }
   const PreconditionedQueries preconditioned =

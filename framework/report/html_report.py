@@ -293,14 +293,29 @@ def clean(value):
     return value
 
 
-def build(root, top=10, per_class=2, max_queries=20, out=None):
-    out = out or os.path.join(root, "html")
+def start_folder(out, subfolders):
+    """A staging folder beside `out` with the page's assets: the page is written there, then
+    swapped in whole (swap_into_place), so a reader never sees half a page."""
     staging = out.rstrip("/") + f".tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    for sub in ("data", "figures"):
+    for sub in subfolders:
         os.makedirs(os.path.join(staging, sub))
     for asset in os.listdir(ASSETS):
         shutil.copy(os.path.join(ASSETS, asset), staging)
+    return staging
+
+
+def swap_into_place(staging, out):
+    old = out.rstrip("/") + f".old-{os.getpid()}"
+    if os.path.exists(out):
+        os.rename(out, old)
+    os.rename(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def build(root, top=10, per_class=2, max_queries=20, out=None):
+    out = out or os.path.join(root, "html")
+    staging = start_folder(out, ("data", "figures"))
     studies, figures, bundles = {}, [], {}
     figure_dir = os.path.join(root, "figures")
     if os.path.isdir(figure_dir):
@@ -331,11 +346,7 @@ def build(root, top=10, per_class=2, max_queries=20, out=None):
              "figures": [f for f in figures if not any(s in f for s in studies)],
              "labels": LABELS, "colours": COLOURS, "top": top}
     write_js(os.path.join(staging, "data", "index.js"), "INFLAB.index", clean(index))
-    old = out.rstrip("/") + f".old-{os.getpid()}"
-    if os.path.exists(out):
-        os.rename(out, old)
-    os.rename(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_into_place(staging, out)
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(out) for f in files)
     runs = sum(len(s["runs"]) for s in studies.values())
     print(f"html: {os.path.join(out, 'index.html')} ({len(studies)} studies, {runs} runs, {size / 1e6:.1f} MB)")
@@ -387,21 +398,13 @@ def build_explain(json_file, out, title):
     entries = json.load(open(json_file))
     if not isinstance(entries, list):
         sys.exit(f"{json_file}: expected inflab explain --json's output (a list of queries)")
-    staging = out.rstrip("/") + f".tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(os.path.join(staging, "data"))
-    for asset in os.listdir(ASSETS):
-        shutil.copy(os.path.join(ASSETS, asset), staging)
+    staging = start_folder(out, ("data",))
     page = explain_page(entries, title)
     write_js(os.path.join(staging, "data", "run0.js"), "INFLAB.runs[0]", clean(page))
     index = {"root": title, "start": "run/0", "studies": [], "figures": [], "labels": LABELS, "colours": COLOURS,
              "top": max((len(e.get("helpful", [])) for e in entries), default=0)}
     write_js(os.path.join(staging, "data", "index.js"), "INFLAB.index", clean(index))
-    old = out.rstrip("/") + f".old-{os.getpid()}"
-    if os.path.exists(out):
-        os.rename(out, old)
-    os.rename(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_into_place(staging, out)
     print(f"html: {os.path.join(out, 'index.html')} ({len(entries)} queries)")
 
 

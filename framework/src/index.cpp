@@ -538,10 +538,7 @@ std::vector<QueryRanking> rank_index_rows(const IndexRows& rows, const GradientB
           squared_norms =
               b == 0 ? squared_row_norms(block_rows) : squared_norms.add_(squared_row_norms(block_rows));
       }
-      if (unit_rows) {
-        at::Tensor norms = squared_norms.sqrt_();
-        scores.mul_(at::where(norms.gt(0), norms.reciprocal(), at::zeros_like(norms)).unsqueeze(0));
-      }
+      if (unit_rows) scores.mul_(reciprocal_or_zero(squared_norms.sqrt_()).unsqueeze(0));
       for (int side = 0; side < 2; ++side) {
         auto [values, where] = scores.topk(std::min(top, count), 1, /*largest=*/side == 1, /*sorted=*/false);
         where.add_(offset + begin);

@@ -266,18 +266,15 @@ Normalisation normalisation_from(const std::string& value, const std::string& wh
   throw Error(fmt::format("{}: expected \"none\", \"unit\" or \"relatif\", found \"{}\"", who, value));
 }
 
-namespace {
-// ||row|| over every block's columns, per row (float64).
 at::Tensor row_norms(const GradientBlocks& blocks) {
   at::Tensor sum = at::zeros({blocks.at(0).values.size(0)}, at::kDouble);
   for (const auto& block : blocks) sum.add_(squared_row_norms(block.values).to(at::kDouble));
   return sum.sqrt_();
 }
-// 1 / x, and 0 where x is 0: a zero gradient scores 0 instead of NaN.
+
 at::Tensor reciprocal_or_zero(const at::Tensor& x) {
   return at::where(x.gt(0), x.reciprocal(), at::zeros_like(x));
 }
-}  // namespace
 
 at::Tensor self_influence(Estimator& estimator, const GradientBlocks& train, std::int64_t chunk_rows) {
   const auto n = train.at(0).values.size(0);

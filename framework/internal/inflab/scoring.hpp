@@ -32,6 +32,10 @@ at::Tensor score_normalised(Estimator& estimator, const GradientBlocks& train, c
 // Throws, naming the estimator and `what` ("a gradient directory", "the index"), when the
 // estimator is scored over checkpoints (TracIn) and only one set of gradients is at hand.
 void refuse_over_checkpoints(const Estimator& estimator, const std::string& name, const std::string& what);
+// ||row|| over every block's columns, per row (float64): the norms unit normalisation divides by.
+at::Tensor row_norms(const GradientBlocks& blocks);
+// 1 / x, and 0 where x is 0: a zero gradient scores 0 instead of NaN.
+at::Tensor reciprocal_or_zero(const at::Tensor& x);
 // g_k . M^{-1} g_k summed over blocks, per training row (in chunks of rows): RelatIF's denominator.
 at::Tensor self_influence(Estimator& estimator, const GradientBlocks& train, std::int64_t chunk_rows = 1024);
 // Checks that train and query blocks agree in names and widths; throws naming the block.
