@@ -191,9 +191,7 @@ def run_page(run_id, experiment, run, run_dir, bundle, top, per_class, max_queri
     page = {"id": run_id, "study": experiment, "run": run, "mode": config.get("evaluation", {}).get("mode"),
             "n_train": manifest.get("train_examples"), "n_query": manifest.get("query_examples"),
             "commit": manifest.get("git_commit"), "threads": manifest.get("threads"),
-            "estimators": estimators, "metrics": metrics,
-            "seconds": {e: metrics[e].get("seconds") for e in estimators if "seconds" in metrics[e]},
-            "stage_seconds": manifest.get("stage_seconds", {}), "stage_cached": manifest.get("stage_cached", {})}
+            "estimators": estimators, "metrics": metrics}
     loo = read_csv(os.path.join(run_dir, "leave_one_out.csv"))
     if loo:
         page["loo_points"] = {"measured": [number(r["measured_change"]) for r in loo],
@@ -340,7 +338,7 @@ def build(root, top=10, per_class=2, max_queries=20, out=None):
         study["figures"] = [f for f in figures if name in f]
         task = paper_task(name)
         if task:
-            study["paper_task"] = {"task": task, **{k: v for k, v in TABLE2[task].items()}}
+            study["paper_task"] = {"task": task, **TABLE2[task]}
     study_tables(root, studies)
     index = {"root": os.path.normpath(root), "studies": [studies[k] for k in sorted(studies)],
              "figures": [f for f in figures if not any(s in f for s in studies)],
