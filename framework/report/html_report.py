@@ -17,6 +17,7 @@ estimators' rank agreement (Spearman); LDS and leave-one-out where the run has t
 score arrays are not in DIR (results/ does not keep them) get their metrics and a note saying so.
 """
 import csv
+import functools
 import gzip
 import json
 import os
@@ -60,11 +61,17 @@ def ordered(estimators):
 # Images: where a run's examples come from when they are pictures.
 
 
+@functools.lru_cache(maxsize=None)  # once per report, not once per run of the dataset
 def idx_images(path):
     with gzip.open(path, "rb") as f:
         data = f.read()
     count, rows, cols = (int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(3))
     return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(count, rows, cols)
+
+
+@functools.lru_cache(maxsize=None)
+def digits_pixels(path):
+    return np.loadtxt(gzip.open(path, "rt"), delimiter=",")[:, :64]
 
 
 def image_source(run_dir, config):
@@ -90,21 +97,13 @@ def image_source(run_dir, config):
                  "query": os.path.join(directory, "t10k-images-idx3-ubyte.gz")}
         if not all(os.path.exists(f) for f in files.values()):
             return None
-        loaded = {}
-
-        def from_idx(split, _row, identifier):
-            if split not in loaded:
-                loaded[split] = idx_images(files[split])
-            return loaded[split][identifier]
-
-        return from_idx
+        return lambda split, _row, identifier: idx_images(files[split])[identifier]
     if plugin == "digits":  # ids are rows of digits.csv.gz
         path = dataset.get("path") or os.path.join(
             os.environ.get("INFLAB_DATA", os.path.expanduser("~/.cache/inflab/data")), "sklearn", "digits.csv.gz")
         if not os.path.exists(path):
             return None
-        pixels = np.loadtxt(gzip.open(path, "rt"), delimiter=",")[:, :64]
-        return lambda _split, _row, identifier: pixels[identifier].reshape(8, 8)
+        return lambda _split, _row, identifier: digits_pixels(path)[identifier].reshape(8, 8)
     return None
 
 
