@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Distributed runs on 127.0.0.1 (inflab launch, c10d Gloo): for every estimator, scores of 2 and 3
-# ranks equal a single process's (n = 301 training examples: neither world size divides it), and
-# a rank that dies makes the others stop with an error naming it, within the timeout.
+# Distributed runs on 127.0.0.1 (inflab launch, c10d Gloo): for every estimator (and normalised
+# scores), scores of 2 and 3 ranks equal a single process's (n = 301 training examples: neither
+# world size divides it), and a rank that dies makes the others stop with an error naming it,
+# within the timeout.
 set -euo pipefail
 build="$1"
 source_dir="$2"
@@ -57,6 +58,28 @@ plugin = "cg"
 [[estimator]]
 plugin = "lissa"
 iterations = 50
+
+# Normalised scores: relatif's self-influence makes every rank call inverse_product in step
+# (collective for datainf and cg), with shards of unequal length.
+[[estimator]]
+plugin = "datainf"
+name = "datainf_relatif"
+normalise = "relatif"
+
+[[estimator]]
+plugin = "cg"
+name = "cg_relatif"
+normalise = "relatif"
+
+[[estimator]]
+plugin = "exact"
+name = "exact_relatif"
+normalise = "relatif"
+
+[[estimator]]
+plugin = "hessian_free"
+name = "hessian_free_unit"
+normalise = "unit"
 TOML
 bin="$build/bin/inflab"
 cache="$work/cache"
@@ -71,7 +94,7 @@ import sys, glob, os, json
 import numpy as np
 single, dist, ranks = sys.argv[1], sys.argv[2], sys.argv[3]
 files = sorted(glob.glob(os.path.join(single, "scores_*.npy")))
-assert len(files) == 8, files
+assert len(files) == 12, files
 for f in files:
     a, b = np.load(f), np.load(os.path.join(dist, os.path.basename(f)))
     assert a.shape == b.shape == (301,), (f, a.shape, b.shape)

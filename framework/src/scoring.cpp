@@ -17,16 +17,20 @@
 namespace inflab {
 namespace {
 
+// The largest of each rank's `value` (a collective in a distributed run), by a sum of one-hots.
+double max_over_ranks(double value) {
+  if (distributed_world_size() <= 1) return value;
+  at::Tensor each = at::zeros({distributed_world_size()}, at::kDouble);
+  each[distributed_rank()] = value;
+  return sum_over_ranks(each).max().item<double>();
+}
+
 // The power of two that brings a block's largest entry into [1, 2), or 0 when that entry lies in
 // [2^-20, 2^20] (or the block is zero or not finite: other checks name that). One pass without
 // a temporary (aminmax); over every rank's rows when `over_ranks` (a collective then).
 int unit_exponent(const at::Tensor& values, bool over_ranks) {
   double largest = largest_magnitude(values);
-  if (over_ranks && distributed_world_size() > 1) {  // the largest over ranks, by a sum of one-hots
-    at::Tensor each = at::zeros({distributed_world_size()}, at::kDouble);
-    each[distributed_rank()] = largest;
-    largest = sum_over_ranks(each).max().item<double>();
-  }
+  if (over_ranks) largest = max_over_ranks(largest);
   if (!(largest > 0) || !std::isfinite(largest)) return 0;
   if (largest >= std::ldexp(1.0, -20) && largest <= std::ldexp(1.0, 20)) return 0;
   return -static_cast<int>(std::floor(std::log2(largest)));
@@ -278,12 +282,23 @@ at::Tensor reciprocal_or_zero(const at::Tensor& x) {
 
 at::Tensor self_influence(Estimator& estimator, const GradientBlocks& train, std::int64_t chunk_rows) {
   const auto n = train.at(0).values.size(0);
+  // In a distributed run each rank holds a shard of the rows, and inverse_product may sum over
+  // every rank's rows (DataInf, LiSSA, CG), so it needs the same input on every rank: each chunk
+  // of every rank's rows is gathered, every rank multiplies all of them, and keeps its own.
+  const int world_size = distributed_world_size();
+  const auto longest = static_cast<std::int64_t>(max_over_ranks(static_cast<double>(n)));
   at::Tensor out = at::zeros({n}, at::kDouble);
-  for (std::int64_t start = 0; start < n; start += chunk_rows) {
-    const auto rows = std::min(chunk_rows, n - start);
+  for (std::int64_t start = 0; start < longest; start += chunk_rows) {
+    const auto rows = std::clamp<std::int64_t>(n - start, 0, chunk_rows);
+    std::int64_t offset = 0;  // of this rank's rows among the gathered ones
+    if (world_size > 1) {
+      const at::Tensor counts = gather_rows_over_ranks(at::full({1}, rows, at::kLong));
+      offset = counts.narrow(0, 0, distributed_rank()).sum().item<std::int64_t>();
+    }
     for (std::size_t b = 0; b < train.size(); ++b) {
-      const at::Tensor g = train[b].values.narrow(0, start, rows);
-      at::Tensor products = estimator.inverse_product(b, g.contiguous());
+      const at::Tensor g = train[b].values.narrow(0, std::min(start, n), rows);
+      const at::Tensor all = world_size > 1 ? gather_rows_over_ranks(g) : g;
+      const at::Tensor products = estimator.inverse_product(b, all.contiguous()).narrow(0, offset, rows);
       out.narrow(0, start, rows)
           .add_(g.to(at::kDouble)
                     .mul(products.to(at::kDouble))
@@ -310,16 +325,13 @@ at::Tensor score_normalised(Estimator& estimator, const GradientBlocks& train, c
     scores = score(unit);
     divisor = row_norms(train);
   } else {
-    if (distributed_world_size() > 1)
-      throw Error(
-          "normalise = \"relatif\" is not available in distributed runs yet (each rank would need every "
-          "rank's self-influence products in step); run it on one process");
     scores = score(queries);
     at::Tensor self = self_influence(estimator, train);
     // A preconditioner that is not positive definite (LiSSA's reference_code variant) can give a
     // self-influence < 0: its square root is undefined, so the score is set to 0 and counted. (A
     // zero gradient has self-influence 0 and scores 0 anyway.)
-    if (const auto bad = self.lt(0).sum().item<std::int64_t>(); bad > 0)
+    const auto bad = static_cast<std::int64_t>(sum_over_ranks(self.lt(0).sum().item<double>()));
+    if (bad > 0 && distributed_rank() == 0)
       std::fprintf(stderr,
                    "[inflab] warning: normalise = \"relatif\": %lld training examples have a negative "
                    "self-influence (the preconditioner is not positive definite for them); their scores "
