@@ -76,6 +76,17 @@ def main():
         assert os.path.exists(units), "no class_detection_units.csv written"
         first = open(os.path.join(root, "class_detection.csv")).read()
 
+        # A run of an older inflab (arrays, no examples.jsonl) is left out with a message naming
+        # it, and the other runs are still reported.
+        old_run = os.path.join(root, "class_detection_toy", "seed1")
+        os.makedirs(old_run)
+        for name in ("config.toml", "metrics.csv") + tuple(f"scores_{e}.npy" for e in estimators):
+            shutil.copy(os.path.join(run_dir, name), old_run)
+        code, out = run(root)
+        assert code == 0 and old_run in out and "left out" in out, out
+        assert open(os.path.join(root, "class_detection.csv")).read() == first, "the older run changed the table"
+        shutil.rmtree(old_run)
+
         # What results/ keeps: no arrays, no examples; the same table from the units file.
         for name in estimators:
             os.remove(os.path.join(run_dir, f"scores_{name}.npy"))
@@ -98,7 +109,7 @@ def main():
         code, out = run(root)
         assert code != 0 and "--no-resume" in out, out
     shutil.rmtree(os.path.join(os.path.dirname(SCRIPT), "__pycache__"), ignore_errors=True)
-    print("class_detection: hand-counted AUC and recall, units file round trip, errors")
+    print("class_detection: hand-counted AUC and recall, units file round trip, an older run left out, errors")
     return 0
 
 
