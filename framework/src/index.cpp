@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "inflab/checksums.hpp"
 #include "inflab/distributed.hpp"
 #include "inflab/error.hpp"
 #include "inflab/io.hpp"
@@ -116,20 +117,8 @@ void write_rows(const fs::path& file, const at::Tensor& values, const std::strin
 // verify_directory_checksums, with the shards checked by size only unless `hash_shards`.
 std::string verify_index_checksums(const fs::path& dir, bool hash_shards) {
   if (hash_shards) return verify_directory_checksums(dir);
-  if (!fs::exists(dir / "CHECKSUMS")) return (dir / "CHECKSUMS").string() + " is missing";
-  std::istringstream lines(read_file(dir / "CHECKSUMS"));
-  std::string hash, size, file;
-  while (lines >> hash >> size && std::getline(lines >> std::ws, file)) {
-    const fs::path path = dir / file;
-    if (!fs::exists(path)) return path.string() + " is missing";
-    if (file.rfind("shards/", 0) == 0) {
-      if (std::to_string(fs::file_size(path)) != size)
-        return fmt::format("{}: {} bytes, expected {}", path.string(), fs::file_size(path), size);
-    } else if (const std::string found = file_checksum(path); found != hash + " " + size) {
-      return fmt::format("{}: checksum and size {}, expected {} {}", path.string(), found, hash, size);
-    }
-  }
-  return "";
+  return verify_directory_checksums(dir,
+                                    [](const std::string& file) { return file.rfind("shards/", 0) == 0; });
 }
 
 std::string options_text(const std::vector<std::string>& options) {

@@ -17,6 +17,7 @@
 #include <regex>
 #include <sstream>
 
+#include "inflab/checksums.hpp"
 #include "inflab/error.hpp"
 
 namespace fs = std::filesystem;
@@ -344,18 +345,26 @@ void write_directory_checksums(const fs::path& dir) {
   write_file_atomic(dir / "CHECKSUMS", list);
 }
 
-std::string verify_directory_checksums(const fs::path& dir) {
+std::string verify_directory_checksums(const fs::path& dir,
+                                       const std::function<bool(const std::string&)>& size_only) {
   if (!fs::exists(dir / "CHECKSUMS")) return (dir / "CHECKSUMS").string() + " is missing";
   std::istringstream lines(read_file(dir / "CHECKSUMS"));
   std::string hash, size, file;
   while (lines >> hash >> size && std::getline(lines >> std::ws, file)) {
-    if (!fs::exists(dir / file)) return (dir / file).string() + " is missing";
-    std::string found = file_checksum(dir / file);
-    if (found != hash + " " + size)
-      return fmt::format("{}: checksum and size {}, expected {} {}", (dir / file).string(), found, hash,
-                         size);
+    const fs::path path = dir / file;
+    if (!fs::exists(path)) return path.string() + " is missing";
+    if (size_only && size_only(file)) {
+      if (std::to_string(fs::file_size(path)) != size)
+        return fmt::format("{}: {} bytes, expected {}", path.string(), fs::file_size(path), size);
+    } else if (const std::string found = file_checksum(path); found != hash + " " + size) {
+      return fmt::format("{}: checksum and size {}, expected {} {}", path.string(), found, hash, size);
+    }
   }
   return "";
+}
+
+std::string verify_directory_checksums(const fs::path& dir) {
+  return verify_directory_checksums(dir, nullptr);
 }
 
 void remove_stale_temporaries(const fs::path& dir) {
