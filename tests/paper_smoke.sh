@@ -39,8 +39,10 @@ done
 run_dir="$work/results/class_detection_llm_math/run"
 prompt=$(/usr/bin/python3 -c 'import json, sys
 print([r for r in map(json.loads, open(sys.argv[1])) if "answer" in r][0]["text"])' "$run_dir/examples.jsonl")
-"$build/bin/inflab" --quiet generate --lora "$run_dir" --cache "$work/cache" --prompt "$prompt" --json \
-  --logits "$work/tuned.npy" >"$work/answer.json"
+"$build/bin/inflab" generate --lora "$run_dir" --cache "$work/cache" --prompt "$prompt" --json \
+  --logits "$work/tuned.npy" >"$work/answer.json" 2>"$work/generate.log"
+# ... from the cache, on the run's kernels (pinned), not fine-tuned again on this processor's own.
+! grep -q "fine-tuning" "$work/generate.log" || { cat "$work/generate.log"; echo "generate --lora fine-tuned again"; exit 1; }
 "$build/bin/inflab" --quiet generate --prompt "$prompt" --max-tokens 1 --logits "$work/base.npy" >/dev/null
 /usr/bin/python3 - "$run_dir/examples.jsonl" "$work/answer.json" "$work/tuned.npy" "$work/base.npy" <<'PY'
 import json, sys
@@ -52,6 +54,22 @@ generated = json.load(open(sys.argv[2]))["text"]
 assert generated.startswith(recorded), f"generate --lora answered {generated!r}; the run recorded {recorded!r}"
 print(f"ok: generate --lora reproduces the run's answer {recorded!r}")
 PY
+# The thread count is part of the adapter's key: without --threads or $INFLAB_THREADS, generate
+# takes a one-thread run's count (the default would be every core) and finds its adapter.
+"$build/bin/inflab" --quiet --threads 1 run "$source_dir/experiments/paper/class_detection_llm_math.toml" \
+  --out "$work/one_thread" --cache "$work/cache" --set 'sweep={}' --set training.epochs=1 \
+  --set dataset.train_per_class=2 --set dataset.test_per_class=1 --set checkpoints.count=1 \
+  --set 'model.lora.targets=["blk.0.attn_q", "blk.29.attn_v"]' --set 'estimator=[{plugin = "hessian_free"}]' \
+  >"$work/out.txt" 2>&1 || { cat "$work/out.txt"; exit 1; }
+env -u INFLAB_THREADS "$build/bin/inflab" generate --lora "$work/one_thread/class_detection_llm_math/run" \
+  --cache "$work/cache" --prompt "$prompt" --max-tokens 2 >/dev/null 2>"$work/generate.log"
+grep -q "1 thread(s), as" "$work/generate.log" && ! grep -q "fine-tuning" "$work/generate.log" ||
+  { cat "$work/generate.log"; echo "generate --lora did not reuse a one-thread run's adapter"; exit 1; }
+INFLAB_THREADS=2 "$build/bin/inflab" generate --lora "$work/one_thread/class_detection_llm_math/run" \
+  --cache "$work/cache" --prompt "$prompt" --max-tokens 2 >/dev/null 2>"$work/generate.log"
+grep -q "fine-tuned on 1 thread(s) and this process uses 2" "$work/generate.log" ||
+  { cat "$work/generate.log"; echo "no warning for another thread count"; exit 1; }
+echo "ok: generate --lora reuses the run's adapter on its kernels and thread count, warns on another count"
 /usr/bin/python3 "$source_dir/framework/report/report.py" "$work/results"
 for figure in fig1_correlation_vs_rank fig2_auc_rank4 fig2b_auc_vs_rank fig4_lissa_variants fig5_class_detection; do
   [ -s "$work/results/figures/$figure.png" ] || { echo "missing figure $figure"; exit 1; }

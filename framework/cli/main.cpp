@@ -318,6 +318,17 @@ int command_tokenize(const std::string& model_name, const std::string& text, boo
   return 0;
 }
 
+// The thread count a run's manifest.json records, or 0 when there is none to read.
+int recorded_threads(const fs::path& manifest) {
+  try {
+    if (!fs::is_regular_file(manifest)) return 0;
+    const auto json = nlohmann::json::parse(read_file(manifest));
+    return json.value("threads", 0);
+  } catch (const std::exception&) {
+    return 0;  // an unreadable manifest only costs the hint
+  }
+}
+
 // The model of a finished run with its fine-tuned adapters (`generate --lora RUN_DIR`, `export`):
 // the run's resolved config.toml names the model, its options and the LoRA; the adapters come from
 // the stage cache (recomputed when evicted). `option` names the flag in errors.
@@ -336,10 +347,22 @@ std::unique_ptr<LoadedLanguageModel> load_run_model(const fs::path& run_director
   if (runs.size() != 1)
     throw Error(fmt::format("{} {}: {} describes {} runs; expected one run's resolved configuration", option,
                             run_directory.string(), config_file.string(), runs.size()));
+  // The run's kernels (pinned unless it chose native): they are part of the adapter's stage key.
+  use_kernels(common, runs);
   *model_name = runs[0].model.plugin;
   if (!Progress::quiet())
     std::cerr << fmt::format("[inflab] {}: model '{}' with the run's fine-tuned LoRA adapters\n",
                              run_directory.string(), *model_name);
+  // The thread count is part of the fine-tuning's stage key (threaded GEMMs round differently):
+  // main() starts a process without --threads or $INFLAB_THREADS on the run's count; with another
+  // count the cached adapter is not found and the model is fine-tuned again, so say so.
+  if (const int run_threads = recorded_threads(run_directory / "manifest.json");
+      run_threads > 0 && run_threads != current_threads())
+    std::cerr << fmt::format(
+        "[inflab] warning: {} was fine-tuned on {} thread(s) and this process uses {}: its adapter is "
+        "cached for {} thread(s), so unless this count's is cached too the model is fine-tuned again; "
+        "pass --threads {} to reuse the run's\n",
+        run_directory.string(), run_threads, current_threads(), run_threads, run_threads);
   loaded->model = finetuned_model(runs[0], loaded->registry, RunPaths{"results", cache}).model;
   loaded->language = capability<LanguageModel>(*loaded->model);
   return loaded;
@@ -552,7 +575,8 @@ static int run_cli(int argc, char** argv) {
   generate->add_option("--set", sets, "model option, e.g. --set system_prompt=... (repeatable)");
   generate->add_option("--lora", lora_run,
                        "a run directory of `inflab run` (results/<experiment>/<run>): its model with its "
-                       "fine-tuned LoRA adapters (from the stage cache; retrained if evicted)");
+                       "fine-tuned LoRA adapters (from the stage cache, on the run's kernels and, without "
+                       "--threads, its thread count; retrained if evicted)");
   generate->add_option("--cache", cache,
                        "stage cache, with --lora (default: $INFLAB_CACHE or ~/.cache/inflab)");
   auto* tokenize =
@@ -697,6 +721,18 @@ static int run_cli(int argc, char** argv) {
       if (!common.kernels.empty()) setenv("INFLAB_KERNELS", common.kernels.c_str(), 1);  // for each rank
       return command_launch(launch_ranks, launch_arguments, common.threads, launch_timeout);
     }
+    // A finished run's fine-tuned model (generate --lora, export) is cached for the run's thread
+    // count: unless the user chose one, use it (before anything reads the count).
+    const fs::path model_run = *generate ? lora_run : *export_command ? export_run : fs::path();
+    if (const char* env = std::getenv("INFLAB_THREADS");
+        !model_run.empty() && common.threads == 0 && !(env && *env))
+      if (const int run_threads = recorded_threads(model_run / "manifest.json"); run_threads > 0) {
+        common.threads = run_threads;
+        if (!common.quiet && !std::getenv("INFLAB_KERNELS_RESTARTED"))  // once, not again after a restart
+          std::cerr << fmt::format(
+              "[inflab] {} thread(s), as {} was run with (its adapter is cached for them)\n", run_threads,
+              model_run.string());
+      }
     configure_threads(common.threads);  // LibTorch defaults to 1 thread on these machines
     // Commands without an experiment file choose their kernels now; the others once it is read.
     const bool reads_experiment = *run || *validate || *gradients || *sample || *export_command ||
