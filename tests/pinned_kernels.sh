@@ -88,7 +88,7 @@ gradients() {
     --out "$work/$name" --cache "$work/cache-$name" --set 'sweep={}' --set training.epochs=1 "$@" \
     >"$work/$name.txt" 2>&1 || { cat "$work/$name.txt"; fail "gradients $name failed"; }
 }
-llm=(--set dataset.train_per_class=2 --set dataset.test_per_class=1
+llm=(--set dataset.train_per_class=2 --set dataset.test_per_class=1 --set checkpoints.count=1
   --set 'model.lora.targets=["blk.0.attn_q", "blk.29.attn_v"]')
 diffusion=(--set dataset.train_per_class=3 --set dataset.test_per_class=1 --set dataset.n_pretrain=40
   --set training.pretrain_epochs=1 --set queries.generated_per_class=2 --set queries.sampling_steps=3)
