@@ -19,7 +19,8 @@ def main():
     with tempfile.TemporaryDirectory() as root:
         with open(os.path.join(root, "summary.csv"), "w") as f:
             f.write("experiment,estimator,auc,diff\nmlp,datainf,0.81649,\"+0.0312 [+0.0101, +0.0520]\"\n"
-                    "mlp,exact,0.79,\ncnn,datainf,0.5,\ncnn,datainf,0.6,\ntiny,datainf,-8.085e-06,\n")
+                    "mlp,exact,0.79,\ncnn,datainf,0.5,\ncnn,datainf,0.6,\ntiny,datainf,-8.085e-06,\n"
+                    "mlp,stage:finetune,42.25,\n")
         os.makedirs(os.path.join(root, "run"))
         with open(os.path.join(root, "run", "manifest.json"), "w") as f:
             f.write('{"stage_seconds": {"finetune": 583.4}}')
@@ -28,10 +29,11 @@ def main():
                 "tiny <!--q summary.csv experiment=tiny estimator=datainf : auc-->-0.0000<!--/q--> "
                 "(<!--q summary.csv experiment=mlp estimator=datainf : diff-->+0.03 [+0.01, +0.05]<!--/q-->), "
                 "exact <!--q summary.csv experiment=mlp estimator=exact : auc auc-->0.8 (0.79)<!--/q--> "
-                "fine-tuning <!--q run/manifest.json : stage_seconds.finetune-->583<!--/q--> s.\n")
+                "fine-tuning <!--q run/manifest.json : stage_seconds.finetune-->583<!--/q--> s, "
+                "a value with a colon <!--q summary.csv experiment=mlp estimator=stage:finetune : auc-->42.2<!--/q--> s.\n")
         open(doc, "w").write(good)
         code, out = run(root, doc, "--check")
-        assert code == 0 and "5 quoted numbers, 0 problem(s)" in out, out
+        assert code == 0 and "6 quoted numbers, 0 problem(s)" in out, out
 
         drifted = good.replace("-->0.816<", "-->0.823<").replace("-->583<", "-->570<")
         open(doc, "w").write("line one\n" + drifted)

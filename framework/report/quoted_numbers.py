@@ -8,8 +8,9 @@ A quoted number is written between two HTML comments (invisible when the Markdow
     fine-tuning <!--q class_detection_llm_paper_protocol_math/fine_tuning_manifest.json : stage_seconds.finetune-->583<!--/q--> s
 
 The source is a file under the results root: a CSV, whose row is chosen by `column=value` filters
-(exactly one row must match) and whose column (or columns, in order: `: mean_difference ci_low
-ci_high`) follows the colon; or a JSON file and a dotted path.
+(exactly one row must match; a value may hold a colon, `estimator=stage:finetune`) and whose column
+(or columns, in order: `: mean_difference ci_low ci_high`) follows the colon set off by spaces; or
+a JSON file and a dotted path.
 The quoted text keeps its own format: each number in it must equal the source's corresponding
 number rounded to as many decimals as the text shows (a cell such as "+0.33 [+0.27, +0.38]"
 quotes all three). A lookup that finds nothing, or several rows, is an error.
@@ -25,7 +26,7 @@ import re
 import sys
 
 # The quoted text holds no markup (a backtick or "<" means the pattern is being shown, not used).
-QUOTE = re.compile(r"<!--q (?P<source>[^:]*?)\s*:\s*(?P<field>[^>]*?)-->(?P<text>[^<`]*?)<!--/q-->", re.S)
+QUOTE = re.compile(r"<!--q (?P<source>[^>]*?)\s+:\s+(?P<field>[^>]*?)-->(?P<text>[^<`]*?)<!--/q-->", re.S)
 NUMBER = re.compile(r"[+-]?\d+(?:\.(\d+))?")
 SOURCE_NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")  # CSV cells may be 1e-05
 
