@@ -26,9 +26,9 @@ for file in "$source_dir"/experiments/paper/*.toml; do
     grep -q 'plugin = "minilm_lora"' "$file" && sizes+=(--set model.max_length=24)
     grep -q '^\[ground_truth\]' "$file" && sizes+=(--set ground_truth.subsets=5)
     grep -q '^\[leave_one_out\]' "$file" && sizes+=(--set leave_one_out.examples=2 --set leave_one_out.repeats=1)
-    # One epoch holds one checkpoint (TracIn's [checkpoints] keeps at most one per epoch).
-    grep -q '^\[checkpoints\]' "$file" && sizes+=(--set checkpoints.count=1)
   fi
+  # One epoch holds one checkpoint (TracIn's [checkpoints] keeps at most one per epoch).
+  if grep -q '^\[checkpoints\]' "$file"; then sizes+=(--set checkpoints.count=1); fi
   "$build/bin/inflab" --quiet run "$file" --out "$work/results" --cache "$work/cache" \
     --set 'sweep={}' --set experiment.repeats=1 --set training.epochs=1 "${sizes[@]}" >"$work/out.txt" 2>&1 ||
     { echo "FAILED: $file"; cat "$work/out.txt"; exit 1; }
