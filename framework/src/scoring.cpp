@@ -299,6 +299,7 @@ at::Tensor self_influence(Estimator& estimator, const GradientBlocks& train, std
       const at::Tensor g = train[b].values.narrow(0, std::min(start, n), rows);
       const at::Tensor all = world_size > 1 ? gather_rows_over_ranks(g) : g;
       const at::Tensor products = estimator.inverse_product(b, all.contiguous()).narrow(0, offset, rows);
+      if (rows == 0) continue;  // this rank's rows ended before the longest shard's
       out.narrow(0, start, rows)
           .add_(g.to(at::kDouble)
                     .mul(products.to(at::kDouble))
