@@ -198,6 +198,51 @@ TEST_CASE(
     }
     check_top_k(j, scores, 3);
   }
+  // --normalise relatif: each score divided by sqrt(g_k . M^-1 g_k) of the stored row, with the same M.
+  {
+    // hessian_free: M = I, so the divisor is the row's norm (the query is not normalised).
+    auto hf = test::run_command(
+        bin + "explain " + index.string() +
+        " --validation 7 --estimator hessian_free --top 4 --json --normalise relatif" + cache);
+    INFO(hf.output);
+    REQUIRE(hf.exit_code == 0);
+    torch::Tensor dots = torch::zeros({200}, torch::kDouble), squared = torch::zeros({200}, torch::kDouble);
+    for (std::size_t b = 0; b < rows.size(); ++b) {
+      const auto g = rows[b].to(torch::kDouble);
+      dots -= g.mv(queries[b][7].to(torch::kDouble));
+      squared += g.square().sum(1);
+    }
+    check_top_k(nlohmann::json::parse(hf.output)[0], dots / squared.sqrt(), 4);
+    // DataInf from the kept fit (fitted on the float32 gradients; its self-influence computed now
+    // from the kept matrices), fitted now on the stored rows (other options), and from an index
+    // built with --self-influence (kept with the fit): each against the float64 formula.
+    const fs::path kept = dir.path / "index_self_influence";
+    auto r = test::run_command(bin + "index build " + file.string() + " --self-influence --out " +
+                               kept.string() + cache);
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    CHECK_THAT(r.output, Contains("datainf with self-influence"));
+    for (const auto& [where, sets] :
+         {std::pair{index, std::string()}, std::pair{index, std::string(" --set damping_scale=0.1")},
+          std::pair{kept, std::string()}}) {
+      INFO(where.string() << sets);
+      auto e = test::run_command(bin + "explain " + where.string() +
+                                 " --validation 7 --top 3 --json --normalise relatif" + sets + cache);
+      INFO(e.output);
+      REQUIRE(e.exit_code == 0);
+      torch::Tensor scores = torch::zeros({200}, torch::kDouble), self = torch::zeros({200}, torch::kDouble);
+      for (std::size_t b = 0; b < rows.size(); ++b) {
+        const auto& fitted_on = sets.empty() ? full.train[b].values : rows[b];
+        const auto g = rows[b].to(torch::kDouble);
+        scores -= g.mv(datainf_oracle(fitted_on, queries[b][7]));
+        for (std::int64_t k = 0; k < 200; ++k) self[k] += g[k].dot(datainf_oracle(fitted_on, rows[b][k]));
+      }
+      if (where == kept)  // the kept values themselves
+        CHECK(
+            torch::allclose(inflab::load_npy(kept / "fits" / "datainf" / "self_influence.npy"), self, 1e-4));
+      check_top_k(nlohmann::json::parse(e.output)[0], scores / self.sqrt(), 3);
+    }
+  }
   // The text view lists the same rows.
   auto text = test::run_command(bin + "explain " + index.string() +
                                 " --validation 2 --estimator hessian_free --top 1" + cache);
@@ -250,13 +295,13 @@ TEST_CASE(
     // Both at one thread per process (the thread count is part of every stage's key).
     const std::string one_thread = std::string(INFLAB_BINARY) + " --quiet --threads 1 ";
     const fs::path ranked = dir.path / "index_ranks", single = dir.path / "index_one";
-    auto r = test::run_command(one_thread + "launch -n 2 index build " + file.string() + " --out " +
-                               ranked.string() + cache);
+    auto r = test::run_command(one_thread + "launch -n 2 index build " + file.string() +
+                               " --self-influence --out " + ranked.string() + cache);
     INFO(r.output);
     REQUIRE(r.exit_code == 0);
-    REQUIRE(
-        test::run_command(one_thread + "index build " + file.string() + " --out " + single.string() + cache)
-            .exit_code == 0);
+    REQUIRE(test::run_command(one_thread + "index build " + file.string() + " --self-influence --out " +
+                              single.string() + cache)
+                .exit_code == 0);
     const auto two = nlohmann::json::parse(inflab::read_file(ranked / "index.json"));
     CHECK(two["shard_rows"] == std::vector<std::int64_t>{100, 100});
     CHECK(two["fits"].size() == 1);
@@ -270,10 +315,17 @@ TEST_CASE(
       const auto whole = stored_block(single, "shards/00000", name).to(torch::kFloat);
       CHECK((joined - whole).abs().max().item<double>() <= 1e-3 * whole.abs().max().item<double>());
     }
-    const std::string request = " --validation 7 --top 3 --json" + cache;
-    const auto [a, c] = first_queries(one_thread + "explain " + single.string() + request,
-                                      one_thread + "explain " + ranked.string() + request);
-    check_same_ranking(a, c, 3, 1e-3);
+    // Rank 0 computes every shard's self-influence (rows in index order) after both are written.
+    const auto self_two = inflab::load_npy(ranked / "fits" / "datainf" / "self_influence.npy");
+    const auto self_one = inflab::load_npy(single / "fits" / "datainf" / "self_influence.npy");
+    REQUIRE(self_two.size(0) == 200);
+    CHECK(torch::allclose(self_two, self_one, 1e-3));
+    for (const std::string normalise : {"", " --normalise relatif"}) {
+      const std::string request = " --validation 7 --top 3 --json" + normalise + cache;
+      const auto [a, c] = first_queries(one_thread + "explain " + single.string() + request,
+                                        one_thread + "explain " + ranked.string() + request);
+      check_same_ranking(a, c, 3, 1e-3);
+    }
   }
 
   SECTION("bad requests and damaged or mismatched indexes are clear errors") {

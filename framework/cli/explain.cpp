@@ -27,7 +27,8 @@ int command_index_build(const ExperimentConfig& run, Registry& registry, const f
                         const fs::path& cache, const IndexBuildOptions& options) {
   const IndexRecord record = build_index(run, registry, RunPaths{"results", cache}, out, options);
   std::vector<std::string> fitted;
-  for (const auto& f : record.fits) fitted.push_back(f.estimator);
+  for (const auto& f : record.fits)
+    fitted.push_back(f.estimator + (f.self_influence ? " with self-influence" : ""));
   if (distributed_rank() == 0)
     std::cout << fmt::format(
         "{}: index of {} training examples in {} shard(s) ({}, {}; fitted: {}), run {} of {}\n", out.string(),
@@ -184,16 +185,23 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
                                      : fmt::format("{} row {}", request.images_file.string(), i)}});
 
   const auto start = std::chrono::steady_clock::now();
-  const bool unit = request.normalise == "unit";
-  if (unit) {  // each query at unit norm over all blocks (then its preconditioned form is scaled alike)
+  const Normalisation normalisation = normalisation_from(request.normalise, "--normalise");
+  if (normalisation == Normalisation::Unit) {  // each query at unit norm over all blocks (then its
+                                               // preconditioned form is scaled alike)
     const at::Tensor scale = reciprocal_or_zero(row_norms(queries_blocks)).to(at::kFloat).unsqueeze(1);
     for (auto& block : queries_blocks) block.values = block.values.mul(scale);
   }
   const PreconditionedQueries preconditioned =
-      precondition_queries(index, registry, request.estimator, request.estimator_sets, queries_blocks);
+      precondition_queries(index, registry, request.estimator, request.estimator_sets, queries_blocks,
+                           normalisation == Normalisation::Relatif);
   const auto preconditioned_at = std::chrono::steady_clock::now();
+  RowDivisors divisors;  // relatif without a self-influence: M is the identity, g . g = ||g||^2
+  divisors.norms = normalisation == Normalisation::Unit ||
+                   (normalisation == Normalisation::Relatif && !preconditioned.self_influence.defined());
+  if (normalisation == Normalisation::Relatif && preconditioned.self_influence.defined())
+    divisors.given = relatif_divisors(preconditioned.self_influence);
   const auto rankings = rank_index_rows(index.train, preconditioned.blocks, request.top, request.chunk_rows,
-                                        index.train.rows() >= 100000 ? "scoring the index" : "", unit);
+                                        index.train.rows() >= 100000 ? "scoring the index" : "", divisors);
   const auto seconds = [](auto from, auto to) { return std::chrono::duration<double>(to - from).count(); };
   if (!Progress::quiet())
     std::cerr << fmt::format(

@@ -31,7 +31,7 @@ struct ExplainRequest {
   std::int64_t max_tokens = 64;
   double hash_limit_mb = 64;    // shards larger in total are checked by size when the index opens
   std::int64_t chunk_rows = 0;  // training rows scored at a time (0: 16 MiB of float32 values)
-  std::string normalise = "none";  // none | unit (docs/estimators.md, "Normalised scores")
+  std::string normalise = "none";  // none | unit | relatif (docs/estimators.md, "Normalised scores")
   bool json = false;
   std::filesystem::path cache;
 };

@@ -644,6 +644,9 @@ static int run_cli(int argc, char** argv) {
   index_build->add_option("--fit-budget-mb", index_options.fit_budget_mb,
                           "largest size of one estimator's kept preconditioners (d x d float32 per block; "
                           "default 2048)");
+  index_build->add_flag("--self-influence", index_options.self_influence,
+                        "also keep each kept fit's self-influence of every training row, for `explain "
+                        "--normalise relatif` (costs d x d per row and block, once)");
   index_build->add_option("--cache", cache, "stage cache");
   index_build->footer(
       "Example: inflab index build experiments/quickstart.toml --out idx   (then: inflab explain idx "
@@ -691,8 +694,10 @@ static int run_cli(int argc, char** argv) {
   explain
       ->add_option("--normalise", explain_request.normalise,
                    "none; unit: each score divided by the training and query gradients' norms (with "
-                   "hessian_free, the gradient cosine; docs/estimators.md, \"Normalised scores\")")
-      ->check(CLI::IsMember({"none", "unit"}));
+                   "hessian_free, the gradient cosine); relatif: by the square root of the training "
+                   "example's self-influence g.M^-1 g (kept by `index build --self-influence`, else "
+                   "computed first; docs/estimators.md, \"Normalised scores\")")
+      ->check(CLI::IsMember({"none", "unit", "relatif"}));
   explain->add_flag("--json", explain_request.json, "print JSON (one object per query) instead of text");
   explain->add_option("--cache", explain_request.cache, "stage cache (for the fine-tuned model)");
   explain->footer(

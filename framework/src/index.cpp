@@ -38,7 +38,10 @@ fs::path shard_directory(const fs::path& index, std::size_t shard) {
 nlohmann::json record_json(const IndexRecord& r) {
   nlohmann::json fits = nlohmann::json::array();
   for (const auto& f : r.fits)
-    fits.push_back({{"estimator", f.estimator}, {"version", f.version}, {"options", f.options}});
+    fits.push_back({{"estimator", f.estimator},
+                    {"version", f.version},
+                    {"options", f.options},
+                    {"self_influence", f.self_influence}});
   nlohmann::json blocks = nlohmann::json::array();
   for (std::size_t b = 0; b < r.block_names.size(); ++b)
     blocks.push_back(
@@ -81,7 +84,8 @@ IndexRecord read_record(const fs::path& file) {
     r.shard_rows = j.at("shard_rows").get<std::vector<std::int64_t>>();
     r.class_names = j.at("class_names").get<std::vector<std::string>>();
     for (const auto& f : j.at("fits"))
-      r.fits.push_back({f.at("estimator"), f.at("version"), f.at("options").get<std::vector<std::string>>()});
+      r.fits.push_back({f.at("estimator"), f.at("version"), f.at("options").get<std::vector<std::string>>(),
+                        f.value("self_influence", false)});
   } catch (const std::exception& e) {
     throw Error(fmt::format("{}: {}", file.string(), e.what()));
   }
@@ -123,6 +127,52 @@ std::string verify_index_checksums(const fs::path& dir, bool hash_shards) {
 
 std::string options_text(const std::vector<std::string>& options) {
   return options.empty() ? "default options" : fmt::format("options {}", fmt::join(options, " "));
+}
+
+// A kept fit's matrices, one per block (row j is M^{-1} e_j), memory-mapped.
+std::vector<at::Tensor> kept_inverses(const fs::path& index, const std::string& estimator,
+                                      const std::vector<std::string>& block_names) {
+  std::vector<at::Tensor> out;
+  for (const auto& name : block_names) out.push_back(map_npy(index / "fits" / estimator / (name + ".npy")));
+  return out;
+}
+
+// g_k . M^{-1} g_k of every stored row (float64, index order) with a kept fit's matrices: per
+// chunk and block, the row sums of (G F) * G, F = M^{-1} as kept (symmetric up to rounding).
+at::Tensor kept_self_influence(const IndexRows& rows, const std::vector<at::Tensor>& inverses) {
+  at::Tensor out = torch::zeros({rows.rows()}, torch::kDouble);
+  std::vector<at::Tensor> dense;
+  for (const auto& inverse : inverses) dense.push_back(inverse.to(torch::kDouble));
+  Progress progress("self-influence", rows.rows(), "rows");
+  constexpr std::int64_t kChunk = 4096;
+  std::int64_t offset = 0;
+  for (std::size_t s = 0; s < rows.shards.size(); ++s) {
+    const std::int64_t shard_rows = rows.shards[s].empty() ? 0 : rows.shards[s][0].size(0);
+    for (std::int64_t begin = 0; begin < shard_rows; begin += kChunk) {
+      const std::int64_t count = std::min(kChunk, shard_rows - begin);
+      at::Tensor part = out.narrow(0, offset + begin, count);
+      for (std::size_t b = 0; b < dense.size(); ++b) {
+        const at::Tensor g = rows.float_rows(s, b, begin, count).to(torch::kDouble);
+        part.add_(g.mm(dense[b]).mul_(g).sum(1));
+      }
+      progress.advance(count);
+    }
+    offset += shard_rows;
+  }
+  return out;
+}
+
+// The training rows of an index directory as written (no checks: build_index has just written them).
+IndexRows map_rows(const fs::path& dir, const IndexRecord& record) {
+  IndexRows rows;
+  rows.dtype = record.dtype;
+  rows.block_names = record.block_names;
+  for (std::size_t s = 0; s < record.shard_rows.size(); ++s) {
+    rows.shards.emplace_back();
+    for (const auto& name : record.block_names)
+      rows.shards.back().push_back(map_npy(shard_directory(dir, s) / (name + ".npy")));
+  }
+  return rows;
 }
 }  // namespace
 
@@ -167,6 +217,14 @@ IndexRecord build_index(const ExperimentConfig& config, Registry& registry, cons
     if (existing.gradients_key == record.gradients_key && existing.dtype == dtype) {
       if (std::string problem = verify_directory_checksums(dir); !problem.empty())
         throw Error(fmt::format("index {}: {}; remove it and build it again", dir.string(), problem));
+      if (options.self_influence)
+        for (const auto& f : existing.fits)
+          if (!f.self_influence)
+            log(
+                fmt::format("index {}: kept without {}'s self-influence (--self-influence does not change a "
+                            "built index); explain computes it from the kept fit when asked, or build a new "
+                            "folder",
+                            dir.string(), f.estimator));
       log(fmt::format("index {}: already built from these gradients, every file checked (fitted: {})",
                       dir.string(),
                       existing_fits.empty() ? "none" : fmt::format("{}", fmt::join(existing_fits, ", "))));
@@ -255,7 +313,15 @@ IndexRecord build_index(const ExperimentConfig& config, Registry& registry, cons
     record.fits.push_back({name, plugin.info->version, {}});
     return_freed_memory();
   }
-  barrier_over_ranks();
+  barrier_over_ranks();  // every shard and kept fit is written
+  if (rank == 0 && options.self_influence) {
+    const IndexRows rows = map_rows(building, record);
+    for (auto& fit : record.fits) {
+      save_npy(building / "fits" / fit.estimator / "self_influence.npy",
+               kept_self_influence(rows, kept_inverses(building, fit.estimator, record.block_names)));
+      fit.self_influence = true;
+    }
+  }
   if (rank == 0) {
     for (const auto& block : store.query)
       save_npy(building / "queries" / (block.name + ".npy"), block.values);
@@ -444,7 +510,7 @@ GradientBlocks gather_queries(const AttributionIndex& index, const std::vector<s
 
 PreconditionedQueries precondition_queries(const AttributionIndex& index, Registry& registry,
                                            const std::string& name, const std::vector<std::string>& sets,
-                                           const GradientBlocks& queries) {
+                                           const GradientBlocks& queries, bool want_self_influence) {
   const PluginRecord& plugin = registry.find(PluginKind::Estimator, name);
   Options options =
       options_from_assignments(fmt::format("estimator '{}'", name), plugin.info->options(), sets);
@@ -456,14 +522,26 @@ PreconditionedQueries precondition_queries(const AttributionIndex& index, Regist
   });
   PreconditionedQueries out;
   if (kept != index.record.fits.end()) {
-    for (std::size_t b = 0; b < queries.size(); ++b) {
-      at::Tensor inverse = map_npy(index.dir / "fits" / name / (queries[b].name + ".npy"));
-      // Row j of `inverse` is M^{-1} e_j, so M^{-1} v = sum_j v_j M^{-1} e_j: V = Q inverse.
+    const auto inverses = kept_inverses(index.dir, name, index.record.block_names);
+    for (std::size_t b = 0; b < queries.size(); ++b)  // Row j of F is M^{-1} e_j: M^{-1} v = F^T v, V = Q F.
       out.blocks.push_back(
           {queries[b].name,
-           queries[b].values.to(torch::kDouble).mm(inverse.to(torch::kDouble)).to(torch::kFloat)});
-    }
+           queries[b].values.to(torch::kDouble).mm(inverses[b].to(torch::kDouble)).to(torch::kFloat)});
     out.source = fmt::format("{} {} (fitted when the index was built)", name, plugin.info->version);
+    if (want_self_influence && kept->self_influence) {
+      const fs::path file = index.dir / "fits" / name / "self_influence.npy";
+      out.self_influence = load_npy(file);
+      if (out.self_influence.dim() != 1 || out.self_influence.size(0) != index.train.rows())
+        throw Error(fmt::format("{}: expected {} values (one per training row), found shape ({})",
+                                file.string(), index.train.rows(),
+                                fmt::join(out.self_influence.sizes(), ", ")));
+    } else if (want_self_influence) {
+      log(
+          fmt::format("explain: computing the self-influence of the {} training rows from the kept fit "
+                      "(`inflab index build --self-influence` keeps it)",
+                      index.train.rows()));
+      out.self_influence = kept_self_influence(index.train, inverses);
+    }
     return out;
   }
   const auto n = index.train.rows();
@@ -492,12 +570,24 @@ PreconditionedQueries precondition_queries(const AttributionIndex& index, Regist
     out.blocks.push_back({queries[b].name, r.to(torch::kFloat).contiguous()});
   }
   out.source = fmt::format("{} {} (fitted now, in memory)", name, plugin.info->version);
+  if (want_self_influence) {
+    log(
+        fmt::format("explain: computing the self-influence of the {} training rows with {} (one inverse "
+                    "product per row)",
+                    n, name));
+    out.self_influence = self_influence(*estimator, train);
+  }
   return out;
 }
 
 std::vector<QueryRanking> rank_index_rows(const IndexRows& rows, const GradientBlocks& preconditioned,
                                           std::int64_t k, std::int64_t chunk_rows,
-                                          const std::string& progress_label, bool unit_rows) {
+                                          const std::string& progress_label, const RowDivisors& divisors) {
+  if (divisors.given.defined() && (divisors.given.dim() != 1 || divisors.given.size(0) != rows.rows()))
+    throw Error(fmt::format("{} row divisors for an index of {} rows", divisors.given.numel(), rows.rows()));
+  const at::Tensor row_scale =
+      divisors.given.defined() ? reciprocal_or_zero(divisors.given).to(torch::kFloat) : at::Tensor();
+  const bool unit_rows = divisors.norms;
   if (preconditioned.size() != rows.block_names.size())
     throw Error(fmt::format("{} query blocks for an index of {} blocks", preconditioned.size(),
                             rows.block_names.size()));
@@ -528,6 +618,7 @@ std::vector<QueryRanking> rank_index_rows(const IndexRows& rows, const GradientB
               b == 0 ? squared_row_norms(block_rows) : squared_norms.add_(squared_row_norms(block_rows));
       }
       if (unit_rows) scores.mul_(reciprocal_or_zero(squared_norms.sqrt_()).unsqueeze(0));
+      if (row_scale.defined()) scores.mul_(row_scale.narrow(0, offset + begin, count).unsqueeze(0));
       for (int side = 0; side < 2; ++side) {
         auto [values, where] = scores.topk(std::min(top, count), 1, /*largest=*/side == 1, /*sorted=*/false);
         where.add_(offset + begin);

@@ -310,6 +310,20 @@ at::Tensor self_influence(Estimator& estimator, const GradientBlocks& train, std
   return out;
 }
 
+at::Tensor relatif_divisors(const at::Tensor& self_influence) {
+  // A preconditioner that is not positive definite (LiSSA's reference_code variant) can give a
+  // self-influence < 0: its square root is undefined, so the score is set to 0 and counted. (A
+  // zero gradient has self-influence 0 and scores 0 anyway.)
+  const auto bad = static_cast<std::int64_t>(sum_over_ranks(self_influence.lt(0).sum().item<double>()));
+  if (bad > 0 && distributed_rank() == 0)
+    std::fprintf(stderr,
+                 "[inflab] warning: normalise = \"relatif\": %lld training examples have a negative "
+                 "self-influence (the preconditioner is not positive definite for them); their scores "
+                 "are set to 0\n",
+                 static_cast<long long>(bad));
+  return self_influence.clamp_min(0).sqrt();
+}
+
 at::Tensor score_normalised(Estimator& estimator, const GradientBlocks& train, const GradientBlocks& queries,
                             bool aggregate, Normalisation normalisation) {
   auto score = [&](const GradientBlocks& q) {
@@ -327,18 +341,7 @@ at::Tensor score_normalised(Estimator& estimator, const GradientBlocks& train, c
     divisor = row_norms(train);
   } else {
     scores = score(queries);
-    at::Tensor self = self_influence(estimator, train);
-    // A preconditioner that is not positive definite (LiSSA's reference_code variant) can give a
-    // self-influence < 0: its square root is undefined, so the score is set to 0 and counted. (A
-    // zero gradient has self-influence 0 and scores 0 anyway.)
-    const auto bad = static_cast<std::int64_t>(sum_over_ranks(self.lt(0).sum().item<double>()));
-    if (bad > 0 && distributed_rank() == 0)
-      std::fprintf(stderr,
-                   "[inflab] warning: normalise = \"relatif\": %lld training examples have a negative "
-                   "self-influence (the preconditioner is not positive definite for them); their scores "
-                   "are set to 0\n",
-                   static_cast<long long>(bad));
-    divisor = self.clamp_min(0).sqrt_();
+    divisor = relatif_divisors(self_influence(estimator, train));
   }
   at::Tensor scale = reciprocal_or_zero(divisor).to(scores.scalar_type());
   return aggregate ? scores.mul(scale) : scores.mul(scale.unsqueeze(1));

@@ -8,9 +8,10 @@
 // labels), queries/<block>.npy (the run's own validation rows, float32), shards/NNNNN/<block>.npy
 // (the training rows in float16, bfloat16 (raw bits as int16) or float32; one shard per rank of
 // the build), factors/<block>.{activation,gradient}.npy (K-FAC's), fits/<estimator>/<block>.npy (an
-// estimator's preconditioner as a d x d matrix, fitted once at build time), CHECKSUMS. Queries are scored by
-// one streamed pass over the shards, in chunks of rows, keeping only each query's top k: memory is bounded by
-// the page cache, not the index.
+// estimator's preconditioner as a d x d matrix, fitted once at build time), fits/<estimator>/
+// self_influence.npy (with --self-influence: g_k . M^-1 g_k of every stored row, float64), CHECKSUMS. Queries
+// are scored by one streamed pass over the shards, in chunks of rows, keeping only each query's top k: memory
+// is bounded by the page cache, not the index.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -31,6 +32,7 @@ class Registry;
 struct IndexFit {
   std::string estimator, version;
   std::vector<std::string> options;  // the --set assignments it was fitted with (none: defaults)
+  bool self_influence = false;       // fits/<estimator>/self_influence.npy is kept
 };
 
 struct IndexRecord {
@@ -51,6 +53,9 @@ struct IndexBuildOptions {
   // no larger than the training rows (d <= n: projected gradients, narrow blocks); otherwise
   // explain fits the estimator in memory at query time.
   double fit_budget_mb = 2048;
+  // Also keep each kept fit's self-influence of every stored row (RelatIF's denominator for
+  // `explain --normalise relatif`): sum over blocks of d x d per row, once.
+  bool self_influence = false;
 };
 
 // Writes DIR from the run's chain, each stage from the cache when it is there. Under `inflab
@@ -122,14 +127,19 @@ GradientBlocks gather_queries(const AttributionIndex& index, const std::vector<s
 // M_b^{-1} v for every query v of every block, ready for the streamed pass (any rescaling folded
 // in): from the index's fitted preconditioner when it has one for this estimator and these
 // options, the queries themselves for hessian_free, else by fitting the estimator now on the
-// training rows read into memory (float32). `source` says which.
+// training rows read into memory (float32). `source` says which. With `want_self_influence`, also
+// every training row's g_k . M^{-1} g_k with the same M (float64, index order): kept by `index build
+// --self-influence`, else computed now from the kept fit (d x d per row and block) or the estimator
+// fitted now (one inverse product per row); left undefined for hessian_free, whose M is the identity
+// (the self-influence is the row's squared norm: RowDivisors::norms).
 struct PreconditionedQueries {
   GradientBlocks blocks;
   std::string source;
+  at::Tensor self_influence;
 };
 PreconditionedQueries precondition_queries(const AttributionIndex& index, Registry& registry,
                                            const std::string& estimator, const std::vector<std::string>& sets,
-                                           const GradientBlocks& queries);
+                                           const GradientBlocks& queries, bool want_self_influence = false);
 
 // Per query: the k most helpful training rows (most negative scores: up-weighting them lowers the
 // query's loss) and the k most harmful (most positive), best first.
@@ -143,10 +153,16 @@ struct QueryRanking {
 // One pass over the rows in chunks: scores -sum_b G_b V_b^T (float32 products, a chunk at a time),
 // keeping each query's top k. Memory: one chunk of every block in float32, plus k per query.
 // chunk_rows 0: as many rows as make 16 MiB of float32 values over all blocks (at least 256).
-// unit_rows: each training row's scores divided by its norm over all blocks (a zero row scores 0),
-// the training side of `normalise = "unit"` (the queries' side is theirs to scale before).
+// `divisors`: each training row's scores divided by its norm over all blocks (`norms`: the training
+// side of normalise = "unit", whose queries are scaled before, and hessian_free's "relatif") or by
+// `given` (n values: relatif's sqrt of the self-influence); a divisor of 0 scores 0.
+struct RowDivisors {
+  bool norms = false;
+  at::Tensor given;
+};
 std::vector<QueryRanking> rank_index_rows(const IndexRows& rows, const GradientBlocks& preconditioned,
                                           std::int64_t k, std::int64_t chunk_rows = 0,
-                                          const std::string& progress_label = "", bool unit_rows = false);
+                                          const std::string& progress_label = "",
+                                          const RowDivisors& divisors = {});
 
 }  // namespace inflab

@@ -38,6 +38,10 @@ at::Tensor row_norms(const GradientBlocks& blocks);
 at::Tensor reciprocal_or_zero(const at::Tensor& x);
 // g_k . M^{-1} g_k summed over blocks, per training row (in chunks of rows): RelatIF's denominator.
 at::Tensor self_influence(Estimator& estimator, const GradientBlocks& train, std::int64_t chunk_rows = 1024);
+// RelatIF's divisor per training row, sqrt(self-influence), with a warning counting the rows whose
+// self-influence is negative (a preconditioner not positive definite for them): their divisor is 0,
+// so they score 0.
+at::Tensor relatif_divisors(const at::Tensor& self_influence);
 // Checks that train and query blocks agree in names and widths; throws naming the block.
 void check_blocks(const GradientBlocks& train, const GradientBlocks& queries);
 
