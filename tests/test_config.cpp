@@ -93,6 +93,17 @@ TEST_CASE("a valid experiment resolves with defaults filled in", "[config]") {
   CHECK_THAT(run.resolved_toml, Contains("damping_scale = 0.1") && Contains("learning_rate"));
 }
 
+TEST_CASE("more checkpoints than epochs is an error that says the way out", "[config]") {
+  Fixture f;
+  const std::string file = std::string(kValid) + "\n[training]\nepochs = 3\n\n[checkpoints]\ncount = 3\n";
+  CHECK(f.load(file).at(0).checkpoints == 3);
+  // A shorter override of a file that keeps checkpoints (as the tests of the LLM studies do).
+  const auto message = f.error_of(file, {"training.epochs=1"});
+  CHECK_THAT(message, Contains(f.file() + ":26:1") && Contains("checkpoints.count") &&
+                          Contains("found training.epochs = 1") && Contains("--set checkpoints.count=1"));
+  CHECK(f.load(file, {"training.epochs=1", "checkpoints.count=1"}).at(0).checkpoints == 1);
+}
+
 TEST_CASE("a wrong type names file:line:column, key, expected and found", "[config]") {
   Fixture f;
   auto message = f.error_of(replace(kValid, "rank = 2", "rank = \"two\""));

@@ -780,8 +780,9 @@ void validate_checkpoints(const Validator& v, const toml::table& root, Experimen
     v.fail(
         root.get("checkpoints")->source(),
         fmt::format("key 'checkpoints.count': {} checkpoints need at least as many epochs (checkpoints are "
-                    "kept at the end of epochs), found training.epochs = {}",
-                    count, epochs));
+                    "kept at the end of epochs), found training.epochs = {}; keep at most {} (e.g. --set "
+                    "checkpoints.count={}) or train longer",
+                    count, epochs, epochs, std::max<std::int64_t>(epochs, 1)));
   config.checkpoints = count;
   resolved.insert("checkpoints", options_table(checkpoints));
 }
