@@ -764,6 +764,21 @@ TEST_CASE("TracIn sums learning rate x gradient dot products over the fine-tunin
   CHECK(manifest["diagnostics"]["tracin"]["checkpoint1.epoch"] == 2.0);
   CHECK(manifest["diagnostics"]["tracin"]["checkpoint2.epoch"] == 4.0);
   CHECK(manifest["diagnostics"]["tracin"]["checkpoint1.learning_rate"].get<double>() == Approx(3e-3));
+  // The fine-tuning keeps the checkpoints on its way (one training for both): a run with
+  // [checkpoints] but without TracIn leaves them in the cache, for a TracIn run to find.
+  {
+    const inflab::RunPaths kept_paths{dir.path / "results_kept", dir.path / "cache_kept"};
+    auto kept = dir.write("kept.toml", hessian_free_only + "\n[checkpoints]\ncount = 2\n");
+    inflab::run_experiment(inflab::load_experiment(kept, {}, registry).at(0), registry, kept_paths);
+    std::size_t checkpoint_files = 0;
+    for (const auto& entry : fs::recursive_directory_iterator(kept_paths.cache_root / "checkpoints"))
+      checkpoint_files += entry.path().extension() == ".pt" ? 1 : 0;
+    CHECK(checkpoint_files == 2);
+    const at::Tensor kept_dot =
+        inflab::load_npy(kept_paths.results_root / "e2e" / "run" / "scores_hessian_free.npy")
+            .to(torch::kDouble);
+    CHECK(kept_dot.equal(final_dot));  // the same adapter as the plain fine-tuning
+  }
   // One checkpoint: the final adapter alone, so TracIn is the learning rate x Hessian-free.
   auto single = dir.write(
       "single.toml", test::replace(base, "[experiment]\nname = \"e2e\"", "[experiment]\nname = \"single\"") +

@@ -86,7 +86,8 @@ void finetune_stage_of(const ExperimentConfig& config, Registry& registry, Model
       outcome.stage_seconds["finetune (adapter_from)"] = source_outcome.stage_seconds["finetune"];
     }
   }
-  finetune(stage_inputs("finetune", config), model, data, paths, outcome);
+  finetune(stage_inputs("finetune", config), model, data, paths, outcome,
+           config.adapter_source ? 0 : config.checkpoints);
 }
 }  // namespace
 

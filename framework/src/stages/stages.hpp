@@ -120,8 +120,10 @@ void prepare_base(const StageInputs& inputs, Model& model, const LoadedData& dat
                   RunOutcome& outcome);
 // finetune: trains the LoRA adapters on the training split (cached), or (model.adapter_key, from
 // [model] adapter_from) loads the adapters another experiment's finetune stage cached under that key.
+// With `checkpoints` (the run's [checkpoints] count) a fine-tuning it runs keeps them on the way
+// (fine_tuning_checkpoints; the last is the adapter), so TracIn's stage does not train again.
 void finetune(const StageInputs& inputs, Model& model, const LoadedData& data, const RunPaths& paths,
-              RunOutcome& outcome);
+              RunOutcome& outcome, std::int64_t checkpoints = 0);
 // Where the finetune stage caches the adapters it trained under `finetune_key`.
 std::filesystem::path adapter_file(const std::string& finetune_key, const RunPaths& paths);
 // ground_truth: the fine-tuning repeated on random subsets of the training set (same base, same

@@ -376,7 +376,7 @@ fs::path adapter_file(const std::string& finetune_key, const RunPaths& paths) {
 }
 
 void finetune(const StageInputs& inputs, Model& model, const LoadedData& data, const RunPaths& paths,
-              RunOutcome& outcome) {
+              RunOutcome& outcome, std::int64_t checkpoints) {
   auto start = Clock::now();
   if (inputs.present("model.adapter")) {  // trained elsewhere: read, never retrained (cheap, not cached)
     const std::string adapter = inputs.get_string("model.adapter");
@@ -403,7 +403,10 @@ void finetune(const StageInputs& inputs, Model& model, const LoadedData& data, c
   fs::path file = adapter_file(inputs.key(), paths);
   outcome.stage_cached["finetune"] = load_tensors(file, lora);
   if (!outcome.stage_cached["finetune"]) {
-    fine_tune_adapters(inputs, model, lora, data.train_fit, "fine-tuning LoRA");
+    if (checkpoints > 0)  // one training for both: the last checkpoint is this stage's adapter
+      load_adapters(model, fine_tuning_checkpoints(inputs, model, data, checkpoints, paths).back().adapters);
+    else
+      fine_tune_adapters(inputs, model, lora, data.train_fit, "fine-tuning LoRA");
     save_tensors(file, lora);
   }
   outcome.stage_seconds["finetune"] = seconds_since(start);
