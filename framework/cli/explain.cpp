@@ -205,9 +205,13 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
   const auto seconds = [](auto from, auto to) { return std::chrono::duration<double>(to - from).count(); };
   if (!Progress::quiet())
     std::cerr << fmt::format(
-        "[inflab] explain: {} queries preconditioned in {:.3f} s ({}), {} training rows scored in {:.3f} s\n",
-        queries.size(), seconds(start, preconditioned_at), preconditioned.source, index.train.rows(),
-        seconds(preconditioned_at, std::chrono::steady_clock::now()));
+        "[inflab] explain: {} queries preconditioned in {:.3f} s ({}{}), {} training rows scored in {:.3f} "
+        "s\n",
+        queries.size(), seconds(start, preconditioned_at), preconditioned.source,
+        preconditioned.self_influence_seconds > 0
+            ? fmt::format("; of that, the self-influence {:.3f} s", preconditioned.self_influence_seconds)
+            : "",
+        index.train.rows(), seconds(preconditioned_at, std::chrono::steady_clock::now()));
   nlohmann::json out = nlohmann::json::array();
   for (std::size_t q = 0; q < rankings.size(); ++q) {
     nlohmann::json entry = queries[q];

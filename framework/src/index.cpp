@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -540,7 +541,10 @@ PreconditionedQueries precondition_queries(const AttributionIndex& index, Regist
           fmt::format("explain: computing the self-influence of the {} training rows from the kept fit "
                       "(`inflab index build --self-influence` keeps it)",
                       index.train.rows()));
+      const auto start = std::chrono::steady_clock::now();
       out.self_influence = kept_self_influence(index.train, inverses);
+      out.self_influence_seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     }
     return out;
   }
@@ -575,7 +579,10 @@ PreconditionedQueries precondition_queries(const AttributionIndex& index, Regist
         fmt::format("explain: computing the self-influence of the {} training rows with {} (one inverse "
                     "product per row)",
                     n, name));
+    const auto start = std::chrono::steady_clock::now();
     out.self_influence = self_influence(*estimator, train);
+    out.self_influence_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
   return out;
 }

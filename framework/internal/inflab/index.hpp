@@ -136,6 +136,7 @@ struct PreconditionedQueries {
   GradientBlocks blocks;
   std::string source;
   at::Tensor self_influence;
+  double self_influence_seconds = 0;  // of that, when computed now
 };
 PreconditionedQueries precondition_queries(const AttributionIndex& index, Registry& registry,
                                            const std::string& estimator, const std::vector<std::string>& sets,
