@@ -228,7 +228,7 @@ class Sweep:
             ("explain --prompt on a classifier", [index, "--prompt", "hello"], ["language model"]),
             ("explain --condition on a classifier", [index, "--condition", "0"], ["not a denoiser"]),
             ("explain --chunk-rows -1", [index, "--validation", "0", "--chunk-rows", "-1"], ["--chunk-rows"]),
-            ("explain --normalise relatif", [index, "--validation", "0", "--normalise", "relatif"], ["--normalise"]),
+            ("explain --normalise cosine", [index, "--validation", "0", "--normalise", "cosine"], ["--normalise"]),
             ("explain --estimator tracin", [index, "--validation", "0", "--estimator", "tracin"], ["[checkpoints]"]),
         ]:
             code, output = self.inflab("explain", *args, *cache)
