@@ -233,6 +233,19 @@ class Sweep:
         ]:
             code, output = self.inflab("explain", *args, *cache)
             self.expect_error("index", case, code, output, *needles)
+        pairs = self.work / "pairs.jsonl"
+        pairs.write_text('{"prompt": "hello", "response": "world"}\n')
+        record = (index / "index.json").read_bytes()
+        for case, args, needles in [
+            ("append to a classifier's index", [index, pairs], ["language model"]),
+            ("append a missing file", [index, self.work / "missing.jsonl"], ["missing.jsonl"]),
+            ("append to a folder that is not an index", [self.work, pairs], ["not an index"]),
+        ]:
+            code, output = self.inflab("index", "append", *args, *cache)
+            self.expect_error("index", case, code, output, *needles)
+        unchanged = (index / "index.json").read_bytes() == record
+        self.record("index", "a refused append leaves the index", "unchanged", unchanged,
+                    "unchanged" if unchanged else "index.json changed")
         # Damage: a changed byte, then a truncated index.json; each a clear error naming the file.
         block = next((index / "shards" / "00000").glob("*.npy"))
         data = bytearray(block.read_bytes())

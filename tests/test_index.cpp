@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "helpers.hpp"
@@ -242,6 +243,25 @@ TEST_CASE(
             torch::allclose(inflab::load_npy(kept / "fits" / "datainf" / "self_influence.npy"), self, 1e-4));
       check_top_k(nlohmann::json::parse(e.output)[0], scores / self.sqrt(), 3);
     }
+    // --self-influence on the index built without it adds it in place: the values a build with it
+    // keeps, listed in index.json and CHECKSUMS (explain opens it), and explain no longer computes them.
+    const fs::path added = index / "fits" / "datainf" / "self_influence.npy";
+    REQUIRE_FALSE(fs::exists(added));
+    auto again = test::run_command(bin + "index build " + file.string() + " --self-influence --out " +
+                                   index.string() + cache);
+    INFO(again.output);
+    REQUIRE(again.exit_code == 0);
+    CHECK_THAT(again.output, Contains("fitted: datainf with self-influence"));
+    REQUIRE(fs::exists(added));
+    CHECK(torch::equal(inflab::load_npy(added),
+                       inflab::load_npy(kept / "fits" / "datainf" / "self_influence.npy")));
+    CHECK(nlohmann::json::parse(inflab::read_file(index / "index.json"))["fits"][0]["self_influence"] ==
+          true);
+    auto now = test::run_command(bin + "explain " + index.string() +
+                                 " --validation 7 --top 3 --json --normalise relatif" + cache);
+    INFO(now.output);
+    REQUIRE(now.exit_code == 0);
+    CHECK_THAT(now.output, !Contains("computing the self-influence"));
   }
   // The text view lists the same rows.
   auto text = test::run_command(bin + "explain " + index.string() +
@@ -420,6 +440,65 @@ plugin = "hessian_free"
       bin + "explain " + index.string() + " --queries " + (dir.path / "queries.jsonl").string() + common);
   CHECK(b["answer"] == test_example["response"]);
   check_same_ranking(a, b, 5, 1e-3);
+
+  SECTION("index append adds examples as a shard; fits made at query time stay on the run's rows") {
+    // Training rows 0 and 1 again (their prompt and response): their appended rows must score as the
+    // stored ones do, and DataInf fitted at query time must score the run's 20 rows as before.
+    std::vector<nlohmann::json> again;
+    std::ifstream train_lines(index / "examples.jsonl");
+    for (std::string line; std::getline(train_lines, line);)
+      if (auto j = nlohmann::json::parse(line); j["split"] == "train" && j["row"] < 2) again.push_back(j);
+    REQUIRE(again.size() == 2);
+    const fs::path more = dir.path / "more.jsonl";
+    std::ofstream(more)
+        << nlohmann::json{{"prompt", again[0]["text"]}, {"response", again[0]["response"]}}.dump() << "\n\n"
+        << nlohmann::json{{"prompt", again[1]["text"]}, {"response", again[1]["response"]}}.dump() << "\n";
+    auto scores_of = [&](const std::string& estimator) {
+      auto r = test::run_command(bin + "explain " + index.string() +
+                                 " --validation 3 --top 22 --json --estimator " + estimator + cache);
+      INFO(r.output);
+      REQUIRE(r.exit_code == 0);
+      const auto query = nlohmann::json::parse(r.output)[0];  // a named object: the loop below reads into it
+      std::map<std::int64_t, double> by_row;
+      for (const auto& row : query["helpful"]) by_row[row["row"]] = row["score"];
+      return std::pair{by_row, query};
+    };
+    const auto before = scores_of("datainf").first;
+    REQUIRE(before.size() == 20);
+    auto appended = test::run_command(bin + "index append " + index.string() + " " + more.string() + cache);
+    INFO(appended.output);
+    REQUIRE(appended.exit_code == 0);
+    CHECK_THAT(appended.output, Contains("22 examples in 2 shard(s), 2 of them appended"));
+    const auto record = nlohmann::json::parse(inflab::read_file(index / "index.json"));
+    CHECK(record["shard_rows"] == std::vector<int>{20, 2});
+    CHECK(record["appended"][0]["rows"] == 2);
+    for (const std::string estimator : {"datainf", "hessian_free"}) {
+      INFO(estimator);
+      const auto [after, explained] = scores_of(estimator);
+      REQUIRE(after.size() == 22);
+      double largest = 0;
+      for (const auto& [row, score] : after) largest = std::max(largest, std::abs(score));
+      for (std::int64_t k : {0, 1})  // the same example appended: the same gradient (float16 both)
+        CHECK(after.at(20 + k) == Approx(after.at(k)).margin(2e-3 * largest));
+      if (estimator == "datainf")  // fitted on the run's 20 rows, as before the append
+        for (const auto& [row, score] : before) CHECK(after.at(row) == Approx(score).epsilon(1e-6));
+      for (const auto& row : explained["helpful"])
+        if (row["row"] == 20) {
+          CHECK(row["text"] == again[0]["text"]);
+          CHECK(row["source"] == more.string() + ":1");
+        } else if (row["row"] == 21) {
+          CHECK(row["source"] == more.string() + ":3");
+        }
+    }
+    // A line without a response is an error naming it, and the index is left as it was.
+    const fs::path bad = dir.path / "bad.jsonl";
+    std::ofstream(bad) << nlohmann::json{{"prompt", "What is 2 + 2?"}}.dump() << "\n";
+    auto refused = test::run_command(bin + "index append " + index.string() + " " + bad.string() + cache);
+    CHECK(refused.exit_code != 0);
+    CHECK_THAT(refused.output, Contains(bad.string() + ":1") && Contains("response"));
+    CHECK(nlohmann::json::parse(inflab::read_file(index / "index.json"))["shard_rows"] ==
+          std::vector<int>{20, 2});
+  }
 }
 
 TEST_CASE("explain a denoiser's image queries: a drawn image and the same image from a file score alike",

@@ -38,31 +38,16 @@ int command_index_build(const ExperimentConfig& run, Registry& registry, const f
   return 0;
 }
 
-namespace {
-
-// Prompts from --prompt/--response and from --queries FILE.jsonl, in that order.
-void read_query_file(const fs::path& file, std::vector<std::string>& prompts,
-                     std::vector<std::string>& responses) {
-  std::ifstream in(file);
-  if (!in) throw Error(fmt::format("--queries {}: cannot be read", file.string()));
-  std::string line;
-  for (int number = 1; std::getline(in, line); ++number) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const std::exception& e) {
-      throw Error(fmt::format("{}:{}: not a JSON object ({})", file.string(), number, e.what()));
-    }
-    if (!j.is_object() || !j.contains("prompt") || !j["prompt"].is_string())
-      throw Error(
-          fmt::format("{}:{}: expected {{\"prompt\": \"...\"}} (and optionally \"response\"), found {}",
-                      file.string(), number, line));
-    prompts.push_back(j["prompt"]);
-    responses.push_back(j.contains("response") && j["response"].is_string() ? j["response"].get<std::string>()
-                                                                            : "");
-  }
+int command_index_append(const fs::path& index, const fs::path& examples, Registry& registry,
+                         const fs::path& cache) {
+  const IndexRecord record = append_to_index(index, registry, RunPaths{"results", cache}, examples);
+  std::cout << fmt::format("{}: index of {} examples in {} shard(s), {} of them appended from {}\n",
+                           index.string(), record.examples, record.shard_rows.size(),
+                           record.shard_rows.back(), examples.string());
+  return 0;
 }
+
+namespace {
 
 // Beside each numeric label its class name ("class", "observed_class").
 void name_classes(const AttributionIndex& index, nlohmann::json& row) {
@@ -134,7 +119,8 @@ int command_explain(const ExplainRequest& request, Registry& registry) {
     throw Error(fmt::format("--response given {} times for {} --prompt; the i-th answers the i-th prompt",
                             responses.size(), prompts.size()));
   responses.resize(prompts.size());
-  if (!request.queries_file.empty()) read_query_file(request.queries_file, prompts, responses);
+  if (!request.queries_file.empty())  // after the --prompt ones
+    read_prompt_lines(request.queries_file, /*need_response=*/false, prompts, responses);
   const bool images = !request.conditions.empty() || !request.images_file.empty();
   if (prompts.empty() && request.validation_rows.empty() && !images)
     throw Error(

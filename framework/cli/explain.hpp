@@ -15,6 +15,10 @@ struct IndexBuildOptions;
 int command_index_build(const ExperimentConfig& run, Registry& registry, const std::filesystem::path& out,
                         const std::filesystem::path& cache, const IndexBuildOptions& options);
 
+// `inflab index append IDX FILE.jsonl`: prints what the index holds afterwards.
+int command_index_append(const std::filesystem::path& index, const std::filesystem::path& examples,
+                         Registry& registry, const std::filesystem::path& cache);
+
 struct ExplainRequest {
   std::filesystem::path index;
   std::vector<std::string> prompts, responses;  // responses[i] answers prompts[i]; absent: generated
@@ -29,8 +33,8 @@ struct ExplainRequest {
   std::vector<std::string> estimator_sets;
   std::int64_t top = 5;
   std::int64_t max_tokens = 64;
-  double hash_limit_mb = 64;    // shards larger in total are checked by size when the index opens
-  std::int64_t chunk_rows = 0;  // training rows scored at a time (0: 16 MiB of float32 values)
+  double hash_limit_mb = 64;       // shards larger in total are checked by size when the index opens
+  std::int64_t chunk_rows = 0;     // training rows scored at a time (0: 16 MiB of float32 values)
   std::string normalise = "none";  // none | unit | relatif (docs/estimators.md, "Normalised scores")
   bool json = false;
   std::filesystem::path cache;

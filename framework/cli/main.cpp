@@ -644,10 +644,29 @@ static int run_cli(int argc, char** argv) {
   index_build->add_option("--fit-budget-mb", index_options.fit_budget_mb,
                           "largest size of one estimator's kept preconditioners (d x d float32 per block; "
                           "default 2048)");
-  index_build->add_flag("--self-influence", index_options.self_influence,
-                        "also keep each kept fit's self-influence of every training row, for `explain "
-                        "--normalise relatif` (costs d x d per row and block, once)");
+  index_build->add_flag(
+      "--self-influence", index_options.self_influence,
+      "also keep each kept fit's self-influence of every training row, for `explain "
+      "--normalise relatif` (costs d x d per row and block, once; given for an index built without it, "
+      "adds it in place)");
   index_build->add_option("--cache", cache, "stage cache");
+  auto* index_append = index_command->add_subcommand(
+      "append",
+      "add examples to a language model's index as a new shard: their gradients under the index's adapter "
+      "and projection (kept preconditioners are left as fitted on the run's training rows)");
+  fs::path append_index, append_examples;
+  index_append->add_option("index", append_index, "index directory (from `inflab index build`)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  index_append
+      ->add_option("examples", append_examples,
+                   "JSON lines, one {\"prompt\": \"...\", \"response\": \"...\"} per example")
+      ->required()
+      ->check(CLI::ExistingFile);
+  index_append->add_option("--cache", cache, "stage cache (the index's fine-tuned adapter is read from it)");
+  index_append->footer(
+      "Example: inflab index append idx-math more.jsonl   (then: inflab explain idx-math --prompt ...; "
+      "docs/explain.md, \"Appending examples\")");
   index_build->footer(
       "Example: inflab index build experiments/quickstart.toml --out idx   (then: inflab explain idx "
       "--validation 0)\n"
@@ -766,16 +785,18 @@ static int run_cli(int argc, char** argv) {
       join_distributed_from_environment();  // `inflab launch -n N index build ...`: a shard per rank
       return command_index_build(runs[0], registry, index_out, cache, index_options);
     }
-    if (*explain) {
+    if (*explain || *index_append) {
       Registry registry;
       load_plugins(registry, common);
-      const fs::path config = explain_request.index / "config.toml";
+      const fs::path& index = *explain ? explain_request.index : append_index;
+      const fs::path config = index / "config.toml";
       if (!fs::is_regular_file(config))
         throw Error(
             fmt::format("{}: not an index (no config.toml); build one with `inflab index build FILE.toml "
                         "--out DIR`",
-                        explain_request.index.string()));
+                        index.string()));
       use_kernels(common, load_experiment(config, {}, registry));
+      if (*index_append) return command_index_append(append_index, append_examples, registry, cache);
       explain_request.cache = cache.empty() ? explain_request.cache : cache;
       return command_explain(explain_request, registry);
     }

@@ -8,6 +8,9 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <functional>
+#include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -43,6 +46,8 @@ nlohmann::json record_json(const IndexRecord& r) {
                     {"version", f.version},
                     {"options", f.options},
                     {"self_influence", f.self_influence}});
+  nlohmann::json appended = nlohmann::json::array();
+  for (const auto& a : r.appended) appended.push_back({{"source", a.source}, {"rows", a.rows}});
   nlohmann::json blocks = nlohmann::json::array();
   for (std::size_t b = 0; b < r.block_names.size(); ++b)
     blocks.push_back(
@@ -53,7 +58,7 @@ nlohmann::json record_json(const IndexRecord& r) {
           {"projection", r.projection},     {"dtype", r.dtype},
           {"examples", r.examples},         {"blocks", blocks},
           {"shard_rows", r.shard_rows},     {"fits", fits},
-          {"class_names", r.class_names}};
+          {"class_names", r.class_names},   {"appended", appended}};
 }
 
 IndexRecord read_record(const fs::path& file) {
@@ -87,6 +92,9 @@ IndexRecord read_record(const fs::path& file) {
     for (const auto& f : j.at("fits"))
       r.fits.push_back({f.at("estimator"), f.at("version"), f.at("options").get<std::vector<std::string>>(),
                         f.value("self_influence", false)});
+    if (j.contains("appended"))  // an index nothing was appended to may predate the field
+      for (const auto& a : j.at("appended")) r.appended.push_back({a.at("source"), a.at("rows")});
+    if (r.appended.size() >= r.shard_rows.size()) throw Error("more appended parts than shards");
   } catch (const std::exception& e) {
     throw Error(fmt::format("{}: {}", file.string(), e.what()));
   }
@@ -124,6 +132,12 @@ std::string verify_index_checksums(const fs::path& dir, bool hash_shards) {
   if (hash_shards) return verify_directory_checksums(dir);
   return verify_directory_checksums(dir,
                                     [](const std::string& file) { return file.rfind("shards/", 0) == 0; });
+}
+
+std::int64_t appended_rows(const IndexRecord& record) {
+  std::int64_t rows = 0;
+  for (const auto& a : record.appended) rows += a.rows;
+  return rows;
 }
 
 std::string options_text(const std::vector<std::string>& options) {
@@ -218,18 +232,32 @@ IndexRecord build_index(const ExperimentConfig& config, Registry& registry, cons
     if (existing.gradients_key == record.gradients_key && existing.dtype == dtype) {
       if (std::string problem = verify_directory_checksums(dir); !problem.empty())
         throw Error(fmt::format("index {}: {}; remove it and build it again", dir.string(), problem));
-      if (options.self_influence)
-        for (const auto& f : existing.fits)
-          if (!f.self_influence)
-            log(
-                fmt::format("index {}: kept without {}'s self-influence (--self-influence does not change a "
-                            "built index); explain computes it from the kept fit when asked, or build a new "
-                            "folder",
-                            dir.string(), f.estimator));
       log(fmt::format("index {}: already built from these gradients, every file checked (fitted: {})",
                       dir.string(),
                       existing_fits.empty() ? "none" : fmt::format("{}", fmt::join(existing_fits, ", "))));
-      return existing;
+      const bool adds =
+          options.self_influence && std::any_of(existing.fits.begin(), existing.fits.end(),
+                                                [](const IndexFit& f) { return !f.self_influence; });
+      if (!adds) return existing;
+      // --self-influence on an index built without it: added in place from its kept fits and stored
+      // rows (what a build with it computes). The new files first (unlisted files are ignored), then
+      // the record and the checksums that cover it.
+      IndexRecord updated = existing;
+      if (distributed_rank() == 0) {
+        const IndexRows rows = map_rows(dir, existing);
+        for (auto& fit : updated.fits)
+          if (!fit.self_influence) {
+            save_npy(dir / "fits" / fit.estimator / "self_influence.npy",
+                     kept_self_influence(rows, kept_inverses(dir, fit.estimator, existing.block_names)));
+            fit.self_influence = true;
+            log(fmt::format("index {}: added {}'s self-influence of the {} training rows", dir.string(),
+                            fit.estimator, rows.rows()));
+          }
+        write_file_atomic(dir / "index.json", record_json(updated).dump(1) + "\n");
+        write_directory_checksums(dir);
+      }
+      barrier_over_ranks();
+      return read_record(dir / "index.json");
     }
     throw Error(
         fmt::format("{}: holds the index of other gradients ({} run {}, dtype {}); choose another --out "
@@ -414,22 +442,161 @@ AttributionIndex open_index(const fs::path& dir, Registry& registry, double hash
   return index;
 }
 
+void read_prompt_lines(const fs::path& file, bool need_response, std::vector<std::string>& prompts,
+                       std::vector<std::string>& responses, std::vector<int>* line_numbers) {
+  std::ifstream in(file);
+  if (!in) throw Error(fmt::format("{}: cannot be read", file.string()));
+  const char* expected = need_response ? R"({"prompt": "...", "response": "..."} (a non-empty response))"
+                                       : R"({"prompt": "..."} (and optionally "response"))";
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const std::exception& e) {
+      throw Error(fmt::format("{}:{}: not a JSON object ({})", file.string(), number, e.what()));
+    }
+    const bool has_response = j.is_object() && j.contains("response") && j["response"].is_string() &&
+                              !j["response"].get<std::string>().empty();
+    if (!j.is_object() || !j.contains("prompt") || !j["prompt"].is_string() ||
+        (need_response && !has_response))
+      throw Error(fmt::format("{}:{}: expected {}, found {}", file.string(), number, expected, line));
+    prompts.push_back(j["prompt"]);
+    responses.push_back(has_response ? j["response"].get<std::string>() : "");
+    if (line_numbers) line_numbers->push_back(number);
+  }
+}
+
+namespace {
+// Before any fine-tuning: only a language model's index takes prompts.
+void require_language_model(const AttributionIndex& index, Registry& registry, const std::string& refusal) {
+  auto unbuilt =
+      registry.create_as<Model>(PluginKind::Model, index.config.model.plugin, index.config.model.options);
+  if (!capability<LanguageModel>(*unbuilt))
+    throw Error(fmt::format("{}; the index's model '{}' is not one", refusal, index.config.model.plugin));
+}
+
+// The prompts' gradients in the index's block order (the index may hold a selection of the blocks).
+GradientBlocks in_index_order(const AttributionIndex& index, const GradientBlocks& blocks) {
+  GradientBlocks out;
+  for (const auto& name : index.record.block_names) {
+    const auto it = std::find_if(blocks.begin(), blocks.end(), [&](const auto& e) { return e.name == name; });
+    if (it == blocks.end()) throw Error(fmt::format("the examples' gradients have no block '{}'", name));
+    out.push_back(*it);
+  }
+  return out;
+}
+}  // namespace
+
 PromptGradients prompt_gradients(const AttributionIndex& index, Registry& registry, const RunPaths& paths,
                                  const std::vector<std::string>& prompts,
                                  const std::vector<std::string>& responses, std::int64_t max_tokens) {
-  {  // Before any fine-tuning: only a language model answers prompts.
-    auto unbuilt =
-        registry.create_as<Model>(PluginKind::Model, index.config.model.plugin, index.config.model.options);
-    if (!capability<LanguageModel>(*unbuilt))
-      throw Error(
-          fmt::format("--prompt: prompts as queries need a language model; the index's model '{}' is not "
-                      "one (use --validation ROW)",
-                      index.config.model.plugin));
-  }
+  require_language_model(index, registry,
+                         "--prompt: prompts as queries need a language model (use --validation ROW)");
   FinetunedModel tuned = finetuned_model(index.config, registry, paths);
   auto queries = prompt_query_gradients(stage_inputs("gradients", index.config), *tuned.model, prompts,
                                         responses, max_tokens);
   return {queries.prompts, queries.answers, std::move(queries.gradients)};
+}
+
+IndexRecord append_to_index(const fs::path& dir, Registry& registry, const RunPaths& paths,
+                            const fs::path& examples_file) {
+  if (distributed_world_size() > 1)
+    throw Error("index append: runs in one process, not under `inflab launch`");
+  // Every byte checked: the new CHECKSUMS vouches for the old files too.
+  AttributionIndex index = open_index(dir, registry, std::numeric_limits<double>::infinity());
+  require_language_model(index, registry,
+                         "index append: appended examples are prompts with responses, for a language model");
+  std::vector<std::string> prompts, responses;
+  std::vector<int> line_numbers;
+  read_prompt_lines(examples_file, /*need_response=*/true, prompts, responses, &line_numbers);
+  if (prompts.empty())
+    throw Error(
+        fmt::format(R"({}: no examples; expected one {{"prompt": "...", "response": "..."}} per line)",
+                    examples_file.string()));
+  log(fmt::format("index append: {} examples from {}", prompts.size(), examples_file.string()));
+  const GradientBlocks gradients =
+      in_index_order(index, prompt_gradients(index, registry, paths, prompts, responses, 0).gradients);
+  const auto added = static_cast<std::int64_t>(prompts.size());
+  const std::int64_t first_row = index.train.rows();
+
+  // The new shard, written beside its place and renamed into it (a leftover of an interrupted
+  // append, unknown to index.json, is replaced).
+  IndexRecord record = index.record;
+  const fs::path shard = shard_directory(dir, record.shard_rows.size());
+  fs::path staging = shard;
+  staging += ".appending";
+  fs::remove_all(staging);
+  for (std::size_t b = 0; b < gradients.size(); ++b)
+    write_rows(staging / (record.block_names[b] + ".npy"), gradients[b].values, record.dtype);
+  fs::remove_all(shard);
+  fs::rename(staging, shard);
+  record.shard_rows.push_back(added);
+  record.examples += added;
+  record.appended.push_back({examples_file.string(), added});
+
+  // Every changed file is written beside its place first and hashed there, so that only renames
+  // stand between the old index and the new one; CHECKSUMS is written last.
+  std::map<std::string, std::string> checksums;  // relative name -> "hash size"
+  {
+    std::istringstream lines(read_file(dir / "CHECKSUMS"));
+    std::string hash, size, file;
+    while (lines >> hash >> size && std::getline(lines >> std::ws, file)) checksums[file] = hash + " " + size;
+  }
+  std::vector<std::string> staged;
+  auto stage = [&](const std::string& name, const std::function<void(const fs::path&)>& write) {
+    const fs::path path = dir / (name + ".appending");
+    write(path);
+    checksums[name] = file_checksum(path);
+    staged.push_back(name);
+  };
+  for (const auto& name : record.block_names) {
+    const std::string file = fmt::format("shards/{:05d}/{}.npy", record.shard_rows.size() - 1, name);
+    checksums[file] = file_checksum(dir / file);
+  }
+  ExampleMeta train_meta = index.train_meta;
+  std::string examples = fs::exists(dir / "examples.jsonl") ? read_file(dir / "examples.jsonl") : "";
+  for (std::int64_t i = 0; i < added; ++i) {
+    // Ids apart from the run's and from explain's image queries (2,000,000,000 + i).
+    const std::int64_t id = 3'000'000'000 + first_row + i;
+    train_meta.ids.push_back(id), train_meta.labels.push_back(-1), train_meta.observed_labels.push_back(-1);
+    train_meta.flipped.push_back(0);
+    examples += nlohmann::json{{"split", "train"},
+                               {"row", first_row + i},
+                               {"id", id},
+                               {"label", -1},
+                               {"text", prompts[static_cast<std::size_t>(i)]},
+                               {"response", responses[static_cast<std::size_t>(i)]},
+                               {"source", fmt::format("{}:{}", examples_file.string(),
+                                                      line_numbers[static_cast<std::size_t>(i)])}}
+                    .dump() +
+                "\n";
+  }
+  stage("meta.json", [&](const fs::path& path) {
+    write_file_atomic(
+        path,
+        nlohmann::json{{"train", meta_json(train_meta)}, {"query", meta_json(index.query_meta)}}.dump() +
+            "\n");
+  });
+  stage("examples.jsonl", [&](const fs::path& path) { write_file_atomic(path, examples); });
+  const IndexRows rows = map_rows(dir, record);
+  for (const auto& fit : record.fits)
+    if (fit.self_influence)  // over all rows, with the kept fit (which the appended rows leave as it is)
+      stage(fmt::format("fits/{}/self_influence.npy", fit.estimator), [&](const fs::path& path) {
+        save_npy(path, kept_self_influence(rows, kept_inverses(dir, fit.estimator, record.block_names)));
+      });
+  stage("index.json",
+        [&](const fs::path& path) { write_file_atomic(path, record_json(record).dump(1) + "\n"); });
+  for (const auto& name : staged) {
+    fs::path from = dir / name;
+    from += ".appending";
+    fs::rename(from, dir / name);
+  }
+  std::string list;
+  for (const auto& [file, checksum] : checksums) list += checksum + " " + file + "\n";
+  write_file_atomic(dir / "CHECKSUMS", list);
+  return record;
 }
 
 ImageGradients image_gradients(const AttributionIndex& index, Registry& registry, const RunPaths& paths,
@@ -509,6 +676,19 @@ GradientBlocks gather_queries(const AttributionIndex& index, const std::vector<s
   return out;
 }
 
+namespace {
+
+// compute()'s result; its wall-clock seconds into `seconds`.
+template <class Compute>
+auto timed(double& seconds, Compute&& compute) {
+  const auto start = std::chrono::steady_clock::now();
+  auto result = compute();
+  seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+}  // namespace
+
 PreconditionedQueries precondition_queries(const AttributionIndex& index, Registry& registry,
                                            const std::string& name, const std::vector<std::string>& sets,
                                            const GradientBlocks& queries, bool want_self_influence) {
@@ -541,23 +721,24 @@ PreconditionedQueries precondition_queries(const AttributionIndex& index, Regist
           fmt::format("explain: computing the self-influence of the {} training rows from the kept fit "
                       "(`inflab index build --self-influence` keeps it)",
                       index.train.rows()));
-      const auto start = std::chrono::steady_clock::now();
-      out.self_influence = kept_self_influence(index.train, inverses);
-      out.self_influence_seconds =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      out.self_influence =
+          timed(out.self_influence_seconds, [&] { return kept_self_influence(index.train, inverses); });
     }
     return out;
   }
   const auto n = index.train.rows();
+  const std::size_t run_shards = index.record.run_shards();  // appended examples are not fitted on
   log(fmt::format(
-      "explain: fitting {} ({}) now on the {} training rows read into memory (the index keeps no such fit; "
-      "`inflab index build --fit` keeps one where it is smaller than the rows)",
-      name, options_text(sets), n));
-  GradientBlocks train;
+      "explain: fitting {} ({}) now on the run's {} training rows read into memory (the index keeps no such "
+      "fit; `inflab index build --fit` keeps one where it is smaller than the rows)",
+      name, options_text(sets), n - appended_rows(index.record)));
+  GradientBlocks train, every;  // the run's rows; with the appended ones (self-influence)
   for (std::size_t b = 0; b < index.train.block_names.size(); ++b) {
     std::vector<at::Tensor> parts;
     for (std::size_t s = 0; s < index.train.shards.size(); ++s)
       parts.push_back(index.train.float_rows(s, b, 0, index.train.shards[s][b].size(0)));
+    if (run_shards < parts.size()) every.push_back({index.train.block_names[b], torch::cat(parts)});
+    parts.resize(run_shards);
     train.push_back({index.train.block_names[b], torch::cat(parts).contiguous()});
     if (const auto tokens = index.record.factor_tokens[b]; tokens > 0) {
       const std::string factors = (index.dir / "factors" / index.train.block_names[b]).string();
@@ -579,10 +760,8 @@ PreconditionedQueries precondition_queries(const AttributionIndex& index, Regist
         fmt::format("explain: computing the self-influence of the {} training rows with {} (one inverse "
                     "product per row)",
                     n, name));
-    const auto start = std::chrono::steady_clock::now();
-    out.self_influence = self_influence(*estimator, train);
-    out.self_influence_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    out.self_influence = timed(out.self_influence_seconds,
+                               [&] { return self_influence(*estimator, every.empty() ? train : every); });
   }
   return out;
 }

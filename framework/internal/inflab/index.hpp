@@ -35,6 +35,13 @@ struct IndexFit {
   bool self_influence = false;       // fits/<estimator>/self_influence.npy is kept
 };
 
+// Examples appended after the build (`inflab index append`): scored like the training rows, but not
+// part of the run's fine-tuning, so no preconditioner is fitted on them.
+struct IndexAppended {
+  std::string source;  // the file they came from
+  std::int64_t rows = 0;
+};
+
 struct IndexRecord {
   std::string experiment, run, finetune_key, gradients_key, projection, dtype;
   std::int64_t examples = 0;
@@ -44,6 +51,9 @@ struct IndexRecord {
   std::vector<std::int64_t> shard_rows;     // training rows per shard, in row order
   std::vector<IndexFit> fits;
   std::vector<std::string> class_names;  // the dataset's, by label
+  std::vector<IndexAppended> appended;   // the last appended.size() shards, in order
+  // The shards of the run's own training rows (the first ones): what preconditioners are fitted on.
+  std::size_t run_shards() const { return shard_rows.size() - appended.size(); }
 };
 
 struct IndexBuildOptions {
@@ -92,6 +102,21 @@ struct AttributionIndex {
 // cost more than scoring a query (about 1 s per GB); `inflab index build` on the same folder
 // checks every byte.
 AttributionIndex open_index(const std::filesystem::path& dir, Registry& registry, double hash_limit_mb = 64);
+
+// Appends the prompt/response pairs of `examples_file` (JSON lines {"prompt", "response"}) to a
+// language model's index as a new shard: their gradients of the run's influence loss under the
+// index's adapter and projection, in the index's dtype, with their text in examples.jsonl. Kept
+// fits are left as they are (they describe the fine-tuning data); a kept self-influence is
+// recomputed over all rows.
+IndexRecord append_to_index(const std::filesystem::path& dir, Registry& registry, const RunPaths& paths,
+                            const std::filesystem::path& examples_file);
+
+// Prompt/response pairs from JSON lines ({"prompt": "...", "response": "..."}; blank lines skipped),
+// appended to `prompts` and `responses` ("" where a response is optional and absent); errors name
+// the file and line. `line_numbers`, when given, receives each pair's line.
+void read_prompt_lines(const std::filesystem::path& file, bool need_response,
+                       std::vector<std::string>& prompts, std::vector<std::string>& responses,
+                       std::vector<int>* line_numbers = nullptr);
 
 // Queries given as prompts (a language model's run): the answers (given, or generated greedily by
 // the fine-tuned model) and their gradients with the index's projection.
