@@ -210,6 +210,43 @@ at::Tensor IndexRows::float_rows(std::size_t shard, std::size_t block, std::int6
   return stored.to(torch::kFloat).contiguous();
 }
 
+// Replaces files of a verified index together: each new or changed file is written beside its
+// place (NAME.updating) and hashed there, so that only renames stand between the old index and the
+// new one; CHECKSUMS (the old entries with the new ones) is written last. A leftover .updating
+// file of an interrupted update is unlisted, so it is ignored and overwritten by the next one.
+class IndexUpdate {
+ public:
+  explicit IndexUpdate(fs::path dir) : dir_(std::move(dir)) {
+    std::istringstream lines(read_file(dir_ / "CHECKSUMS"));
+    std::string hash, size, file;
+    while (lines >> hash >> size && std::getline(lines >> std::ws, file))
+      checksums_[file] = hash + " " + size;
+  }
+  void stage(const std::string& name, const std::function<void(const fs::path&)>& write) {
+    write(staging(name));
+    checksums_[name] = file_checksum(staging(name));
+    staged_.push_back(name);
+  }
+  // A file already in its place (an appended shard's, renamed in as a whole folder).
+  void add_in_place(const std::string& name) { checksums_[name] = file_checksum(dir_ / name); }
+  void commit() {
+    for (const auto& name : staged_) fs::rename(staging(name), dir_ / name);
+    std::string list;
+    for (const auto& [file, checksum] : checksums_) list += checksum + " " + file + "\n";
+    write_file_atomic(dir_ / "CHECKSUMS", list);
+  }
+
+ private:
+  fs::path staging(const std::string& name) const {
+    fs::path path = dir_ / name;
+    path += ".updating";
+    return path;
+  }
+  fs::path dir_;
+  std::map<std::string, std::string> checksums_;  // relative name -> "hash size"
+  std::vector<std::string> staged_;
+};
+
 IndexRecord build_index(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,
                         const fs::path& dir, const IndexBuildOptions& options) {
   const std::string& dtype = options.dtype;
@@ -240,21 +277,25 @@ IndexRecord build_index(const ExperimentConfig& config, Registry& registry, cons
                                                 [](const IndexFit& f) { return !f.self_influence; });
       if (!adds) return existing;
       // --self-influence on an index built without it: added in place from its kept fits and stored
-      // rows (what a build with it computes). The new files first (unlisted files are ignored), then
-      // the record and the checksums that cover it.
+      // rows (what a build with it computes), with the record that lists it, as one update.
       IndexRecord updated = existing;
       if (distributed_rank() == 0) {
         const IndexRows rows = map_rows(dir, existing);
+        IndexUpdate update(dir);
         for (auto& fit : updated.fits)
           if (!fit.self_influence) {
-            save_npy(dir / "fits" / fit.estimator / "self_influence.npy",
-                     kept_self_influence(rows, kept_inverses(dir, fit.estimator, existing.block_names)));
+            update.stage(fmt::format("fits/{}/self_influence.npy", fit.estimator), [&](const fs::path& path) {
+              save_npy(path,
+                       kept_self_influence(rows, kept_inverses(dir, fit.estimator, existing.block_names)));
+            });
             fit.self_influence = true;
             log(fmt::format("index {}: added {}'s self-influence of the {} training rows", dir.string(),
                             fit.estimator, rows.rows()));
           }
-        write_file_atomic(dir / "index.json", record_json(updated).dump(1) + "\n");
-        write_directory_checksums(dir);
+        update.stage("index.json", [&](const fs::path& path) {
+          write_file_atomic(path, record_json(updated).dump(1) + "\n");
+        });
+        update.commit();
       }
       barrier_over_ranks();
       return read_record(dir / "index.json");
@@ -536,25 +577,11 @@ IndexRecord append_to_index(const fs::path& dir, Registry& registry, const RunPa
   record.examples += added;
   record.appended.push_back({examples_file.string(), added});
 
-  // Every changed file is written beside its place first and hashed there, so that only renames
-  // stand between the old index and the new one; CHECKSUMS is written last.
-  std::map<std::string, std::string> checksums;  // relative name -> "hash size"
-  {
-    std::istringstream lines(read_file(dir / "CHECKSUMS"));
-    std::string hash, size, file;
-    while (lines >> hash >> size && std::getline(lines >> std::ws, file)) checksums[file] = hash + " " + size;
-  }
-  std::vector<std::string> staged;
-  auto stage = [&](const std::string& name, const std::function<void(const fs::path&)>& write) {
-    const fs::path path = dir / (name + ".appending");
-    write(path);
-    checksums[name] = file_checksum(path);
-    staged.push_back(name);
-  };
-  for (const auto& name : record.block_names) {
-    const std::string file = fmt::format("shards/{:05d}/{}.npy", record.shard_rows.size() - 1, name);
-    checksums[file] = file_checksum(dir / file);
-  }
+  // Every changed file as one update (IndexUpdate): only renames stand between the old index and the
+  // new one.
+  IndexUpdate update(dir);
+  for (const auto& name : record.block_names)
+    update.add_in_place(fmt::format("shards/{:05d}/{}.npy", record.shard_rows.size() - 1, name));
   ExampleMeta train_meta = index.train_meta;
   std::string examples = fs::exists(dir / "examples.jsonl") ? read_file(dir / "examples.jsonl") : "";
   for (std::int64_t i = 0; i < added; ++i) {
@@ -573,29 +600,22 @@ IndexRecord append_to_index(const fs::path& dir, Registry& registry, const RunPa
                     .dump() +
                 "\n";
   }
-  stage("meta.json", [&](const fs::path& path) {
+  update.stage("meta.json", [&](const fs::path& path) {
     write_file_atomic(
         path,
         nlohmann::json{{"train", meta_json(train_meta)}, {"query", meta_json(index.query_meta)}}.dump() +
             "\n");
   });
-  stage("examples.jsonl", [&](const fs::path& path) { write_file_atomic(path, examples); });
+  update.stage("examples.jsonl", [&](const fs::path& path) { write_file_atomic(path, examples); });
   const IndexRows rows = map_rows(dir, record);
   for (const auto& fit : record.fits)
     if (fit.self_influence)  // over all rows, with the kept fit (which the appended rows leave as it is)
-      stage(fmt::format("fits/{}/self_influence.npy", fit.estimator), [&](const fs::path& path) {
+      update.stage(fmt::format("fits/{}/self_influence.npy", fit.estimator), [&](const fs::path& path) {
         save_npy(path, kept_self_influence(rows, kept_inverses(dir, fit.estimator, record.block_names)));
       });
-  stage("index.json",
-        [&](const fs::path& path) { write_file_atomic(path, record_json(record).dump(1) + "\n"); });
-  for (const auto& name : staged) {
-    fs::path from = dir / name;
-    from += ".appending";
-    fs::rename(from, dir / name);
-  }
-  std::string list;
-  for (const auto& [file, checksum] : checksums) list += checksum + " " + file + "\n";
-  write_file_atomic(dir / "CHECKSUMS", list);
+  update.stage("index.json",
+               [&](const fs::path& path) { write_file_atomic(path, record_json(record).dump(1) + "\n"); });
+  update.commit();
   return record;
 }
 
