@@ -16,7 +16,7 @@ for file in "$source_dir"/experiments/paper/*.toml; do
     # The paper's own text data: its protocol (prompt loss, scored padding), 2 + 1 examples per class.
     sizes=(--set dataset.train_per_class=2 --set dataset.test_per_class=1 --set task.scored=prompt
       --set task.padding=longest --set 'model.lora.targets=["blk.0.attn_q", "blk.29.attn_v"]')
-  elif grep -q 'plugin = "styled_digits"' "$file"; then
+  elif grep -Eq 'plugin = "styled_(digits|fashion)"' "$file"; then
     # The diffusion studies: 3 images per class, a one-epoch base, 2 generated queries per class.
     sizes=(--set dataset.train_per_class=3 --set dataset.test_per_class=1 --set dataset.n_pretrain=40
       --set training.pretrain_epochs=1 --set queries.generated_per_class=2 --set queries.sampling_steps=3)

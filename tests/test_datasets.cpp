@@ -15,6 +15,7 @@
 #include "inflab/dataset.hpp"
 #include "inflab/error.hpp"
 #include "inflab/pipeline.hpp"
+#include "inflab/readers.hpp"
 #include "inflab/registry.hpp"
 #include "inflab/sampling.hpp"
 #include "inflab/splits.hpp"
@@ -104,6 +105,130 @@ TEST_CASE("digits reads sklearn's digits.csv.gz exactly", "[datasets]") {
   REQUIRE_THROWS_WITH(
       dataset(registry, "digits", {{"path", std::string("/nonexistent/digits.csv.gz")}})->load(),
       Contains("./inflab setup"));
+}
+
+TEST_CASE(
+    "styled_fashion styles test-file clothing, the base pretrains on the training file whatever the seed",
+    "[datasets]") {
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  const fs::path dir = "/usr/share/datasets/fashion-mnist";
+  const char* hint = "apt-get install dataset-fashion-mnist";
+  const auto train_file =
+      inflab::read_idx(dir / "train-images-idx3-ubyte.gz", dir / "train-labels-idx1-ubyte.gz", hint, 9);
+  const auto test_file =
+      inflab::read_idx(dir / "t10k-images-idx3-ubyte.gz", dir / "t10k-labels-idx1-ubyte.gz", hint, 9);
+  REQUIRE(train_file.count == 60000);
+  REQUIRE(test_file.count == 10000);
+  auto image = [](const inflab::IdxImages& file, std::int64_t row) {  // [0, 1], 28 x 28
+    std::vector<float> v(784);
+    for (int p = 0; p < 784; ++p) v[p] = file.pixels[static_cast<std::size_t>(row * 784 + p)] / 255.0f;
+    return torch::tensor(v).reshape({28, 28});
+  };
+  auto by_hand = [](const torch::Tensor& x, std::int64_t style) {  // as in the styled_digits test
+    auto padded = torch::constant_pad_nd(x, {1, 1, 1, 1}, 0);
+    torch::Tensor y;
+    if (style == 10) {
+      y = torch::zeros({28, 28});
+      for (auto [dr, dc] : std::vector<std::pair<int, int>>{{-1, 0}, {1, 0}, {0, -1}, {0, 1}})
+        y = torch::maximum(y, (x - padded.narrow(0, 1 + dr, 28).narrow(1, 1 + dc, 28)).abs());
+      y = y.clamp_max(1);
+    } else if (style == 11) {
+      y = (x >= 0.5).to(torch::kFloat);
+    } else if (style == 12) {
+      y = 1 - x;
+    } else {
+      y = torch::avg_pool2d(padded.unsqueeze(0).unsqueeze(0), 3, 1).squeeze();
+    }
+    return 2 * y - 1;
+  };
+  auto load = [&](std::map<std::string, inflab::Value> set) {
+    return dataset(registry, "styled_fashion", set)->load();
+  };
+  const std::vector<std::string> four{"sketch", "posterize", "negative", "blur"};
+  auto styled = load({{"styles", four},
+                      {"train_per_class", std::int64_t{5}},
+                      {"test_per_class", std::int64_t{2}},
+                      {"n_pretrain", std::int64_t{300}}});
+  REQUIRE(styled.train.size() == 20);
+  REQUIRE(styled.validation.size() == 8);
+  CHECK(styled.class_names.at(0) == "T-shirt/top");
+  CHECK(styled.class_names.at(13) == "blur");
+  std::set<std::int64_t> used;
+  for (const inflab::Split* split : {&styled.train, &styled.validation})
+    for (std::size_t k = 0; k < split->ids.size(); ++k) {
+      const auto label = split->labels[static_cast<std::int64_t>(k)].item<std::int64_t>();
+      const std::int64_t id = split->ids[k];
+      INFO("id " << id << ", style " << label);
+      REQUIRE(label >= 10);
+      REQUIRE((id >= 60000 && id < 70000));  // a test-file image
+      CHECK(split->inputs[static_cast<std::int64_t>(k)].reshape({28, 28}).allclose(
+          by_hand(image(test_file, id - 60000), label), 1e-6, 1e-6));
+      CHECK(used.insert(id).second);
+    }
+  // The base: the training file's first n_pretrain images, plain, labelled with their class.
+  REQUIRE(styled.pretrain.size() == 300);
+  for (std::int64_t k = 0; k < 300; k += 37) {
+    CHECK(styled.pretrain.ids[static_cast<std::size_t>(k)] == k);
+    CHECK(styled.pretrain.labels[k].item<std::int64_t>() == train_file.labels[static_cast<std::size_t>(k)]);
+    CHECK(styled.pretrain.inputs[k].reshape({28, 28}).allclose(2 * image(train_file, k) - 1, 1e-6, 1e-6));
+  }
+  // Another finetune_seed draws other images to style, and the same base images.
+  auto reseeded = load({{"styles", four},
+                        {"train_per_class", std::int64_t{5}},
+                        {"test_per_class", std::int64_t{2}},
+                        {"n_pretrain", std::int64_t{300}},
+                        {"finetune_seed", std::int64_t{1}}});
+  CHECK(reseeded.train.ids != styled.train.ids);
+  CHECK(reseeded.pretrain.ids == styled.pretrain.ids);
+  CHECK(reseeded.pretrain.inputs.equal(styled.pretrain.inputs));
+
+  auto subjects = load({{"mode", std::string("subject")},
+                        {"subjects", std::vector<std::int64_t>{5, 9}},
+                        {"train_per_class", std::int64_t{4}},
+                        {"test_per_class", std::int64_t{1}},
+                        {"n_pretrain", std::int64_t{500}}});
+  CHECK(subjects.train.size() == 8);
+  for (std::size_t k = 0; k < subjects.train.ids.size(); ++k) {
+    const auto label = subjects.train.labels[static_cast<std::int64_t>(k)].item<std::int64_t>();
+    CHECK((label == 5 || label == 9));
+    CHECK(test_file.labels[static_cast<std::size_t>(subjects.train.ids[k] - 60000)] == label);
+  }
+  REQUIRE(subjects.pretrain.size() == 500);
+  for (std::size_t k = 0; k < subjects.pretrain.ids.size(); ++k) {
+    const auto c = train_file.labels[static_cast<std::size_t>(subjects.pretrain.ids[k])];
+    CHECK((c != 5 && c != 9));                                              // never a subject
+    if (k) CHECK(subjects.pretrain.ids[k] > subjects.pretrain.ids[k - 1]);  // the file's order
+  }
+  REQUIRE_THROWS_WITH(dataset(registry, "styled_fashion", {{"subjects", std::vector<std::int64_t>{3, 12}}}),
+                      Contains("subject 12 is not a class"));
+  REQUIRE_THROWS_WITH(load({{"train_per_class", std::int64_t{5000}}}),
+                      Contains("fewer than train_per_class"));
+
+  // finetune_seed stays out of the base's cache key (the seeds share one base), not the finetune's.
+  test::TempDir tmp;
+  const std::string experiment = R"([experiment]
+name = "k"
+[dataset]
+plugin = "styled_fashion"
+[model]
+plugin = "ddpm_lora"
+channels = [16, 32, 64]
+[task]
+name = "denoising"
+[[estimator]]
+plugin = "hessian_free"
+[evaluation]
+mode = "pairwise"
+metrics = ["class_detection"]
+)";
+  auto at = [&](const char* seed) {
+    return inflab::load_experiment(tmp.write("k.toml", experiment),
+                                   {std::string("dataset.finetune_seed=") + seed}, registry)
+        .at(0);
+  };
+  CHECK(inflab::stage_key("base", at("0")) == inflab::stage_key("base", at("1")));
+  CHECK(inflab::stage_key("finetune", at("0")) != inflab::stage_key("finetune", at("1")));
 }
 
 TEST_CASE("styled_digits renders real digits in styles, subjects stay out of the base's split",

@@ -70,7 +70,8 @@ def test_quality_on_runs_with_known_answers():
         write_run(os.path.join(work, "half"), train, train_labels, mixed, query_labels)
         assert images.quality(os.path.join(work, "half"))["generated_accuracy"] == 0.5
         rows = images.write_quality(work, [os.path.join(work, d) for d in ("right", "wrong", "half")])
-        assert [r[3] for r in rows] == ["1.0000", "0.0000", "0.5000"]
+        assert [r[4] for r in rows] == ["1.0000", "0.0000", "0.5000"]
+        assert {r[1] for r in rows} == {"5-NN on the run's training images"}
         assert os.path.exists(os.path.join(work, "generated_images.csv"))
 
 

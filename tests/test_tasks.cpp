@@ -313,21 +313,32 @@ TEST_CASE("denoising, the paper's notebook: shared noise, per-timestep gradients
 
 TEST_CASE("ddpm_lora (U-Net: LoRA convolutions, strided and attention): denoising gradients equal a loop",
           "[task][ddpm]") {
+  // Two levels on 8x8 (the digits studies' shape) and three on 12x12 (28x28's: two halvings).
+  const bool deep = GENERATE(false, true);
+  const std::int64_t side = deep ? 12 : 8;
+  INFO((deep ? "three levels" : "two levels"));
   auto options = inflab::default_options(
       "ddpm_lora", test::registry().find(inflab::PluginKind::Model, "ddpm_lora").info->options());
-  options.set("channels", std::vector<std::int64_t>{8, 8});
+  options.set("channels", deep ? std::vector<std::int64_t>{4, 8, 8} : std::vector<std::int64_t>{8, 8});
   options.set("embedding", std::int64_t{8});
   options.set("groups", std::int64_t{4});
   auto model = test::registry().create_as<inflab::Model>(inflab::PluginKind::Model, "ddpm_lora", options);
-  model->build({{64}, 3}, inflab::LoraConfig{2, 4.0, 0.0, {"*"}}, 5);
+  model->build({{side * side}, 3}, inflab::LoraConfig{2, 4.0, 0.0, {"*"}}, 5);
   perturb(*model);
   std::set<std::string> layers;
   for (auto* layer : model->lora_layers()) layers.insert(layer->name());
-  CHECK(layers.count("down"));    // a stride-2 convolution
-  CHECK(layers.count("attn.q"));  // attention over the half-resolution positions
+  CHECK(layers.count(deep ? "down2" : "down"));  // a stride-2 convolution
+  CHECK(layers.count("attn.q"));                 // attention over the lowest-resolution positions
+  CHECK(layers.count(deep ? "res6.conv2" : "res4.conv2"));
+  CHECK(layers.size() == (deep ? 2u + 4 + 6 * 2 + 4 : 2u + 2 + 4 * 2 + 4));
+  if (deep) {  // 10 does not halve twice
+    auto other = test::registry().create_as<inflab::Model>(inflab::PluginKind::Model, "ddpm_lora", options);
+    REQUIRE_THROWS_WITH(other->build({{100}, 3}, inflab::LoraConfig{2, 4.0, 0.0, {"*"}}, 5),
+                        Contains("halves 2 times") && Contains("found 100 values"));
+  }
   torch::manual_seed(3);
   const std::int64_t n = 4;
-  auto images = torch::rand({n, 64}) * 2 - 1;  // flattened 8x8 grey images, as the datasets give them
+  auto images = torch::rand({n, side * side}) * 2 - 1;  // flattened grey images, as the datasets give them
   auto condition = torch::tensor({0, 2, 1, 2}, torch::kLong);
   auto ids = torch::tensor({8, 3, 21, 5}, torch::kLong);
   const std::vector<std::int64_t> timesteps{25, 525};

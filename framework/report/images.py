@@ -65,21 +65,47 @@ def class_names(run):
 
 
 def quality(run):
-    """Judge of the run's training images: its leave-one-out accuracy on them and the share of the
-    generated queries (queries.npy) it puts in their condition's class, overall and per class."""
+    """Judge of the run's generated queries (queries.npy): the share put in their condition's class,
+    overall and per class, and the judge's accuracy on real images (its ceiling). Queries of
+    Fashion-MNIST classes (28x28 images, conditions 0-9: styled_fashion's subject mode) are judged by
+    judge.py's CNN trained on the 60,000 real training images (accuracy on the 10,000 test images);
+    any other run's (styles, digits) by the nearest-neighbour vote over the run's own training images
+    (leave-one-out accuracy on them)."""
     train = np.load(os.path.join(run, "train.npy")).astype(np.float64)
     queries = np.load(os.path.join(run, "queries.npy")).reshape(-1, train.shape[1]).astype(np.float64)
     train_labels, query_labels = run_examples(run)
     if len(train_labels) != len(train) or len(query_labels) != len(queries):
         sys.exit(f"{run}: examples.jsonl lists {len(train_labels)} training and {len(query_labels)} query rows, "
                  f"train.npy and queries.npy hold {len(train)} and {len(queries)}")
-    real = (knn_predict(train, train_labels, train, leave_one_out=True) == train_labels).mean()
-    judged = knn_predict(train, train_labels, queries)
     names = class_names(run)
+    if train.shape[1] == 784 and query_labels.max() < 10 and fashion_run(run):
+        import judge
+
+        data, data_hash = judge.fashion(judge.DEFAULT_DATA)
+        net, _, _ = judge.judge_network(data, data_hash, judge.default_cache())
+        real = (judge.predict(net, data["test_images"])[0] == data["test_labels"]).mean()
+        judged = judge.predict(net, queries)[0]
+        names = dict(enumerate(judge.CLASSES))
+        who = "Fashion-MNIST CNN (judge.py)"
+    else:
+        real = (knn_predict(train, train_labels, train, leave_one_out=True) == train_labels).mean()
+        judged = knn_predict(train, train_labels, queries)
+        who = f"{NEIGHBOURS}-NN on the run's training images"
     per_class = {names.get(int(c), str(c)): float((judged[query_labels == c] == c).mean())
                  for c in np.unique(query_labels)}
-    return {"judge_accuracy_real": float(real), "generated_accuracy": float((judged == query_labels).mean()),
+    return {"judge": who, "judge_accuracy_real": float(real),
+            "generated_accuracy": float((judged == query_labels).mean()),
             "generated": int(len(queries)), "per_class": per_class}
+
+
+def fashion_run(run):
+    """Whether the run's dataset is styled_fashion (its images are Fashion-MNIST's)."""
+    try:
+        import tomllib
+
+        return tomllib.load(open(os.path.join(run, "config.toml"), "rb")).get("dataset", {}).get("plugin") == "styled_fashion"
+    except (OSError, ValueError):
+        return False
 
 
 def write_quality(root, runs):
@@ -94,13 +120,13 @@ def write_quality(root, runs):
             drawn.add(experiment)
             draw_influential(run, "datainf", 4, 0, os.path.join(root, "figures", f"fig8_influential_{experiment}.png"))
         q = quality(run)
-        rows.append([os.path.relpath(run, root), q["generated"], f"{q['judge_accuracy_real']:.4f}",
+        rows.append([os.path.relpath(run, root), q["judge"], q["generated"], f"{q['judge_accuracy_real']:.4f}",
                      f"{q['generated_accuracy']:.4f}",
                      " ".join(f"{k}={v:.2f}" for k, v in q["per_class"].items())])
     if rows:
         with open(os.path.join(root, "generated_images.csv"), "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["run", "generated", "judge_accuracy_on_real", "generated_in_their_class", "per_class"])
+            w.writerow(["run", "judge", "generated", "judge_accuracy_on_real", "generated_in_their_class", "per_class"])
             w.writerows(rows)
     return rows
 

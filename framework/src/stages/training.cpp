@@ -60,7 +60,9 @@ const SectionSchema& training_section() {
 }
 
 // The base's weights do not depend on the LoRA adapters or the experiment seed (a model plugin's
-// contract: it initialises its base from a fixed seed), nor on label noise.
+// contract: it initialises its base from a fixed seed), nor on label noise, nor on a dataset's
+// finetune_seed (a dataset plugin's contract: that option picks fine-tuning images only, so the
+// seeds of a study share one pretrained base).
 const StageDeclaration& base_stage() {
   static const StageDeclaration stage{
       "base",
@@ -68,7 +70,7 @@ const StageDeclaration& base_stage() {
       {},
       {"dataset", "model", "task", "training.pretrain_epochs", "training.pretrain_learning_rate",
        "training.batch_size"},
-      {"dataset.label_noise", "dataset.noise_seed", "model.lora", "model.adapter", "model.adapter_from",
+      {"dataset.label_noise", "dataset.noise_seed", "dataset.finetune_seed", "model.lora", "model.adapter", "model.adapter_from",
        "model.adapter_key", "task.scored", "task.padding", "task.shared_noise", "task.timestep_gradients"},
       {"dataset", "model"}};
   return stage;

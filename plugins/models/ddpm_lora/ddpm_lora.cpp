@@ -1,6 +1,9 @@
-// A small conditional U-Net denoiser for grey images (epsilon prediction, DDPM; task "denoising"):
+// A small conditional U-Net denoiser for grey images (epsilon prediction, DDPM; task "denoising").
+// With two levels (channels = [c1, c2]):
 //   conv_in -> res1 -> down (stride 2) -> res2 -> self-attention -> res3 -> up (nearest x2 + conv)
-//   -> + skip -> res4 -> conv_out,
+//   -> + skip -> res4 -> conv_out;
+// with three, one more halving on each side (res1, down1, res2, down2, res3, attention, res4, up2,
+// + skip, res5, up1, + skip, res6), attention always at the lowest resolution;
 // each residual block GroupNorm -> SiLU -> 3x3 conv, plus the embedding of (timestep, condition),
 // GroupNorm -> SiLU -> 3x3 conv, plus its input. The timestep embedding is sinusoidal followed by a
 // two-layer MLP; the condition (a class or style id) has a learned embedding added to it. LoRA
@@ -29,12 +32,14 @@ class DdpmLora : public inflab::Model, public inflab::Denoiser {
     channels_ = options.get_int_list("channels");
     embedding_ = options.get_int("embedding");
     groups_ = options.get_int("groups");
-    if (channels_.size() != 2 || channels_[0] < 1 || channels_[1] < 1)
-      throw inflab::Error(
-          "model ddpm_lora: channels must be two positive integers (full and half resolution)");
-    if (channels_[0] % groups_ || channels_[1] % groups_)
-      throw inflab::Error(fmt::format("model ddpm_lora: channels {} and {} must be multiples of groups = {}",
-                                      channels_[0], channels_[1], groups_));
+    if (channels_.size() < 2 || channels_.size() > 4)
+      throw inflab::Error(fmt::format(
+          "model ddpm_lora: channels must list 2 to 4 widths (full resolution, then each halving), found {}",
+          channels_.size()));
+    for (auto c : channels_)
+      if (c < 1 || c % groups_)
+        throw inflab::Error(fmt::format(
+            "model ddpm_lora: channels must be positive multiples of groups = {}, found {}", groups_, c));
     if (embedding_ < 2 || embedding_ % 2)
       throw inflab::Error(
           fmt::format("model ddpm_lora: embedding must be even and >= 2, found {}", embedding_));
@@ -44,16 +49,18 @@ class DdpmLora : public inflab::Model, public inflab::Denoiser {
     std::int64_t pixels = 1;
     for (auto d : shape.input_shape) pixels *= d;
     side_ = static_cast<std::int64_t>(std::lround(std::sqrt(static_cast<double>(pixels))));
-    if (side_ * side_ != pixels || side_ < 4 || side_ % 2)
+    const std::int64_t halvings = static_cast<std::int64_t>(channels_.size()) - 1;
+    if (side_ * side_ != pixels || side_ % (std::int64_t{1} << halvings) || side_ >> halvings < 2)
       throw inflab::Error(
-          fmt::format("model ddpm_lora: expects square single-channel images of even side >= 4, found {} "
-                      "values per example",
-                      pixels));
+          fmt::format("model ddpm_lora: expects square single-channel images whose side halves {} times to "
+                      "at least 2 (the "
+                      "channels' levels), found {} values per example",
+                      halvings, pixels));
     if (shape.num_classes < 1)
       throw inflab::Error("model ddpm_lora: the dataset must declare its conditions (classes or styles)");
     net_ = std::make_shared<torch::nn::Module>("ddpm_lora");
     torch::manual_seed(0);  // the base does not depend on the experiment seed
-    const std::int64_t c1 = channels_[0], c2 = channels_[1], e = embedding_;
+    const std::int64_t e = embedding_;
     auto wants = [&](const std::string& name) { return inflab::matches_any(name, lora.targets); };
     // LibTorch module names cannot hold '.'; the layers keep dotted names for their blocks.
     auto key = [](std::string name) {
@@ -82,20 +89,36 @@ class DdpmLora : public inflab::Model, public inflab::Denoiser {
     time1_ = net_->register_module("time_fc1", torch::nn::Linear(e, e));
     time2_ = net_->register_module("time_fc2", torch::nn::Linear(e, e));
     condition_ = net_->register_module("condition", torch::nn::Embedding(shape.num_classes, e));
-    conv_in_ = conv("conv_in", 1, c1, 1);
-    res1_ = block("res1", c1);
-    down_ = conv("down", c1, c2, 2);
-    res2_ = block("res2", c2);
+    // Names (the LoRA blocks') number the residual blocks in order; two levels keep the names of
+    // the first version (down, up), deeper ones number their resamplings by level.
+    const std::size_t levels = channels_.size();
+    auto resample = [&](const char* kind, std::size_t level) {
+      return levels == 2 ? std::string(kind) : fmt::format("{}{}", kind, level);
+    };
+    int next_block = 1;
+    auto next_res = [&](std::int64_t ch) { return block(fmt::format("res{}", next_block++), ch); };
+    conv_in_ = conv("conv_in", 1, channels_[0], 1);
+    encoder_.push_back(next_res(channels_[0]));
+    downs_.push_back(nullptr);
+    for (std::size_t l = 1; l < levels; ++l) {
+      downs_.push_back(conv(resample("down", l), channels_[l - 1], channels_[l], 2));
+      encoder_.push_back(next_res(channels_[l]));
+    }
+    const std::int64_t c2 = channels_.back();
     attention_norm_ = net_->register_module("attn_norm", torch::nn::GroupNorm(groups_, c2));
     q_ = linear("attn.q", c2, c2);
     k_ = linear("attn.k", c2, c2);
     v_ = linear("attn.v", c2, c2);
     o_ = linear("attn.o", c2, c2);
-    res3_ = block("res3", c2);
-    up_ = conv("up", c2, c1, 1);
-    res4_ = block("res4", c1);
-    out_norm_ = net_->register_module("out_norm", torch::nn::GroupNorm(groups_, c1));
-    conv_out_ = conv("conv_out", c1, 1, 1);
+    middle_ = next_res(c2);
+    ups_.resize(levels);
+    decoder_.resize(levels);
+    for (std::size_t l = levels - 1; l >= 1; --l) {
+      ups_[l] = conv(resample("up", l), channels_[l], channels_[l - 1], 1);
+      decoder_[l - 1] = next_res(channels_[l - 1]);
+    }
+    out_norm_ = net_->register_module("out_norm", torch::nn::GroupNorm(groups_, channels_[0]));
+    conv_out_ = conv("conv_out", channels_[0], 1, 1);
     for (auto* layer : layers_) layer->reset_adapter(seed);
     net_->eval();
   }
@@ -111,13 +134,20 @@ class DdpmLora : public inflab::Model, public inflab::Denoiser {
     torch::Tensor x = noisy.reshape({n, 1, side_, side_});
     torch::Tensor emb = time2_->forward(F::silu(time1_->forward(timestep_embedding(timesteps))));
     emb = emb + condition_->forward(condition.to(torch::kLong));
-    torch::Tensor h1 = res1_.forward(conv_in_->forward(x), emb);
-    torch::Tensor h = res2_.forward(down_->forward(h1), emb);
+    const std::size_t levels = channels_.size();
+    std::vector<torch::Tensor> skips;  // each level's encoder output, for its decoder
+    torch::Tensor h = encoder_[0].forward(conv_in_->forward(x), emb);
+    for (std::size_t l = 1; l < levels; ++l) {
+      skips.push_back(h);
+      h = encoder_[l].forward(downs_[l]->forward(h), emb);
+    }
     h = h + attention(h);
-    h = res3_.forward(h, emb);
-    h = up_->forward(F::interpolate(
-        h, F::InterpolateFuncOptions().scale_factor(std::vector<double>{2.0, 2.0}).mode(torch::kNearest)));
-    h = res4_.forward(h + h1, emb);
+    h = middle_.forward(h, emb);
+    for (std::size_t l = levels - 1; l >= 1; --l) {
+      h = ups_[l]->forward(F::interpolate(
+          h, F::InterpolateFuncOptions().scale_factor(std::vector<double>{2.0, 2.0}).mode(torch::kNearest)));
+      h = decoder_[l - 1].forward(h + skips[l - 1], emb);
+    }
     return conv_out_->forward(F::silu(out_norm_->forward(h))).reshape(noisy.sizes());
   }
 
@@ -171,16 +201,19 @@ class DdpmLora : public inflab::Model, public inflab::Denoiser {
   std::vector<inflab::LoraLayer*> layers_;
   torch::nn::Linear time1_{nullptr}, time2_{nullptr};
   torch::nn::Embedding condition_{nullptr};
-  std::shared_ptr<inflab::LoraConv2d> conv_in_, down_, up_, conv_out_;
+  std::shared_ptr<inflab::LoraConv2d> conv_in_, conv_out_;
+  std::vector<std::shared_ptr<inflab::LoraConv2d>> downs_, ups_;  // by level (index 0 unused)
   std::shared_ptr<inflab::LoraLinear> q_, k_, v_, o_;
-  ResBlock res1_, res2_, res3_, res4_;
+  std::vector<ResBlock> encoder_, decoder_;  // by level
+  ResBlock middle_;
   torch::nn::GroupNorm attention_norm_{nullptr}, out_norm_{nullptr};
 };
 
 std::vector<inflab::OptionSpec> options() {
   return {
       {"channels", inflab::OptionType::IntList, std::vector<std::int64_t>{32, 64},
-       "channels at full and at half resolution", false, inflab::between(1, 65536)},
+       "channels at full resolution and at each halving (2 to 4 levels; attention at the last)", false,
+       inflab::between(1, 65536)},
       {"embedding", inflab::OptionType::Int, std::int64_t{64},
        "width of the timestep and condition embedding", false, inflab::between(1, 65536)},
       {"groups", inflab::OptionType::Int, std::int64_t{8}, "GroupNorm groups (divides both channel counts)",
