@@ -5,6 +5,10 @@
 #include <catch2/catch.hpp>
 // clang-format on
 
+#include <filesystem>
+#include <fstream>
+
+#include "helpers.hpp"
 #include "inflab/model.hpp"
 #include "stages/stages.hpp"
 
@@ -76,4 +80,60 @@ TEST_CASE("linear decay and gradient clipping follow Hugging Face's rule, step b
   torch::Tensor g1 = clipped(r.full_gradient(w1));
   torch::Tensor w2 = w1 - 0.05 * (0.9 * g0 + g1);
   CHECK(torch::allclose(r.trained(schedule), w2, 1e-10, 1e-12));
+}
+
+TEST_CASE("a training interrupted after an epoch resumes from its state file to the same bits",
+          "[training]") {
+  torch::manual_seed(7);
+  Regression r;
+  test::TempDir dir;
+  inflab::TrainingSchedule schedule;
+  schedule.epochs = 3, schedule.batch_size = 4, schedule.learning_rate = 0.05;  // Adam: its moments matter
+  // A loss that draws from the global generator (as the denoising task's timesteps and noise do)
+  // and can stop the process before its call number `stop_at`.
+  int calls = 0, stop_at = -1;
+  auto run = [&](const inflab::TrainingSchedule& s, torch::Tensor w) {
+    NoLayers model;
+    w.requires_grad_(true);
+    calls = 0;
+    inflab::train(
+        model,
+        [&](const inflab::Batch& b) {
+          if (calls++ == stop_at) throw std::runtime_error("killed");
+          return (b.inputs.matmul(w) - b.targets + 0.1 * torch::randn({b.size()}, torch::kDouble))
+              .square()
+              .mean();
+        },
+        {w}, r.examples, s);
+    return w.detach();
+  };
+  schedule.show_progress = false;
+  torch::manual_seed(11);
+  const torch::Tensor reference = run(schedule, r.start.clone());
+
+  inflab::TrainingSchedule resumable = schedule;
+  resumable.resume_file = dir.path / "state.pt";
+  for (int stop : {4, 7}) {  // in the second epoch (state after 1), in the third (state after 2)
+    INFO("stopped at call " << stop);
+    torch::manual_seed(11);
+    stop_at = stop;
+    REQUIRE_THROWS_WITH(run(resumable, r.start.clone()), "killed");
+    REQUIRE(std::filesystem::exists(resumable.resume_file));
+    // A new process: other weights in memory, another global generator state.
+    torch::manual_seed(999);
+    stop_at = -1;
+    const torch::Tensor resumed = run(resumable, torch::zeros({3}, torch::kDouble));
+    CHECK(calls == (stop == 4 ? 6 : 3));  // only the epochs after the saved one ran
+    CHECK(torch::equal(resumed, reference));
+    CHECK_FALSE(std::filesystem::exists(resumable.resume_file));  // removed at the end
+  }
+  // A damaged state file is not trusted: the training starts afresh (and warns).
+  torch::manual_seed(11);
+  stop_at = 7;
+  REQUIRE_THROWS(run(resumable, r.start.clone()));
+  std::ofstream(resumable.resume_file, std::ios::binary | std::ios::app) << "x";
+  torch::manual_seed(11);
+  stop_at = -1;
+  CHECK(torch::equal(run(resumable, r.start.clone()), reference));
+  CHECK(calls == 9);
 }

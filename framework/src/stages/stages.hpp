@@ -207,6 +207,12 @@ struct TrainingSchedule {
   // Called after each epoch with the epochs and optimizer steps completed and the learning rates
   // of the steps so far summed (a checkpoint's weight is the mean over its stretch).
   std::function<void(std::int64_t epochs, std::int64_t steps, double learning_rate_sum)> after_epoch;
+  // When set: the training's state (parameters, optimizer, random generators, epochs done) is written
+  // here after every epoch but the last, and a training that finds the file resumes after its epoch,
+  // to the same bits as one never interrupted; the file is removed when the training ends. The
+  // caller keys the name by everything the training reads. Not with after_epoch (its calls would
+  // not repeat).
+  std::filesystem::path resume_file;
 };
 void train(Model& model, const std::function<at::Tensor(const Batch&)>& loss,
            const std::vector<at::Tensor>& parameters, const Batch& examples,

@@ -70,8 +70,9 @@ const StageDeclaration& base_stage() {
       {},
       {"dataset", "model", "task", "training.pretrain_epochs", "training.pretrain_learning_rate",
        "training.batch_size"},
-      {"dataset.label_noise", "dataset.noise_seed", "dataset.finetune_seed", "model.lora", "model.adapter", "model.adapter_from",
-       "model.adapter_key", "task.scored", "task.padding", "task.shared_noise", "task.timestep_gradients"},
+      {"dataset.label_noise", "dataset.noise_seed", "dataset.finetune_seed", "model.lora", "model.adapter",
+       "model.adapter_from", "model.adapter_key", "task.scored", "task.padding", "task.shared_noise",
+       "task.timestep_gradients"},
       {"dataset", "model"}};
   return stage;
 }
@@ -145,9 +146,95 @@ const StageDeclaration& leave_one_out_stage() {
   return stage;
 }
 
+namespace {
+
+// What a training needs to continue after an epoch as if never stopped.
+struct TrainingState {
+  std::int64_t epochs = 0, step = 0;
+  double rate_sum = 0;
+};
+
+void save_training_state(const fs::path& file, const std::vector<at::Tensor>& parameters,
+                         torch::optim::Optimizer& optimizer, const at::Generator& order,
+                         const TrainingState& state) {
+  torch::serialize::OutputArchive archive, optimizer_archive;
+  for (std::size_t i = 0; i < parameters.size(); ++i)
+    archive.write(fmt::format("parameter{}", i), parameters[i].detach().clone());
+  optimizer.save(optimizer_archive);
+  archive.write("optimizer", optimizer_archive);
+  archive.write("order_generator", order.get_state());
+  at::Generator global = at::detail::getDefaultCPUGenerator();
+  {
+    std::lock_guard<std::mutex> lock(global.mutex());
+    archive.write("global_generator", global.get_state());
+  }
+  archive.write("progress",
+                torch::tensor({double(state.epochs), double(state.step), state.rate_sum}, torch::kDouble));
+  PendingEntry pending(file);
+  try {
+    archive.save_to(pending.temporary.string());
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("cannot write the training state {} (disk full?): {}", pending.temporary.string(),
+                            e.what()));
+  }
+  fs::path sidecar = file;
+  sidecar += ".checksum";
+  write_checksum_sidecar(pending.temporary, sidecar);
+  pending.commit();
+}
+
+// The state of an interrupted training of the same key, loaded into parameters, optimizer and
+// generators; nullopt (start afresh) when there is none or it does not fit.
+std::optional<TrainingState> load_training_state(const fs::path& file,
+                                                 const std::vector<at::Tensor>& parameters,
+                                                 torch::optim::Optimizer& optimizer, at::Generator& order,
+                                                 std::int64_t epochs) {
+  if (!fs::exists(file)) return std::nullopt;
+  if (std::string problem = verify_checksum_sidecar(file); !problem.empty()) {
+    warn(fmt::format("training state {} failed its check ({}); training from the start", file.string(),
+                     problem));
+    return std::nullopt;
+  }
+  try {
+    torch::serialize::InputArchive archive, optimizer_archive;
+    archive.load_from(file.string());
+    torch::Tensor progress, order_state, global_state;
+    archive.read("progress", progress);
+    TrainingState state{static_cast<std::int64_t>(progress[0].item<double>()),
+                        static_cast<std::int64_t>(progress[1].item<double>()), progress[2].item<double>()};
+    if (state.epochs < 1 || state.epochs >= epochs) return std::nullopt;
+    std::vector<torch::Tensor> loaded(parameters.size());
+    for (std::size_t i = 0; i < parameters.size(); ++i) {
+      archive.read(fmt::format("parameter{}", i), loaded[i]);
+      if (loaded[i].sizes() != parameters[i].sizes()) return std::nullopt;
+    }
+    archive.read("optimizer", optimizer_archive);
+    archive.read("order_generator", order_state);
+    archive.read("global_generator", global_state);
+    {
+      torch::NoGradGuard no_grad;
+      for (std::size_t i = 0; i < parameters.size(); ++i) parameters[i].copy_(loaded[i]);
+    }
+    optimizer.load(optimizer_archive);
+    order.set_state(order_state);
+    at::Generator global = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(global.mutex());
+    global.set_state(global_state);
+    return state;
+  } catch (const std::exception& e) {
+    warn(fmt::format("training state {} is unreadable ({}); training from the start", file.string(),
+                     e.what()));
+    return std::nullopt;
+  }
+}
+
+}  // namespace
+
 void train(Model& model, const std::function<at::Tensor(const Batch&)>& loss,
            const std::vector<at::Tensor>& parameters, const Batch& examples,
            const TrainingSchedule& schedule) {
+  if (!schedule.resume_file.empty() && schedule.after_epoch)
+    throw Error("internal: a resumable training cannot also call after_epoch");
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   if (schedule.optimizer == "sgd")
     optimizer = std::make_unique<torch::optim::SGD>(
@@ -164,9 +251,17 @@ void train(Model& model, const std::function<at::Tensor(const Batch&)>& loss,
   model.set_training(true);
   std::optional<Progress> progress;
   if (schedule.show_progress) progress.emplace(schedule.label, schedule.epochs * batches, "batches");
-  std::int64_t step = 0;
+  std::int64_t step = 0, first_epoch = 0;
   double rate_sum = 0;
-  for (std::int64_t epoch = 0; epoch < schedule.epochs; ++epoch) {
+  if (!schedule.resume_file.empty())
+    if (auto resumed =
+            load_training_state(schedule.resume_file, parameters, *optimizer, generator, schedule.epochs)) {
+      first_epoch = resumed->epochs, step = resumed->step, rate_sum = resumed->rate_sum;
+      log(fmt::format("{}: resuming after epoch {} of {} ({})", schedule.label, first_epoch, schedule.epochs,
+                      schedule.resume_file.string()));
+      if (progress) progress->advance(first_epoch * batches);
+    }
+  for (std::int64_t epoch = first_epoch; epoch < schedule.epochs; ++epoch) {
     torch::Tensor order = torch::randperm(n, generator, torch::kLong);
     for (std::int64_t b = 0; b < batches; ++b) {
       torch::Tensor index = order.narrow(0, b * batch_size, std::min(batch_size, n - b * batch_size));
@@ -190,9 +285,17 @@ void train(Model& model, const std::function<at::Tensor(const Batch&)>& loss,
       if (progress) progress->advance();
     }
     if (schedule.after_epoch) schedule.after_epoch(epoch + 1, step, rate_sum);
+    if (!schedule.resume_file.empty() && epoch + 1 < schedule.epochs)
+      save_training_state(schedule.resume_file, parameters, *optimizer, generator,
+                          {epoch + 1, step, rate_sum});
   }
   if (progress) progress->finish();
   model.set_training(false);
+  if (!schedule.resume_file.empty()) {  // done: nothing to resume
+    fs::path sidecar = schedule.resume_file;
+    sidecar += ".checksum";
+    fs::remove(schedule.resume_file), fs::remove(sidecar);
+  }
 }
 
 namespace {
@@ -360,6 +463,9 @@ void prepare_base(const StageInputs& inputs, Model& model, const LoadedData& dat
         train_probe_head(inputs, model, *probe, data.pretrain, base, schedule);
       } else {
         schedule.label = "pretraining base";
+        // An interrupted pretraining (an hour for a 28x28 base) resumes after its last epoch.
+        schedule.resume_file = file;
+        schedule.resume_file += ".partial";
         auto task = stage_task(inputs);
         train(
             model, [&](const Batch& b) { return task->training_loss(model, b); }, base, data.pretrain,
