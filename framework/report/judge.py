@@ -174,10 +174,10 @@ def draw(samples, conditions, count, judged, result, title, out):
                 for spine in ax.spines.values():
                     spine.set_edgecolor("firebrick"), spine.set_linewidth(2)
         axes[i][0].set_ylabel(CLASSES[c], rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle(f"{title}: judged as their class {result['generated_in_their_class']:.2f} (red frame: another "
+    fig.suptitle(f"{title}\njudged as their class {result['generated_in_their_class']:.2f} (red frame: another "
                  f"class); Frechet {result['frechet_distance']:.1f} (real floor {result['frechet_distance_real_floor']:.1f})",
                  fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out + ".partial.png", dpi=110)
     os.replace(out + ".partial.png", out)

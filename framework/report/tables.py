@@ -173,6 +173,25 @@ def image_generation(table, generated, real, task):
     return out + [""]
 
 
+def image_generation_sizes(table):
+    """The image studies at both sizes side by side (8x8 digits, 28x28 clothing): AUC / recall of the
+    generated queries, and of the real ones under the paper's notebook protocol."""
+    columns = [("class_detection_diffusion_style", "digits 8x8: style"),
+               ("class_detection_diffusion_fashion_style", "clothing 28x28: style"),
+               ("class_detection_diffusion_subject", "digits: subject"),
+               ("class_detection_diffusion_fashion_subject", "clothing: subject"),
+               ("class_detection_diffusion_style_notebook_protocol", "digits: style, notebook protocol"),
+               ("class_detection_diffusion_fashion_style_notebook_protocol", "clothing: style, notebook protocol")]
+    runs = lambda group: table[(group, "datainf")]["runs"] if (group, "datainf") in table else "0"  # noqa: E731
+    header = ["estimator"] + [f"{title} ({runs(group)} seeds)" + (": AUC / recall" if i == 0 else "")
+                              for i, (group, title) in enumerate(columns)]
+    out = ["", "| " + " | ".join(header) + " |", "| --- |" + " ---: |" * len(columns)]
+    for estimator, name in CLASS_DETECTION_ROWS:
+        out.append(f"| {name.replace('paper' + chr(39) + 's equation', 'equation')} | "
+                   + " | ".join(auc_recall(table.get((group, estimator))) for group, _ in columns) + " |")
+    return out + [""]
+
+
 def class_detection_blocks(root):
     path = os.path.join(root, "class_detection.csv")
     table = {(r["experiment"], r["estimator"]): r for r in csv.DictReader(open(path))}
@@ -181,7 +200,8 @@ def class_detection_blocks(root):
                                                        "class_detection_diffusion_style_real_queries", "diffusion_style"),
             "image_generation_subject": image_generation(table, "class_detection_diffusion_subject",
                                                          "class_detection_diffusion_subject_real_queries",
-                                                         "diffusion_subject")}
+                                                         "diffusion_subject"),
+            "image_generation_sizes": image_generation_sizes(table)}
 
 
 def runtime(rows, experiments):
@@ -224,7 +244,7 @@ DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "doc
 
 
 BLOCKS = ("correlations", "runtime", "ground_truth_images", "ground_truth_text", "leave_one_out", "text_generation",
-          "image_generation_style", "image_generation_subject")
+          "image_generation_style", "image_generation_subject", "image_generation_sizes")
 
 
 def update_docs(generated, write):
