@@ -38,6 +38,27 @@ const inflab::Split* find_id(const inflab::DatasetSplits& s, std::int64_t id, st
       if (split->ids[k] == id) return *row = static_cast<std::int64_t>(k), split;
   return nullptr;
 }
+
+// A style by hand from a plain side x side image in [0, 1] (zero outside the frame), mapped to
+// [-1, 1]: styles 10 sketch (the largest step to a 4-neighbour), 11 posterize, 12 negative, 13 blur.
+torch::Tensor styled_by_hand(const torch::Tensor& x, std::int64_t style) {
+  const std::int64_t side = x.size(0);
+  auto padded = torch::constant_pad_nd(x, {1, 1, 1, 1}, 0);
+  torch::Tensor y;
+  if (style == 10) {
+    y = torch::zeros({side, side});
+    for (auto [dr, dc] : std::vector<std::pair<int, int>>{{-1, 0}, {1, 0}, {0, -1}, {0, 1}})
+      y = torch::maximum(y, (x - padded.narrow(0, 1 + dr, side).narrow(1, 1 + dc, side)).abs());
+    y = y.clamp_max(1);
+  } else if (style == 11) {
+    y = (x >= 0.5).to(torch::kFloat);
+  } else if (style == 12) {
+    y = 1 - x;
+  } else {
+    y = torch::avg_pool2d(padded.unsqueeze(0).unsqueeze(0), 3, 1).squeeze();
+  }
+  return 2 * y - 1;
+}
 }  // namespace
 
 TEST_CASE("fashion_mnist reads the Debian IDX files exactly", "[datasets]") {
@@ -125,23 +146,6 @@ TEST_CASE(
     for (int p = 0; p < 784; ++p) v[p] = file.pixels[static_cast<std::size_t>(row * 784 + p)] / 255.0f;
     return torch::tensor(v).reshape({28, 28});
   };
-  auto by_hand = [](const torch::Tensor& x, std::int64_t style) {  // as in the styled_digits test
-    auto padded = torch::constant_pad_nd(x, {1, 1, 1, 1}, 0);
-    torch::Tensor y;
-    if (style == 10) {
-      y = torch::zeros({28, 28});
-      for (auto [dr, dc] : std::vector<std::pair<int, int>>{{-1, 0}, {1, 0}, {0, -1}, {0, 1}})
-        y = torch::maximum(y, (x - padded.narrow(0, 1 + dr, 28).narrow(1, 1 + dc, 28)).abs());
-      y = y.clamp_max(1);
-    } else if (style == 11) {
-      y = (x >= 0.5).to(torch::kFloat);
-    } else if (style == 12) {
-      y = 1 - x;
-    } else {
-      y = torch::avg_pool2d(padded.unsqueeze(0).unsqueeze(0), 3, 1).squeeze();
-    }
-    return 2 * y - 1;
-  };
   auto load = [&](std::map<std::string, inflab::Value> set) {
     return dataset(registry, "styled_fashion", set)->load();
   };
@@ -163,7 +167,7 @@ TEST_CASE(
       REQUIRE(label >= 10);
       REQUIRE((id >= 60000 && id < 70000));  // a test-file image
       CHECK(split->inputs[static_cast<std::int64_t>(k)].reshape({28, 28}).allclose(
-          by_hand(image(test_file, id - 60000), label), 1e-6, 1e-6));
+          styled_by_hand(image(test_file, id - 60000), label), 1e-6, 1e-6));
       CHECK(used.insert(id).second);
     }
   // The base: the training file's first n_pretrain images, plain, labelled with their class.
@@ -260,24 +264,6 @@ TEST_CASE("styled_digits renders real digits in styles, subjects stay out of the
   REQUIRE(styled.validation.size() == 8);
   CHECK(styled.class_names.at(10) == "sketch");
   CHECK(styled.class_names.at(13) == "blur");
-  // Each style by hand, from the plain image (zero outside the 8 x 8 frame), mapped to [-1, 1].
-  auto by_hand = [](const torch::Tensor& x, std::int64_t style) {
-    auto padded = torch::constant_pad_nd(x, {1, 1, 1, 1}, 0);
-    torch::Tensor y;
-    if (style == 10) {  // sketch: the largest step to a 4-neighbour
-      y = torch::zeros({8, 8});
-      for (auto [dr, dc] : std::vector<std::pair<int, int>>{{-1, 0}, {1, 0}, {0, -1}, {0, 1}})
-        y = torch::maximum(y, (x - padded.narrow(0, 1 + dr, 8).narrow(1, 1 + dc, 8)).abs());
-      y = y.clamp_max(1);
-    } else if (style == 11) {
-      y = (x >= 0.5).to(torch::kFloat);
-    } else if (style == 12) {
-      y = 1 - x;
-    } else {
-      y = torch::avg_pool2d(padded.unsqueeze(0).unsqueeze(0), 3, 1).squeeze();
-    }
-    return 2 * y - 1;
-  };
   std::set<std::int64_t> used;
   for (const inflab::Split* split : {&styled.train, &styled.validation})
     for (std::size_t k = 0; k < split->ids.size(); ++k) {
@@ -285,7 +271,7 @@ TEST_CASE("styled_digits renders real digits in styles, subjects stay out of the
       INFO("id " << split->ids[k] << ", style " << label);
       REQUIRE(label >= 10);
       CHECK(split->inputs[static_cast<std::int64_t>(k)].reshape({8, 8}).allclose(
-          by_hand(by_id[split->ids[k]], label), 1e-6, 1e-6));
+          styled_by_hand(by_id[split->ids[k]], label), 1e-6, 1e-6));
       CHECK(used.insert(split->ids[k]).second);  // every image used once
     }
   std::set<std::int64_t> pretrained_digits;
