@@ -83,8 +83,10 @@ grep -q "^ground_truth_fashion_mlp,2,40,datainf,lds," "$work/results/summary.csv
 grep -q "^ground_truth_fashion_mlp,2,40,datainf,loo," "$work/results/summary.csv" ||
   { echo "summary.csv lacks the leave-one-out row"; grep loo "$work/results/summary.csv"; exit 1; }
 [ -s "$work/results/class_detection_diffusion_style/run/queries.png" ] || { echo "no generated queries"; exit 1; }
-grep -q "^class_detection_diffusion_style/run,6," "$work/results/generated_images.csv" ||
+grep -q "^class_detection_diffusion_style/run,5-NN on the run's training images,6," "$work/results/generated_images.csv" ||
   { echo "generated_images.csv lacks the style run"; cat "$work/results/generated_images.csv"; exit 1; }
+grep -q "^class_detection_diffusion_fashion_subject/run,Fashion-MNIST CNN (judge.py),6," "$work/results/generated_images.csv" ||
+  { echo "generated_images.csv lacks the clothing subject run, judged by the CNN"; cat "$work/results/generated_images.csv"; exit 1; }
 [ -s "$work/results/figures/fig8_influential_class_detection_diffusion_style.png" ] ||
   { echo "missing figure fig8 (a generated image with its most and least helpful training images)"; exit 1; }
 grep -q "^class_detection_llm_math,datainf,1,10," "$work/results/class_detection.csv" ||

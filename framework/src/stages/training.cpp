@@ -170,13 +170,12 @@ void save_training_state(const fs::path& file, const std::vector<at::Tensor>& pa
   }
   archive.write("progress",
                 torch::tensor({double(state.epochs), double(state.step), state.rate_sum}, torch::kDouble));
+  // Serialised in memory first: LibTorch's file writer finishes the file in its destructor, where a
+  // full disk aborts the process instead of raising an error we can report.
+  std::ostringstream bytes;
+  archive.save_to(bytes);
   PendingEntry pending(file);
-  try {
-    archive.save_to(pending.temporary.string());
-  } catch (const std::exception& e) {
-    throw Error(fmt::format("cannot write the training state {} (disk full?): {}", pending.temporary.string(),
-                            e.what()));
-  }
+  write_file_atomic(pending.temporary, bytes.str());
   fs::path sidecar = file;
   sidecar += ".checksum";
   write_checksum_sidecar(pending.temporary, sidecar);
