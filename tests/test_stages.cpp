@@ -144,6 +144,14 @@ TEST_CASE("a stage's key changes with each input it declares and with nothing el
   CHECK(changes["ground_truth"].count("experiment.seed"));  // the fine-tuning it repeats
   CHECK(changes["ground_truth"].count("training.learning_rate"));
   CHECK_FALSE(changes["ground_truth"].count("evaluation.gradient_batch_size"));
+  // Options added after caches existed enter the key only away from the value that does what the
+  // code did before them, so the caches of every existing experiment stay valid.
+  CHECK(changes["base"].count("training.pretrain_ema"));
+  CHECK(changes["base"].count("training.pretrain_condition_dropout"));
+  const std::string base_text = inflab::stage_inputs("base", config.resolved_toml, versions).key_text();
+  CHECK(base_text.find("training.pretrain_epochs") != std::string::npos);
+  CHECK(base_text.find("pretrain_ema") == std::string::npos);
+  CHECK(base_text.find("pretrain_condition_dropout") == std::string::npos);
   for (const char* stage : {"base", "finetune", "gradients"}) {
     INFO("stage " << stage);
     CHECK_FALSE(changes[stage].count("ground_truth.fraction"));

@@ -363,6 +363,33 @@ TEST_CASE("ddpm_lora (U-Net: LoRA convolutions, strided and attention): denoisin
       loop(*model, n, by_hand));
 }
 
+TEST_CASE("ddpm_lora: condition id -1 is the prediction without a condition embedding", "[task][ddpm]") {
+  auto options = inflab::default_options(
+      "ddpm_lora", test::registry().find(inflab::PluginKind::Model, "ddpm_lora").info->options());
+  options.set("channels", std::vector<std::int64_t>{8, 8});
+  options.set("embedding", std::int64_t{8});
+  options.set("groups", std::int64_t{4});
+  auto model = test::registry().create_as<inflab::Model>(inflab::PluginKind::Model, "ddpm_lora", options);
+  model->build({{64}, 3}, inflab::LoraConfig{2, 4.0, 0.0, {"*"}}, 5);
+  auto& denoiser = inflab::require_capability<inflab::Denoiser>(*model, "this test");
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(8);
+  auto noisy = torch::randn({3, 64});
+  auto t = torch::tensor({10, 500, 990}, torch::kLong);
+  auto mixed = denoiser.denoise(noisy, t, torch::tensor({-1, 2, -1}, torch::kLong));
+  auto conditioned = denoiser.denoise(noisy, t, torch::tensor({0, 2, 1}, torch::kLong));
+  CHECK(mixed[1].allclose(conditioned[1], 1e-6, 1e-7));        // a conditioned row is as without -1 beside it
+  CHECK_FALSE(mixed[0].allclose(conditioned[0], 1e-3, 1e-3));  // the embedding matters
+  // The oracle: the same network with every condition embedding zeroed.
+  for (auto& [name, tensor] : model->base_parameters())
+    if (name == "condition.weight") tensor.zero_();
+  auto zeroed = denoiser.denoise(noisy, t, torch::tensor({0, 2, 1}, torch::kLong));
+  CHECK(mixed[0].allclose(zeroed[0], 1e-6, 1e-7));
+  CHECK(mixed[2].allclose(zeroed[2], 1e-6, 1e-7));
+  CHECK_THROWS_WITH(denoiser.denoise(noisy, t, torch::tensor({-2, 0, 0}, torch::kLong)),
+                    Contains("-1 for none"));
+}
+
 // A denoiser that predicts no noise: DDIM then has a closed form to check the sampler against.
 class ZeroDenoiser : public TinyDenoiser {
  public:
@@ -411,6 +438,66 @@ TEST_CASE("DDIM sampling follows its update rule, PNG grids read back through li
   CHECK(pixels[1 * 11 + 1] == expected(0, 0, 0));            // first image, top-left
   CHECK(pixels[(6 + 3) * 11 + 1 + 3] == expected(2, 3, 3));  // third image (second row), bottom-right
   CHECK(pixels[0] == 255);                                   // a gap
+}
+
+// A denoiser whose prediction is a condition's factor times the noisy image (id -1: no condition):
+// guided DDIM then has a closed form.
+class ScalingDenoiser : public TinyDenoiser {
+ public:
+  static double factor(std::int64_t id) { return id < 0 ? 0.05 : 0.1 * double(id + 1); }
+  std::vector<std::int64_t> seen;  // the condition ids of every call
+  at::Tensor denoise(const at::Tensor& noisy, const at::Tensor&, const at::Tensor& condition) override {
+    std::vector<double> factors;
+    for (std::int64_t i = 0; i < condition.size(0); ++i) {
+      seen.push_back(condition[i].item<std::int64_t>());
+      factors.push_back(factor(condition[i].item<std::int64_t>()));
+    }
+    return noisy * torch::tensor(factors, noisy.options()).reshape({-1, 1, 1, 1});
+  }
+};
+
+TEST_CASE("classifier-free guidance: eps(none) + w (eps(condition) - eps(none)) at every DDIM step",
+          "[task][ddpm]") {
+  ScalingDenoiser model;
+  model.build({}, inflab::LoraConfig{2, 4.0, 0.0, {"*"}}, 1);
+  inflab::SamplingOptions options;
+  options.sampling_steps = 3;
+  options.seed = 4;
+  options.clip = 10.0;  // wide: the factors, not the clipping, decide
+  const std::vector<std::int64_t> conditions{0, 2};
+  for (double w : {1.0, 0.0, 3.0}) {
+    INFO("guidance " << w);
+    options.guidance = w;
+    model.seen.clear();
+    auto images = inflab::sample_images(model, conditions, {1, 2, 2}, options).to(torch::kDouble);
+    auto generator = at::detail::createCPUGenerator(4);
+    auto x = at::normal(0.0, 1.0, {2, 1, 2, 2}, generator).to(torch::kDouble);
+    auto alpha_bar = inflab::ddpm_alphas_cumprod(1000).to(torch::kDouble);
+    auto scale =
+        torch::tensor(
+            {ScalingDenoiser::factor(-1) + w * (ScalingDenoiser::factor(0) - ScalingDenoiser::factor(-1)),
+             ScalingDenoiser::factor(-1) + w * (ScalingDenoiser::factor(2) - ScalingDenoiser::factor(-1))},
+            torch::kDouble)
+            .reshape({2, 1, 1, 1});
+    for (auto [t, previous] : std::vector<std::pair<int, int>>{{999, 500}, {500, 0}, {0, -1}}) {
+      const double a = alpha_bar[t].item<double>(),
+                   a_prev = previous < 0 ? 1.0 : alpha_bar[previous].item<double>();
+      auto eps = scale * x;
+      auto x0 = ((x - std::sqrt(1 - a) * eps) / std::sqrt(a)).clamp(-10, 10);
+      eps = (x - std::sqrt(a) * x0) / std::sqrt(1 - a);
+      x = std::sqrt(a_prev) * x0 + std::sqrt(1 - a_prev) * eps;
+    }
+    CHECK(images.allclose(x, 1e-5, 1e-6));
+    // Guided: every step predicts with and without the condition; unguided: with it only.
+    const auto unconditional = std::count(model.seen.begin(), model.seen.end(), -1);
+    CHECK(unconditional == (w == 1.0 ? 0 : 3 * 2));
+  }
+  options.guidance = -1;
+  CHECK_THROWS_WITH(inflab::sample_images(model, conditions, {1, 2, 2}, options), Contains("guidance >= 0"));
+  CHECK_NOTHROW(inflab::check_guidance(1.0, 0.0, "k"));
+  CHECK_NOTHROW(inflab::check_guidance(2.0, 0.1, "k"));
+  CHECK_THROWS_WITH(inflab::check_guidance(2.0, 0.0, "--guidance"),
+                    Contains("--guidance = 2") && Contains("pretrain_condition_dropout is 0"));
 }
 
 TEST_CASE("inflab sample draws a row per condition from a fine-tuned ddpm_lora, bad names are errors",
@@ -471,6 +558,17 @@ plugin = "hessian_free"
   CHECK(at::equal(base, base_faster));
   CHECK_FALSE(at::allclose(tuned, tuned_faster));
   CHECK_FALSE(at::allclose(base, tuned));
+  // Classifier-free guidance needs a base pretrained with condition dropout (another base); on it,
+  // guidance 1 is the unguided sample and guidance 3 another one.
+  auto unguidable = test::run_command(bin + "--guidance 2 --out " + (dir.path / "u.png").string());
+  CHECK(unguidable.exit_code == 2);
+  CHECK_THAT(unguidable.output, Contains("--guidance = 2") && Contains("pretrain_condition_dropout is 0"));
+  const std::string dropout = " --base --set training.pretrain_condition_dropout=0.2";
+  const auto dropped = sample_npy("dropped", dropout),
+             guided = sample_npy("guided", dropout + " --guidance 3");
+  CHECK(at::equal(sample_npy("dropped1", dropout + " --guidance 1"), dropped));
+  CHECK_FALSE(at::allclose(dropped, base));
+  CHECK_FALSE(at::allclose(guided, dropped));
   auto bad = test::run_command(bin + "--condition 12 --out " + (dir.path / "h.png").string());
   CHECK(bad.exit_code == 2);
   CHECK_THAT(bad.output, Contains("--condition 12") && Contains("conditions: 0, 1, 2"));
@@ -526,6 +624,23 @@ metrics = ["class_detection"]
   CHECK(inflab::stage_key("finetune", more) == inflab::stage_key("finetune", config));
   REQUIRE_THROWS_WITH(inflab::load_experiment(file, {"task.name=classification"}, registry),
                       Contains("[queries]") && Contains("denoising"));
+  // Guided queries: guidance 1 is the key of before (no guidance); more needs condition dropout,
+  // which only a denoiser's pretraining has, and which changes the base.
+  auto unguided = inflab::load_experiment(file, {"queries.guidance=1.0"}, registry).at(0);
+  CHECK(inflab::stage_key("gradients", unguided) == inflab::stage_key("gradients", config));
+  REQUIRE_THROWS_WITH(inflab::load_experiment(file, {"queries.guidance=2"}, registry),
+                      Contains("queries.guidance") && Contains("pretrain_condition_dropout is 0"));
+  auto guided = inflab::load_experiment(
+                    file, {"queries.guidance=2", "training.pretrain_condition_dropout=0.1"}, registry)
+                    .at(0);
+  CHECK(inflab::stage_key("base", guided) != inflab::stage_key("base", config));
+  auto dropped_only =
+      inflab::load_experiment(file, {"training.pretrain_condition_dropout=0.1"}, registry).at(0);
+  CHECK(inflab::stage_key("gradients", guided) != inflab::stage_key("gradients", dropped_only));
+  REQUIRE_THROWS_WITH(
+      inflab::load_experiment(file, {"task.name=classification", "training.pretrain_condition_dropout=0.1"},
+                              registry),
+      Contains("training.pretrain_condition_dropout") && Contains("task denoising"));
 }
 
 TEST_CASE("tasks are chosen by name, and a wrong name or label noise without classes is an error", "[task]") {

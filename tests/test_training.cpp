@@ -137,3 +137,74 @@ TEST_CASE("a training interrupted after an epoch resumes from its state file to 
   CHECK(torch::equal(run(resumable, r.start.clone()), reference));
   CHECK(calls == 9);
 }
+
+TEST_CASE("pretrain_ema: the weights end as the warmed-up moving average of every step's weights",
+          "[training]") {
+  torch::manual_seed(8);
+  Regression r;
+  inflab::TrainingSchedule schedule;
+  schedule.epochs = 6, schedule.batch_size = 12, schedule.learning_rate = 0.1;  // one step an epoch
+  schedule.optimizer = "sgd", schedule.show_progress = false;
+  // The trajectory without averaging: the weights after each step (after_epoch sees them).
+  std::vector<torch::Tensor> trajectory;
+  torch::Tensor w = r.start.clone().requires_grad_(true);
+  {
+    inflab::TrainingSchedule plain = schedule;
+    plain.after_epoch = [&](std::int64_t, std::int64_t, double) { trajectory.push_back(w.detach().clone()); };
+    NoLayers model;
+    inflab::train(
+        model, [&](const inflab::Batch& b) { return r.loss(w, b); }, {w}, r.examples, plain);
+  }
+  REQUIRE(trajectory.size() == 6);
+  CHECK(torch::equal(w.detach(), trajectory.back()));  // without averaging: the last weights
+  // By hand: average = d average + (1 - d) w_s, d = min(0.9, (1 + s) / (10 + s)), from the start.
+  torch::Tensor average = r.start.clone();
+  for (std::size_t s = 1; s <= trajectory.size(); ++s) {
+    const double d = std::min(0.9, (1.0 + double(s)) / (10.0 + double(s)));
+    average = d * average + (1 - d) * trajectory[s - 1];
+  }
+  schedule.ema_decay = 0.9;
+  const torch::Tensor averaged = r.trained(schedule);
+  CHECK(averaged.allclose(average, 1e-12, 1e-14));
+  CHECK_FALSE(averaged.allclose(trajectory.back(), 1e-6, 1e-6));
+}
+
+TEST_CASE("a training with a moving average resumes to the same bits (the average is in the state)",
+          "[training]") {
+  torch::manual_seed(9);
+  Regression r;
+  test::TempDir dir;
+  inflab::TrainingSchedule schedule;
+  schedule.epochs = 3, schedule.batch_size = 4, schedule.learning_rate = 0.05, schedule.ema_decay = 0.95;
+  schedule.show_progress = false;
+  int calls = 0, stop_at = -1;
+  auto run = [&](const inflab::TrainingSchedule& s, torch::Tensor w) {
+    NoLayers model;
+    w.requires_grad_(true);
+    calls = 0;
+    inflab::train(
+        model,
+        [&](const inflab::Batch& b) {
+          if (calls++ == stop_at) throw std::runtime_error("killed");
+          return (b.inputs.matmul(w) - b.targets).square().mean();
+        },
+        {w}, r.examples, s);
+    return w.detach();
+  };
+  const torch::Tensor reference = run(schedule, r.start.clone());
+  inflab::TrainingSchedule resumable = schedule;
+  resumable.resume_file = dir.path / "state.pt";
+  stop_at = 7;  // in the third epoch: the state after two
+  REQUIRE_THROWS_WITH(run(resumable, r.start.clone()), "killed");
+  stop_at = -1;
+  CHECK(torch::equal(run(resumable, torch::zeros({3}, torch::kDouble)), reference));
+  CHECK(calls == 3);
+  // A state saved without an average does not fit a training with one: it starts afresh.
+  inflab::TrainingSchedule plain = resumable;
+  plain.ema_decay = 0;
+  stop_at = 7;
+  REQUIRE_THROWS(run(plain, r.start.clone()));
+  stop_at = -1;
+  CHECK(torch::equal(run(resumable, r.start.clone()), reference));
+  CHECK(calls == 9);
+}

@@ -442,6 +442,7 @@ int command_sample(const fs::path& file, const std::vector<std::string>& sets, c
   use_kernels(common, runs);
   if (request.count < 1)
     throw Error(fmt::format("--count: expected at least 1 image per condition, found {}", request.count));
+  check_guidance(request.sampling.guidance, 1.0, "--guidance");  // the value alone, before any work
   FinetunedModel tuned = finetuned_model(runs[0], registry, RunPaths{"results", cache},
                                          request.base ? Adapters::none : Adapters::finetuned);
   if (!find_task(tuned.task)->generates_images)
@@ -462,14 +463,16 @@ int command_sample(const fs::path& file, const std::vector<std::string>& sets, c
   for (auto c : conditions) per_image.insert(per_image.end(), static_cast<std::size_t>(request.count), c);
   SamplingOptions options = request.sampling;
   options.diffusion_steps = tuned.task_options.get_int("diffusion_steps");
+  check_guidance(options.guidance, tuned.condition_dropout, "--guidance");
   at::Tensor images = sample_images(*tuned.model, per_image, tuned.example_shape, options);
   save_png_grid(request.png, images, request.count);
   if (!request.npy.empty()) save_npy(request.npy, images.reshape({images.size(0), -1}).contiguous());
   if (!common.quiet)
     std::cerr << fmt::format(
-        "[inflab] {} images ({} per condition, {} model, {} DDIM steps, seed {}) -> {}{}\n", per_image.size(),
-        request.count, request.base ? "base" : "fine-tuned", options.sampling_steps, options.seed,
-        request.png.string(), request.npy.empty() ? "" : ", " + request.npy.string());
+        "[inflab] {} images ({} per condition, {} model, {} DDIM steps, guidance {}, seed {}) -> {}{}\n",
+        per_image.size(), request.count, request.base ? "base" : "fine-tuned", options.sampling_steps,
+        options.guidance, options.seed, request.png.string(),
+        request.npy.empty() ? "" : ", " + request.npy.string());
   return 0;
 }
 
@@ -612,6 +615,9 @@ static int run_cli(int argc, char** argv) {
   sample->add_option("--count", sample_request.count, "images per condition: one row each (default 8)");
   sample->add_option("--steps", sample_request.sampling.sampling_steps, "DDIM steps (default 50)");
   sample->add_option("--seed", sample_request.sampling.seed, "seed of the starting noise (default 0)");
+  sample->add_option("--guidance", sample_request.sampling.guidance,
+                     "classifier-free guidance scale (default 1: none); needs a base pretrained with "
+                     "training.pretrain_condition_dropout > 0");
   sample->add_option("--out", sample_request.png, "output PNG")->required();
   sample->add_option("--npy", sample_request.npy,
                      "also write the images as float32 .npy (images x pixels, rows condition by condition)");

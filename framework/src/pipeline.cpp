@@ -104,6 +104,7 @@ FinetunedModel finetuned_model(const ExperimentConfig& config, Registry& registr
   out.class_names = data.splits.class_names;
   out.task = data_in.get_string("task.name");
   out.task_options = data_in.section("task");
+  out.condition_dropout = stage_inputs("base", config).get_double("training.pretrain_condition_dropout");
   return out;
 }
 

@@ -20,6 +20,8 @@ at::Tensor sample_images(Model& model, const std::vector<std::int64_t>& conditio
   if (options.sampling_steps < 1 || options.sampling_steps > options.diffusion_steps)
     throw Error(fmt::format("sampling: expected 1 to {} DDIM steps, found {}", options.diffusion_steps,
                             options.sampling_steps));
+  if (!(options.guidance >= 0) || !std::isfinite(options.guidance))
+    throw Error(fmt::format("sampling: expected a guidance >= 0, found {}", options.guidance));
   Denoiser& denoiser = require_capability<Denoiser>(model, "sampling images");
   torch::NoGradGuard no_grad;
   model.set_training(false);
@@ -41,12 +43,33 @@ at::Tensor sample_images(Model& model, const std::vector<std::int64_t>& conditio
                      std::llround(double(i - 1) * double(options.diffusion_steps - 1) / double(steps - 1)));
     const double a = alpha_bar[t].item<double>(),
                  a_prev = t_prev < 0 ? 1.0 : alpha_bar[t_prev].item<double>();
-    torch::Tensor eps = denoiser.denoise(x, torch::full({x.size(0)}, t, torch::kLong), conditions);
+    torch::Tensor eps;
+    if (options.guidance == 1.0) {
+      eps = denoiser.denoise(x, torch::full({x.size(0)}, t, torch::kLong), conditions);
+    } else {  // the conditional and the unconditional prediction in one batch
+      const torch::Tensor both =
+          denoiser.denoise(torch::cat({x, x}), torch::full({2 * x.size(0)}, t, torch::kLong),
+                           torch::cat({conditions, torch::full_like(conditions, -1)}));
+      const torch::Tensor conditional = both.narrow(0, 0, x.size(0)),
+                          none = both.narrow(0, x.size(0), x.size(0));
+      eps = none + options.guidance * (conditional - none);
+    }
     torch::Tensor x0 = ((x - std::sqrt(1 - a) * eps) / std::sqrt(a)).clamp(-options.clip, options.clip);
     eps = (x - std::sqrt(a) * x0) / std::sqrt(1 - a);  // the noise consistent with the clipped image
     x = std::sqrt(a_prev) * x0 + std::sqrt(1 - a_prev) * eps;
   }
   return x;
+}
+
+void check_guidance(double guidance, double condition_dropout, const std::string& key) {
+  if (!(guidance >= 0) || !std::isfinite(guidance))
+    throw Error(fmt::format("{}: expected a guidance >= 0 (1: none), found {}", key, guidance));
+  if (guidance != 1.0 && condition_dropout <= 0)
+    throw Error(fmt::format(
+        "{} = {}: classifier-free guidance needs a base pretrained without its condition now and then, "
+        "but training.pretrain_condition_dropout is 0 (set it, e.g. 0.1, which pretrains a new base; "
+        "or use guidance 1)",
+        key, guidance));
 }
 
 void save_png_grid(const std::filesystem::path& file, const at::Tensor& images, std::int64_t columns,

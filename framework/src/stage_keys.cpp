@@ -161,6 +161,10 @@ StageInputs::StageInputs(const StageDeclaration& stage, const std::string& resol
     else if (std::filesystem::is_directory(*text))
       values_[path + " (content)"] = directory_content_hash(*text);
   }
+  for (const auto& [path, earlier] : stage.keyed_unless) {
+    auto it = typed_.find(path);
+    if (it != typed_.end() && format_value(it->second) == format_value(earlier)) values_.erase(path);
+  }
   for (const auto& path : stage.settings)
     if (auto node = resolved.at_path(path)) collect_leaves(*node.node(), path, {}, typed_);
   for (const auto& section : stage.plugins) {

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "inflab/options.hpp"
@@ -31,6 +32,9 @@ struct StageDeclaration {
   // Paths under `reads` added after caches existed: absent, they leave the key as it was (so a run
   // that does not use the new section keeps its cached results); present, they enter it as usual.
   std::vector<std::string> keyed_when_present;
+  // Options added after caches existed, with the value that does what the code did before them: at
+  // that value they leave the key as it was (so existing caches stay valid); otherwise they enter it.
+  std::vector<std::pair<std::string, Value>> keyed_unless;
 };
 
 // Every cached stage, in chain order (the cache-key test walks this list).

@@ -83,7 +83,9 @@ class ScoredTokenLogits {
 };
 
 // Denoisers (task denoising): the predicted noise for noisy images (n x C x H x W) at integer
-// timesteps (n) under condition ids (n).
+// timesteps (n) under condition ids (n). Id -1 means no condition (the unconditional prediction
+// classifier-free guidance needs; [training] pretrain_condition_dropout trains it); a denoiser
+// without one throws.
 class Denoiser {
  public:
   static constexpr const char* kInterface = "inflab::Denoiser (a denoiser, e.g. ddpm_lora)";

@@ -28,7 +28,8 @@ class Model;
 struct Batch {
   at::Tensor inputs;       // the model's input (images, token ids, ...), first dimension = examples
   at::Tensor targets;      // classification: class ids (n); causal_lm: next-token id per position
-                           // (n x positions, < 0 = not scored); denoising: condition ids (n)
+                           // (n x positions, < 0 = not scored); denoising: condition ids (n;
+                           // -1 = none: classifier-free guidance's unconditional prediction)
   at::Tensor example_ids;  // int64 (n): stable ids; per-example randomness is drawn from them
   std::int64_t size() const;
   Batch slice(std::int64_t start, std::int64_t count) const;

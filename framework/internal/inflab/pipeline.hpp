@@ -34,6 +34,7 @@ struct FinetunedModel {
   std::vector<std::string> class_names;     // the dataset's classes (a denoiser's conditions)
   std::string task;                         // [task] name
   Options task_options;                     // the run's resolved [task] (a denoiser's schedule, ...)
+  double condition_dropout = 0;  // the base's training.pretrain_condition_dropout (guidance needs > 0)
 };
 enum class Adapters { finetuned, none };
 FinetunedModel finetuned_model(const ExperimentConfig& config, Registry& registry, const RunPaths& paths,

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <string>
 #include <vector>
 
 namespace inflab {
@@ -16,7 +17,15 @@ struct SamplingOptions {
   std::int64_t sampling_steps = 50;     // DDIM steps, evenly spaced over the schedule
   std::uint64_t seed = 0;               // draws the starting noise
   double clip = 1.0;                    // the predicted clean image is clipped to [-clip, clip]
+  // Classifier-free guidance (Ho & Salimans 2022), as diffusers' guidance_scale: the noise is
+  // eps(none) + guidance x (eps(condition) - eps(none)); 1 is the conditional prediction alone.
+  double guidance = 1.0;
 };
+
+// Throws unless `guidance` can be used with a base pretrained with this condition dropout (a
+// denoiser never trained without its condition has no unconditional prediction); `key` names the
+// option in the message.
+void check_guidance(double guidance, double condition_dropout, const std::string& key);
 
 // Deterministic DDIM (eta = 0, Song et al. 2021) from Gaussian noise: one image per condition id,
 // each of `example_shape` (one example as the model sees it, e.g. {64} or {1, 8, 8}).

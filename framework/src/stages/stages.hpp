@@ -213,6 +213,10 @@ struct TrainingSchedule {
   // caller keys the name by everything the training reads. Not with after_epoch (its calls would
   // not repeat).
   std::filesystem::path resume_file;
+  // > 0: the parameters end as an exponential moving average of their values after each optimizer
+  // step, with decay min(ema_decay, (1 + step) / (10 + step)) (the warm-up keeps the first weights
+  // from dominating); saved with the resume state.
+  double ema_decay = 0;
 };
 void train(Model& model, const std::function<at::Tensor(const Batch&)>& loss,
            const std::vector<at::Tensor>& parameters, const Batch& examples,

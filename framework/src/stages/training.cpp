@@ -51,6 +51,15 @@ const SectionSchema& training_section() {
            "base pretraining epochs (models without packaged weights)", false, between(0, 1e6)},
           {"pretrain_learning_rate", OptionType::Double, 1e-3, "base pretraining learning rate", false,
            greater_than(0)},
+          {"pretrain_ema", OptionType::Double, 0.0,
+           "decay of an exponential moving average of the base's weights over pretraining's optimizer steps "
+           "(warmed up as min(decay, (1 + step) / (10 + step))), which becomes the base; 0: the last weights",
+           false, Range{0.0, 1.0, false, true}},
+          {"pretrain_condition_dropout", OptionType::Double, 0.0,
+           "task denoising: share of pretraining images whose condition is dropped (id -1: none), so that "
+           "the base also predicts without one and can sample with classifier-free guidance (`inflab sample "
+           "--guidance`, [queries] guidance); 0: never",
+           false, Range{0.0, 1.0, false, true}},
       },
       [](Options& values) {
         if (auto problem = one_of(values, "training", "optimizer", {"adam", "sgd"})) return problem;
@@ -69,11 +78,14 @@ const StageDeclaration& base_stage() {
       3,
       {},
       {"dataset", "model", "task", "training.pretrain_epochs", "training.pretrain_learning_rate",
-       "training.batch_size"},
+       "training.batch_size", "training.pretrain_ema", "training.pretrain_condition_dropout"},
       {"dataset.label_noise", "dataset.noise_seed", "dataset.finetune_seed", "model.lora", "model.adapter",
        "model.adapter_from", "model.adapter_key", "task.scored", "task.padding", "task.shared_noise",
        "task.timestep_gradients"},
-      {"dataset", "model"}};
+      {"dataset", "model"},
+      {},
+      {},
+      {{"training.pretrain_ema", 0.0}, {"training.pretrain_condition_dropout", 0.0}}};
   return stage;
 }
 
@@ -155,11 +167,12 @@ struct TrainingState {
 };
 
 void save_training_state(const fs::path& file, const std::vector<at::Tensor>& parameters,
-                         torch::optim::Optimizer& optimizer, const at::Generator& order,
-                         const TrainingState& state) {
+                         const std::vector<at::Tensor>& averages, torch::optim::Optimizer& optimizer,
+                         const at::Generator& order, const TrainingState& state) {
   torch::serialize::OutputArchive archive, optimizer_archive;
   for (std::size_t i = 0; i < parameters.size(); ++i)
     archive.write(fmt::format("parameter{}", i), parameters[i].detach().clone());
+  for (std::size_t i = 0; i < averages.size(); ++i) archive.write(fmt::format("average{}", i), averages[i]);
   optimizer.save(optimizer_archive);
   archive.write("optimizer", optimizer_archive);
   archive.write("order_generator", order.get_state());
@@ -186,6 +199,7 @@ void save_training_state(const fs::path& file, const std::vector<at::Tensor>& pa
 // generators; nullopt (start afresh) when there is none or it does not fit.
 std::optional<TrainingState> load_training_state(const fs::path& file,
                                                  const std::vector<at::Tensor>& parameters,
+                                                 const std::vector<at::Tensor>& averages,
                                                  torch::optim::Optimizer& optimizer, at::Generator& order,
                                                  std::int64_t epochs) {
   if (!fs::exists(file)) return std::nullopt;
@@ -207,12 +221,18 @@ std::optional<TrainingState> load_training_state(const fs::path& file,
       archive.read(fmt::format("parameter{}", i), loaded[i]);
       if (loaded[i].sizes() != parameters[i].sizes()) return std::nullopt;
     }
+    std::vector<torch::Tensor> loaded_averages(averages.size());
+    for (std::size_t i = 0; i < averages.size(); ++i) {
+      archive.read(fmt::format("average{}", i), loaded_averages[i]);
+      if (loaded_averages[i].sizes() != averages[i].sizes()) return std::nullopt;
+    }
     archive.read("optimizer", optimizer_archive);
     archive.read("order_generator", order_state);
     archive.read("global_generator", global_state);
     {
       torch::NoGradGuard no_grad;
       for (std::size_t i = 0; i < parameters.size(); ++i) parameters[i].copy_(loaded[i]);
+      for (std::size_t i = 0; i < averages.size(); ++i) averages[i].copy_(loaded_averages[i]);
     }
     optimizer.load(optimizer_archive);
     order.set_state(order_state);
@@ -252,9 +272,12 @@ void train(Model& model, const std::function<at::Tensor(const Batch&)>& loss,
   if (schedule.show_progress) progress.emplace(schedule.label, schedule.epochs * batches, "batches");
   std::int64_t step = 0, first_epoch = 0;
   double rate_sum = 0;
+  std::vector<torch::Tensor> averages;  // the moving average of the parameters (ema_decay > 0)
+  if (schedule.ema_decay > 0)
+    for (const auto& p : parameters) averages.push_back(p.detach().clone());
   if (!schedule.resume_file.empty())
-    if (auto resumed =
-            load_training_state(schedule.resume_file, parameters, *optimizer, generator, schedule.epochs)) {
+    if (auto resumed = load_training_state(schedule.resume_file, parameters, averages, *optimizer, generator,
+                                           schedule.epochs)) {
       first_epoch = resumed->epochs, step = resumed->step, rate_sum = resumed->rate_sum;
       log(fmt::format("{}: resuming after epoch {} of {} ({})", schedule.label, first_epoch, schedule.epochs,
                       schedule.resume_file.string()));
@@ -280,15 +303,25 @@ void train(Model& model, const std::function<at::Tensor(const Batch&)>& loss,
         optimizer->step();
         ++step;
         rate_sum += rate;
+        if (!averages.empty()) {
+          torch::NoGradGuard no_grad;
+          const double decay = std::min(schedule.ema_decay, (1.0 + double(step)) / (10.0 + double(step)));
+          for (std::size_t i = 0; i < averages.size(); ++i)
+            averages[i].mul_(decay).add_(parameters[i].detach(), 1.0 - decay);
+        }
       }
       if (progress) progress->advance();
     }
     if (schedule.after_epoch) schedule.after_epoch(epoch + 1, step, rate_sum);
     if (!schedule.resume_file.empty() && epoch + 1 < schedule.epochs)
-      save_training_state(schedule.resume_file, parameters, *optimizer, generator,
+      save_training_state(schedule.resume_file, parameters, averages, *optimizer, generator,
                           {epoch + 1, step, rate_sum});
   }
   if (progress) progress->finish();
+  if (!averages.empty()) {
+    torch::NoGradGuard no_grad;
+    for (std::size_t i = 0; i < averages.size(); ++i) parameters[i].copy_(averages[i]);
+  }
   model.set_training(false);
   if (!schedule.resume_file.empty()) {  // done: nothing to resume
     fs::path sidecar = schedule.resume_file;
@@ -465,10 +498,20 @@ void prepare_base(const StageInputs& inputs, Model& model, const LoadedData& dat
         // An interrupted pretraining (an hour for a 28x28 base) resumes after its last epoch.
         schedule.resume_file = file;
         schedule.resume_file += ".partial";
-        auto task = stage_task(inputs);
+        schedule.ema_decay = inputs.get_double("training.pretrain_ema");
+        const double dropout = inputs.get_double("training.pretrain_condition_dropout");
+        auto task = stage_task(inputs);  // dropout > 0 only with task denoising (config.cpp checks)
         train(
-            model, [&](const Batch& b) { return task->training_loss(model, b); }, base, data.pretrain,
-            schedule);
+            model,
+            [&](const Batch& b) {
+              if (dropout == 0) return task->training_loss(model, b);
+              // Classifier-free guidance's training: some images without their condition (id -1).
+              Batch dropped = b;
+              dropped.targets =
+                  torch::where(torch::rand({b.size()}) < dropout, torch::full_like(b.targets, -1), b.targets);
+              return task->training_loss(model, dropped);
+            },
+            base, data.pretrain, schedule);
       }
       save_tensors(file, base);
     }

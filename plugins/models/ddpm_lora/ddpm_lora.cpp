@@ -6,7 +6,8 @@
 // + skip, res5, up1, + skip, res6), attention always at the lowest resolution;
 // each residual block GroupNorm -> SiLU -> 3x3 conv, plus the embedding of (timestep, condition),
 // GroupNorm -> SiLU -> 3x3 conv, plus its input. The timestep embedding is sinusoidal followed by a
-// two-layer MLP; the condition (a class or style id) has a learned embedding added to it. LoRA
+// two-layer MLP; the condition (a class or style id) has a learned embedding added to it (none for
+// id -1, the unconditional prediction of classifier-free guidance). LoRA
 // goes on every convolution (LoraConv2d) and on the attention's q, k, v and output projections
 // (LoraLinear over the low-resolution positions); the base (all else) is pretrained by the
 // framework on the dataset's pretrain split and frozen.
@@ -133,7 +134,16 @@ class DdpmLora : public inflab::Model, public inflab::Denoiser {
     const std::int64_t n = noisy.size(0);
     torch::Tensor x = noisy.reshape({n, 1, side_, side_});
     torch::Tensor emb = time2_->forward(F::silu(time1_->forward(timestep_embedding(timesteps))));
-    emb = emb + condition_->forward(condition.to(torch::kLong));
+    const torch::Tensor ids = condition.to(torch::kLong);
+    if (ids.lt(0).any().item<bool>()) {
+      // Id -1: no condition (classifier-free guidance), a zero condition embedding.
+      if (ids.lt(-1).any().item<bool>())
+        throw inflab::Error("model ddpm_lora: condition ids must be >= 0, or -1 for none");
+      const torch::Tensor kept = ids.ge(0);
+      emb = emb + condition_->forward(ids.clamp_min(0)) * kept.unsqueeze(1).to(emb.scalar_type());
+    } else {
+      emb = emb + condition_->forward(ids);
+    }
     const std::size_t levels = channels_.size();
     std::vector<torch::Tensor> skips;  // each level's encoder output, for its decoder
     torch::Tensor h = encoder_[0].forward(conv_in_->forward(x), emb);
