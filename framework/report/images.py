@@ -19,6 +19,7 @@ and its --top least helpful (most positive), each captioned with its class.
 """
 import argparse
 import csv
+import functools
 import gzip
 import json
 import os
@@ -64,6 +65,17 @@ def class_names(run):
     return {}
 
 
+@functools.lru_cache(maxsize=None)
+def fashion_judge():
+    """judge.py's CNN and its accuracy on the 10,000 real test images, once per process (a report
+    judges several clothing runs)."""
+    import judge
+
+    data, data_hash = judge.fashion(judge.DEFAULT_DATA)
+    net, _, _ = judge.judge_network(data, data_hash, judge.default_cache())
+    return net, float((judge.predict(net, data["test_images"])[0] == data["test_labels"]).mean())
+
+
 def quality(run):
     """Judge of the run's generated queries (queries.npy): the share put in their condition's class,
     overall and per class, and the judge's accuracy on real images (its ceiling). Queries of
@@ -81,9 +93,7 @@ def quality(run):
     if train.shape[1] == 784 and query_labels.max() < 10 and fashion_run(run):
         import judge
 
-        data, data_hash = judge.fashion(judge.DEFAULT_DATA)
-        net, _, _ = judge.judge_network(data, data_hash, judge.default_cache())
-        real = (judge.predict(net, data["test_images"])[0] == data["test_labels"]).mean()
+        net, real = fashion_judge()
         judged = judge.predict(net, queries)[0]
         names = dict(enumerate(judge.CLASSES))
         who = "Fashion-MNIST CNN (judge.py)"
