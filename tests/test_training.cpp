@@ -45,6 +45,28 @@ struct Regression {
   }
 };
 
+// A training whose loss draws from the global generator (as the denoising task's timesteps and
+// noise do) and can stop the process before its call number `stop_at`.
+struct Interruptible {
+  const Regression& r;
+  int calls = 0, stop_at = -1;
+  torch::Tensor run(const inflab::TrainingSchedule& schedule, torch::Tensor w) {
+    NoLayers model;
+    w.requires_grad_(true);
+    calls = 0;
+    inflab::train(
+        model,
+        [&](const inflab::Batch& b) {
+          if (calls++ == stop_at) throw std::runtime_error("killed");
+          return (b.inputs.matmul(w) - b.targets + 0.1 * torch::randn({b.size()}, torch::kDouble))
+              .square()
+              .mean();
+        },
+        {w}, r.examples, schedule);
+    return w.detach();
+  }
+};
+
 }  // namespace
 
 TEST_CASE("gradient accumulation: 3 batches of 4 summed and divided by 3 are one step on all 12",
@@ -89,24 +111,10 @@ TEST_CASE("a training interrupted after an epoch resumes from its state file to 
   test::TempDir dir;
   inflab::TrainingSchedule schedule;
   schedule.epochs = 3, schedule.batch_size = 4, schedule.learning_rate = 0.05;  // Adam: its moments matter
-  // A loss that draws from the global generator (as the denoising task's timesteps and noise do)
-  // and can stop the process before its call number `stop_at`.
-  int calls = 0, stop_at = -1;
-  auto run = [&](const inflab::TrainingSchedule& s, torch::Tensor w) {
-    NoLayers model;
-    w.requires_grad_(true);
-    calls = 0;
-    inflab::train(
-        model,
-        [&](const inflab::Batch& b) {
-          if (calls++ == stop_at) throw std::runtime_error("killed");
-          return (b.inputs.matmul(w) - b.targets + 0.1 * torch::randn({b.size()}, torch::kDouble))
-              .square()
-              .mean();
-        },
-        {w}, r.examples, s);
-    return w.detach();
-  };
+  Interruptible training{r};
+  int& calls = training.calls;
+  int& stop_at = training.stop_at;
+  auto run = [&](const inflab::TrainingSchedule& s, torch::Tensor w) { return training.run(s, w); };
   schedule.show_progress = false;
   torch::manual_seed(11);
   const torch::Tensor reference = run(schedule, r.start.clone());
@@ -177,34 +185,25 @@ TEST_CASE("a training with a moving average resumes to the same bits (the averag
   inflab::TrainingSchedule schedule;
   schedule.epochs = 3, schedule.batch_size = 4, schedule.learning_rate = 0.05, schedule.ema_decay = 0.95;
   schedule.show_progress = false;
-  int calls = 0, stop_at = -1;
-  auto run = [&](const inflab::TrainingSchedule& s, torch::Tensor w) {
-    NoLayers model;
-    w.requires_grad_(true);
-    calls = 0;
-    inflab::train(
-        model,
-        [&](const inflab::Batch& b) {
-          if (calls++ == stop_at) throw std::runtime_error("killed");
-          return (b.inputs.matmul(w) - b.targets).square().mean();
-        },
-        {w}, r.examples, s);
-    return w.detach();
-  };
-  const torch::Tensor reference = run(schedule, r.start.clone());
+  Interruptible training{r};
+  torch::manual_seed(11);
+  const torch::Tensor reference = training.run(schedule, r.start.clone());
   inflab::TrainingSchedule resumable = schedule;
   resumable.resume_file = dir.path / "state.pt";
-  stop_at = 7;  // in the third epoch: the state after two
-  REQUIRE_THROWS_WITH(run(resumable, r.start.clone()), "killed");
-  stop_at = -1;
-  CHECK(torch::equal(run(resumable, torch::zeros({3}, torch::kDouble)), reference));
-  CHECK(calls == 3);
+  torch::manual_seed(11);
+  training.stop_at = 7;  // in the third epoch: the state after two
+  REQUIRE_THROWS_WITH(training.run(resumable, r.start.clone()), "killed");
+  torch::manual_seed(999);  // a new process
+  training.stop_at = -1;
+  CHECK(torch::equal(training.run(resumable, torch::zeros({3}, torch::kDouble)), reference));
+  CHECK(training.calls == 3);
   // A state saved without an average does not fit a training with one: it starts afresh.
   inflab::TrainingSchedule plain = resumable;
   plain.ema_decay = 0;
-  stop_at = 7;
-  REQUIRE_THROWS(run(plain, r.start.clone()));
-  stop_at = -1;
-  CHECK(torch::equal(run(resumable, r.start.clone()), reference));
-  CHECK(calls == 9);
+  training.stop_at = 7;
+  REQUIRE_THROWS(training.run(plain, r.start.clone()));
+  torch::manual_seed(11);
+  training.stop_at = -1;
+  CHECK(torch::equal(training.run(resumable, r.start.clone()), reference));
+  CHECK(training.calls == 9);
 }
