@@ -67,20 +67,22 @@ def class_names(run):
 
 @functools.lru_cache(maxsize=None)
 def fashion_judge():
-    """judge.py's CNN and its accuracy on the 10,000 real test images, once per process (a report
-    judges several clothing runs)."""
+    """judge.py's CNN, the real images and its (classes, features) of the 10,000 test images, once per
+    process (a report judges several clothing runs)."""
     import judge
 
     data, data_hash = judge.fashion(judge.DEFAULT_DATA)
     net, _, _ = judge.judge_network(data, data_hash, judge.default_cache())
-    return net, float((judge.predict(net, data["test_images"])[0] == data["test_labels"]).mean())
+    return net, data, judge.predict(net, data["test_images"])
 
 
 def quality(run):
     """Judge of the run's generated queries (queries.npy): the share put in their condition's class,
     overall and per class, and the judge's accuracy on real images (its ceiling). Queries of
     Fashion-MNIST classes (28x28 images, conditions 0-9: styled_fashion's subject mode) are judged by
-    judge.py's CNN trained on the 60,000 real training images (accuracy on the 10,000 test images);
+    judge.py's CNN trained on the 60,000 real training images (accuracy on the 10,000 test images),
+    which also gives the Frechet distance of its features to the real test images of those classes,
+    beside the floor of as many real training images;
     any other run's (styles, digits) by the nearest-neighbour vote over the run's own training images
     (leave-one-out accuracy on them)."""
     train = np.load(os.path.join(run, "train.npy")).astype(np.float64)
@@ -90,11 +92,17 @@ def quality(run):
         sys.exit(f"{run}: examples.jsonl lists {len(train_labels)} training and {len(query_labels)} query rows, "
                  f"train.npy and queries.npy hold {len(train)} and {len(queries)}")
     names = class_names(run)
+    frechet = (None, None)  # only with the CNN judge (its features)
     if train.shape[1] == 784 and query_labels.max() < 10 and fashion_run(run):
         import judge
 
-        net, real = fashion_judge()
-        judged = judge.predict(net, queries)[0]
+        net, data, test = fashion_judge()
+        classes, counts = np.unique(query_labels, return_counts=True)
+        if (counts != counts[0]).any() or (query_labels != np.repeat(classes, counts[0])).any():
+            sys.exit(f"{run}: expected the generated queries class by class, as many of each; found {counts}")
+        result, judged = judge.judge(queries, classes.astype(int), int(counts[0]), data, net, test)
+        real = result["judge_accuracy_real"]
+        frechet = (result["frechet_distance"], result["frechet_distance_real_floor"])
         names = dict(enumerate(judge.CLASSES))
         who = "Fashion-MNIST CNN (judge.py)"
     else:
@@ -105,7 +113,8 @@ def quality(run):
                  for c in np.unique(query_labels)}
     return {"judge": who, "judge_accuracy_real": float(real),
             "generated_accuracy": float((judged == query_labels).mean()),
-            "generated": int(len(queries)), "per_class": per_class}
+            "generated": int(len(queries)), "per_class": per_class,
+            "frechet": frechet[0], "frechet_real_floor": frechet[1]}
 
 
 def fashion_run(run):
@@ -132,11 +141,14 @@ def write_quality(root, runs):
         q = quality(run)
         rows.append([os.path.relpath(run, root), q["judge"], q["generated"], f"{q['judge_accuracy_real']:.4f}",
                      f"{q['generated_accuracy']:.4f}",
-                     " ".join(f"{k}={v:.2f}" for k, v in q["per_class"].items())])
+                     " ".join(f"{k}={v:.2f}" for k, v in q["per_class"].items()),
+                     "" if q["frechet"] is None else f"{q['frechet']:.2f}",
+                     "" if q["frechet_real_floor"] is None else f"{q['frechet_real_floor']:.2f}"])
     if rows:
         with open(os.path.join(root, "generated_images.csv"), "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["run", "judge", "generated", "judge_accuracy_on_real", "generated_in_their_class", "per_class"])
+            w.writerow(["run", "judge", "generated", "judge_accuracy_on_real", "generated_in_their_class", "per_class",
+                        "frechet", "frechet_real_floor"])
             w.writerows(rows)
     return rows
 

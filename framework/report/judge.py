@@ -131,8 +131,10 @@ def frechet(a, b):
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root.real))
 
 
-def judge(samples, conditions, count, data, net):
-    test_pred, test_features = predict(net, data["test_images"])
+def judge(samples, conditions, count, data, net, test=None):
+    """The judged samples (count per condition, condition-major) against the real images; `test`: the
+    judge's (classes, features) of the real test images, when already computed."""
+    test_pred, test_features = test if test is not None else predict(net, data["test_images"])
     test_labels = data["test_labels"]
     judged, features = predict(net, samples)
     wanted = np.repeat(conditions, count)
