@@ -87,10 +87,12 @@ grep -q "^class_detection_diffusion_style/run,5-NN on the run's training images,
   { echo "generated_images.csv lacks the style run"; cat "$work/results/generated_images.csv"; exit 1; }
 grep -q "^class_detection_diffusion_fashion_subject/run,Fashion-MNIST CNN (judge.py),6," "$work/results/generated_images.csv" ||
   { echo "generated_images.csv lacks the clothing subject run, judged by the CNN"; cat "$work/results/generated_images.csv"; exit 1; }
-# Its Frechet distance and the real floor (the CNN's features): two positive numbers at the row's end.
-awk -F, '$1 == "class_detection_diffusion_fashion_subject/run" && $(NF-1) > 0 && $NF > 0 { found = 1 } END { exit !found }' \
-  "$work/results/generated_images.csv" ||
-  { echo "generated_images.csv lacks the clothing subject run's Frechet distances"; cat "$work/results/generated_images.csv"; exit 1; }
+# Clothing runs' Frechet distance and its real floor (the CNN's features): two positive numbers at the row's end.
+for experiment in class_detection_diffusion_fashion_subject class_detection_diffusion_fashion_style; do
+  awk -F, -v run="$experiment/run" '$1 == run && $(NF-1) > 0 && $NF > 0 { found = 1 } END { exit !found }' \
+    "$work/results/generated_images.csv" ||
+    { echo "generated_images.csv lacks $experiment's Frechet distances"; cat "$work/results/generated_images.csv"; exit 1; }
+done
 [ -s "$work/results/figures/fig8_influential_class_detection_diffusion_style.png" ] ||
   { echo "missing figure fig8 (a generated image with its most and least helpful training images)"; exit 1; }
 grep -q "^class_detection_llm_math,datainf,1,10," "$work/results/class_detection.csv" ||

@@ -76,6 +76,20 @@ def fashion_judge():
     return net, data, judge.predict(net, data["test_images"])
 
 
+def styled_frechet(train, queries):
+    """Styled clothing (no class the CNN knows): the Frechet distance on the judge CNN's features of
+    the generated queries to the run's real styled training images, and its floor: as many of those
+    real images (a fixed draw) to the others."""
+    import judge
+
+    net, _, _ = fashion_judge()
+    real = judge.predict(net, train)[1]
+    generated = judge.predict(net, queries)[1]
+    drawn = np.zeros(len(real), dtype=bool)
+    drawn[np.random.default_rng(0).choice(len(real), len(generated), replace=False)] = True
+    return judge.frechet(generated, real), judge.frechet(real[drawn], real[~drawn])
+
+
 def quality(run):
     """Judge of the run's generated queries (queries.npy): the share put in their condition's class,
     overall and per class, and the judge's accuracy on real images (its ceiling). Queries of
@@ -84,7 +98,7 @@ def quality(run):
     which also gives the Frechet distance of its features to the real test images of those classes,
     beside the floor of as many real training images;
     any other run's (styles, digits) by the nearest-neighbour vote over the run's own training images
-    (leave-one-out accuracy on them)."""
+    (leave-one-out accuracy on them); styled clothing's Frechet distance is styled_frechet's."""
     train = np.load(os.path.join(run, "train.npy")).astype(np.float64)
     queries = np.load(os.path.join(run, "queries.npy")).reshape(-1, train.shape[1]).astype(np.float64)
     train_labels, query_labels = run_examples(run)
@@ -109,6 +123,8 @@ def quality(run):
         real = (knn_predict(train, train_labels, train, leave_one_out=True) == train_labels).mean()
         judged = knn_predict(train, train_labels, queries)
         who = f"{NEIGHBOURS}-NN on the run's training images"
+        if train.shape[1] == 784 and fashion_run(run):
+            frechet = styled_frechet(train, queries)
     per_class = {names.get(int(c), str(c)): float((judged[query_labels == c] == c).mean())
                  for c in np.unique(query_labels)}
     return {"judge": who, "judge_accuracy_real": float(real),
