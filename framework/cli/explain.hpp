@@ -15,9 +15,10 @@ struct IndexBuildOptions;
 int command_index_build(const ExperimentConfig& run, Registry& registry, const std::filesystem::path& out,
                         const std::filesystem::path& cache, const IndexBuildOptions& options);
 
-// `inflab index append IDX FILE.jsonl`: prints what the index holds afterwards.
+// `inflab index append IDX FILE.jsonl` (or FILE.npy --class NAME): prints what the index holds afterwards.
 int command_index_append(const std::filesystem::path& index, const std::filesystem::path& examples,
-                         Registry& registry, const std::filesystem::path& cache);
+                         const std::vector<std::string>& classes, Registry& registry,
+                         const std::filesystem::path& cache);
 
 struct ExplainRequest {
   std::filesystem::path index;

@@ -658,21 +658,29 @@ static int run_cli(int argc, char** argv) {
   index_build->add_option("--cache", cache, "stage cache");
   auto* index_append = index_command->add_subcommand(
       "append",
-      "add examples to a language model's index as a new shard: their gradients under the index's adapter "
-      "and projection (kept preconditioners are left as fitted on the run's training rows)");
+      "add examples to an index as a new shard: their gradients under the index's adapter and projection "
+      "(kept preconditioners are left as fitted on the run's training rows)");
   fs::path append_index, append_examples;
+  std::vector<std::string> append_classes;
   index_append->add_option("index", append_index, "index directory (from `inflab index build`)")
       ->required()
       ->check(CLI::ExistingDirectory);
   index_append
-      ->add_option("examples", append_examples,
-                   "JSON lines, one {\"prompt\": \"...\", \"response\": \"...\"} per example")
+      ->add_option(
+          "examples", append_examples,
+          "a language model's: JSON lines, one {\"prompt\": \"...\", \"response\": \"...\"} per "
+          "example; a classifier's or a denoiser's: a .npy of inputs, one per row, shaped as the run's")
       ->required()
       ->check(CLI::ExistingFile);
+  index_append->add_option(
+      "--class", append_classes,
+      "a classifier's or a denoiser's rows: their class (label, or condition) by name, one "
+      "for all rows or one per row (repeatable)");
   index_append->add_option("--cache", cache, "stage cache (the index's fine-tuned adapter is read from it)");
   index_append->footer(
       "Example: inflab index append idx-math more.jsonl   (then: inflab explain idx-math --prompt ...; "
-      "docs/explain.md, \"Appending examples\")");
+      "docs/explain.md, \"Appending examples\")\n"
+      "Images:  inflab index append idx-styles more.npy --class sketch");
   index_build->footer(
       "Example: inflab index build experiments/quickstart.toml --out idx   (then: inflab explain idx "
       "--validation 0)\n"
@@ -802,7 +810,8 @@ static int run_cli(int argc, char** argv) {
                         "--out DIR`",
                         index.string()));
       use_kernels(common, load_experiment(config, {}, registry));
-      if (*index_append) return command_index_append(append_index, append_examples, registry, cache);
+      if (*index_append)
+        return command_index_append(append_index, append_examples, append_classes, registry, cache);
       explain_request.cache = cache.empty() ? explain_request.cache : cache;
       return command_explain(explain_request, registry);
     }

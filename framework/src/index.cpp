@@ -541,14 +541,54 @@ PromptGradients prompt_gradients(const AttributionIndex& index, Registry& regist
   return {queries.prompts, queries.answers, std::move(queries.gradients)};
 }
 
-IndexRecord append_to_index(const fs::path& dir, Registry& registry, const RunPaths& paths,
-                            const fs::path& examples_file) {
-  if (distributed_world_size() > 1)
-    throw Error("index append: runs in one process, not under `inflab launch`");
-  // Every byte checked: the new CHECKSUMS vouches for the old files too.
-  AttributionIndex index = open_index(dir, registry, std::numeric_limits<double>::infinity());
-  require_language_model(index, registry,
-                         "index append: appended examples are prompts with responses, for a language model");
+namespace {
+// Ids of class (or condition) names of the run's dataset; errors name `option`.
+std::vector<std::int64_t> class_ids(const FinetunedModel& tuned, const std::vector<std::string>& names,
+                                    const std::string& option, const std::string& noun) {
+  std::vector<std::int64_t> ids;
+  for (const auto& name : names) {
+    auto it = std::find(tuned.class_names.begin(), tuned.class_names.end(), name);
+    if (it == tuned.class_names.end())
+      throw Error(fmt::format("{} {}: not a {} of the index's dataset; {}s: {}", option, name, noun, noun,
+                              fmt::join(tuned.class_names, ", ")));
+    ids.push_back(it - tuned.class_names.begin());
+  }
+  return ids;
+}
+
+// The rows of `file` (.npy), each one of the run's inputs, and their class ids: `ids` holds one for
+// all rows or one per row. Errors name `file_option` and `class_option`.
+at::Tensor input_rows(const FinetunedModel& tuned, const fs::path& file, std::vector<std::int64_t>& ids,
+                      const std::string& file_option, const std::string& class_option,
+                      const std::string& noun) {
+  std::int64_t values = 1;
+  for (auto d : tuned.example_shape) values *= d;
+  std::vector<std::int64_t> shape{-1};
+  shape.insert(shape.end(), tuned.example_shape.begin(), tuned.example_shape.end());
+  at::Tensor rows = load_npy(file).to(torch::kFloat);
+  if (rows.dim() < 2 || rows.numel() % values != 0 || rows.numel() / rows.size(0) != values)
+    throw Error(fmt::format("{} {}: expected rows of {} values (inputs of shape {}), found shape ({})",
+                            file_option, file.string(), values, fmt::join(tuned.example_shape, " x "),
+                            fmt::join(rows.sizes(), ", ")));
+  rows = rows.reshape(shape).contiguous();
+  const std::int64_t n = rows.size(0);
+  if (ids.size() == 1) ids.assign(static_cast<std::size_t>(n), ids[0]);
+  if (static_cast<std::int64_t>(ids.size()) != n)
+    throw Error(fmt::format("{} {} has {} rows and {} {}; give one {} for all or one per row", file_option,
+                            file.string(), n, ids.size(), class_option, noun));
+  return rows;
+}
+
+// What `index append` adds, before it is written: gradients in the index's block order, and per row
+// its label (-1: none) and what examples.jsonl says of it beyond split, row and id.
+struct AppendedRows {
+  GradientBlocks gradients;
+  std::vector<std::int64_t> labels;
+  std::vector<nlohmann::json> descriptions;
+};
+
+AppendedRows appended_prompts(const AttributionIndex& index, Registry& registry, const RunPaths& paths,
+                              const fs::path& examples_file) {
   std::vector<std::string> prompts, responses;
   std::vector<int> line_numbers;
   read_prompt_lines(examples_file, /*need_response=*/true, prompts, responses, &line_numbers);
@@ -557,10 +597,65 @@ IndexRecord append_to_index(const fs::path& dir, Registry& registry, const RunPa
         fmt::format(R"({}: no examples; expected one {{"prompt": "...", "response": "..."}} per line)",
                     examples_file.string()));
   log(fmt::format("index append: {} examples from {}", prompts.size(), examples_file.string()));
-  const GradientBlocks gradients =
+  AppendedRows out;
+  out.gradients =
       in_index_order(index, prompt_gradients(index, registry, paths, prompts, responses, 0).gradients);
-  const auto added = static_cast<std::int64_t>(prompts.size());
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    out.labels.push_back(-1);
+    out.descriptions.push_back({{"text", prompts[i]},
+                                {"response", responses[i]},
+                                {"source", fmt::format("{}:{}", examples_file.string(), line_numbers[i])}});
+  }
+  return out;
+}
+
+// A classifier's or a denoiser's inputs (.npy rows) with their classes; their denoising noise is
+// drawn from the ids they get in the index (first_id + i).
+AppendedRows appended_inputs(const AttributionIndex& index, Registry& registry, const RunPaths& paths,
+                             const fs::path& examples_file, const std::vector<std::string>& classes,
+                             std::int64_t first_id) {
+  const bool denoiser = find_task(index.config.task)->generates_images;
+  const std::string noun = denoiser ? "condition" : "class";
+  if (classes.empty())
+    throw Error(
+        fmt::format("index append {}: give the rows' {} with --class NAME (one for all, or one per row)",
+                    examples_file.string(), noun));
+  FinetunedModel tuned = finetuned_model(index.config, registry, paths);
+  std::vector<std::int64_t> ids = class_ids(tuned, classes, "--class", noun);
+  const at::Tensor rows = input_rows(tuned, examples_file, ids, "index append", "--class", noun);
+  log(fmt::format("index append: {} rows from {}", rows.size(0), examples_file.string()));
+  AppendedRows out;
+  out.gradients = in_index_order(index, image_query_gradients(stage_inputs("gradients", index.config),
+                                                              *tuned.model, rows, ids, first_id));
+  out.labels = ids;
+  for (std::int64_t i = 0; i < rows.size(0); ++i)
+    out.descriptions.push_back({{"source", fmt::format("{}:{}", examples_file.string(), i)}});
+  return out;
+}
+}  // namespace
+
+IndexRecord append_to_index(const fs::path& dir, Registry& registry, const RunPaths& paths,
+                            const fs::path& examples_file, const std::vector<std::string>& classes) {
+  if (distributed_world_size() > 1)
+    throw Error("index append: runs in one process, not under `inflab launch`");
+  // Every byte checked: the new CHECKSUMS vouches for the old files too.
+  AttributionIndex index = open_index(dir, registry, std::numeric_limits<double>::infinity());
   const std::int64_t first_row = index.train.rows();
+  // Ids apart from the run's and from explain's image queries (2,000,000,000 + i).
+  const std::int64_t first_id = 3'000'000'000 + first_row;
+  auto unbuilt =
+      registry.create_as<Model>(PluginKind::Model, index.config.model.plugin, index.config.model.options);
+  AppendedRows appended;
+  if (capability<LanguageModel>(*unbuilt)) {
+    if (!classes.empty())
+      throw Error(
+          "index append --class: a language model's examples are prompts with responses; they have no class");
+    appended = appended_prompts(index, registry, paths, examples_file);
+  } else {
+    appended = appended_inputs(index, registry, paths, examples_file, classes, first_id);
+  }
+  const GradientBlocks& gradients = appended.gradients;
+  const auto added = static_cast<std::int64_t>(appended.labels.size());
 
   // The new shard, written beside its place and renamed into it (a leftover of an interrupted
   // append, unknown to index.json, is replaced).
@@ -585,20 +680,13 @@ IndexRecord append_to_index(const fs::path& dir, Registry& registry, const RunPa
   ExampleMeta train_meta = index.train_meta;
   std::string examples = fs::exists(dir / "examples.jsonl") ? read_file(dir / "examples.jsonl") : "";
   for (std::int64_t i = 0; i < added; ++i) {
-    // Ids apart from the run's and from explain's image queries (2,000,000,000 + i).
-    const std::int64_t id = 3'000'000'000 + first_row + i;
-    train_meta.ids.push_back(id), train_meta.labels.push_back(-1), train_meta.observed_labels.push_back(-1);
+    const std::int64_t id = first_id + i, label = appended.labels[static_cast<std::size_t>(i)];
+    train_meta.ids.push_back(id), train_meta.labels.push_back(label),
+        train_meta.observed_labels.push_back(label);
     train_meta.flipped.push_back(0);
-    examples += nlohmann::json{{"split", "train"},
-                               {"row", first_row + i},
-                               {"id", id},
-                               {"label", -1},
-                               {"text", prompts[static_cast<std::size_t>(i)]},
-                               {"response", responses[static_cast<std::size_t>(i)]},
-                               {"source", fmt::format("{}:{}", examples_file.string(),
-                                                      line_numbers[static_cast<std::size_t>(i)])}}
-                    .dump() +
-                "\n";
+    nlohmann::json row{{"split", "train"}, {"row", first_row + i}, {"id", id}, {"label", label}};
+    row.update(appended.descriptions[static_cast<std::size_t>(i)]);
+    examples += row.dump() + "\n";
   }
   update.stage("meta.json", [&](const fs::path& path) {
     write_file_atomic(
@@ -629,19 +717,8 @@ ImageGradients image_gradients(const AttributionIndex& index, Registry& registry
                     "ROW or, for a language model, --prompt",
                     index.config.task));
   FinetunedModel tuned = finetuned_model(index.config, registry, paths);
-  std::vector<std::int64_t> ids;
-  for (const auto& name : conditions) {
-    auto it = std::find(tuned.class_names.begin(), tuned.class_names.end(), name);
-    if (it == tuned.class_names.end())
-      throw Error(fmt::format("--condition {}: not a condition of the index's dataset; conditions: {}", name,
-                              fmt::join(tuned.class_names, ", ")));
-    ids.push_back(it - tuned.class_names.begin());
-  }
+  std::vector<std::int64_t> ids = class_ids(tuned, conditions, "--condition", "condition");
   ImageGradients out;
-  std::int64_t pixels = 1;
-  for (auto d : tuned.example_shape) pixels *= d;
-  std::vector<std::int64_t> shape{-1};
-  shape.insert(shape.end(), tuned.example_shape.begin(), tuned.example_shape.end());
   if (images_file.empty()) {
     SamplingOptions options;
     options.diffusion_steps = tuned.task_options.get_int("diffusion_steps");
@@ -649,19 +726,7 @@ ImageGradients image_gradients(const AttributionIndex& index, Registry& registry
     options.seed = seed;
     out.images = sample_images(*tuned.model, ids, tuned.example_shape, options).contiguous();
   } else {
-    at::Tensor images = load_npy(images_file).to(torch::kFloat);
-    if (images.dim() < 2 || images.numel() % pixels != 0 || images.numel() / images.size(0) != pixels)
-      throw Error(fmt::format("--image {}: expected rows of {} values (images of shape {}), found shape ({})",
-                              images_file.string(), pixels, fmt::join(tuned.example_shape, " x "),
-                              fmt::join(images.sizes(), ", ")));
-    out.images = images.reshape(shape).contiguous();
-    const std::int64_t rows = out.images.size(0);
-    if (ids.size() == 1) ids.assign(static_cast<std::size_t>(rows), ids[0]);
-    if (static_cast<std::int64_t>(ids.size()) != rows)
-      throw Error(
-          fmt::format("--image {} has {} images and {} --condition; give one condition for all or one "
-                      "per image",
-                      images_file.string(), rows, conditions.size()));
+    out.images = input_rows(tuned, images_file, ids, "--image", "--condition", "condition");
   }
   for (auto id : ids) out.conditions.push_back(tuned.class_names[static_cast<std::size_t>(id)]);
   out.gradients =

@@ -103,13 +103,16 @@ struct AttributionIndex {
 // checks every byte.
 AttributionIndex open_index(const std::filesystem::path& dir, Registry& registry, double hash_limit_mb = 64);
 
-// Appends the prompt/response pairs of `examples_file` (JSON lines {"prompt", "response"}) to a
-// language model's index as a new shard: their gradients of the run's influence loss under the
-// index's adapter and projection, in the index's dtype, with their text in examples.jsonl. Kept
-// fits are left as they are (they describe the fine-tuning data); a kept self-influence is
+// Appends examples to an index as a new shard: their gradients of the run's influence loss under the
+// index's adapter and projection, in the index's dtype, described in examples.jsonl. A language
+// model's come from `examples_file` as JSON lines {"prompt", "response"}; a classifier's or a
+// denoiser's are the rows of `examples_file` (.npy, one input per row, shaped as the run's) with
+// their `classes` by name (a label, or a denoiser's condition: one for all rows or one per row).
+// Kept fits are left as they are (they describe the fine-tuning data); a kept self-influence is
 // recomputed over all rows.
 IndexRecord append_to_index(const std::filesystem::path& dir, Registry& registry, const RunPaths& paths,
-                            const std::filesystem::path& examples_file);
+                            const std::filesystem::path& examples_file,
+                            const std::vector<std::string>& classes = {});
 
 // Prompt/response pairs from JSON lines ({"prompt": "...", "response": "..."}; blank lines skipped),
 // appended to `prompts` and `responses` ("" where a response is optional and absent); errors name

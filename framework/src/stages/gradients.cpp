@@ -324,12 +324,12 @@ GradientStore extract_gradients(const StageInputs& inputs, Model& model, LoadedD
 }
 
 GradientBlocks image_query_gradients(const StageInputs& inputs, Model& model, const at::Tensor& images,
-                                     const std::vector<std::int64_t>& conditions) {
+                                     const std::vector<std::int64_t>& conditions, std::int64_t first_id) {
   const auto n = static_cast<std::int64_t>(conditions.size());
   auto task = make_task(inputs.get_string("task.name"), inputs.section("task"));
   return per_example_gradients(
       model, *task,
-      Batch{images, torch::tensor(conditions, torch::kLong), torch::arange(n, torch::kLong) + 2'000'000'000},
+      Batch{images, torch::tensor(conditions, torch::kLong), torch::arange(n, torch::kLong) + first_id},
       {inputs.get_int("evaluation.gradient_batch_size"),
        "query gradients",
        false,

@@ -178,10 +178,12 @@ struct PromptQueries {
 };
 // New image queries for a denoiser's run (`inflab explain --condition/--image`): images (n x one
 // example's shape) under condition ids, their gradients of the task's measurement with the run's
-// projection. The denoising noise is drawn per example id: these are 2,000,000,000 + i, apart from
-// training examples and generated queries (1,000,000,000 + ...).
+// projection. The denoising noise is drawn per example id: these are first_id + i, by default
+// 2,000,000,000 + i, apart from training examples and generated queries (1,000,000,000 + ...).
+// `index append` passes a classifier's inputs and labels the same way, with its own ids.
 GradientBlocks image_query_gradients(const StageInputs& inputs, Model& model, const at::Tensor& images,
-                                     const std::vector<std::int64_t>& conditions);
+                                     const std::vector<std::int64_t>& conditions,
+                                     std::int64_t first_id = 2'000'000'000);
 PromptQueries prompt_query_gradients(const StageInputs& inputs, Model& model,
                                      const std::vector<std::string>& prompts,
                                      const std::vector<std::string>& responses, std::int64_t max_tokens);
