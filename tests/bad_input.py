@@ -237,7 +237,7 @@ class Sweep:
         pairs.write_text('{"prompt": "hello", "response": "world"}\n')
         record = (index / "index.json").read_bytes()
         for case, args, needles in [
-            ("append to a classifier's index", [index, pairs], ["language model"]),
+            ("append to a classifier's index", [index, pairs], ["language model", ".npy of inputs"]),
             ("append a missing file", [index, self.work / "missing.jsonl"], ["missing.jsonl"]),
             ("append to a folder that is not an index", [self.work, pairs], ["not an index"]),
         ]:

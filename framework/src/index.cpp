@@ -616,6 +616,12 @@ AppendedRows appended_inputs(const AttributionIndex& index, Registry& registry, 
                              std::int64_t first_id) {
   const bool denoiser = find_task(index.config.task)->generates_images;
   const std::string noun = denoiser ? "condition" : "class";
+  if (examples_file.extension() != ".npy")
+    throw Error(
+        fmt::format("index append {}: expected a .npy of inputs, one per row, with --class NAME; prompts "
+                    "with responses (JSON lines) are for a language model's index, and the index's "
+                    "model '{}' is not one",
+                    examples_file.string(), index.config.model.plugin));
   if (classes.empty())
     throw Error(
         fmt::format("index append {}: give the rows' {} with --class NAME (one for all, or one per row)",
