@@ -569,6 +569,8 @@ plugin = "hessian_free"
   CHECK(at::equal(sample_npy("dropped1", dropout + " --guidance 1"), dropped));
   CHECK_FALSE(at::allclose(dropped, base));
   CHECK_FALSE(at::allclose(guided, dropped));
+  // Without --guidance: the experiment's [queries] guidance, as its generated queries use.
+  CHECK(at::equal(sample_npy("queries3", dropout + " --set queries.guidance=3"), guided));
   auto bad = test::run_command(bin + "--condition 12 --out " + (dir.path / "h.png").string());
   CHECK(bad.exit_code == 2);
   CHECK_THAT(bad.output, Contains("--condition 12") && Contains("conditions: 0, 1, 2"));

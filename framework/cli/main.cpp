@@ -3,14 +3,17 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <toml++/toml.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
@@ -442,7 +445,8 @@ int command_sample(const fs::path& file, const std::vector<std::string>& sets, c
   use_kernels(common, runs);
   if (request.count < 1)
     throw Error(fmt::format("--count: expected at least 1 image per condition, found {}", request.count));
-  check_guidance(request.sampling.guidance, 1.0, "--guidance");  // the value alone, before any work
+  const bool guidance_given = !std::isnan(request.sampling.guidance);
+  if (guidance_given) check_guidance(request.sampling.guidance, 1.0, "--guidance");  // before any work
   FinetunedModel tuned = finetuned_model(runs[0], registry, RunPaths{"results", cache},
                                          request.base ? Adapters::none : Adapters::finetuned);
   if (!find_task(tuned.task)->generates_images)
@@ -463,6 +467,10 @@ int command_sample(const fs::path& file, const std::vector<std::string>& sets, c
   for (auto c : conditions) per_image.insert(per_image.end(), static_cast<std::size_t>(request.count), c);
   SamplingOptions options = request.sampling;
   options.diffusion_steps = tuned.task_options.get_int("diffusion_steps");
+  if (!guidance_given)  // the experiment's [queries] guidance (checked when the file was read), else 1
+    options.guidance =
+        toml::parse(runs[0].resolved_toml, std::string_view("resolved configuration"))["queries"]["guidance"]
+            .value_or(1.0);
   check_guidance(options.guidance, tuned.condition_dropout, "--guidance");
   at::Tensor images = sample_images(*tuned.model, per_image, tuned.example_shape, options);
   save_png_grid(request.png, images, request.count);
@@ -615,9 +623,10 @@ static int run_cli(int argc, char** argv) {
   sample->add_option("--count", sample_request.count, "images per condition: one row each (default 8)");
   sample->add_option("--steps", sample_request.sampling.sampling_steps, "DDIM steps (default 50)");
   sample->add_option("--seed", sample_request.sampling.seed, "seed of the starting noise (default 0)");
+  sample_request.sampling.guidance = std::numeric_limits<double>::quiet_NaN();  // not given
   sample->add_option("--guidance", sample_request.sampling.guidance,
-                     "classifier-free guidance scale (default 1: none); needs a base pretrained with "
-                     "training.pretrain_condition_dropout > 0");
+                     "classifier-free guidance scale (default: the experiment's [queries] guidance, else 1: "
+                     "none); needs a base pretrained with training.pretrain_condition_dropout > 0");
   sample->add_option("--out", sample_request.png, "output PNG")->required();
   sample->add_option("--npy", sample_request.npy,
                      "also write the images as float32 .npy (images x pixels, rows condition by condition)");
