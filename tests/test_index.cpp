@@ -43,10 +43,13 @@ plugin = "datainf"
 // An index built by the CLI from `experiment` in a fresh folder and stage cache.
 struct BuiltIndex {
   test::TempDir dir;
-  const std::string bin = std::string(INFLAB_BINARY) + " --quiet ";
+  const std::string bin;
   const std::string cache = " --cache " + (dir.path / "cache").string();
   const fs::path file, index = dir.path / "index";
-  explicit BuiltIndex(const std::string& experiment) : file(dir.write("experiment.toml", experiment)) {
+  // `options`: global options of every command on it (the thread count is part of the stage keys).
+  explicit BuiltIndex(const std::string& experiment, const std::string& options = "")
+      : bin(std::string(INFLAB_BINARY) + " --quiet " + options + " "),
+        file(dir.write("experiment.toml", experiment)) {
     auto built = test::run_command(bin + "index build " + file.string() + " --out " + index.string() + cache);
     INFO(built.output);
     REQUIRE(built.exit_code == 0);
@@ -566,28 +569,55 @@ plugin = "hessian_free"
   CHECK(found);  // ranked beside the run's rows, named by its condition
 }
 
-TEST_CASE("index append: a classifier's inputs by class, a copy of a training row stores that row's gradient",
-          "[index][cli]") {
-  BuiltIndex built(kIndexedExperiment);
-  const auto &bin = built.bin, &cache = built.cache;
-  const auto& index = built.index;
-  // Two of the run's own training inputs (the dataset's rows, in the index's order) under the labels
-  // the fine-tuning saw (label noise included): their stored gradients are the oracle.
+namespace {
+// Copies of some of the run's own training inputs (the dataset's rows, in the index's order) in
+// copies.npy, and the --class options giving each the label the fine-tuning saw (label noise
+// included): their stored gradients are the oracle of what appending them stores.
+std::string copy_training_rows(const BuiltIndex& built, const std::vector<std::int64_t>& picked,
+                               const fs::path& copies) {
   auto config = inflab::load_experiment(built.file, {}, test::registry()).at(0);
   const auto splits =
       test::registry()
           .create_as<inflab::Dataset>(inflab::PluginKind::Dataset, "fashion_mnist", config.dataset.options)
           ->load();
-  const auto meta = nlohmann::json::parse(inflab::read_file(index / "meta.json"))["train"];
-  const auto record = nlohmann::json::parse(inflab::read_file(index / "index.json"));
-  const std::vector<std::int64_t> picked{3, 17};
+  const auto meta = nlohmann::json::parse(inflab::read_file(built.index / "meta.json"))["train"];
+  const auto record = nlohmann::json::parse(inflab::read_file(built.index / "index.json"));
   std::string classes;
   for (auto row : picked)
     classes += " --class '" +
                record["class_names"][meta["observed_labels"][row].get<std::size_t>()].get<std::string>() +
                "'";
-  const auto copies = built.dir.path / "copies.npy";
   inflab::save_npy(copies, splits.train.inputs.index_select(0, torch::tensor(picked)).contiguous());
+  return classes;
+}
+
+// The appended rows of shards first..last (in order) against the run's rows `picked` of shard 0.
+void check_appended_copies(const fs::path& index, std::size_t first, std::size_t last,
+                           const std::vector<std::int64_t>& picked) {
+  const auto record = nlohmann::json::parse(inflab::read_file(index / "index.json"));
+  for (const auto& block : record["blocks"]) {
+    const std::string name = block["name"];
+    INFO(name);
+    const auto original = stored_block(index, "shards/00000", name).index_select(0, torch::tensor(picked));
+    std::vector<torch::Tensor> shards;
+    for (auto s = first; s <= last; ++s)
+      shards.push_back(stored_block(index, fmt::format("shards/{:05d}", s), name));
+    const auto added = torch::cat(shards);
+    REQUIRE(added.sizes() == original.sizes());
+    CHECK(added.to(torch::kFloat).allclose(original.to(torch::kFloat), 2e-3, 1e-4));  // both float16
+  }
+}
+}  // namespace
+
+TEST_CASE("index append: a classifier's inputs by class, a copy of a training row stores that row's gradient",
+          "[index][cli]") {
+  BuiltIndex built(kIndexedExperiment);
+  const auto &bin = built.bin, &cache = built.cache;
+  const auto& index = built.index;
+  const auto meta = nlohmann::json::parse(inflab::read_file(index / "meta.json"))["train"];
+  const std::vector<std::int64_t> picked{3, 17};
+  const auto copies = built.dir.path / "copies.npy";
+  const std::string classes = copy_training_rows(built, picked, copies);
   auto appended =
       test::run_command(bin + "index append " + index.string() + " " + copies.string() + classes + cache);
   INFO(appended.output);
@@ -595,14 +625,7 @@ TEST_CASE("index append: a classifier's inputs by class, a copy of a training ro
   CHECK_THAT(appended.output, Contains("index of 202 examples in 2 shard(s), 2 of them appended"));
   const auto after = nlohmann::json::parse(inflab::read_file(index / "index.json"));
   CHECK(after["shard_rows"] == std::vector<std::int64_t>{200, 2});
-  for (const auto& block : after["blocks"]) {
-    const std::string name = block["name"];
-    INFO(name);
-    const auto original = stored_block(index, "shards/00000", name).index_select(0, torch::tensor(picked));
-    const auto added = stored_block(index, "shards/00001", name);
-    REQUIRE(added.sizes() == original.sizes());
-    CHECK(added.to(torch::kFloat).allclose(original.to(torch::kFloat), 2e-3, 1e-4));  // both float16
-  }
+  check_appended_copies(index, 1, 1, picked);
   // Their labels in meta.json and examples.jsonl, their file and row as the source.
   const auto meta_after = nlohmann::json::parse(inflab::read_file(index / "meta.json"))["train"];
   CHECK(meta_after["labels"][200] == meta["observed_labels"][3]);
@@ -624,4 +647,28 @@ TEST_CASE("index append: a classifier's inputs by class, a copy of a training ro
   fails(wrong.string() + " --class Bag", "expected rows of 784 values");
   CHECK(nlohmann::json::parse(inflab::read_file(index / "index.json"))["shard_rows"] ==
         std::vector<std::int64_t>{200, 2});
+}
+
+TEST_CASE("index append by two ranks: a shard each, holding what one process appends", "[index][cli]") {
+  // One thread per process, the build's and the ranks' (the thread count is part of the stage keys).
+  BuiltIndex built(kIndexedExperiment, "--threads 1");
+  const std::vector<std::int64_t> picked{3, 17, 42};
+  const auto copies = built.dir.path / "copies.npy";
+  const std::string classes = copy_training_rows(built, picked, copies);
+  auto r = test::run_command(built.bin + "launch -n 2 index append " + built.index.string() + " " +
+                             copies.string() + classes + built.cache);
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, Contains("index of 203 examples in 3 shard(s), 3 of them appended"));
+  const auto after = nlohmann::json::parse(inflab::read_file(built.index / "index.json"));
+  CHECK(after["shard_rows"] == std::vector<std::int64_t>{200, 1, 2});  // rank 0 the first row, rank 1 two
+  CHECK(after["appended"].size() == 2);
+  check_appended_copies(built.index, 1, 2, picked);
+  const auto meta = nlohmann::json::parse(inflab::read_file(built.index / "meta.json"))["train"];
+  CHECK(meta["ids"][202] == 3'000'000'202LL);
+  // The index opens with every byte checked and ranks the appended rows.
+  auto e = test::run_command(built.bin + "explain " + built.index.string() +
+                             " --validation 0 --top 3 --json --hash-limit-mb 1000" + built.cache);
+  INFO(e.output);
+  CHECK(e.exit_code == 0);
 }

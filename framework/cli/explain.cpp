@@ -40,10 +40,12 @@ int command_index_build(const ExperimentConfig& run, Registry& registry, const f
 
 int command_index_append(const fs::path& index, const fs::path& examples,
                          const std::vector<std::string>& classes, Registry& registry, const fs::path& cache) {
-  const IndexRecord record = append_to_index(index, registry, RunPaths{"results", cache}, examples, classes);
-  std::cout << fmt::format("{}: index of {} examples in {} shard(s), {} of them appended from {}\n",
-                           index.string(), record.examples, record.shard_rows.size(),
-                           record.shard_rows.back(), examples.string());
+  const auto [record, added] =
+      append_to_index(index, registry, RunPaths{"results", cache}, examples, classes);
+  if (distributed_rank() == 0)
+    std::cout << fmt::format("{}: index of {} examples in {} shard(s), {} of them appended from {}\n",
+                             index.string(), record.examples, record.shard_rows.size(), added,
+                             examples.string());
   return 0;
 }
 

@@ -689,7 +689,8 @@ static int run_cli(int argc, char** argv) {
   index_append->footer(
       "Example: inflab index append idx-math more.jsonl   (then: inflab explain idx-math --prompt ...; "
       "docs/explain.md, \"Appending examples\")\n"
-      "Images:  inflab index append idx-styles more.npy --class sketch");
+      "Images:  inflab index append idx-styles more.npy --class sketch\n"
+      "By N ranks, a shard each: inflab launch -n 2 index append idx-math more.jsonl");
   index_build->footer(
       "Example: inflab index build experiments/quickstart.toml --out idx   (then: inflab explain idx "
       "--validation 0)\n"
@@ -757,7 +758,8 @@ static int run_cli(int argc, char** argv) {
   launch->prefix_command();
   launch->footer(
       "Example: inflab --threads 1 launch -n 2 experiments/quickstart.toml --set dataset.n_train=4000\n"
-      "An index by ranks (a shard each): inflab launch -n 2 index build FILE.toml --out IDX");
+      "An index by ranks (a shard each): inflab launch -n 2 index build FILE.toml --out IDX\n"
+      "Appended by ranks (a shard each): inflab launch -n 2 index append IDX FILE.jsonl");
 
   CLI11_PARSE(app, argc, argv);
   Progress::set_quiet(common.quiet);
@@ -819,8 +821,10 @@ static int run_cli(int argc, char** argv) {
                         "--out DIR`",
                         index.string()));
       use_kernels(common, load_experiment(config, {}, registry));
-      if (*index_append)
+      if (*index_append) {
+        join_distributed_from_environment();  // `inflab launch -n N index append ...`: a shard per rank
         return command_index_append(append_index, append_examples, append_classes, registry, cache);
+      }
       explain_request.cache = cache.empty() ? explain_request.cache : cache;
       return command_explain(explain_request, registry);
     }

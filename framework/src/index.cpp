@@ -581,11 +581,20 @@ at::Tensor input_rows(const FinetunedModel& tuned, const fs::path& file, std::ve
 
 // What `index append` adds, before it is written: gradients in the index's block order, and per row
 // its label (-1: none) and what examples.jsonl says of it beyond split, row and id.
+// Under `inflab launch` every rank reads the whole file (labels and descriptions cover all rows) and
+// takes the gradients of its share alone: `first` is the share's first row, `gradients` its rows.
 struct AppendedRows {
   GradientBlocks gradients;
+  std::int64_t first = 0;
   std::vector<std::int64_t> labels;
   std::vector<nlohmann::json> descriptions;
 };
+
+// Rank `rank`'s contiguous share of n rows, [first, end): the shares differ by at most one row.
+std::pair<std::int64_t, std::int64_t> rank_share(std::int64_t n) {
+  const std::int64_t ranks = distributed_world_size(), rank = distributed_rank();
+  return {n * rank / ranks, n * (rank + 1) / ranks};
+}
 
 AppendedRows appended_prompts(const AttributionIndex& index, Registry& registry, const RunPaths& paths,
                               const fs::path& examples_file) {
@@ -598,8 +607,15 @@ AppendedRows appended_prompts(const AttributionIndex& index, Registry& registry,
                     examples_file.string()));
   log(fmt::format("index append: {} examples from {}", prompts.size(), examples_file.string()));
   AppendedRows out;
-  out.gradients =
-      in_index_order(index, prompt_gradients(index, registry, paths, prompts, responses, 0).gradients);
+  const auto [first, end] = rank_share(static_cast<std::int64_t>(prompts.size()));
+  out.first = first;
+  if (end > first) {
+    auto share = [&](const std::vector<std::string>& all) {
+      return std::vector<std::string>(all.begin() + first, all.begin() + end);
+    };
+    out.gradients = in_index_order(
+        index, prompt_gradients(index, registry, paths, share(prompts), share(responses), 0).gradients);
+  }
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     out.labels.push_back(-1);
     out.descriptions.push_back({{"text", prompts[i]},
@@ -631,8 +647,14 @@ AppendedRows appended_inputs(const AttributionIndex& index, Registry& registry, 
   const at::Tensor rows = input_rows(tuned, examples_file, ids, "index append", "--class", noun);
   log(fmt::format("index append: {} rows from {}", rows.size(0), examples_file.string()));
   AppendedRows out;
-  out.gradients = in_index_order(index, image_query_gradients(stage_inputs("gradients", index.config),
-                                                              *tuned.model, rows, ids, first_id));
+  const auto [first, end] = rank_share(rows.size(0));
+  out.first = first;
+  if (end > first)
+    out.gradients = in_index_order(
+        index, image_query_gradients(stage_inputs("gradients", index.config), *tuned.model,
+                                     rows.slice(0, first, end).contiguous(),
+                                     std::vector<std::int64_t>(ids.begin() + first, ids.begin() + end),
+                                     first_id + first));
   out.labels = ids;
   for (std::int64_t i = 0; i < rows.size(0); ++i)
     out.descriptions.push_back({{"source", fmt::format("{}:{}", examples_file.string(), i)}});
@@ -640,10 +662,8 @@ AppendedRows appended_inputs(const AttributionIndex& index, Registry& registry, 
 }
 }  // namespace
 
-IndexRecord append_to_index(const fs::path& dir, Registry& registry, const RunPaths& paths,
-                            const fs::path& examples_file, const std::vector<std::string>& classes) {
-  if (distributed_world_size() > 1)
-    throw Error("index append: runs in one process, not under `inflab launch`");
+AppendResult append_to_index(const fs::path& dir, Registry& registry, const RunPaths& paths,
+                             const fs::path& examples_file, const std::vector<std::string>& classes) {
   // Every byte checked: the new CHECKSUMS vouches for the old files too.
   AttributionIndex index = open_index(dir, registry, std::numeric_limits<double>::infinity());
   const std::int64_t first_row = index.train.rows();
@@ -663,26 +683,46 @@ IndexRecord append_to_index(const fs::path& dir, Registry& registry, const RunPa
   const GradientBlocks& gradients = appended.gradients;
   const auto added = static_cast<std::int64_t>(appended.labels.size());
 
-  // The new shard, written beside its place and renamed into it (a leftover of an interrupted
-  // append, unknown to index.json, is replaced).
+  // A shard per rank with rows (one in a single process), each written beside its place by its rank
+  // (a leftover of an interrupted append, unknown to index.json, is replaced); rank 0 renames them
+  // into place once all are written.
   IndexRecord record = index.record;
-  const fs::path shard = shard_directory(dir, record.shard_rows.size());
-  fs::path staging = shard;
-  staging += ".appending";
-  fs::remove_all(staging);
-  for (std::size_t b = 0; b < gradients.size(); ++b)
-    write_rows(staging / (record.block_names[b] + ".npy"), gradients[b].values, record.dtype);
-  fs::remove_all(shard);
-  fs::rename(staging, shard);
-  record.shard_rows.push_back(added);
-  record.examples += added;
-  record.appended.push_back({examples_file.string(), added});
-
+  std::vector<std::int64_t> share_rows;
+  for (int r = 0; r < distributed_world_size(); ++r) {
+    const std::int64_t n = added * (r + 1) / distributed_world_size() - added * r / distributed_world_size();
+    if (n > 0) share_rows.push_back(n);
+  }
+  auto staging_of = [](fs::path shard) { return shard += ".appending"; };
+  if (!gradients.empty()) {
+    const auto mine = static_cast<std::size_t>(std::count_if(
+        share_rows.begin(), share_rows.end(),
+        [&, seen = std::int64_t{0}](std::int64_t n) mutable { return (seen += n) <= appended.first; }));
+    const fs::path staging = staging_of(shard_directory(dir, record.shard_rows.size() + mine));
+    fs::remove_all(staging);
+    for (std::size_t b = 0; b < gradients.size(); ++b)
+      write_rows(staging / (record.block_names[b] + ".npy"), gradients[b].values, record.dtype);
+  }
+  barrier_over_ranks();  // every rank's shard is written
+  const bool writer = distributed_rank() == 0;
   // Every changed file as one update (IndexUpdate): only renames stand between the old index and the
   // new one.
   IndexUpdate update(dir);
-  for (const auto& name : record.block_names)
-    update.add_in_place(fmt::format("shards/{:05d}/{}.npy", record.shard_rows.size() - 1, name));
+  for (std::int64_t n : share_rows) {
+    const fs::path shard = shard_directory(dir, record.shard_rows.size());
+    if (writer) {
+      fs::remove_all(shard);
+      fs::rename(staging_of(shard), shard);
+      for (const auto& name : record.block_names)
+        update.add_in_place(fmt::format("shards/{:05d}/{}.npy", record.shard_rows.size(), name));
+    }
+    record.shard_rows.push_back(n);
+    record.appended.push_back({examples_file.string(), n});
+  }
+  record.examples += added;
+  if (!writer) {
+    barrier_over_ranks();  // rank 0 has committed the update
+    return {record, added};
+  }
   ExampleMeta train_meta = index.train_meta;
   std::string examples = fs::exists(dir / "examples.jsonl") ? read_file(dir / "examples.jsonl") : "";
   for (std::int64_t i = 0; i < added; ++i) {
@@ -710,7 +750,8 @@ IndexRecord append_to_index(const fs::path& dir, Registry& registry, const RunPa
   update.stage("index.json",
                [&](const fs::path& path) { write_file_atomic(path, record_json(record).dump(1) + "\n"); });
   update.commit();
-  return record;
+  barrier_over_ranks();
+  return {record, added};
 }
 
 ImageGradients image_gradients(const AttributionIndex& index, Registry& registry, const RunPaths& paths,

@@ -51,7 +51,7 @@ struct IndexRecord {
   std::vector<std::int64_t> shard_rows;     // training rows per shard, in row order
   std::vector<IndexFit> fits;
   std::vector<std::string> class_names;  // the dataset's, by label
-  std::vector<IndexAppended> appended;   // the last appended.size() shards, in order
+  std::vector<IndexAppended> appended;   // the last appended.size() shards, in order (one each)
   // The shards of the run's own training rows (the first ones): what preconditioners are fitted on.
   std::size_t run_shards() const { return shard_rows.size() - appended.size(); }
 };
@@ -103,16 +103,20 @@ struct AttributionIndex {
 // checks every byte.
 AttributionIndex open_index(const std::filesystem::path& dir, Registry& registry, double hash_limit_mb = 64);
 
-// Appends examples to an index as a new shard: their gradients of the run's influence loss under the
-// index's adapter and projection, in the index's dtype, described in examples.jsonl. A language
-// model's come from `examples_file` as JSON lines {"prompt", "response"}; a classifier's or a
-// denoiser's are the rows of `examples_file` (.npy, one input per row, shaped as the run's) with
-// their `classes` by name (a label, or a denoiser's condition: one for all rows or one per row).
-// Kept fits are left as they are (they describe the fine-tuning data); a kept self-influence is
-// recomputed over all rows.
-IndexRecord append_to_index(const std::filesystem::path& dir, Registry& registry, const RunPaths& paths,
-                            const std::filesystem::path& examples_file,
-                            const std::vector<std::string>& classes = {});
+// Appends examples to an index as a new shard (under `inflab launch`, one per rank): their gradients of the
+// run's influence loss under the index's adapter and projection, in the index's dtype, described in
+// examples.jsonl. A language model's come from `examples_file` as JSON lines {"prompt", "response"}; a
+// classifier's or a denoiser's are the rows of `examples_file` (.npy, one input per row, shaped as the run's)
+// with their `classes` by name (a label, or a denoiser's condition: one for all rows or one per row). Kept
+// fits are left as they are (they describe the fine-tuning data); a kept self-influence is recomputed over
+// all rows.
+struct AppendResult {
+  IndexRecord record;      // the index after the append
+  std::int64_t added = 0;  // rows this append added (over all its shards)
+};
+AppendResult append_to_index(const std::filesystem::path& dir, Registry& registry, const RunPaths& paths,
+                             const std::filesystem::path& examples_file,
+                             const std::vector<std::string>& classes = {});
 
 // Prompt/response pairs from JSON lines ({"prompt": "...", "response": "..."}; blank lines skipped),
 // appended to `prompts` and `responses` ("" where a response is optional and absent); errors name
