@@ -1,7 +1,7 @@
 // Instruction data from real text: the fortune cookies of Debian's `fortunes` package (BSD), one
 // category per file of /usr/share/games/fortunes (art, computers, food, people, science, ...).
-// Each example asks for a fortune of its category and answers with one:
-//   prompt   "Tell me a fortune from the <category> collection."
+// Each example names a category and answers with one of its fortunes:
+//   prompt   "A fortune from the <category> collection:"
 //   response the fortune, its whitespace (line breaks, the tabs before "-- author") collapsed to
 //            single spaces
 // The label is the category. Fortunes longer than `max_chars` are left out (a long one costs a
@@ -81,8 +81,7 @@ class Fortunes : public inflab::Dataset {
           continue;
         }
         if (!seen.insert(fortune).second) continue;
-        all.texts.push_back(
-            fmt::format("Tell me a fortune from the {} collection.", file.filename().string()));
+        all.texts.push_back(fmt::format("A fortune from the {} collection:", file.filename().string()));
         all.responses.push_back(std::move(fortune));
         all.labels.push_back(label);
         any = true;
