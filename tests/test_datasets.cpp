@@ -6,6 +6,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -649,4 +650,53 @@ TEST_CASE("paper_generation_tasks reads the paper's files verbatim and refuses a
           Contains("expected 6bdedef78ce595977a424638733860e79eab42a7709352c0e61fac6c0accddfe"));
   fs::remove(copy.path / "math_without_reason_train.jsonl");
   CHECK_THROWS_WITH(changed->load(), Contains("cannot read") && Contains("math_without_reason_train.jsonl"));
+}
+
+TEST_CASE(
+    "fortunes: each file's fortunes under its name, whitespace collapsed, long and repeated ones left out",
+    "[datasets][fortunes]") {
+  inflab::Registry registry;
+  registry.load_directory(test::plugin_dir());
+  test::TempDir dir;
+  dir.write("alpha",
+            "one  short\n\tfortune\n%\nthis one is far longer than the limit allows\n%\nrepeated\n%\n");
+  dir.write("beta", "repeated\n%\nsecond\n   line\n");
+  dir.write("beta.dat", std::string("\0\x01\x02%\n", 5));  // strfile's index: not a category
+  dir.write("gamma", "only a fortune longer than twenty characters\n");
+  auto load = [&](std::int64_t n_train, std::int64_t n_validation) {
+    return dataset(registry, "fortunes",
+                   {{"directory", dir.path.string()},
+                    {"max_chars", std::int64_t{20}},
+                    {"n_train", n_train},
+                    {"n_validation", n_validation}})
+        ->load();
+  };
+  // By hand: alpha keeps "one short fortune" (17 characters) and "repeated", beta "second line" (its
+  // "repeated" is alpha's); gamma has nothing short enough and is no class.
+  const auto splits = load(2, 1);
+  CHECK(splits.class_names == std::vector<std::string>{"alpha", "beta"});
+  std::map<std::string, std::string> category;
+  for (const inflab::Split* split : {&splits.train, &splits.validation})
+    for (std::size_t k = 0; k < split->texts.size(); ++k) {
+      const auto label = split->labels[static_cast<std::int64_t>(k)].item<std::int64_t>();
+      CHECK(split->texts[k] == "A fortune from the " + splits.class_names[label] + " collection:");
+      category[split->responses[k]] = splits.class_names[label];
+    }
+  CHECK(category == std::map<std::string, std::string>{
+                        {"one short fortune", "alpha"}, {"repeated", "alpha"}, {"second line", "beta"}});
+  CHECK_THROWS_WITH(load(3, 1), Contains("3 examples available"));
+  auto missing = dataset(registry, "fortunes", {{"directory", (dir.path / "none").string()}});
+  CHECK_THROWS_WITH(missing->load(), Contains("not a directory") && Contains("fortunes package"));
+
+  // The package's own files: 10,000 + 100 disjoint fortunes, none longer than 160 characters.
+  auto real = dataset(registry, "fortunes")->load();
+  REQUIRE(real.train.size() == 10000);
+  REQUIRE(real.validation.size() == 100);
+  std::set<std::string> seen;
+  for (const inflab::Split* split : {&real.train, &real.validation})
+    for (const auto& response : split->responses) {
+      CHECK(response.size() <= 160);
+      CHECK(seen.insert(response).second);
+    }
+  CHECK(real.class_names.front() == "art");
 }
