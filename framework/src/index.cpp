@@ -607,7 +607,9 @@ AppendedRows appended_prompts(const AttributionIndex& index, Registry& registry,
                     examples_file.string()));
   log(fmt::format("index append: {} examples from {}", prompts.size(), examples_file.string()));
   AppendedRows out;
-  const auto [first, end] = rank_share(static_cast<std::int64_t>(prompts.size()));
+  // Plain variables, not structured bindings: clang 14 cannot capture those in a lambda.
+  const auto range = rank_share(static_cast<std::int64_t>(prompts.size()));
+  const std::int64_t first = range.first, end = range.second;
   out.first = first;
   if (end > first) {
     auto share = [&](const std::vector<std::string>& all) {
