@@ -590,10 +590,15 @@ struct AppendedRows {
   std::vector<nlohmann::json> descriptions;
 };
 
-// Rank `rank`'s contiguous share of n rows, [first, end): the shares differ by at most one row.
+// Every rank's contiguous share of n rows, [first, end), in rank order: they differ by at most one row.
+std::vector<std::pair<std::int64_t, std::int64_t>> rank_shares(std::int64_t n) {
+  const std::int64_t ranks = distributed_world_size();
+  std::vector<std::pair<std::int64_t, std::int64_t>> out;
+  for (std::int64_t r = 0; r < ranks; ++r) out.push_back({n * r / ranks, n * (r + 1) / ranks});
+  return out;
+}
 std::pair<std::int64_t, std::int64_t> rank_share(std::int64_t n) {
-  const std::int64_t ranks = distributed_world_size(), rank = distributed_rank();
-  return {n * rank / ranks, n * (rank + 1) / ranks};
+  return rank_shares(n)[static_cast<std::size_t>(distributed_rank())];
 }
 
 AppendedRows appended_prompts(const AttributionIndex& index, Registry& registry, const RunPaths& paths,
@@ -689,16 +694,15 @@ AppendResult append_to_index(const fs::path& dir, Registry& registry, const RunP
   // (a leftover of an interrupted append, unknown to index.json, is replaced); rank 0 renames them
   // into place once all are written.
   IndexRecord record = index.record;
-  std::vector<std::int64_t> share_rows;
-  for (int r = 0; r < distributed_world_size(); ++r) {
-    const std::int64_t n = added * (r + 1) / distributed_world_size() - added * r / distributed_world_size();
-    if (n > 0) share_rows.push_back(n);
+  std::vector<std::int64_t> share_rows;  // the non-empty shares' sizes in rank order: a shard each
+  std::size_t mine = 0;                  // this rank's shard among them
+  for (const auto& [first, end] : rank_shares(added)) {
+    if (end == first) continue;
+    if (first < appended.first) ++mine;
+    share_rows.push_back(end - first);
   }
   auto staging_of = [](fs::path shard) { return shard += ".appending"; };
   if (!gradients.empty()) {
-    const auto mine = static_cast<std::size_t>(std::count_if(
-        share_rows.begin(), share_rows.end(),
-        [&, seen = std::int64_t{0}](std::int64_t n) mutable { return (seen += n) <= appended.first; }));
     const fs::path staging = staging_of(shard_directory(dir, record.shard_rows.size() + mine));
     fs::remove_all(staging);
     for (std::size_t b = 0; b < gradients.size(); ++b)
